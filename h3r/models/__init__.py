@@ -1,0 +1,81 @@
+"""Backbones and the heatmap head.
+
+``build_model(backbone, num_keypoints, head="binary")`` returns a :class:`LandmarkModel`
+mapping ``(B, 3, S, S)`` images to ``(B, K, S/4, S/4)`` heatmap logits (``model.stride == 4``).
+Backbones: ``"hrnet_w18"`` (270 ch), ``"mobilenetv2"`` (152 ch), ``"small"`` (64 ch, for
+CPU runs). No pretrained weights are downloaded; :func:`load_checkpoint_weights` loads a
+user checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from h3r.models.head import HEAD_KINDS, HeatmapHead, LandmarkModel
+from h3r.models.hrnet import HRNet, hrnet_w18
+from h3r.models.mobilenetv2 import MobileNetV2
+from h3r.models.small import SmallNet
+
+BACKBONES = {"hrnet_w18": hrnet_w18, "mobilenetv2": MobileNetV2, "small": SmallNet}
+
+__all__ = [
+    "BACKBONES",
+    "HEAD_KINDS",
+    "HRNet",
+    "HeatmapHead",
+    "LandmarkModel",
+    "MobileNetV2",
+    "SmallNet",
+    "build_model",
+    "load_checkpoint_weights",
+]
+
+
+def build_model(backbone: str, num_keypoints: int, head: str = "binary", head_channels: int | None = None) -> LandmarkModel:
+    """A randomly initialised backbone + heatmap head.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        num_keypoints: K, the number of heatmaps.
+        head: ``"binary"`` (one logit per landmark) or ``"two-class"`` (the authors' head,
+            returning ``z1 - z0``; see :class:`HeatmapHead`).
+        head_channels: hidden width of the head; default = the backbone's output channels.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
+    features = BACKBONES[backbone]()
+    return LandmarkModel(features, HeatmapHead(features.out_channels, num_keypoints, head, head_channels))
+
+
+def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
+    """Load weights saved by ``torch.save`` into ``model`` (in place).
+
+    Accepts a raw state dict or a dict holding it under ``"model"``. Loads with
+    ``weights_only=True`` (no arbitrary code is unpickled). Raises ``ValueError`` naming
+    missing, unexpected and wrongly shaped entries when the checkpoint does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"checkpoint {path}: expected a state dict of tensors, or a dict with one under 'model'")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state))
+        if state[key].shape != expected[key].shape
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
+        if items:
+            shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit the model; " + "; ".join(problems))
+    model.load_state_dict(state)

@@ -1,0 +1,84 @@
+"""The heatmap head and the model that puts a backbone and a head together.
+
+Every model maps an image batch ``(B, 3, S, S)`` to one logit map per landmark at
+stride 4: ``(B, K, S/4, S/4)``. Heatmap cell ``i`` sits over input pixel ``4 i``
+(pixel centres, no half-pixel offset), because the backbones reach stride 4 with two
+stride-2, padding-1 convolutions.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HEAD_KINDS = ("binary", "two-class")
+
+
+class HeatmapHead(nn.Module):
+    """1x1 conv - BN - ReLU - 1x1 conv to heatmap logits.
+
+    ``kind="binary"``: one logit ``z`` per landmark and pixel, trained with
+    BCE-with-logits (or MSE) against the binary / Gaussian target.
+
+    ``kind="two-class"``: the authors' head, two logits ``(z0, z1)`` (background,
+    foreground) per landmark and pixel. A per-pixel 2-class softmax cross-entropy on
+    ``(z0, z1)`` equals BCE-with-logits on ``z1 - z0``, since
+    ``softmax(z0, z1)[1] = sigmoid(z1 - z0)``; so the head returns ``z1 - z0`` and both
+    kinds share one loss and one decoder. The two kinds compute the same family of
+    functions; the two-class one only carries the authors' parameterisation (twice the
+    output channels).
+    """
+
+    def __init__(self, in_channels: int, num_keypoints: int, kind: str = "binary", hidden_channels: int | None = None):
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r}")
+        if num_keypoints < 1:
+            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        hidden_channels = in_channels if hidden_channels is None else hidden_channels
+        if hidden_channels < 1:
+            raise ValueError(f"head_channels must be >= 1, got {hidden_channels}")
+        self.kind = kind
+        self.num_keypoints = num_keypoints
+        logits_per_keypoint = 1 if kind == "binary" else 2
+        self.hidden = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_channels, 1, bias=False),
+            nn.BatchNorm2d(hidden_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.logits = nn.Conv2d(hidden_channels, logits_per_keypoint * num_keypoints, 1)
+        # Start from (near) zero logits, as HRNet initialises its final layer.
+        nn.init.normal_(self.logits.weight, std=0.001)
+        nn.init.zeros_(self.logits.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = self.logits(self.hidden(features))
+        if self.kind == "binary":
+            return z
+        batch, _, height, width = z.shape
+        z = z.view(batch, 2, self.num_keypoints, height, width)  # (z0, z1) as the authors lay them out
+        return z[:, 1] - z[:, 0]
+
+
+class LandmarkModel(nn.Module):
+    """A stride-4 backbone followed by a :class:`HeatmapHead`.
+
+    ``forward(images (B, 3, H, W) float, H and W multiples of 4) -> logits (B, K, H/4, W/4)``.
+    """
+
+    stride = 4
+
+    def __init__(self, backbone: nn.Module, head: HeatmapHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.num_keypoints = head.num_keypoints
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        if height % self.stride or width % self.stride:
+            raise ValueError(f"image height and width must be multiples of {self.stride}, got {height}x{width}")
+        logits = self.head(self.backbone(images))
+        assert logits.shape[-2:] == (height // self.stride, width // self.stride), "backbone must return stride-4 features"
+        return logits

@@ -1,0 +1,177 @@
+"""The one place that registers the ops with ``torch.library`` (namespace ``h3r``).
+
+Each op is a ``custom_op`` whose body picks a backend (:func:`h3r_kernels.backends.select`),
+with a fake kernel that runs the same input checks, and, where differentiable, a backward
+that is an op of its own. Public, documented wrappers live in :mod:`h3r_kernels.api`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import checks
+from .backends import select
+
+# --------------------------------------------------------------------------- encode
+
+
+@torch.library.custom_op("h3r::encode", mutates_args=())
+def encode(
+    keypoints: torch.Tensor,
+    visible: Optional[torch.Tensor],
+    height: int,
+    width: int,
+    sigma: float,
+    rounding: str,
+    seed: int,
+    expected: bool,
+    dtype: torch.dtype,
+    backend: str,
+) -> torch.Tensor:
+    checks.check_encode(keypoints, (height, width), visible, sigma, rounding, seed, dtype)
+    module = select("encode", keypoints.device, backend)
+    visible = None if visible is None else visible.contiguous()
+    return module.encode(keypoints.to(torch.float32).contiguous(), visible, height, width, sigma, rounding, seed, expected, dtype)
+
+
+@encode.register_fake
+def _(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype, backend):
+    checks.check_encode(keypoints, (height, width), visible, sigma, rounding, seed, dtype)
+    return keypoints.new_empty((keypoints.shape[0], keypoints.shape[1], height, width), dtype=dtype)
+
+
+# --------------------------------------------------------------------------- heatmap_loss
+
+
+@torch.library.custom_op("h3r::heatmap_loss", mutates_args=())
+def heatmap_loss(
+    logits: torch.Tensor,
+    keypoints: torch.Tensor,
+    visible: Optional[torch.Tensor],
+    sigma: float,
+    rounding: str,
+    seed: int,
+    loss: str,
+    reduction: str,
+    compute_grad: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction)
+    module = select("heatmap_loss", logits.device, backend)
+    visible = None if visible is None else visible.contiguous()
+    return module.heatmap_loss(
+        logits.contiguous(), keypoints.to(torch.float32).contiguous(), visible,
+        sigma, rounding, seed, loss, reduction, compute_grad,
+    )
+
+
+def _loss_value_like(logits: torch.Tensor, reduction: str) -> torch.Tensor:
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    shape = (logits.shape[0], logits.shape[1]) if reduction == "none" else ()
+    return logits.new_empty(shape, dtype=dtype)
+
+
+@heatmap_loss.register_fake
+def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend):
+    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
+    return _loss_value_like(logits, reduction), grad
+
+
+@torch.library.custom_op("h3r::heatmap_loss_backward", mutates_args=())
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> torch.Tensor:
+    module = select("heatmap_loss", grad.device, backend)
+    return module.heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
+
+
+@heatmap_loss_backward.register_fake
+def _(grad, grad_output, reduction, backend):
+    return torch.empty_like(grad)
+
+
+def _loss_setup_context(ctx, inputs, output):
+    ctx.reduction = inputs[7]
+    ctx.compute_grad = inputs[8]
+    ctx.backend = inputs[9]
+    ctx.save_for_backward(output[1])
+
+
+def _loss_backward(ctx, grad_value, grad_grad):
+    if not ctx.compute_grad:
+        raise RuntimeError("heatmap_loss: backward needs the op to be called with compute_grad=True")
+    (grad,) = ctx.saved_tensors
+    grad_logits = heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend)
+    return grad_logits, None, None, None, None, None, None, None, None, None
+
+
+heatmap_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def _slots(method: str, k: int, window: int) -> int:
+    return {"topk": k, "local": window * window, "argmax": 1}[method]
+
+
+@torch.library.custom_op("h3r::decode", mutates_args=())
+def decode(
+    heatmaps: torch.Tensor, method: str, k: int, weights: str, window: int, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    checks.check_decode(heatmaps, method, k, weights, window)
+    module = select("decode", heatmaps.device, backend)
+    return module.decode(heatmaps.contiguous(), method, k, weights, window)
+
+
+@decode.register_fake
+def _(heatmaps, method, k, weights, window, backend):
+    checks.check_decode(heatmaps, method, k, weights, window)
+    batch, num = heatmaps.shape[:2]
+    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    coords = heatmaps.new_empty((batch, num, 2), dtype=dtype)
+    scores = heatmaps.new_empty((batch, num), dtype=dtype)
+    indices = heatmaps.new_empty((batch, num, _slots(method, k, window)), dtype=torch.int64)
+    return coords, scores, indices
+
+
+@torch.library.custom_op("h3r::decode_backward", mutates_args=())
+def decode_backward(
+    heatmaps: torch.Tensor,
+    indices: torch.Tensor,
+    grad_coords: torch.Tensor,
+    grad_scores: torch.Tensor,
+    method: str,
+    weights: str,
+    backend: str,
+) -> torch.Tensor:
+    module = select("decode", heatmaps.device, backend)
+    return module.decode_backward(
+        heatmaps.contiguous(), indices.contiguous(), grad_coords.contiguous(), grad_scores.contiguous(), method, weights
+    )
+
+
+@decode_backward.register_fake
+def _(heatmaps, indices, grad_coords, grad_scores, method, weights, backend):
+    return torch.empty_like(heatmaps, memory_format=torch.contiguous_format)
+
+
+def _decode_setup_context(ctx, inputs, output):
+    heatmaps, method, _, weights, _, backend = inputs
+    ctx.method, ctx.weights, ctx.backend = method, weights, backend
+    ctx.save_for_backward(heatmaps, output[2])
+
+
+def _decode_backward(ctx, grad_coords, grad_scores, grad_indices):
+    heatmaps, indices = ctx.saved_tensors
+    batch, num = heatmaps.shape[:2]
+    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    if grad_coords is None:
+        grad_coords = heatmaps.new_zeros((batch, num, 2), dtype=dtype)
+    if grad_scores is None:
+        grad_scores = heatmaps.new_zeros((batch, num), dtype=dtype)
+    grad = decode_backward(heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights, ctx.backend)
+    return grad, None, None, None, None, None
+
+
+decode.register_autograd(_decode_backward, setup_context=_decode_setup_context)

@@ -1,0 +1,253 @@
+"""Plain, vectorised PyTorch: the executable specification of every op.
+
+The Triton and CUDA C kernels are tested against these functions; on CPU tensors they
+are also the default implementation. Conventions (see ``h3r_kernels.__doc__``):
+keypoints ``(B, K, 2)`` are ``(x, y)`` in heatmap pixels, the cell at row ``r``,
+column ``c`` has its centre at ``(x=c, y=r)``.
+
+Every target is separable: ``target[b, k, r, c] = row[b, k, r] * col[b, k, c]``, with
+one 1-D profile per axis. The kernels generate the same two profiles in registers.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import rng
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Reduced-precision maps are computed in float32; float64 stays float64 (for gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def rounded_cells(keypoints: torch.Tensor, rounding: str, seed: int) -> torch.Tensor:
+    """The activation cell of each keypoint (float32 integers, ``(B, K, 2)``, may lie off the map).
+
+    * ``random``: ``floor(x) + [u < frac(x)]`` with ``u`` from :mod:`h3r_kernels.rng` (H3R);
+    * ``nearest``: ``floor(x + 0.5)``; ``floor``: ``floor(x)``;
+    * ``none``: the nearest cell, used only to decide whether the keypoint is on the map.
+
+    Keypoints are rounded to float32 first; ``frac(x) = x - floor(x)`` is then exact.
+    """
+    points = keypoints.to(torch.float32)
+    if rounding == "random":
+        floor = torch.floor(points)
+        u = rng.uniforms(seed, points.shape[0], points.shape[1], points.device)
+        return floor + (u < points - floor).to(torch.float32)
+    if rounding == "floor":
+        return torch.floor(points)
+    return torch.floor(points + 0.5)  # "nearest" and "none"
+
+
+def _on_map(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Whether each cell (x, y) lies on the map, ``(B, K, 2)`` per axis (False for NaN)."""
+    limits = torch.tensor([width - 1, height - 1], dtype=cells.dtype, device=cells.device)
+    return (cells >= 0) & (cells <= limits)
+
+
+def _kernel(distance: torch.Tensor, sigma: float) -> torch.Tensor:
+    """1-D profile of a unit-peak target at ``distance`` cells: a Kronecker delta, or a Gaussian."""
+    if sigma == 0:
+        return (distance == 0).to(torch.float32)
+    scale = torch.tensor(-0.5 / (sigma * sigma), dtype=torch.float32)
+    return torch.exp(distance * distance * scale)
+
+
+def target_profiles(
+    keypoints: torch.Tensor,
+    visible: Optional[torch.Tensor],
+    height: int,
+    width: int,
+    sigma: float,
+    rounding: str,
+    seed: int,
+    expected: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The separable target: ``(rows (B,K,H), cols (B,K,W), contributes (B,K) bool)``, float32.
+
+    ``contributes`` is False for invisible keypoints and for keypoints whose target cell is
+    off the map (or not finite); their profiles are zero. With ``expected=True`` (randomized
+    rounding only) each axis profile is the bilinear mixture over the two neighbouring cells
+    ``floor(x) + a``, weights ``1 - frac`` and ``frac``; components off the map are dropped,
+    which is exactly the expectation of the sampled target.
+    """
+    points = keypoints.to(torch.float32)
+    cols = torch.arange(width, dtype=torch.float32, device=points.device)
+    rows = torch.arange(height, dtype=torch.float32, device=points.device)
+    visible_mask = torch.ones(points.shape[:2], dtype=torch.bool, device=points.device) if visible is None else visible
+
+    if expected and rounding == "random":
+        floor = torch.floor(points)
+        frac = points - floor
+        profiles = []
+        for axis, grid, size in ((0, cols, width), (1, rows, height)):
+            profile = torch.zeros(*points.shape[:2], size, dtype=torch.float32, device=points.device)
+            for offset, weight in ((0.0, 1.0 - frac[..., axis]), (1.0, frac[..., axis])):
+                cell = floor[..., axis] + offset
+                on_map = (cell >= 0) & (cell <= size - 1)
+                component = _kernel(grid - cell.unsqueeze(-1), sigma)
+                profile = profile + (weight * on_map).unsqueeze(-1) * component
+            profiles.append(profile)
+        col_profile, row_profile = profiles
+        contributes = visible_mask & (col_profile.amax(-1) > 0) & (row_profile.amax(-1) > 0)
+    else:
+        cells = rounded_cells(points, rounding, seed)
+        on_map = _on_map(cells, height, width).all(-1)
+        contributes = visible_mask & on_map
+        centres = points if rounding == "none" else cells
+        centres = torch.where(contributes.unsqueeze(-1), centres, torch.zeros_like(centres))
+        col_profile = _kernel(cols - centres[..., 0:1], sigma)
+        row_profile = _kernel(rows - centres[..., 1:2], sigma)
+
+    weight = contributes.to(torch.float32).unsqueeze(-1)
+    return row_profile * weight, col_profile * weight, contributes
+
+
+def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype) -> torch.Tensor:
+    rows, cols, _ = target_profiles(keypoints, visible, height, width, sigma, rounding, seed, expected)
+    return (rows.unsqueeze(-1) * cols.unsqueeze(-2)).to(dtype)
+
+
+# --------------------------------------------------------------------------- fused loss
+
+
+def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
+    """Loss and its gradient with respect to ``logits`` (for an incoming gradient of 1).
+
+    Per pixel: ``bce`` = ``max(z, 0) - z t + log(1 + exp(-|z|))`` (gradient ``sigmoid(z) - t``),
+    ``mse`` = ``(z - t)^2`` (gradient ``2 (z - t)``). Keypoints that do not contribute are
+    zero in both. ``none`` sums each keypoint's H*W pixels into ``(B, K)``; ``sum`` adds
+    everything; ``mean`` divides the sum by (contributing keypoints) * H * W, and is 0 when
+    no keypoint contributes.
+    """
+    height, width = logits.shape[-2:]
+    acc = compute_dtype(logits.dtype)
+    rows, cols, contributes = target_profiles(keypoints, visible, height, width, sigma, rounding, seed, False)
+    target = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).to(acc)
+    z = logits.to(acc)
+    mask = contributes.to(acc)[..., None, None]
+    if loss == "bce":
+        pixel_loss = torch.clamp(z, min=0) - z * target + torch.log1p(torch.exp(-z.abs()))
+        pixel_grad = torch.sigmoid(z) - target
+    else:
+        pixel_loss = (z - target) ** 2
+        pixel_grad = 2 * (z - target)
+    per_keypoint = (pixel_loss * mask).sum(dim=(-2, -1))
+    if reduction == "none":
+        value, scale = per_keypoint, 1.0
+    elif reduction == "sum":
+        value, scale = per_keypoint.sum(), 1.0
+    else:
+        count = contributes.sum().to(acc) * (height * width)
+        scale = 1.0 / torch.clamp(count, min=1)
+        value = per_keypoint.sum() * scale
+    if not compute_grad:
+        return value, logits.new_empty(0)
+    return value, (pixel_grad * mask * scale).to(logits.dtype)
+
+
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Scale the saved per-pixel gradient by the incoming gradient (a scalar, or ``(B, K)``)."""
+    scale = grad_output[..., None, None] if reduction == "none" else grad_output
+    return (grad.to(compute_dtype(grad.dtype)) * scale).to(grad.dtype)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _selected_cells(flat: torch.Tensor, width: int, height: int, method: str, k: int, window: int) -> torch.Tensor:
+    """Flat indices ``(B, K, S)`` of the cells each decoder weighs; ``-1`` marks an empty slot.
+
+    ``topk``: the k largest values, ties to the lower flat index (a stable descending sort);
+    ``local``: the ``window x window`` neighbourhood of the arg-max in row-major order, cells
+    off the map empty; ``argmax``: the first maximum alone.
+    """
+    if method == "topk":
+        return torch.sort(flat, dim=-1, descending=True, stable=True).indices[..., :k]
+    peak = torch.argmax(flat, dim=-1, keepdim=True)
+    if method == "argmax":
+        return peak
+    half = window // 2
+    offsets = torch.arange(-half, half + 1, device=flat.device)
+    dy = offsets.repeat_interleave(window)
+    dx = offsets.repeat(window)
+    r = torch.div(peak, width, rounding_mode="floor") + dy
+    c = peak % width + dx
+    inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    return torch.where(inside, r * width + c, torch.full_like(r, -1))
+
+
+def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised weights over the selected slots, and for ``linear`` the normaliser (0: fallback).
+
+    ``softmax``: softmax of the raw values. ``linear``: ``max(v, 0) / sum``; when that sum is 0
+    all weight goes to the peak cell (slot 0, or the window centre for ``local``).
+    """
+    if weights == "softmax":
+        shifted = torch.where(valid, values, torch.full_like(values, float("-inf")))
+        return torch.softmax(shifted, dim=-1), torch.ones_like(values[..., 0])
+    positive = torch.where(valid, torch.clamp(values, min=0), torch.zeros_like(values))
+    total = positive.sum(-1)
+    fallback = torch.zeros_like(values)
+    fallback[..., peak_slot] = 1
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    w = torch.where((total > 0).unsqueeze(-1), positive / safe_total.unsqueeze(-1), fallback)
+    return w, total
+
+
+def decode(heatmaps, method, k, weights, window):
+    """``(coords (B,K,2), scores (B,K), indices (B,K,S))``: weighted mean of the selected cells."""
+    batch, num, height, width = heatmaps.shape
+    acc = compute_dtype(heatmaps.dtype)
+    flat = heatmaps.reshape(batch, num, height * width).to(acc)
+    scores = flat.amax(-1)
+    indices = _selected_cells(flat, width, height, method, k, window)
+    valid = indices >= 0
+    safe = torch.where(valid, indices, torch.zeros_like(indices))
+    values = torch.gather(flat, -1, safe)
+    w, _ = _weights(values, valid, weights, (window * window) // 2 if method == "local" else 0)
+    x = (safe % width).to(acc)
+    y = torch.div(safe, width, rounding_mode="floor").to(acc)
+    coords = torch.stack([(w * x).sum(-1), (w * y).sum(-1)], dim=-1)
+    return coords, scores, indices
+
+
+def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights):
+    """Gradient of ``decode`` wrt ``heatmaps``: non-zero only on the selected cells.
+
+    Coordinates: ``softmax`` gives ``w_j ((x_j - x) gx + (y_j - y) gy)``; ``linear`` gives
+    ``[v_j > 0] ((x_j - x) gx + (y_j - y) gy) / sum`` (zero in the all-zero fallback);
+    ``argmax`` coordinates are piecewise constant. Scores (the maximum) send their
+    gradient to the peak cell.
+    """
+    batch, num, height, width = heatmaps.shape
+    acc = compute_dtype(heatmaps.dtype)
+    flat = heatmaps.reshape(batch, num, height * width).to(acc)
+    valid = indices >= 0
+    safe = torch.where(valid, indices, torch.zeros_like(indices))
+    values = torch.gather(flat, -1, safe)
+    peak = indices.shape[-1] // 2 if method == "local" else 0
+    w, total = _weights(values, valid, weights, peak)
+    x = (safe % width).to(acc)
+    y = torch.div(safe, width, rounding_mode="floor").to(acc)
+    gx, gy = grad_coords[..., 0:1].to(acc), grad_coords[..., 1:2].to(acc)
+    cx = (w * x).sum(-1, keepdim=True)
+    cy = (w * y).sum(-1, keepdim=True)
+    direction = (x - cx) * gx + (y - cy) * gy
+    if method == "argmax":
+        slot_grad = torch.zeros_like(values)
+    elif weights == "softmax":
+        slot_grad = w * direction
+    else:
+        live = (values > 0) & valid & (total > 0).unsqueeze(-1)
+        safe_total = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
+        slot_grad = torch.where(live, direction / safe_total, torch.zeros_like(values))
+    slot_grad = torch.where(valid, slot_grad, torch.zeros_like(slot_grad))
+    slot_grad[..., peak] += grad_scores.to(acc)
+    grad = torch.zeros_like(flat).scatter_add_(-1, safe, slot_grad)
+    return grad.reshape(heatmaps.shape).to(heatmaps.dtype)

@@ -1,0 +1,1 @@
+"""The ``triton`` backend: one module per op (``encode``, ``loss``, ``decode``)."""
