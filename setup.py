@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
-TRAIN = ["pillow>=9", "scipy>=1.9", "h5py>=3.7", "pycocotools>=2.0.6", "tqdm>=4.60", "matplotlib>=3.6"]
+TRAIN = ["pillow>=9.1", "scipy>=1.9", "h5py>=3.7", "pycocotools>=2.0.6", "tqdm>=4.60", "matplotlib>=3.6"]
 
 
 class BuildWithCudaSources(build_py):

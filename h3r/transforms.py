@@ -193,15 +193,19 @@ def _pillow_affine_data(image_to_input: np.ndarray) -> tuple[float, ...]:
     return (linear[0, 0], linear[0, 1], corner_offset[0], linear[1, 0], linear[1, 1], corner_offset[1])
 
 
-def _jitter_colours(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast and saturation jitter of a float RGB image in [0, 1] (in this order)."""
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma of RGB
+
+
+def _jitter_colours(image: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter (in this order) of a (3, H, W) RGB image in [0, 1], in place."""
     brightness, contrast, saturation = (float(factor) for factor in rng.uniform(1 - strength, 1 + strength, size=3))
-    image = image * brightness
-    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    image = (image - grey.mean()) * contrast + grey.mean()
-    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    image = (image - grey[..., None]) * saturation + grey[..., None]
-    return np.clip(image, 0.0, 1.0, out=image)
+    weights = torch.tensor(GREY_WEIGHTS).view(3, 1, 1)
+    image.mul_(brightness)
+    mean_grey = float((image * weights).sum(0).mean())
+    image.sub_(mean_grey).mul_(contrast).add_(mean_grey)
+    grey = (image * weights).sum(0, keepdim=True)
+    image.sub_(grey).mul_(saturation).add_(grey)
+    return image.clamp_(0.0, 1.0)
 
 
 class TopDownTransform:
@@ -223,6 +227,8 @@ class TopDownTransform:
     def __init__(self, config: CropConfig, flip_pairs: Sequence[tuple[int, int]] = ()):
         self.config = config
         self.flip_pairs = [tuple(pair) for pair in flip_pairs]
+        self.mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
 
     def sample_augmentation(self, rng: np.random.Generator | None) -> dict:
         """The random parameters of one crop (the identity augmentation when ``rng`` is None)."""
@@ -252,11 +258,10 @@ class TopDownTransform:
         crop = Image.fromarray(image).transform(
             (size, size), Image.Transform.AFFINE, _pillow_affine_data(affine), resample=Image.Resampling.BILINEAR
         )
-        pixels = np.asarray(crop, dtype=np.float32) * np.float32(1 / 255)
+        image_tensor = torch.from_numpy(np.array(crop)).permute(2, 0, 1).contiguous().float().mul_(1 / 255)
         if rng is not None and config.colour_jitter > 0:
-            pixels = _jitter_colours(pixels, config.colour_jitter, rng)
-        pixels = (pixels - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
-        image_tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+            image_tensor = _jitter_colours(image_tensor, config.colour_jitter, rng)
+        image_tensor.sub_(self.mean).div_(self.std)
 
         moved = apply_affine(keypoints, affine)
         inside = np.all(np.isfinite(moved) & (moved >= 0) & (moved <= size - 1), axis=1)

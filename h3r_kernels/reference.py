@@ -90,8 +90,8 @@ def target_profiles(
             for offset, weight in ((0.0, 1.0 - frac[..., axis]), (1.0, frac[..., axis])):
                 cell = floor[..., axis] + offset
                 on_map = (cell >= 0) & (cell <= size - 1)
-                component = _kernel(grid - cell.unsqueeze(-1), sigma)
-                profile = profile + (weight * on_map).unsqueeze(-1) * component
+                component = weight.unsqueeze(-1) * _kernel(grid - cell.unsqueeze(-1), sigma)
+                profile = profile + torch.where(on_map.unsqueeze(-1), component, torch.zeros_like(component))
             profiles.append(profile)
         col_profile, row_profile = profiles
         contributes = visible_mask & (col_profile.amax(-1) > 0) & (row_profile.amax(-1) > 0)
@@ -168,7 +168,7 @@ def _selected_cells(flat: torch.Tensor, width: int, height: int, method: str, k:
     off the map empty; ``argmax``: the first maximum alone.
     """
     if method == "topk":
-        return torch.sort(flat, dim=-1, descending=True, stable=True).indices[..., :k]
+        return torch.sort(flat, dim=-1, descending=True, stable=True).indices[..., :k].contiguous()
     peak = torch.argmax(flat, dim=-1, keepdim=True)
     if method == "argmax":
         return peak

@@ -27,11 +27,6 @@ def available_backends(device: str = "cpu") -> list[str]:
     return names
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
-
-
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return

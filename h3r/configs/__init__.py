@@ -1,0 +1,164 @@
+"""Training configuration: the :class:`TrainConfig` dataclass and the per-dataset defaults.
+
+Each dataset has a readable TOML file next to this module (``wflw.toml``, ``coco.toml``
+...) whose keys are :class:`TrainConfig` fields. ``h3r train --dataset wflw`` starts from
+``TrainConfig()``, applies ``wflw.toml``, then the command-line options.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+CONFIG_DIR = Path(__file__).parent
+CODECS = ("h3r", "gaussian")
+BACKBONES = ("small", "mobilenetv2", "hrnet_w18")
+HEADS = ("binary", "two-class")
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "step")
+AMP_MODES = ("none", "bf16", "fp16")
+TOPK_WEIGHTS = ("softmax", "linear")
+REFINEMENTS = ("none", "quarter", "dark")
+SUPPORTED_STRIDES = (4,)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Sizes are pixels of the square network input; the heatmap is ``input_size / stride``
+    cells wide. ``batch_size`` is per process (a ``torchrun`` job with N processes sees N
+    times as many images per step).
+    """
+
+    # Data: the dataset, its two splits and extra keyword arguments of ``h3r.data.open_dataset``.
+    dataset: str = "synthetic-face"
+    data_root: Optional[str] = None
+    train_split: str = "train"
+    test_split: str = "test"
+    train_options: dict[str, Any] = field(default_factory=dict)
+    test_options: dict[str, Any] = field(default_factory=dict)
+    metric: str = "nme"  # the test metric that selects the best checkpoint
+    higher_is_better: bool = False
+
+    # Model and codec.
+    backbone: str = "small"
+    head: str = "binary"
+    pretrained: Optional[str] = None  # weights loaded into the model before training
+    input_size: int = 64
+    stride: int = 4
+    codec: str = "h3r"
+    topk: int = 9  # h3r: activations averaged by the decoder
+    topk_weights: str = "softmax"  # h3r: "softmax" of the top-k logits (released decoder) or "linear" in probabilities
+    sigma: Optional[float] = None  # gaussian: sigma in heatmap cells (None: codecs.default_gaussian_sigma)
+    refine: str = "quarter"  # gaussian: sub-cell refinement after the arg-max
+
+    # Crop and augmentation (see h3r.transforms.CropConfig).
+    box_scale: float = 1.25
+    rotation: float = 0.0
+    scale_jitter: float = 0.0
+    translate: float = 0.0
+    flip_prob: float = 0.0
+    colour_jitter: float = 0.0
+
+    # Optimisation.
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 32
+    warmup_epochs: float = 1.0  # linear warm-up, then the schedule
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.01  # cosine: the final learning rate is lr * min_lr_ratio
+    step_epochs: list[int] = field(default_factory=list)  # step: multiply by step_gamma at these epochs
+    step_gamma: float = 0.1
+    grad_clip: float = 0.0  # maximum gradient norm; 0 = no clipping
+    amp: str = "none"  # mixed precision on CUDA: "bf16" or "fp16"
+
+    # Running.
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    seed: int = 0
+    out: Optional[str] = None  # run folder; None = runs/<dataset>-<codec>-<date>-<time>
+    eval_every: int = 1  # evaluate on the test split every this many epochs (and after the last)
+    flip_test: bool = False  # average the prediction of the flipped crop
+    draw: int = 8  # images with drawn predictions written by the final evaluation
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self):
+        choices = {"codec": CODECS, "backbone": BACKBONES, "head": HEADS, "optimizer": OPTIMIZERS,
+                   "schedule": SCHEDULES, "amp": AMP_MODES, "topk_weights": TOPK_WEIGHTS, "refine": REFINEMENTS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.stride not in SUPPORTED_STRIDES:
+            raise ValueError(
+                f"stride: every backbone here outputs stride-4 heatmaps, so only stride 4 is supported, got "
+                f"{self.stride}; change the heatmap resolution with input_size (heatmap side = input_size / 4)"
+            )
+        if self.input_size < 8 or self.input_size % self.stride:
+            raise ValueError(f"input_size: expected a multiple of the stride {self.stride}, >= 8, got {self.input_size}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "eval_every": self.eval_every,
+                    "box_scale": self.box_scale, "topk": self.topk}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        non_negative = {"workers": self.workers, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
+                        "grad_clip": self.grad_clip, "draw": self.draw, "min_lr_ratio": self.min_lr_ratio}
+        for name, value in non_negative.items():
+            if not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if self.sigma is not None and not self.sigma > 0:
+            raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
+
+    @property
+    def heatmap_side(self) -> int:
+        return self.input_size // self.stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping of its fields; unknown keys raise an error naming ``source``."""
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(FIELD_NAMES)}")
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+def dataset_defaults_path(dataset: str) -> Path:
+    return CONFIG_DIR / f"{dataset}.toml"
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """The settings in ``h3r/configs/<dataset>.toml`` (a mapping of :class:`TrainConfig` fields)."""
+    path = dataset_defaults_path(dataset)
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise ValueError(f"dataset: no defaults file {path}; datasets with defaults: {', '.join(known)}")
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from error
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    values.setdefault("dataset", dataset)
+    return values
+
+
+def load_config(dataset: str = "synthetic-face", **overrides: Any) -> TrainConfig:
+    """``TrainConfig`` defaults, then ``h3r/configs/<dataset>.toml``, then ``overrides`` (None values ignored)."""
+    values = dataset_defaults(dataset)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return config_from_dict(values, source=f"{dataset} configuration")

@@ -1,0 +1,306 @@
+"""Evaluation: predict on crops, map back to the original image, score with the dataset's metrics.
+
+The path of one prediction: the sample's box gives a crop (``h3r.transforms``); the model
+turns the crop into heatmap logits; the codec decodes input-pixel coordinates; with
+``flip_test`` the mirrored crop is predicted too, mirrored back (``x -> S - 1 - x`` and the
+dataset's flip pairs swapped) and averaged; the inverse of the crop's affine takes the
+coordinates back to **original-image pixels**, where ``dataset.evaluate`` computes the
+standard metrics (NME / FR / AUC, PCKh, COCO AP).
+
+Reports: ``results.json`` (metrics and settings), ``results.md`` (a Markdown table) and
+PNGs of predictions drawn over the images.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from h3r.codecs import build_codec
+from h3r.configs import TrainConfig, config_from_dict
+from h3r.data import open_dataset
+from h3r.data.base import LandmarkDataset
+from h3r.models import build_model
+from h3r.transforms import (CropConfig, TopDownTransform, apply_affine, crop_affine, flip_keypoints, flip_permutation,
+                            invert_affine)
+
+CHECKPOINT_FORMAT = "h3r-checkpoint-1"
+
+
+class CropDataset(Dataset):
+    """The network inputs of a :class:`LandmarkDataset`: each item is cropped around its box.
+
+    With ``seed`` set, item ``i`` is augmented with a generator seeded by
+    ``(seed, epoch, i)``: the augmentation depends on neither the worker that loads it nor
+    the order, so runs (and resumed runs) are reproducible. ``seed=None`` gives the plain
+    crop (evaluation). Items are dicts: ``image``, ``keypoints`` (input pixels),
+    ``visible``, ``affine`` (image -> input), ``flipped`` and ``index`` (into ``dataset``).
+    """
+
+    def __init__(self, dataset: LandmarkDataset, crop: CropConfig, seed: Optional[int] = None,
+                 indices: Optional[Sequence[int]] = None):
+        self.dataset = dataset
+        self.transform = TopDownTransform(crop, dataset.flip_pairs)
+        self.seed = seed
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = int(self.indices[position])
+        rng = None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
+        item = self.transform(self.dataset[index], rng)
+        item["index"] = index
+        return item
+
+
+def eval_crop(config: TrainConfig) -> CropConfig:
+    """The un-augmented crop of ``config`` (what evaluation sees)."""
+    return CropConfig(input_size=config.input_size, box_scale=config.box_scale)
+
+
+@dataclass
+class Predictions:
+    """Predicted keypoints of the items ``indices`` of a dataset."""
+
+    coords: np.ndarray  # (N, K, 2) float64, original-image pixels, 0-based, x before y
+    scores: np.ndarray  # (N, K) the codec's confidence per keypoint
+    indices: np.ndarray  # (N,) dataset indices
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropConfig, *, device: torch.device,
+            batch_size: int = 64, workers: int = 0, flip_test: bool = False, amp: str = "none",
+            indices: Optional[Sequence[int]] = None, progress: bool = False) -> Predictions:
+    """Run ``model`` on the plain crops of ``dataset`` and return predictions in image pixels."""
+    crops = CropDataset(dataset, crop, seed=None, indices=indices)
+    loader = DataLoader(crops, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    swap = flip_permutation(dataset.num_keypoints, dataset.flip_pairs)
+    was_training = model.training
+    model.eval()
+    coords, scores, order = [], [], []
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress, unit="batch"):
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+        batch_coords, batch_scores = codec.decode(logits)
+        if flip_test:
+            with autocast(device, amp):
+                flipped_logits = model(images.flip(-1))
+            flipped_coords, flipped_scores = codec.decode(flipped_logits)
+            flipped_coords = flip_keypoints(flipped_coords, crop.input_size, dataset.flip_pairs)
+            flipped_scores = flipped_scores[:, torch.from_numpy(swap).to(flipped_scores.device)]
+            batch_coords = (batch_coords + flipped_coords) / 2
+            batch_scores = (batch_scores + flipped_scores) / 2
+        image_to_input = batch["affine"].to(torch.float64)
+        coords.append(apply_affine(batch_coords.double().cpu(), invert_affine(image_to_input)).numpy())
+        scores.append(batch_scores.float().cpu().numpy())
+        order.append(batch["index"].numpy())
+    model.train(was_training)
+    num_keypoints = dataset.num_keypoints
+    return Predictions(
+        coords=np.concatenate(coords) if coords else np.zeros((0, num_keypoints, 2)),
+        scores=np.concatenate(scores) if scores else np.zeros((0, num_keypoints)),
+        indices=np.concatenate(order) if order else np.zeros(0, dtype=np.int64),
+    )
+
+
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on CUDA; a no-op context otherwise."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None and device.type == "cuda")
+
+
+def dataset_metrics(dataset: LandmarkDataset, predictions: Predictions) -> dict[str, float]:
+    """``dataset.evaluate`` of the predictions; datasets that rank instances by keypoint
+    confidence (COCO: ``keypoint_scores``) also get the decoded scores."""
+    indices = predictions.indices
+    whole = len(indices) == len(dataset) and np.array_equal(indices, np.arange(len(dataset)))
+    arguments: dict[str, Any] = {"indices": None if whole else indices}
+    if "keypoint_scores" in inspect.signature(dataset.evaluate).parameters:
+        arguments["keypoint_scores"] = predictions.scores
+    return {key: float(value) for key, value in dataset.evaluate(predictions.coords, **arguments).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The trivial baseline: the mean shape placed in every crop.
+
+
+def mean_shape(dataset: LandmarkDataset, crop: CropConfig) -> np.ndarray:
+    """The mean keypoint position ``(K, 2)`` in input pixels over the plain crops of ``dataset``.
+
+    Computed from the annotations and boxes only (no image is decoded); a keypoint never
+    visible sits at the crop centre.
+    """
+    total = np.zeros((dataset.num_keypoints, 2))
+    count = np.zeros(dataset.num_keypoints)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        moved = apply_affine(np.asarray(sample.keypoints, np.float64),
+                             crop_affine(sample.box, crop.input_size, crop.box_scale))
+        visible = np.asarray(sample.visible, bool) & np.isfinite(moved).all(axis=1)
+        total[visible] += moved[visible]
+        count[visible] += 1
+    centre = (crop.input_size - 1) / 2
+    return np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], centre)
+
+
+def mean_shape_predictions(dataset: LandmarkDataset, shape: np.ndarray, crop: CropConfig) -> Predictions:
+    """``shape`` (input pixels) placed in the plain crop of every item, in image pixels."""
+    coords = np.stack([
+        apply_affine(shape, invert_affine(crop_affine(dataset[index].box, crop.input_size, crop.box_scale)))
+        for index in range(len(dataset))
+    ]) if len(dataset) else np.zeros((0, dataset.num_keypoints, 2))
+    return Predictions(coords=coords, scores=np.ones(coords.shape[:2]), indices=np.arange(len(dataset)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and reports.
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by ``h3r train`` (``last.pt``, ``best.pt``), loaded on the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (give a .pt file or a run folder holding last.pt)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a checkpoint written by h3r train (no format '{CHECKPOINT_FORMAT}')")
+    checkpoint["path"] = str(path)
+    return checkpoint
+
+
+def model_and_codec(config: TrainConfig, num_keypoints: int):
+    """The (untrained) model and the codec that ``config`` describes."""
+    model = build_model(config.backbone, num_keypoints, head=config.head)
+    codec = build_codec(config.codec, config.stride, input_size=config.input_size, k=config.topk,
+                        weights=config.topk_weights, sigma=config.sigma, refine=config.refine)
+    return model, codec
+
+
+def format_value(value: float) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def markdown_table(metrics: dict[str, float], baseline: Optional[dict[str, float]] = None) -> str:
+    """``| metric | model | mean-shape baseline |`` rows, one per metric."""
+    if baseline:
+        lines = ["| metric | model | mean-shape baseline |", "|---|---:|---:|"]
+        lines += [f"| {key} | {format_value(value)} | {format_value(baseline.get(key, float('nan')))} |"
+                  for key, value in metrics.items()]
+    else:
+        lines = ["| metric | model |", "|---|---:|"]
+        lines += [f"| {key} | {format_value(value)} |" for key, value in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, metrics: dict[str, float], settings: dict[str, Any],
+                 baseline: Optional[dict[str, float]] = None) -> dict[str, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out_dir / "results.json", out_dir / "results.md"
+    json_path.write_text(json.dumps({"settings": settings, "metrics": metrics, "mean_shape_baseline": baseline},
+                                    indent=2) + "\n")
+    title = f"# {settings.get('dataset', '')} {settings.get('split', '')}: {settings.get('codec', '')} codec\n\n"
+    described = ", ".join(f"{key} = {value}" for key, value in settings.items())
+    markdown_path.write_text(title + described + "\n\n" + markdown_table(metrics, baseline))
+    return {"json": json_path, "markdown": markdown_path}
+
+
+def draw_predictions(dataset: LandmarkDataset, predictions: Predictions, out_dir: str | Path, count: int = 8,
+                     min_side: int = 256) -> list[Path]:
+    """PNGs of the first ``count`` items: ground truth in green, prediction in red, joined by a line.
+
+    Small images are enlarged (nearest neighbour) so their shorter side is at least ``min_side``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in range(min(count, len(predictions.indices))):
+        index = int(predictions.indices[row])
+        sample = dataset[index]
+        image = Image.fromarray(sample.image())
+        zoom = max(1, math.ceil(min_side / min(image.size)))
+        image = image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(image)
+        radius = max(2, zoom)
+        to_pixels = lambda point: ((point[0] + 0.5) * zoom - 0.5, (point[1] + 0.5) * zoom - 0.5)  # noqa: E731
+        for truth, guess, visible in zip(sample.keypoints, predictions.coords[row], sample.visible):
+            gx, gy = to_pixels(guess)
+            if visible:
+                tx, ty = to_pixels(truth)
+                draw.line([(tx, ty), (gx, gy)], fill=(255, 255, 0), width=1)
+                draw.ellipse([tx - radius, ty - radius, tx + radius, ty + radius], outline=(0, 255, 0))
+            draw.ellipse([gx - radius, gy - radius, gx + radius, gy + radius], fill=(255, 0, 0))
+        path = out_dir / f"prediction_{row:03d}_item{index}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else the CPU; other names as ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available here (use --device cpu)")
+    return device
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] = None, data_root: Optional[str] = None,
+                        split: Optional[str] = None, flip_test: Optional[bool] = None, device: str = "auto",
+                        batch_size: Optional[int] = None, workers: Optional[int] = None, out: Optional[str] = None,
+                        draw: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint of ``h3r train`` and write the reports.
+
+    Unset arguments come from the checkpoint's configuration: the test split of the
+    training dataset, its flip-test setting, and ``<run folder>/eval-<split>`` as ``out``.
+    Returns ``{"metrics", "baseline", "settings", "paths"}``.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = config_from_dict(checkpoint["config"], source=f"{checkpoint['path']} configuration")
+    same_data = (dataset is None or dataset == config.dataset) and (data_root is None or data_root == config.data_root)
+    dataset_name = dataset or config.dataset
+    root = data_root if data_root is not None else (config.data_root if dataset_name == config.dataset else None)
+    split = split or config.test_split
+    options = dict(config.test_options) if same_data and split == config.test_split else {}
+    data = open_dataset(dataset_name, root=root, split=split, **options)
+    model, codec = model_and_codec(config, checkpoint["num_keypoints"])
+    if data.num_keypoints != checkpoint["num_keypoints"]:
+        raise ValueError(f"dataset: {dataset_name} has {data.num_keypoints} keypoints but the checkpoint's model "
+                         f"predicts {checkpoint['num_keypoints']}")
+    model.load_state_dict(checkpoint["model"])
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    flip_test = config.flip_test if flip_test is None else flip_test
+    crop = eval_crop(config)
+    predictions = predict(model, codec, data, crop, device=torch_device, batch_size=batch_size or config.batch_size,
+                          workers=config.workers if workers is None else workers, flip_test=flip_test,
+                          amp=config.amp, progress=progress)
+    metrics = dataset_metrics(data, predictions)
+    shape = np.asarray(checkpoint["mean_shape"], dtype=np.float64)
+    baseline = dataset_metrics(data, mean_shape_predictions(data, shape, crop))
+    settings = {"dataset": dataset_name, "split": split, "items": len(data), "codec": config.codec,
+                "backbone": config.backbone, "input_size": config.input_size,
+                "heatmap_size": config.heatmap_side, "flip_test": flip_test,
+                "checkpoint": checkpoint["path"], "epoch": checkpoint["epoch"]}
+    out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"
+    paths = write_report(out_dir, metrics, settings, baseline)
+    paths["images"] = draw_predictions(data, predictions, out_dir / "images", config.draw if draw is None else draw)
+    return {"metrics": metrics, "baseline": baseline, "settings": settings, "paths": paths}

@@ -1,0 +1,194 @@
+"""Triton ``encode``: one write-only pass over the ``(B, K, H, W)`` target maps.
+
+Each program renders ``BLOCK_H`` whole rows of one ``(b, k)`` map. The keypoint's cell (or,
+with ``expected``, its two bilinear neighbours per axis) is computed in registers from the
+keypoint, its visibility and the seed, exactly as :func:`h3r_kernels.reference.target_profiles`
+does; the tile is the outer product of a row profile and a column profile. :func:`tile_target`
+is shared with the fused loss in :mod:`h3r_kernels.triton.loss`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _rng
+from ._common import device_guard, map_tiling
+
+ROUNDING_CODES = {"random": 0, "nearest": 1, "floor": 2, "none": 3}
+
+
+def gaussian_scale(sigma: float) -> float:
+    """``-1 / (2 sigma^2)``, the exponent factor of the Gaussian profile (0 for the binary target)."""
+    return -0.5 / (sigma * sigma) if sigma > 0 else 0.0
+
+
+@triton.jit
+def _profile(distance, gauss_scale, BINARY: tl.constexpr):
+    """1-D unit-peak profile at ``distance`` cells: a Kronecker delta, or ``exp(d^2 * gauss_scale)``."""
+    if BINARY:
+        return (distance == 0).to(tl.float32)
+    else:
+        return tl.exp(distance * distance * gauss_scale)
+
+
+@triton.jit
+def _expected_profile(coord, grid, size, gauss_scale, BINARY: tl.constexpr):
+    """Bilinear mixture over the cells ``floor(coord)`` and ``floor(coord) + 1``, off-map components dropped."""
+    low = tl.floor(coord)
+    frac = coord - low
+    high = low + 1.0
+    low_part = (1.0 - frac) * _profile(grid - low, gauss_scale, BINARY)
+    high_part = frac * _profile(grid - high, gauss_scale, BINARY)
+    return tl.where((low >= 0) & (low <= size - 1.0), low_part, 0.0) + tl.where(
+        (high >= 0) & (high <= size - 1.0), high_part, 0.0
+    )
+
+
+@triton.jit
+def _expected_live(coord, size):
+    """Whether the bilinear mixture of ``coord`` puts any weight on the map (False for NaN/inf)."""
+    low = tl.floor(coord)
+    frac = coord - low
+    high = low + 1.0
+    low_live = (low >= 0) & (low <= size - 1.0) & (1.0 - frac > 0)
+    high_live = (high >= 0) & (high <= size - 1.0) & (frac > 0)
+    return low_live | high_live
+
+
+@triton.jit
+def _rounded(coord, key, b, k, AXIS: tl.constexpr, ROUNDING: tl.constexpr):
+    """The activation cell of one coordinate (float32 integer); ``none`` decides on-map by the nearest cell."""
+    if ROUNDING == 0:
+        low = tl.floor(coord)
+        return low + (_rng.uniform(key, b, k, AXIS) < coord - low).to(tl.float32)
+    elif ROUNDING == 2:
+        return tl.floor(coord)
+    else:
+        return tl.floor(coord + 0.5)
+
+
+@triton.jit
+def _target_cells(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr):
+    """The rounded cells ``(cell_x, cell_y)`` of a keypoint and whether both lie on the map."""
+    key = _rng.seed_key(seed)
+    cell_x = _rounded(x, key, b, k, 0, ROUNDING)
+    cell_y = _rounded(y, key, b, k, 1, ROUNDING)
+    on_map = (cell_x >= 0) & (cell_x <= width - 1.0) & (cell_y >= 0) & (cell_y <= height - 1.0)
+    return cell_x, cell_y, on_map
+
+
+@triton.jit
+def keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr, EXPECTED: tl.constexpr):
+    """Whether a keypoint's target has weight on the map (visibility not included); scalars or blocks."""
+    if EXPECTED:
+        return _expected_live(x, width) & _expected_live(y, height)
+    else:
+        _, _, on_map = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
+        return on_map
+
+
+@triton.jit
+def tile_target(
+    keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, row_start, gauss_scale,
+    ROUNDING: tl.constexpr, BINARY: tl.constexpr, EXPECTED: tl.constexpr, HAS_VISIBLE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Target of rows ``[row_start, row_start + BLOCK_H)`` x columns ``[0, BLOCK_W)`` of map ``bk = b*K + k``.
+
+    Returns ``(target (BLOCK_H, BLOCK_W) float32, contributes)``; cells past the map must be
+    masked by the caller; a map that does not contribute is all zero. ``EXPECTED`` is only
+    set with random rounding (the reference ignores it otherwise).
+    """
+    gauss_scale = tl.cast(gauss_scale, tl.float32)
+    b = bk // num_keypoints
+    k = bk - b * num_keypoints
+    x = tl.load(keypoints_ptr + 2 * bk)
+    y = tl.load(keypoints_ptr + 2 * bk + 1)
+    cols = tl.arange(0, BLOCK_W).to(tl.float32)
+    rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)
+    if EXPECTED:
+        contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, EXPECTED)
+        col_profile = _expected_profile(x, cols, width, gauss_scale, BINARY)
+        row_profile = _expected_profile(y, rows, height, gauss_scale, BINARY)
+    else:
+        cell_x, cell_y, contributes = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
+        if ROUNDING == 3:
+            cell_x = x
+            cell_y = y
+        cell_x = tl.where(contributes, cell_x, 0.0)
+        cell_y = tl.where(contributes, cell_y, 0.0)
+        col_profile = _profile(cols - cell_x, gauss_scale, BINARY)
+        row_profile = _profile(rows - cell_y, gauss_scale, BINARY)
+    if HAS_VISIBLE:
+        contributes = contributes & (tl.load(visible_ptr + bk) != 0)
+    target = row_profile[:, None] * col_profile[None, :]
+    return tl.where(contributes, target, 0.0), contributes
+
+
+@triton.jit
+def map_offsets(bk, row_start, height, width, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Flat element offsets (int64) of a ``(BLOCK_H, BLOCK_W)`` tile of map ``bk``, and the in-map mask."""
+    rows = row_start + tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    inside = (rows < height)[:, None] & (cols < width)[None, :]
+    base = bk.to(tl.int64) * height * width
+    return base + rows[:, None] * width + cols[None, :], inside
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _encode_kernel(
+    out_ptr, keypoints_ptr, visible_ptr, seed, num_keypoints, height, width, tiles_per_map, gauss_scale,
+    ROUNDING: tl.constexpr, BINARY: tl.constexpr, EXPECTED: tl.constexpr, HAS_VISIBLE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bk = pid // tiles_per_map
+    row_start = (pid - bk * tiles_per_map) * BLOCK_H
+    target, _ = tile_target(
+        keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, row_start, gauss_scale,
+        ROUNDING, BINARY, EXPECTED, HAS_VISIBLE, BLOCK_H, BLOCK_W,
+    )
+    offsets, inside = map_offsets(bk, row_start, height, width, BLOCK_H, BLOCK_W)
+    tl.store(out_ptr + offsets, target.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def launch_encode(
+    keypoints: torch.Tensor,
+    visible: Optional[torch.Tensor],
+    height: int,
+    width: int,
+    sigma: float,
+    rounding: str,
+    seed: int,
+    expected: bool,
+    dtype: torch.dtype,
+    block_rows: Optional[int] = None,
+) -> torch.Tensor:
+    """:func:`encode` with an optional override of the rows per program (for block-size tests)."""
+    batch, num = keypoints.shape[:2]
+    out = torch.empty((batch, num, height, width), dtype=dtype, device=keypoints.device)
+    if out.numel() == 0:
+        return out
+    tiling = map_tiling(height, width, block_rows)
+    visible_arg = keypoints if visible is None else visible.view(torch.uint8)
+    with device_guard(keypoints):
+        _encode_kernel[(batch * num * tiling.tiles_per_map,)](
+            out, keypoints, visible_arg, _rng.seed_as_int32(seed), num, height, width, tiling.tiles_per_map,
+            gaussian_scale(sigma),
+            ROUNDING=ROUNDING_CODES[rounding], BINARY=sigma == 0, EXPECTED=bool(expected and rounding == "random"),
+            HAS_VISIBLE=visible is not None, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w,
+            num_warps=tiling.num_warps,
+        )
+    return out
+
+
+def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype) -> torch.Tensor:
+    """Target maps ``(B, K, H, W)`` of ``dtype``; same contract as :func:`h3r_kernels.reference.encode`.
+
+    ``keypoints``: contiguous float32 ``(B, K, 2)`` in heatmap pixels; ``visible``: contiguous
+    bool ``(B, K)`` or None. Binary targets are bit-identical to the reference for the same seed.
+    """
+    return launch_encode(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype)

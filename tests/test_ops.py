@@ -1,0 +1,203 @@
+"""The op contract: registration (opcheck), gradients (gradcheck), torch.compile, layouts,
+empty batches, backend selection and the error for each bad input."""
+import pytest
+import torch
+
+import h3r_kernels
+from conftest import available_backends
+
+BACKENDS = available_backends("cpu")
+
+
+def _keypoints(batch=2, num=3, height=6, width=7):
+    return torch.rand(batch, num, 2) * torch.tensor([width - 1.0, height - 1.0])
+
+
+def _separated_maps(batch, num, height, width, dtype=torch.float64):
+    """Maps whose values are far apart, so a small perturbation never changes the selection."""
+    perm = torch.stack([torch.randperm(height * width) for _ in range(batch * num)])
+    return (perm.to(dtype) * 0.37).reshape(batch, num, height, width)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_encode(backend):
+    kp = _keypoints()
+    visible = torch.rand(2, 3) > 0.3
+    for sigma, rounding, expected in ((0.0, "random", False), (1.5, "nearest", True), (2.0, "none", False)):
+        args = (kp, visible, 6, 7, sigma, rounding, 3, expected, torch.float32, backend)
+        torch.library.opcheck(torch.ops.h3r.encode.default, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("loss,sigma", [("bce", 0.0), ("mse", 1.0)])
+def test_opcheck_heatmap_loss(backend, reduction, loss, sigma):
+    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
+    args = (logits, _keypoints(), None, sigma, "random", 3, loss, reduction, True, backend)
+    torch.library.opcheck(torch.ops.h3r.heatmap_loss.default, args)
+    grad = torch.randn(2, 3, 6, 7)
+    grad_output = torch.randn(2, 3) if reduction == "none" else torch.tensor(1.7)
+    torch.library.opcheck(torch.ops.h3r.heatmap_loss_backward.default, (grad, grad_output, reduction, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("topk", "linear"), ("local", "softmax"), ("argmax", "linear")])
+def test_opcheck_decode(backend, method, weights):
+    maps = _separated_maps(2, 3, 5, 6, torch.float32).requires_grad_()
+    torch.library.opcheck(torch.ops.h3r.decode.default, (maps, method, 4, weights, 3, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss,sigma,reduction", [("bce", 0.0, "mean"), ("mse", 1.5, "sum"), ("bce", 0.0, "none")])
+def test_gradcheck_heatmap_loss(backend, loss, sigma, reduction):
+    logits = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    kp = _keypoints(2, 2, 4, 5)
+    fn = lambda z: h3r_kernels.heatmap_loss(z, kp, sigma=sigma, seed=4, loss=loss, reduction=reduction, backend=backend)
+    assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("topk", "linear"), ("local", "softmax"), ("local", "linear")])
+def test_gradcheck_decode(backend, method, weights):
+    maps = _separated_maps(2, 2, 5, 6).requires_grad_()
+    fn = lambda m: h3r_kernels.decode(m / 10, method=method, k=5, weights=weights, backend=backend)
+    assert torch.autograd.gradcheck(fn, (maps,))
+
+
+def test_decode_argmax_gradient_reaches_only_the_peak_through_scores():
+    maps = _separated_maps(1, 2, 4, 4).requires_grad_()
+    coords, scores = h3r_kernels.decode(maps, method="argmax")
+    (coords.sum() + scores.sum()).backward()
+    flat = maps.grad.flatten(-2)
+    assert (flat.sum(-1) == 1).all() and ((flat != 0).sum(-1) == 1).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph(backend):
+    def step(logits, keypoints):
+        loss = h3r_kernels.heatmap_loss(logits, keypoints, seed=5, backend=backend)
+        target = h3r_kernels.encode(keypoints, (6, 7), seed=5, backend=backend)
+        coords, _ = h3r_kernels.decode(logits.sigmoid(), weights="linear", backend=backend)
+        return loss, target, coords
+
+    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
+    kp = _keypoints()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(logits, kp)
+    want = step(logits, kp)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    got[0].backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["permuted", "sliced"])
+def test_non_contiguous_inputs(backend, layout):
+    base = torch.randn(2, 3, 7, 6) if layout == "permuted" else torch.randn(2, 3, 6, 14)
+    logits = base.transpose(-1, -2) if layout == "permuted" else base[..., ::2]
+    kp_base = torch.rand(3, 2, 2) * 5
+    kp = kp_base.transpose(0, 1)
+    assert not logits.is_contiguous() and not kp.is_contiguous()
+    logits.requires_grad_()
+    value = h3r_kernels.heatmap_loss(logits, kp, seed=2, reduction="none", backend=backend)
+    value.sum().backward()  # an expanded incoming gradient
+    contiguous = logits.detach().contiguous().requires_grad_()
+    want = h3r_kernels.heatmap_loss(contiguous, kp.contiguous(), seed=2, reduction="none", backend="reference")
+    want.sum().backward()
+    torch.testing.assert_close(value, want)
+    torch.testing.assert_close(logits.grad, contiguous.grad)
+    torch.testing.assert_close(
+        h3r_kernels.decode(logits.detach(), backend=backend), h3r_kernels.decode(contiguous.detach(), backend="reference")
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch,num", [(0, 3), (2, 0)])
+def test_empty_batches(backend, batch, num):
+    kp = torch.zeros(batch, num, 2)
+    assert h3r_kernels.encode(kp, (4, 5), backend=backend).shape == (batch, num, 4, 5)
+    logits = torch.zeros(batch, num, 4, 5, requires_grad=True)
+    value = h3r_kernels.heatmap_loss(logits, kp, backend=backend)
+    value.backward()
+    assert value.item() == 0 and logits.grad.shape == logits.shape
+    coords, scores = h3r_kernels.decode(logits.detach(), backend=backend)
+    assert coords.shape == (batch, num, 2) and scores.shape == (batch, num)
+
+
+def test_backends_report():
+    info = h3r_kernels.backends()
+    assert set(info) == {"reference", "triton", "cuda"}
+    assert info["reference"]["available"]
+    for entry in info.values():
+        assert isinstance(entry["reason"], str) and entry["reason"]
+    if not torch.cuda.is_available():
+        assert not info["cuda"]["available"]
+
+
+def test_backend_environment_variable(monkeypatch):
+    monkeypatch.setenv("H3R_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="H3R_BACKEND: expected"):
+        h3r_kernels.encode(_keypoints(), (6, 7))
+    monkeypatch.setenv("H3R_BACKEND", "reference")
+    assert h3r_kernels.encode(_keypoints(), (6, 7), seed=1).shape == (2, 3, 6, 7)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_forcing_cuda_backend_on_cpu_says_why():
+    with pytest.raises(RuntimeError, match="backend='cuda' is not available here"):
+        h3r_kernels.encode(_keypoints(), (6, 7), backend="cuda")
+
+
+# --------------------------------------------------------------------------- bad input
+
+KP = torch.zeros(2, 3, 2)
+MAPS = torch.zeros(2, 3, 4, 5)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: h3r_kernels.encode([[0.0, 0.0]], (4, 4)), "keypoints: expected a torch.Tensor"),
+        (lambda: h3r_kernels.encode(torch.zeros(2, 3), (4, 4)), r"keypoints: expected a \(B, K, 2\)"),
+        (lambda: h3r_kernels.encode(torch.zeros(2, 3, 3), (4, 4)), r"keypoints: expected a \(B, K, 2\)"),
+        (lambda: h3r_kernels.encode(KP.half(), (4, 4)), "keypoints: expected dtype float32 or float64"),
+        (lambda: h3r_kernels.encode(KP, (4,)), r"heatmap_size: expected \(H, W\)"),
+        (lambda: h3r_kernels.encode(KP, (0, 4)), r"heatmap_size: expected \(H, W\) with H, W >= 1"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), torch.ones(2, 4, dtype=torch.bool)), r"visible: expected shape \(B, K\)"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), torch.ones(2, 3)), "visible: expected dtype torch.bool"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), sigma=-1.0), "sigma: expected a finite number >= 0"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), sigma=float("nan")), "sigma: expected a finite number >= 0"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), rounding="ceil"), "rounding: expected one of"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), rounding="none"), "rounding: 'none' .* needs sigma > 0"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), seed=-1), r"seed: expected None or an integer in \[0, 2\*\*32\)"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), seed=2**32), r"seed: expected None or an integer"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), seed=1.5), r"seed: expected None or an integer"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), dtype=torch.int32), "dtype: expected torch.float32"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), backend="gpu"), "backend: expected one of"),
+        (lambda: h3r_kernels.heatmap_loss(MAPS.long(), KP), "logits: expected dtype float32, float16 or bfloat16"),
+        (lambda: h3r_kernels.heatmap_loss(MAPS[0], KP), r"logits: expected a \(B, K, H, W\)"),
+        (lambda: h3r_kernels.heatmap_loss(MAPS, KP[:, :2]), r"keypoints: expected \(B, K\) = \(2, 3\) to match logits"),
+        (lambda: h3r_kernels.heatmap_loss(MAPS, KP, loss="l1"), "loss: expected one of 'bce', 'mse'"),
+        (lambda: h3r_kernels.heatmap_loss(MAPS, KP, reduction="max"), "reduction: expected one of"),
+        (lambda: h3r_kernels.heatmap_loss(MAPS, KP, sigma=-2.0), "sigma: expected a finite number >= 0"),
+        (lambda: h3r_kernels.decode(MAPS.int()), "heatmaps: expected dtype float32"),
+        (lambda: h3r_kernels.decode(MAPS[0]), r"heatmaps: expected a \(B, K, H, W\)"),
+        (lambda: h3r_kernels.decode(MAPS, k=0), r"k: expected an integer in \[1, 32\]"),
+        (lambda: h3r_kernels.decode(MAPS, k=33), r"k: expected an integer in \[1, 32\]"),
+        (lambda: h3r_kernels.decode(MAPS, k=21), r"k: expected 1 <= k <= H\*W = 20"),
+        (lambda: h3r_kernels.decode(MAPS, method="mean"), "method: expected one of 'topk', 'local', 'argmax'"),
+        (lambda: h3r_kernels.decode(MAPS, weights="uniform"), "weights: expected one of 'softmax', 'linear'"),
+        (lambda: h3r_kernels.decode(MAPS, method="local", window=4), "window: expected an odd integer >= 1"),
+        (lambda: h3r_kernels.decode(MAPS, method="local", window=0), "window: expected an odd integer >= 1"),
+    ],
+)
+def test_bad_input_is_named(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+def test_mixed_devices_are_named():
+    with pytest.raises(ValueError, match="keypoints: expected device"):
+        h3r_kernels.heatmap_loss(MAPS.cuda(), KP)
