@@ -81,8 +81,8 @@ def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, comput
 
 @torch.library.custom_op("h3r::heatmap_loss_backward", mutates_args=())
 def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> torch.Tensor:
-    module = select("heatmap_loss", grad.device, backend)
-    return module.heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
+    """The backward of ``heatmap_loss``: the gradient saved by the forward times the incoming one."""
+    return select("heatmap_loss", grad.device, backend).heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
 
 
 @heatmap_loss_backward.register_fake
@@ -90,19 +90,46 @@ def _(grad, grad_output, reduction, backend):
     return torch.empty_like(grad)
 
 
+@torch.library.custom_op("h3r::heatmap_loss_scale_grad_", mutates_args=("grad",))
+def heatmap_loss_scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> None:
+    """:func:`heatmap_loss_backward` in place: no pass over the gradient when the incoming one is 1."""
+    select("heatmap_loss", grad.device, backend).scale_grad_(grad, grad_output.contiguous(), reduction)
+
+
+@heatmap_loss_scale_grad_.register_fake
+def _(grad, grad_output, reduction, backend):
+    return None
+
+
 def _loss_setup_context(ctx, inputs, output):
     ctx.reduction = inputs[7]
     ctx.compute_grad = inputs[8]
     ctx.backend = inputs[9]
+    ctx.consumed = False
     ctx.save_for_backward(output[1])
 
 
 def _loss_backward(ctx, grad_value, grad_grad):
+    """Scales the gradient that the forward computed (Liger-Kernel's fused-loss pattern).
+
+    On CUDA tensors in eager mode the saved gradient is scaled in place and returned, which
+    costs no pass over it when the incoming gradient is 1 (the usual ``loss.backward()``);
+    a second backward through the same graph then raises. On the CPU and while tracing
+    (``torch.compile``) a new tensor is returned, so ``retain_graph`` and ``gradcheck`` work.
+    """
     if not ctx.compute_grad:
         raise RuntimeError("heatmap_loss: backward needs the op to be called with compute_grad=True")
     (grad,) = ctx.saved_tensors
-    grad_logits = heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend)
-    return grad_logits, None, None, None, None, None, None, None, None, None
+    if not (grad.is_cuda and type(grad) is torch.Tensor):
+        return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend), *(None,) * 9
+    if ctx.consumed:
+        raise RuntimeError(
+            "heatmap_loss: a second backward through the same graph is not supported on CUDA tensors (the saved "
+            "gradient is scaled in place); call heatmap_loss again, or use backend='reference' for retain_graph=True"
+        )
+    ctx.consumed = True
+    heatmap_loss_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
+    return grad, *(None,) * 9
 
 
 heatmap_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)
@@ -171,7 +198,7 @@ def _decode_backward(ctx, grad_coords, grad_scores, grad_indices):
     if grad_scores is None:
         grad_scores = heatmaps.new_zeros((batch, num), dtype=dtype)
     grad = decode_backward(heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights, ctx.backend)
-    return grad, None, None, None, None, None
+    return grad, *(None,) * 5
 
 
 decode.register_autograd(_decode_backward, setup_context=_decode_setup_context)

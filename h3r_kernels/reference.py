@@ -152,9 +152,14 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
 
 
 def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Scale the saved per-pixel gradient by the incoming gradient (a scalar, or ``(B, K)``)."""
+    """The saved gradient times the incoming gradient (a scalar, or ``(B, K)`` for ``none``)."""
     scale = grad_output[..., None, None] if reduction == "none" else grad_output
     return (grad.to(compute_dtype(grad.dtype)) * scale).to(grad.dtype)
+
+
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
+    """In-place :func:`heatmap_loss_backward`; the GPU kernels skip maps whose scale is 1."""
+    grad.copy_(heatmap_loss_backward(grad, grad_output, reduction))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -38,6 +38,7 @@ def test_opcheck_heatmap_loss(backend, reduction, loss, sigma):
     grad = torch.randn(2, 3, 6, 7)
     grad_output = torch.randn(2, 3) if reduction == "none" else torch.tensor(1.7)
     torch.library.opcheck(torch.ops.h3r.heatmap_loss_backward.default, (grad, grad_output, reduction, backend))
+    torch.library.opcheck(torch.ops.h3r.heatmap_loss_scale_grad_.default, (grad, grad_output, reduction, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -37,10 +37,13 @@ def open_dataset(name: str, root: str | None = None, split: str = "train", **opt
     if name.startswith("synthetic-"):
         if root is not None:
             raise ValueError(f"{name} is generated in memory and takes no root (got root={root!r})")
-        from h3r.data.synthetic import SyntheticFaces, SyntheticPeople
+        if name == "synthetic-face":
+            from h3r.data.synthetic import SyntheticFaces
 
-        generator = SyntheticFaces if name == "synthetic-face" else SyntheticPeople
-        return generator(split=split, **options)
+            return SyntheticFaces(split=split, **options)
+        from h3r.data.synthetic import SyntheticPeople
+
+        return SyntheticPeople(split=split, **options)
     if root is None:
         raise ValueError(f"{name}: root is required: the folder holding {EXPECTED_LAYOUT[name]}")
     if not os.path.isdir(root):

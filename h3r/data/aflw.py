@@ -47,7 +47,7 @@ def read_aflw_mat(path: str) -> dict[str, np.ndarray | list]:
     require_file(path, "AFLW annotation file")
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, NotImplementedError, TypeError, OSError) as error:
+    except (scipy.io.matlab.MatReadError, ValueError, NotImplementedError, TypeError, OSError) as error:
         raise ValueError(f"{path}: cannot read as a MATLAB .mat file with scipy.io.loadmat: {error}") from None
     for field in ("bbox", "data", "mask_new", "nameList", "ra"):
         if field not in mat:
@@ -177,7 +177,8 @@ class AFLW(FaceDataset):
             keypoints=keypoints,
             boxes=boxes,
             normalisers=np.sqrt(width.astype(np.float64) * height),
-            metas=[{"image_path": name, "face": int(index) + 1, "occluded": ~seen} for name, index, seen in zip(names, chosen, visible)],
+            metas=[{"image_path": name, "face": int(index) + 1, "occluded": ~seen}
+                   for name, index, seen in zip(names, chosen, visible)],
             subsets={"frontal": frontal} if split == "test" else None,
         )
 
@@ -194,5 +195,6 @@ class AFLW(FaceDataset):
             keypoints=table["keypoints"],
             boxes=np.concatenate([table["centre"] - half, table["centre"] + half], axis=1),
             normalisers=table["box_size"],
-            metas=[{"image_path": name, "annotation": f"{path}:{number}"} for name, number in zip(table["names"], table["lines"])],
+            metas=[{"image_path": name, "annotation": f"{path}:{number}"}
+                   for name, number in zip(table["names"], table["lines"])],
         )

@@ -83,12 +83,14 @@ def read_cofw_annotations(path: str, split: str) -> dict[str, np.ndarray]:
         xywh = _matrix(file, path, boxes, 4)
         count = _image_references(file, path, images).size
     if not len(phis) == len(xywh) == count:
-        raise ValueError(f"{path}: {count} images in '{images}', {len(phis)} shapes in '{shapes}', {len(xywh)} boxes in '{boxes}'")
+        raise ValueError(f"{path}: {count} images in '{images}', {len(phis)} shapes in '{shapes}', "
+                         f"{len(xywh)} boxes in '{boxes}'")
     occlusion = phis[:, 2 * COFW_NUM_KEYPOINTS:]
     bad = np.argwhere(~np.isin(occlusion, (0, 1)))
     if bad.size:
         record, point = bad[0]
-        raise ValueError(f"{path}: '{shapes}' record {record + 1}: occlusion flag of point {point + 1} is {occlusion[record, point]}, expected 0 or 1")
+        raise ValueError(f"{path}: '{shapes}' record {record + 1}: occlusion flag of point {point + 1} "
+                         f"is {occlusion[record, point]}, expected 0 or 1")
     keypoints = np.stack([phis[:, :COFW_NUM_KEYPOINTS], phis[:, COFW_NUM_KEYPOINTS:2 * COFW_NUM_KEYPOINTS]], axis=-1) - 1.0
     origin = xywh[:, :2] - 1.0
     return {

@@ -116,7 +116,8 @@ def find_annotated_images(folder: str, recursive: bool = False) -> list[tuple[st
             if extension.lower() != ".pts":
                 continue
             if stem not in images:
-                raise FileNotFoundError(f"{os.path.join(directory, file)}: no image {stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
+                raise FileNotFoundError(f"{os.path.join(directory, file)}: no image "
+                                        f"{stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
             pairs.append((os.path.join(directory, images[stem]), os.path.join(directory, file)))
     return pairs
 

@@ -112,7 +112,8 @@ class WFLW(FaceDataset):
         if split not in ("train", "test"):
             raise ValueError(f"WFLW split: expected 'train' or 'test', got {split!r}")
         if subset is not None and (split != "test" or subset not in WFLW_ATTRIBUTES):
-            raise ValueError(f"WFLW subset: expected one of {WFLW_ATTRIBUTES} with split='test', got {subset!r} with split={split!r}")
+            raise ValueError(f"WFLW subset: expected one of {WFLW_ATTRIBUTES} with split='test', "
+                             f"got {subset!r} with split={split!r}")
         self.root = os.fspath(root)
         self.subset = subset
         path = list_path(self.root, split) if subset is None else subset_path(self.root, subset)

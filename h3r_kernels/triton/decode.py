@@ -299,8 +299,8 @@ def _decode_backward_kernel(
         slot_grad = weights * direction
     else:
         total = tl.sum(_positive(values, valid), axis=0)
-        live = (values > 0) & (total > 0)
-        slot_grad = tl.where(live, direction / tl.where(total > 0, total, 1.0), 0.0)
+        slot_grad = tl.where(values > 0, direction / tl.where(total > 0, total, 1.0), 0.0)
+        slot_grad = tl.where(total > 0, slot_grad, 0.0)  # the peak fallback is piecewise constant
     slot_grad = tl.where(valid, slot_grad, 0.0) + tl.where(slots == PEAK_SLOT, grad_score, 0.0)
     tl.store(grad_map_ptr + safe, slot_grad.to(grad_ptr.dtype.element_ty), mask=valid)
 

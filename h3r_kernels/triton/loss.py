@@ -7,9 +7,9 @@ False) and stores its partial loss sum in a ``(B*K, tiles_per_map)`` buffer that
 sums in a fixed order: no atomics, the value is reproducible run to run. Maps whose keypoint
 does not contribute read nothing and write a zero gradient.
 
-For ``reduction="mean"`` a one-program kernel first counts the contributing keypoints and
-writes the scale ``1 / max(count * H * W, 1)`` to a device scalar that the main kernel reads:
-no host synchronisation anywhere.
+For ``reduction="mean"`` a small kernel first counts the contributing keypoints into a device
+integer (exact integer atomics); the main kernel turns it into the gradient scale
+``1 / max(count * H * W, 1)``: no host synchronisation anywhere.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import triton.language as tl
 
 from . import _rng
 from ._common import accumulates_in_fp64, device_guard, map_tiling
-from .encode import ROUNDING_CODES, gaussian_scale, map_offsets, tile_target
+from .encode import ROUNDING_CODES, gaussian_scale, keypoint_contributes, map_offsets, tile_target
 
-# Keypoints per iteration of the one-program counting kernel.
+# Keypoints per program of the counting kernel ("mean").
 COUNT_BLOCK = 1024
 
 
@@ -36,20 +36,167 @@ def _log1p(e):
 
 @triton.jit(do_not_specialize=["seed"])
 def _count_kernel(
-    scale_ptr, keypoints_ptr, visible_ptr, seed, num_maps, num_keypoints, height, width,
-    ROUNDING: tl.constexpr, EXPECTED: tl.constexpr, HAS_VISIBLE: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK: tl.constexpr,
+    count_ptr, keypoints_ptr, visible_ptr, seed, num_maps, num_keypoints, height, width,
+    ROUNDING: tl.constexpr, HAS_VISIBLE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One program: ``scale = 1 / max(count * H * W, 1)`` over the contributing keypoints."""
+    """Adds the number of contributing keypoints among ``BLOCK`` of them to ``count_ptr`` (int32).
+
+    Integer atomics are exact, so the count does not depend on the order of the programs.
+    """
+    bk = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = bk < num_maps
+    b = bk // num_keypoints
+    k = bk - b * num_keypoints
+    x = tl.load(keypoints_ptr + 2 * bk, mask=valid, other=float("nan"))
+    y = tl.load(keypoints_ptr + 2 * bk + 1, mask=valid, other=float("nan"))
+    contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, False) & valid
+    if HAS_VISIBLE:
+        contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
+    tl.atomic_add(count_ptr, tl.sum(contributes.to(tl.int32), axis=0))
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _loss_kernel(
+    logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, keypoints_ptr, visible_ptr,
+    seed, num_keypoints, height, width, tiles_per_map, gauss_scale,
+    ROUNDING: tl.constexpr, BINARY: tl.constexpr, HAS_VISIBLE: tl.constexpr,
+    MSE: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Loss partial sum of one tile into ``partial_ptr[pid]`` and, if ``WRITE_GRAD``, its gradient.
+
+    Per pixel, as the reference: ``bce = max(z, 0) - z t + log(1 + exp(-|z|))`` with gradient
+    ``sigmoid(z) - t``; ``mse = (z - t)^2`` with gradient ``2 (z - t)``. With ``MEAN`` the
+    gradient is multiplied by ``scale = 1 / max(count * H * W, 1)`` from the contributing
+    keypoint count at ``count_ptr``, which program 0 also stores at ``scale_ptr``.
+    """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    count = tl.zeros([BLOCK], dtype=tl.int32)
-    for start in range(0, num_maps, BLOCK):
-        bk = start + tl.arange(0, BLOCK)
-        # A 1 x 1 tile: the profiles are not needed, only whether the keypoint contributes.
-        _, contributes = tile_target(
-            keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, 0, 0.0,
-            ROUNDING, True, EXPECTED, HAS_VISIBLE, 1, 1, bk < num_maps,
+    pid = tl.program_id(0)
+    bk = pid // tiles_per_map
+    row_start = (pid - bk * tiles_per_map) * BLOCK_H
+    target, contributes = tile_target(
+        keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, row_start, gauss_scale,
+        ROUNDING, BINARY, False, HAS_VISIBLE, BLOCK_H, BLOCK_W,
+    )
+    offsets, inside = map_offsets(bk, row_start, height, width, BLOCK_H, BLOCK_W)
+    print("DBG", inside.type, contributes.type, inside.handle.dtype, contributes.handle.dtype)
+    live = inside & contributes
+    z = tl.load(logits_ptr + offsets, mask=live, other=0.0).to(acc_dtype)
+    t = target.to(acc_dtype)
+    if MSE:
+        diff = z - t
+        pixel_loss = diff * diff
+        pixel_grad = 2.0 * diff
+    else:
+        e = tl.exp(-tl.abs(z))
+        pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p(e)
+        pixel_grad = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - t
+    pixel_loss = tl.where(live, pixel_loss, 0.0)
+    tl.store(partial_ptr + pid, tl.sum(tl.sum(pixel_loss, axis=1), axis=0))
+    if MEAN:
+        count = tl.load(count_ptr).to(acc_dtype) * tl.cast(height * width, acc_dtype)
+        scale = 1.0 / tl.maximum(count, 1.0)
+        tl.store(scale_ptr, scale, mask=pid == 0)
+        pixel_grad = pixel_grad * scale
+    if WRITE_GRAD:
+        pixel_grad = tl.where(live, pixel_grad, 0.0)
+        tl.store(grad_ptr + offsets, pixel_grad.to(grad_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _scale_grad_kernel(
+    out_ptr, grad_ptr, grad_output_ptr, height, width, tiles_per_map,
+    PER_MAP: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """``out = grad * grad_output`` (one scalar, or one value per map when ``PER_MAP``), in the accumulator dtype."""
+    acc_dtype = tl.float64 if ACC_FP64 else tl.float32
+    pid = tl.program_id(0)
+    bk = pid // tiles_per_map
+    row_start = (pid - bk * tiles_per_map) * BLOCK_H
+    offsets, inside = map_offsets(bk, row_start, height, width, BLOCK_H, BLOCK_W)
+    if PER_MAP:
+        factor = tl.load(grad_output_ptr + bk)
+    else:
+        factor = tl.load(grad_output_ptr)
+    grad = tl.load(grad_ptr + offsets, mask=inside, other=0.0).to(acc_dtype)
+    tl.store(out_ptr + offsets, (grad * factor.to(acc_dtype)).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def launch_heatmap_loss(
+    logits: torch.Tensor,
+    keypoints: torch.Tensor,
+    visible: Optional[torch.Tensor],
+    sigma: float,
+    rounding: str,
+    seed: int,
+    loss: str,
+    reduction: str,
+    compute_grad: bool,
+    block_rows: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`heatmap_loss` with an optional override of the rows per program (for block-size tests)."""
+    batch, num, height, width = logits.shape
+    fp64 = accumulates_in_fp64(logits.dtype)
+    acc_dtype = torch.float64 if fp64 else torch.float32
+    grad = torch.empty_like(logits) if compute_grad else logits.new_empty(0)
+    if batch * num == 0:
+        per_keypoint = logits.new_zeros((batch, num), dtype=acc_dtype)
+        return (per_keypoint if reduction == "none" else per_keypoint.sum()), grad
+
+    tiling = map_tiling(height, width, block_rows)
+    visible_arg = keypoints if visible is None else visible.view(torch.uint8)
+    seed_arg = _rng.seed_as_int32(seed)
+    code = ROUNDING_CODES[rounding]
+    partials = torch.empty((batch, num, tiling.tiles_per_map), dtype=acc_dtype, device=logits.device)
+    mean = reduction == "mean"
+    count = torch.zeros((), dtype=torch.int32, device=logits.device) if mean else partials
+    scale = torch.empty((), dtype=acc_dtype, device=logits.device) if mean else partials
+    with device_guard(logits):
+        if mean:
+            _count_kernel[(triton.cdiv(batch * num, COUNT_BLOCK),)](
+                count, keypoints, visible_arg, seed_arg, batch * num, num, height, width,
+                ROUNDING=code, HAS_VISIBLE=visible is not None, BLOCK=COUNT_BLOCK,
+            )
+        _loss_kernel[(batch * num * tiling.tiles_per_map,)](
+            logits, grad if compute_grad else logits, partials, count, scale, keypoints, visible_arg,
+            seed_arg, num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
+            ROUNDING=code, BINARY=sigma == 0, HAS_VISIBLE=visible is not None, MSE=loss == "mse",
+            MEAN=mean, WRITE_GRAD=compute_grad, ACC_FP64=fp64,
+            BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
         )
-        count += (contributes & (bk < num_maps)).to(tl.int32)
-    total = tl.sum(count, axis=0).to(acc_dtype) * (height * width).to(acc_dtype)
-    tl.store(scale_ptr, 1.0 / tl.maximum(total, 1.0))
+    per_keypoint = partials[..., 0] if tiling.tiles_per_map == 1 else partials.sum(-1)
+    if reduction == "none":
+        return per_keypoint, grad
+    if reduction == "sum":
+        return per_keypoint.sum(), grad
+    return per_keypoint.sum() * scale, grad
+
+
+def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
+    """``(value, grad)``; same contract as :func:`h3r_kernels.reference.heatmap_loss`.
+
+    ``value``: float32 (float64 for float64 logits), a scalar or ``(B, K)`` for "none";
+    ``grad``: d value / d logits in the logits dtype, or an empty tensor without ``compute_grad``.
+    """
+    return launch_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad)
+
+
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The saved gradient scaled by the incoming one (a scalar, or ``(B, K)`` for "none").
+
+    One bandwidth-bound pass (read ``grad``, write the result) that also covers float16/bfloat16
+    in float32 arithmetic; a torch multiply would need an extra cast pass for those dtypes and
+    for the ``(B, K)`` case.
+    """
+    out = torch.empty_like(grad)
+    if grad.numel() == 0:
+        return out
+    batch, num, height, width = grad.shape
+    tiling = map_tiling(height, width)
+    with device_guard(grad):
+        _scale_grad_kernel[(batch * num * tiling.tiles_per_map,)](
+            out, grad, grad_output, height, width, tiling.tiles_per_map,
+            PER_MAP=reduction == "none", ACC_FP64=accumulates_in_fp64(grad.dtype),
+            BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
+        )
+    return out

@@ -1,0 +1,214 @@
+"""The ``h3r`` command: ``h3r train``, ``h3r eval``, ``h3r bench``.
+
+``h3r train`` with no options trains a small model on generated faces in a few minutes on
+a CPU and prints its learning curve. Settings come from, in order: ``TrainConfig``'s
+defaults, ``h3r/configs/<dataset>.toml``, the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, SCHEDULES, SUPPORTED_STRIDES,
+                         TOPK_WEIGHTS, config_from_dict, load_config)
+from h3r.data import DATASET_NAMES
+
+TRAIN_DATASETS = ("wflw", "300w", "cofw", "aflw", "mpii", "coco", "synthetic-face", "synthetic-pose")
+
+DESCRIPTION = """\
+Heatmap regression via randomized rounding (H3R): train, evaluate and benchmark landmark models.
+
+  h3r train                      a small model on generated faces (a few minutes on a CPU)
+  h3r train --dataset wflw --data-root ~/data/WFLW --codec h3r
+  h3r eval --checkpoint runs/<run>/last.pt
+  h3r bench                      kernel throughput report (python -m bench.report)
+
+'h3r <command> --help' lists each command's options.
+"""
+
+TRAIN_EPILOG = """\
+Each dataset has defaults in h3r/configs/<dataset>.toml; options given here override them.
+Coordinates: keypoints are divided by the stride (4) to reach the heatmap; heatmap cell i
+sits on input pixel 4*i. The run folder receives config.json, metrics.jsonl (one JSON line
+per epoch), last.pt / best.pt, curve.png and eval-<dataset>-<split>/ (results.md,
+results.json, images/).
+
+Several processes: torchrun --nproc_per_node 2 -m h3r train ...  (--batch-size is per process)
+"""
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=TRAIN_DATASETS,
+                      help="dataset to train on (default: synthetic-face, generated in memory)")
+    data.add_argument("--data-root", metavar="DIR",
+                      help="folder holding the dataset (required for real datasets; not used by synthetic ones)")
+    data.add_argument("--train-split", metavar="NAME", help="training split (default from the dataset's config)")
+    data.add_argument("--test-split", metavar="NAME", help="test split evaluated after each epoch")
+
+    model = parser.add_argument_group("model and codec")
+    model.add_argument("--codec", choices=CODECS,
+                       help="h3r: randomized-rounding binary target + BCE, top-k decoding; "
+                            "gaussian: Gaussian at the nearest cell + MSE, arg-max decoding")
+    model.add_argument("--backbone", choices=BACKBONES, help="network (small: CPU-sized)")
+    model.add_argument("--head", choices=HEADS, help="binary (one logit per landmark) or two-class (the authors')")
+    model.add_argument("--pretrained", metavar="FILE", help="weights loaded into the model before training")
+    model.add_argument("--input-size", type=int, metavar="PX", help="side of the square network input, in pixels")
+    model.add_argument("--stride", type=int, choices=SUPPORTED_STRIDES,
+                       help="input pixels per heatmap cell; every backbone here outputs stride 4, so change "
+                            "the heatmap resolution with --input-size")
+    model.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder (default 9)")
+    model.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r: decoder weights (default softmax)")
+    model.add_argument("--sigma", type=float, metavar="CELLS", help="gaussian: sigma in heatmap cells")
+    model.add_argument("--refine", choices=REFINEMENTS, help="gaussian: sub-cell refinement (default quarter)")
+
+    optimisation = parser.add_argument_group("optimisation")
+    optimisation.add_argument("--epochs", type=int, metavar="N")
+    optimisation.add_argument("--batch-size", type=int, metavar="N", help="images per step and process")
+    optimisation.add_argument("--lr", type=float, help="peak learning rate")
+    optimisation.add_argument("--optimizer", choices=OPTIMIZERS)
+    optimisation.add_argument("--weight-decay", type=float)
+    optimisation.add_argument("--warmup-epochs", type=float, help="linear warm-up length (may be fractional)")
+    optimisation.add_argument("--schedule", choices=SCHEDULES, help="decay after the warm-up")
+    optimisation.add_argument("--grad-clip", type=float, metavar="NORM", help="maximum gradient norm (0: off)")
+    optimisation.add_argument("--amp", choices=AMP_MODES, help="mixed precision on CUDA (default none)")
+    optimisation.add_argument("--seed", type=int)
+
+    running = parser.add_argument_group("running")
+    running.add_argument("--device", help="auto (default: cuda if available), cpu, cuda, cuda:1 ...")
+    running.add_argument("--workers", type=int, metavar="N", help="data-loading processes (0: main process)")
+    running.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<codec>-<date>-<time>)")
+    running.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N epochs")
+    running.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
+                         help="average the prediction of the mirrored crop")
+    running.add_argument("--draw", type=int, metavar="N", help="images with drawn predictions in the final report")
+    running.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                         help="no progress bar")
+    running.add_argument("--resume", metavar="CHECKPOINT",
+                         help="continue a run from its last.pt (or run folder) with its stored settings; "
+                              "only --device, --workers, --draw and --no-progress may be given with it")
+    running.add_argument("--stop-after", type=int, metavar="EPOCHS",
+                         help="stop after this many epochs (continue later with --resume)")
+    running.add_argument("--data-only", action="store_true",
+                         help="measure how many images/s the data loader delivers without the model, then exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="h3r", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
+
+    train_parser = commands.add_parser("train", help="train a model (default: small model, synthetic faces)",
+                                       description="Train a landmark model and evaluate it after every epoch.",
+                                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(train_parser)
+
+    eval_parser = commands.add_parser("eval", help="evaluate a checkpoint",
+                                      description="Evaluate a checkpoint written by 'h3r train' and write "
+                                                  "results.json, results.md and images with drawn predictions.")
+    eval_parser.add_argument("--checkpoint", required=True, metavar="FILE",
+                             help="last.pt / best.pt of a run (or the run folder)")
+    eval_parser.add_argument("--dataset", choices=DATASET_NAMES,
+                             help="dataset to evaluate on (default: the one it was trained on)")
+    eval_parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the training one)")
+    eval_parser.add_argument("--split", metavar="NAME", help="split (default: the run's test split)")
+    eval_parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
+                             help="average the prediction of the mirrored crop (default: as in training)")
+    eval_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda ...")
+    eval_parser.add_argument("--batch-size", type=int, metavar="N")
+    eval_parser.add_argument("--workers", type=int, metavar="N")
+    eval_parser.add_argument("--out", metavar="DIR", help="report folder (default <run>/eval-<dataset>-<split>)")
+    eval_parser.add_argument("--draw", type=int, metavar="N", help="images with drawn predictions (default 8)")
+
+    commands.add_parser("bench", help="kernel benchmark report (forwards its arguments to python -m bench.report)",
+                        description="Runs 'python -m bench.report' with the arguments that follow; "
+                                    "'h3r bench --help' shows that report's own options.", add_help=False)
+    parser.set_defaults(command_parsers={"train": train_parser, "eval": eval_parser})
+    return parser
+
+
+TRAIN_OPTION_FIELDS = ("dataset", "data_root", "train_split", "test_split", "codec", "backbone", "head", "pretrained",
+                       "input_size", "stride", "topk", "topk_weights", "sigma", "refine", "epochs", "batch_size", "lr",
+                       "optimizer", "weight_decay", "warmup_epochs", "schedule", "grad_clip", "amp", "seed", "device",
+                       "workers", "out", "eval_every", "flip_test", "draw", "progress")
+RESUME_OPTION_FIELDS = ("device", "workers", "draw", "progress")
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from h3r.evaluate import load_checkpoint
+    from h3r.train import benchmark_loader, train
+
+    given = {name: getattr(args, name) for name in TRAIN_OPTION_FIELDS if getattr(args, name) is not None}
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume)
+        forbidden = sorted(set(given) - set(RESUME_OPTION_FIELDS))
+        if forbidden:
+            options = ", ".join("--" + name.replace("_", "-") for name in forbidden)
+            parser.error(f"--resume continues the run with its stored settings; remove {options} "
+                         f"(only --device, --workers, --draw, --no-progress may change)")
+        runtime = {name: given[name] for name in RESUME_OPTION_FIELDS if name in given}
+        config = config_from_dict({**checkpoint["config"], **runtime}, source=f"{checkpoint['path']} configuration")
+    else:
+        config = load_config(given.pop("dataset", "synthetic-face"), **given)
+    if args.data_only:
+        result = benchmark_loader(config)
+        print(f"data loading alone ({config.dataset} {config.train_split}, batch {result['batch_size']}, "
+              f"{result['workers']} workers): {result['images_per_s']:.0f} images/s "
+              f"({result['images']} images in {result['seconds']:.1f} s)")
+        print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
+        return 0
+    summary = train(config, resume=args.resume, stop_after_epochs=args.stop_after)
+    if not summary["finished"] and summary["epochs_completed"] < config.epochs:
+        print(f"stopped after epoch {summary['epochs_completed']}/{config.epochs}; continue with: "
+              f"h3r train --resume {Path(summary['out']) / 'last.pt'}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from h3r.evaluate import evaluate_checkpoint, markdown_table
+
+    result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
+                                 flip_test=args.flip_test, device=args.device, batch_size=args.batch_size,
+                                 workers=args.workers, out=args.out, draw=args.draw)
+    settings = result["settings"]
+    print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec, "
+          f"checkpoint epoch {settings['epoch']}{', flip test' if settings['flip_test'] else ''}:")
+    print(markdown_table(result["metrics"], result["baseline"]).rstrip())
+    print(f"wrote {result['paths']['markdown']} and {result['paths']['json']}")
+    print(json.dumps(result["metrics"]))
+    return 0
+
+
+def run_bench(arguments: Sequence[str]) -> int:
+    """``python -m bench.report ARGUMENTS`` with the repository root on the module path."""
+    repository = Path(__file__).resolve().parent.parent
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repository), environment.get("PYTHONPATH")]))
+    return subprocess.call([sys.executable, "-m", "bench.report", *arguments], env=environment)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return run_bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "train":
+            return run_train(args, args.command_parsers["train"])
+        return run_eval(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"h3r {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Training: one plain loop over crops, the codec's loss, AdamW, warm-up + cosine (or step) decay.
+
+What happens in an iteration: a batch of crops (``h3r.evaluate.CropDataset``) goes
+through the model, ``codec.loss`` builds the target heatmaps from the keypoints on the
+model's device and returns the loss (see ``h3r.codecs``), and the optimiser steps.
+
+Reproducibility: the augmentation of item ``i`` in epoch ``e`` is seeded by
+``(seed, e, i)``; the data order by ``(seed, e)`` (``DistributedSampler``); the
+randomized rounding of global step ``t`` on process ``r`` by ``(seed, t, r)``. A checkpoint
+is written atomically after every epoch with the model, optimiser, scheduler, grad-scaler
+and RNG states, so ``resume`` continues exactly where the run stopped.
+
+Several processes: launch with ``torchrun --nproc_per_node N -m h3r train ...``; gloo on the
+CPU, NCCL on CUDA; each process takes every N-th item of the shuffled order; process 0
+evaluates, logs and writes checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from h3r.configs import TrainConfig, config_from_dict
+from h3r.data import open_dataset
+from h3r.evaluate import (CHECKPOINT_FORMAT, CropDataset, autocast, dataset_metrics, draw_predictions, eval_crop,
+                          load_checkpoint, mean_shape, mean_shape_predictions, model_and_codec, predict,
+                          resolve_device, write_report)
+from h3r.models import load_checkpoint_weights
+from h3r.transforms import CropConfig
+
+__all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS"]
+
+# Settings that may differ between a run and its resumption: they do not change the result.
+RUNTIME_FIELDS = ("device", "workers", "progress", "draw")
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Processes:
+    """Where this process sits in a ``torchrun`` job (a single process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    started_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def join_process_group(device: torch.device) -> Processes:
+    """Join the process group that ``torchrun`` (or a test's spawner) describes in the environment."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    return Processes(rank=rank, world_size=world_size, local_rank=local_rank, started_group=started)
+
+
+def process_device(config: TrainConfig, processes: Processes) -> torch.device:
+    device = resolve_device(config.device)
+    if device.type == "cuda" and processes.world_size > 1:
+        device = torch.device("cuda", processes.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if config.amp != "none" and device.type != "cuda":
+        raise ValueError(f"amp: mixed precision ({config.amp}) needs a CUDA device; this run uses {device}")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds, RNG states and atomic checkpoints
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: numpy and ``random`` follow torch's per-worker seed.
+
+    torch seeds worker ``w`` with ``base_seed + w``, ``base_seed`` drawn from the (seeded)
+    main-process generator, so worker seeds are reproducible; the augmentation itself does
+    not use them (it is seeded per item).
+    """
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def rounding_seed(seed: int, step: int, rank: int) -> int:
+    """The 32-bit seed of the randomized rounding at global ``step`` on process ``rank``."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python ``random`` states, in types ``torch.load(weights_only=True)`` reads."""
+    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"algorithm": algorithm, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_atomic(payload: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    Writes a temporary file in the same folder, flushes and fsyncs it, renames it over
+    ``path`` (``os.replace`` is atomic) and fsyncs the folder.
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, optimiser, schedule
+
+
+def train_crop(config: TrainConfig) -> CropConfig:
+    return CropConfig(input_size=config.input_size, box_scale=config.box_scale, rotation=config.rotation,
+                      scale_jitter=config.scale_jitter, translate=config.translate, flip_prob=config.flip_prob,
+                      colour_jitter=config.colour_jitter)
+
+
+def open_splits(config: TrainConfig):
+    """``(train dataset, test dataset)`` as the configuration names them."""
+    train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
+    test_data = open_dataset(config.dataset, root=config.data_root, split=config.test_split, **config.test_options)
+    return train_data, test_data
+
+
+def train_loader(config: TrainConfig, crops: CropDataset, processes: Processes, device: torch.device):
+    """The shuffled training loader (with its sampler) of this process."""
+    sampler = DistributedSampler(crops, num_replicas=processes.world_size, rank=processes.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    loader = DataLoader(crops, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        drop_last=len(sampler) >= config.batch_size, pin_memory=device.type == "cuda",
+                        worker_init_fn=seed_worker)
+    if len(loader) == 0:
+        raise ValueError(f"{config.dataset} {config.train_split}: {len(crops)} items give no batch "
+                         f"for {processes.world_size} process(es)")
+    return sampler, loader
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of ``config.lr`` after ``step`` optimiser steps: linear warm-up, then cosine or step decay."""
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if config.schedule == "step":
+            epoch = step / steps_per_epoch
+            return config.step_gamma ** sum(epoch >= milestone for milestone in config.step_epochs)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]:
+    """Images/s of the training loader alone (augmentation and decoding, no model).
+
+    Compare with ``images_per_s`` in ``metrics.jsonl``: when the two are close, loading is
+    the bottleneck (add ``workers``).
+    """
+    seed_everything(config.seed)
+    train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
+    crops = CropDataset(train_data, train_crop(config), seed=config.seed)
+    _, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
+    iterator = iter(loader)
+    next(iterator)  # the first batch includes starting the workers
+    images, start = 0, time.perf_counter()
+    for _ in range(min(batches, len(loader) - 1)):
+        images += len(next(iterator)["image"])
+    elapsed = time.perf_counter() - start
+    return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
+            "workers": config.workers, "batch_size": config.batch_size}
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def default_run_folder(config: TrainConfig) -> str:
+    return str(Path("runs") / f"{config.dataset}-{config.codec}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def check_resumable(config: TrainConfig, checkpoint: dict[str, Any]) -> None:
+    stored = checkpoint["config"]
+    changed = [name for name, value in config.to_dict().items()
+               if name not in RUNTIME_FIELDS and stored.get(name) != value]
+    if changed:
+        details = ", ".join(f"{name} ({stored.get(name)!r} -> {getattr(config, name)!r})" for name in changed)
+        raise ValueError(f"resume: {checkpoint['path']} continues its own configuration; only "
+                         f"{', '.join(RUNTIME_FIELDS)} may change, but these differ: {details}")
+
+
+def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epochs: Optional[int] = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or continue) a run; returns a summary dict on every process.
+
+    Args:
+        config: the run's settings. With ``resume``, only :data:`RUNTIME_FIELDS` may differ
+            from the checkpoint's configuration (``h3r.cli`` fills the rest from it).
+        resume: a checkpoint (``last.pt``) or run folder to continue from.
+        stop_after_epochs: stop after this many epochs of this call (continue later with
+            ``resume``), e.g. to fit a time-limited job slot.
+        log: where the learning curve is printed (process 0 only).
+    """
+    device = resolve_device(config.device)
+    processes = join_process_group(device)
+    try:
+        return _train(config, processes, resume, stop_after_epochs, log)
+    finally:
+        if processes.started_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, processes: Processes, resume: Optional[str], stop_after_epochs: Optional[int],
+           log: Callable[[str], None]) -> dict[str, Any]:
+    device = process_device(config, processes)
+    say = log if processes.is_main else (lambda message: None)
+    checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint is not None:
+        check_resumable(config, checkpoint)
+        config = config_from_dict({**checkpoint["config"], **{name: getattr(config, name) for name in RUNTIME_FIELDS}})
+    elif config.out is None:
+        folder = [default_run_folder(config)]
+        if processes.world_size > 1:
+            dist.broadcast_object_list(folder, src=0)
+        config = config_from_dict({**config.to_dict(), "out": folder[0]})
+    out = Path(config.out)
+    if processes.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    seed_everything(config.seed)
+    train_data, test_data = open_splits(config)
+    crop = eval_crop(config)
+    model, codec = model_and_codec(config, train_data.num_keypoints)
+    if config.pretrained and checkpoint is None:
+        load_checkpoint_weights(model, config.pretrained)
+    model.to(device)
+    crops = CropDataset(train_data, train_crop(config), seed=config.seed)
+    sampler, loader = train_loader(config, crops, processes, device)
+    optimizer = build_optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, len(loader)))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng"])
+        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        history, best = checkpoint["history"], checkpoint["best"]
+        shape, baseline = np.asarray(checkpoint["mean_shape"]), checkpoint["baseline"]
+        say(f"resuming {checkpoint['path']} after epoch {start_epoch}/{config.epochs}")
+    else:
+        start_epoch, global_step, history, best = 0, 0, [], {"epoch": None, "value": None}
+        shape = mean_shape(train_data, crop)
+        baseline = dataset_metrics(test_data, mean_shape_predictions(test_data, shape, crop)) if processes.is_main else {}
+    network = model
+    if processes.world_size > 1:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    say(f"h3r train: {config.dataset} ({len(train_data)} train / {len(test_data)} test items), codec {config.codec}, "
+        f"backbone {config.backbone}, input {config.input_size} px -> heatmap {config.heatmap_side}x"
+        f"{config.heatmap_side}, {config.epochs} epochs of {len(loader)} steps x {config.batch_size} images"
+        f"{f' x {processes.world_size} processes' if processes.world_size > 1 else ''}, {device}")
+    say(f"run folder: {out}")
+    if config.metric in baseline:
+        say(f"mean-shape baseline on {config.test_split}: {config.metric} {baseline[config.metric]:.4f}")
+    say(f"{'epoch':>7}  {'train loss':>10}  {'test ' + config.metric:>10}  {'lr':>8}  {'img/s':>7}  {'loader wait':>11}")
+
+    last_predictions = None
+    epochs_run = 0
+    for epoch in range(start_epoch, config.epochs):
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+            break
+        sampler.set_epoch(epoch)
+        crops.epoch = epoch
+        stats, global_step = train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config, device,
+                                             processes, epoch, global_step)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, **stats}
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            if processes.is_main:
+                last_predictions = predict(model, codec, test_data, crop, device=device, batch_size=config.batch_size,
+                                           workers=config.workers, flip_test=config.flip_test, amp=config.amp)
+                record["test"] = dataset_metrics(test_data, last_predictions)
+            processes.barrier()
+        epochs_run += 1
+        if processes.is_main:
+            value = record.get("test", {}).get(config.metric)
+            improved = value is not None and math.isfinite(value) and (
+                best["value"] is None or (value > best["value"] if config.higher_is_better else value < best["value"]))
+            if improved:
+                best = {"epoch": epoch + 1, "value": value}
+            history.append(record)
+            with open(out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch + 1,
+                     "global_step": global_step, "num_keypoints": train_data.num_keypoints,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                     "history": history, "best": best, "mean_shape": torch.from_numpy(np.asarray(shape, np.float64)),
+                     "baseline": baseline}
+            save_atomic(state, out / "last.pt")
+            if improved:
+                save_atomic(state, out / "best.pt")
+            say(epoch_line(record, config))
+        processes.barrier()
+
+    finished = bool(history) and history[-1]["epoch"] == config.epochs
+    summary = {"out": str(out), "epochs_completed": history[-1]["epoch"] if history else 0, "finished": finished,
+               "history": history, "best": best, "baseline": baseline, "config": config.to_dict()}
+    if processes.is_main and finished and last_predictions is not None:
+        summary.update(final_report(config, test_data, last_predictions, history, baseline, best, out, say))
+    return summary
+
+
+def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config: TrainConfig, device: torch.device,
+                    processes: Processes, epoch: int, global_step: int) -> tuple[dict[str, float], int]:
+    """One pass over this process's share of the training set; returns its statistics and the new global step."""
+    network.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    images_seen, waiting = 0, 0.0
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
+               disable=not (config.progress and processes.is_main))
+    start = time.perf_counter()
+    iterator = iter(loader)
+    for step in range(len(loader)):
+        before = time.perf_counter()
+        batch = next(iterator)
+        waiting += time.perf_counter() - before
+        images = batch["image"].to(device, non_blocking=True)
+        keypoints = batch["keypoints"].to(device, non_blocking=True)
+        visible = batch["visible"].to(device, non_blocking=True)
+        with autocast(device, config.amp):
+            logits = network(images)
+        loss = codec.loss(logits, keypoints, visible, seed=rounding_seed(config.seed, global_step, processes.rank))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        global_step += 1
+        loss_sum += loss.detach()
+        images_seen += len(images)
+        bar.update()
+        if step % 10 == 0 or step == len(loader) - 1:
+            rate = images_seen * processes.world_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
+    bar.close()
+    elapsed = time.perf_counter() - start
+    totals = torch.tensor([loss_sum.item(), len(loader)], dtype=torch.float64)
+    if processes.world_size > 1:
+        dist.all_reduce(totals)
+    return {
+        "train_loss": float(totals[0] / totals[1]),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": images_seen * processes.world_size / elapsed,
+        "loader_wait_fraction": waiting / elapsed,
+        "epoch_seconds": elapsed,
+    }, global_step
+
+
+def epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
+    test = record.get("test", {}).get(config.metric)
+    shown = f"{test:10.4f}" if test is not None else f"{'-':>10}"
+    return (f"{record['epoch']:>3}/{config.epochs:<3}  {record['train_loss']:10.5f}  {shown}  {record['lr']:8.1e}  "
+            f"{record['images_per_s']:7.0f}  {100 * record['loader_wait_fraction']:10.0f}%")
+
+
+def final_report(config: TrainConfig, test_data, predictions, history, baseline, best, out: Path,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Reports of the final model (``eval-<split>/``), the learning-curve plot and the closing lines."""
+    metrics = history[-1]["test"]
+    settings = {"dataset": config.dataset, "split": config.test_split, "items": len(test_data), "codec": config.codec,
+                "backbone": config.backbone, "input_size": config.input_size, "heatmap_size": config.heatmap_side,
+                "flip_test": config.flip_test, "checkpoint": str(out / "last.pt"), "epoch": history[-1]["epoch"]}
+    eval_dir = out / f"eval-{config.dataset}-{config.test_split}"
+    paths = write_report(eval_dir, metrics, settings, baseline)
+    draw_predictions(test_data, predictions, eval_dir / "images", config.draw)
+    curve = plot_learning_curve(history, config, baseline, out / "curve.png")
+    say(f"\nfinal model (epoch {history[-1]['epoch']}) on {config.dataset} {config.test_split}, "
+        f"{len(test_data)} items{', flip test' if config.flip_test else ''}:")
+    say(paths["markdown"].read_text().split("\n\n", 2)[-1].rstrip())
+    model_value, baseline_value = metrics.get(config.metric), baseline.get(config.metric)
+    if model_value is not None and baseline_value:
+        say(f"{config.metric}: model {model_value:.4f} vs mean-shape baseline {baseline_value:.4f} "
+            f"(ratio {model_value / baseline_value:.2f})")
+    if best["epoch"] is not None:
+        say(f"best {config.metric} {best['value']:.4f} at epoch {best['epoch']} (best.pt)")
+    say(f"wrote {paths['markdown']}, {out / 'metrics.jsonl'}, {curve}, checkpoints {out / 'last.pt'}")
+    return {"final": metrics, "report": str(paths["markdown"])}
+
+
+def plot_learning_curve(history, config: TrainConfig, baseline: dict[str, float], path: Path) -> Path:
+    """Train loss and test metric per epoch (with the baseline as a dashed line), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_axes.plot([r["epoch"] for r in history], [r["train_loss"] for r in history], marker="o")
+    loss_axes.set(xlabel="epoch", ylabel="train loss", title=f"{config.codec} loss")
+    tested = [r for r in history if config.metric in r.get("test", {})]
+    metric_axes.plot([r["epoch"] for r in tested], [r["test"][config.metric] for r in tested], marker="o", label="model")
+    if config.metric in baseline:
+        metric_axes.axhline(baseline[config.metric], linestyle="--", color="grey", label="mean-shape baseline")
+    metric_axes.set(xlabel="epoch", ylabel=f"test {config.metric}", title=f"{config.dataset} {config.test_split}")
+    metric_axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
