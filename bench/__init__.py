@@ -4,7 +4,7 @@
   -> median time, effective GB/s, % of the copy bandwidth measured in the same run, and the
   speed-ups over the reference backend, the naive PyTorch baselines and CPU encoding in
   DataLoader workers. Writes ``report.json`` and ``report.md`` (``--out``, default
-  ``bench/results``). ``h3r bench`` forwards here.
+  ``bench/out``). ``h3r bench`` forwards here.
 * ``python -m pytest bench/ --benchmark-only`` — the same cases as a pytest-benchmark suite
   (not part of the test command, which collects ``tests/`` only).
 

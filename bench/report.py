@@ -13,9 +13,11 @@ backends), ``naive`` (eager PyTorch baselines) and ``cpu_workers`` (NumPy target
 DataLoader workers, encode ops only). Shapes are ``(B, K, H, W)``; keypoints are uniform
 on the map, in heatmap pixels.
 
-Timing: on CUDA, CUDA events around each call, a 256 MiB L2 flush before it, the median of
-``--repeats`` calls after ``--warmup`` calls; on the CPU, ``time.perf_counter``. CPU
-timings (and anything run by the Triton interpreter) are not performance claims.
+Timing: on CUDA, CUDA events around each call, a 256 MiB L2 flush before it, every call
+queued behind a GPU spin kernel so that launch gaps are excluded (the host's time to issue a
+call is reported beside it), the median of ``--repeats`` calls after ``--warmup`` calls; on
+the CPU, ``time.perf_counter``. CPU timings (and anything run by the Triton interpreter) are
+not performance claims.
 """
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ GAUSSIAN_SIGMA = 2.0  # cells, for encode_gaussian and the CPU Gaussian target
 TOPK = 9  # the authors' decoder
 SEED = 2021
 L2_FLUSH_BYTES = 256 << 20
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+MAX_STALL_MS = 2000.0  # the longest the GPU is held while the host queues the timed calls
+SYNC_PROBE_MS = 20.0  # the shortest GPU spin behind which a call is checked for a host synchronisation
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 
 @dataclass(frozen=True)
@@ -179,44 +183,91 @@ def make_call(op: str, impl: str, shape: Sequence[int], dtype: torch.dtype, devi
 # --------------------------------------------------------------------------- timing
 
 
-class Timer:
-    """Median time (ms) of ``fn()`` on ``device`` over ``repeats`` calls after ``warmup`` calls.
+@dataclass
+class Timing:
+    """``median_ms``: time of one call on the device; CUDA only: ``host_ms``, the CPU time to issue it,
+    ``host_sync``, whether the call blocks the host until the GPU is idle (a host synchronisation),
+    and ``queued_ahead``, False when the GPU ran out of queued work before the host had issued
+    every timed call (then some times include launch gaps).
+    """
 
-    CUDA: a CUDA event pair around each call, after zeroing a 256 MiB buffer (flushes L2);
-    the events are read after one synchronisation at the end. CPU: ``time.perf_counter``.
+    median_ms: float
+    host_ms: Optional[float] = None
+    host_sync: Optional[bool] = None
+    queued_ahead: Optional[bool] = None
+
+
+class Timer:
+    """Median times of ``fn()`` on ``device`` over ``repeats`` calls after ``warmup`` calls.
+
+    CUDA: the GPU is first held by a spin kernel (``torch.cuda._sleep``) long enough for the
+    host to queue every timed call behind it; each call is preceded by zeroing a 256 MiB
+    buffer (flushes L2) and bracketed by a CUDA event pair. The event times are thus the
+    device's time per call without launch gaps; ``host_ms`` is the median
+    ``time.perf_counter`` span of issuing one call. One more call, issued while the GPU spins,
+    tells whether the call synchronises with the host. CPU: ``time.perf_counter``.
     """
 
     def __init__(self, device: torch.device, repeats: int, warmup: int):
         self.device, self.repeats, self.warmup = device, repeats, warmup
         self.cuda = device.type == "cuda"
         self.flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device) if self.cuda else None
+        self.cycles_per_ms = self._spin_cycles_per_ms() if self.cuda else None
 
-    def __call__(self, fn: Callable[[], object]) -> float:
+    def _spin_cycles_per_ms(self) -> float:
+        cycles = 10_000_000
+        torch.cuda._sleep(cycles)  # clocks up
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        return cycles / start.elapsed_time(end)
+
+    def _spin(self, ms: float) -> None:
+        """Keep the GPU busy for about ``ms`` milliseconds (queued on the current stream)."""
+        torch.cuda._sleep(int(min(ms, MAX_STALL_MS) * self.cycles_per_ms))
+
+    def __call__(self, fn: Callable[[], object]) -> Timing:
         for _ in range(self.warmup):
             fn()
         if not self.cuda:
-            times = []
-            for _ in range(self.repeats):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
+            return Timing(statistics.median(_host_ms(fn) for _ in range(self.repeats)))
         torch.cuda.synchronize(self.device)
+        issue_ms = _host_ms(fn)  # with the GPU idle: what the host needs to issue one call
+        torch.cuda.synchronize(self.device)
+        spin_ms = max(SYNC_PROBE_MS, 4 * issue_ms)
+        self._spin(spin_ms)
+        host_sync = _host_ms(fn) > spin_ms / 2  # a call that waits for the GPU outlasts the spin
+        torch.cuda.synchronize(self.device)
+
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.repeats)]
+        self._spin(0.0 if host_sync else 3 * issue_ms * self.repeats + 5.0)
+        spin_end = torch.cuda.Event()
+        spin_end.record()
+        host = []
         for start, end in events:
             self.flush.zero_()
             start.record()
-            fn()
+            host.append(_host_ms(fn))
             end.record()
+        queued_ahead = not spin_end.query()
         torch.cuda.synchronize(self.device)
-        return statistics.median([start.elapsed_time(end) for start, end in events])
+        median = statistics.median([start.elapsed_time(end) for start, end in events])
+        return Timing(median, statistics.median(host), host_sync, queued_ahead)
+
+
+def _host_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def copy_bandwidth(timer: Timer, device: torch.device, nbytes: int) -> dict:
     """The device's copy bandwidth: ``dst.copy_(src)`` of ``nbytes`` float32, read + write bytes counted."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
+    ms = timer(lambda: dst.copy_(src)).median_ms
     moved = 2 * src.numel() * 4
     return {"bytes": moved, "source_bytes": src.numel() * 4, "ms": ms, "gbps": moved / (ms * 1e6)}
 
@@ -224,7 +275,7 @@ def copy_bandwidth(timer: Timer, device: torch.device, nbytes: int) -> dict:
 # --------------------------------------------------------------------------- measuring
 
 
-def _shape_text(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(v) for v in shape)
 
 
@@ -234,7 +285,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _row(op: str, impl: str, shape: Sequence[int], dtype: str) -> dict:
-    return {"op": op, "impl": impl, "shape": list(shape), "dtype": dtype, "median_ms": None, "note": ""}
+    return {"op": op, "impl": impl, "shape": list(shape), "dtype": dtype, "median_ms": None, "host_ms": None,
+            "host_sync": None, "note": ""}
 
 
 def measure_ops(settings: argparse.Namespace, timer: Timer, log) -> list[dict]:
@@ -251,7 +303,13 @@ def measure_ops(settings: argparse.Namespace, timer: Timer, log) -> list[dict]:
                 for impl in impls:
                     row = _row(op, impl, shape, dtype_name)
                     try:
-                        row["median_ms"] = timer(make_call(op, impl, shape, DTYPES[dtype_name], settings.device))
+                        timing = timer(make_call(op, impl, shape, DTYPES[dtype_name], settings.device))
+                        row["median_ms"], row["host_ms"] = timing.median_ms, timing.host_ms
+                        row["host_sync"] = timing.host_sync
+                        if timing.host_sync:
+                            row["note"] = "synchronises with the host: times include the host's gaps"
+                        elif timing.queued_ahead is False:
+                            row["note"] = "the GPU caught up with the host: times include launch gaps"
                     except Exception as error:  # noqa: BLE001 - recorded in the report, which goes on
                         row["note"] = _first_line(error)
                         if settings.device.type == "cuda":
@@ -259,7 +317,7 @@ def measure_ops(settings: argparse.Namespace, timer: Timer, log) -> list[dict]:
                     if impl == "triton" and settings.device.type != "cuda":
                         row["note"] = row["note"] or "Triton interpreter: not a performance claim"
                     rows.append(row)
-                    log(f"{op:16s} {impl:10s} {_shape_text(shape):16s} {dtype_name:9s} "
+                    log(f"{op:16s} {impl:10s} {shape_text(shape):16s} {dtype_name:9s} "
                         f"{_fmt(row['median_ms'], '.4g')} ms {row['note']}")
     return rows
 
@@ -282,7 +340,7 @@ def measure_cpu_encoding(settings: argparse.Namespace, log) -> list[dict]:
             except Exception as error:  # noqa: BLE001 - recorded in the report, which goes on
                 row["note"] = _first_line(error)
             rows.append(row)
-            log(f"{op:16s} {CPU_WORKERS:10s} {_shape_text(shape):16s} float32   "
+            log(f"{op:16s} {CPU_WORKERS:10s} {shape_text(shape):16s} float32   "
                 f"{_fmt(row['median_ms'], '.4g')} ms {row['note']}")
     return rows
 
@@ -343,12 +401,16 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def run_facts(device: torch.device) -> dict:
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of this checkout, or ``"unknown"`` (no git, or a copy without ``.git``)."""
+    return _command_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent.parent) or "unknown"
+
+
+def run_facts(device: torch.device, commit: str) -> dict:
     """Device, driver, library versions, git commit, date."""
-    repo = Path(__file__).resolve().parent.parent
     facts = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _command_output(["git", "rev-parse", "HEAD"], cwd=repo) or "unknown",
+        "git_commit": commit,
         "device": device.type,
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
@@ -380,7 +442,7 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
-TABLE_HEADER = ("op", "impl", "B×K×H×W", "dtype", "median ms", "GB/s", "% copy BW",
+TABLE_HEADER = ("op", "impl", "B×K×H×W", "dtype", "median ms", "host ms", "GB/s", "% copy BW",
                 "× reference", "× naive", "× CPU encoding", "samples/s", "note")
 
 
@@ -389,7 +451,7 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         cells = (
             r["op"], r["impl"], "×".join(map(str, r["shape"])), r["dtype"],
-            _fmt(r["median_ms"], ".4g"), _fmt(r["gbps"], ".4g"), _fmt(r["pct_copy_bandwidth"], ".1f"),
+            _fmt(r["median_ms"], ".4g"), _fmt(r["host_ms"], ".3g"), _fmt(r["gbps"], ".4g"), _fmt(r["pct_copy_bandwidth"], ".1f"),
             _fmt(r["x_vs_reference"], ".2f", "×"), _fmt(r["x_vs_naive"], ".2f", "×"),
             _fmt(r["x_vs_cpu_encoding"], ".2f", "×"), _fmt(r["samples_per_s"], ",.0f"), r["note"].replace("|", "/"),
         )
@@ -401,8 +463,8 @@ def markdown_report(report: dict) -> str:
     facts, settings, copy = report["facts"], report["settings"], report["copy_bandwidth"]
     available = ", ".join(f"{name} ({'yes' if info['available'] else 'no'}: {info['reason']})"
                           for name, info in facts["backends"].items())
-    timing = ("CUDA events, a 256 MiB L2 flush before each call" if facts["device"] == "cuda"
-              else "time.perf_counter")
+    timing = ("CUDA events, a 256 MiB L2 flush before each call, all calls queued behind a GPU spin kernel"
+              if facts["device"] == "cuda" else "time.perf_counter")
     lines = [
         "# h3r_kernels throughput report",
         "",
@@ -425,7 +487,11 @@ def markdown_report(report: dict) -> str:
                   "performance claim.", ""]
     lines += [
         "GB/s = counted bytes / median time; % copy BW = that / the copy bandwidth above; "
-        "× X = time of X / time of the row (same op, shape, dtype); samples/s = B / median time.",
+        "× X = time of X / time of the row (same op, shape, dtype); samples/s = B / median time. "
+        "On CUDA, median ms is the device time of one call (calls queued ahead, so no launch gaps) and "
+        "host ms the CPU time to issue one; where host ms is the larger, a loop of back-to-back calls is "
+        "limited by the CPU side (Python, launches), not by the GPU. A call that synchronises with the host "
+        "(found by issuing it behind a GPU spin) breaks CUDA-graph capture and is flagged in the note.",
         "",
         markdown_table(report["rows"]),
         "",
@@ -485,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
     parser.add_argument("--shapes", type=_shapes,
-                        help="BxKxHxW,... (default on CUDA: " + ",".join(map(_shape_text, CUDA_SHAPES))
-                        + "; on the CPU: " + ",".join(map(_shape_text, CPU_SHAPES)) + ")")
+                        help="BxKxHxW,... (default on CUDA: " + ",".join(map(shape_text, CUDA_SHAPES))
+                        + "; on the CPU: " + ",".join(map(shape_text, CPU_SHAPES)) + ")")
     parser.add_argument("--dtypes", type=_choices(tuple(DTYPES)), default=list(DEFAULT_DTYPES),
                         help="map dtypes (default: float32,bfloat16)")
     parser.add_argument("--ops", type=_choices(tuple(OPS)), default=list(OPS), help="default: all of " + ",".join(OPS))
@@ -503,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DataLoader workers for CPU encoding (default: os.cpu_count())")
     parser.add_argument("--cpu-rounds", type=_positive, default=2,
                         help="batches per worker for CPU encoding, >= 2; the first round is untimed (default 2)")
+    parser.add_argument("--commit", help="git commit to record (default: git rev-parse HEAD, else 'unknown'); "
+                        "for runs on a copy of the tree without .git")
     return parser
 
 
@@ -550,7 +618,7 @@ def run(settings: argparse.Namespace, log=print) -> dict:
     add_derived_columns(rows, copy["gbps"])
     on_cuda = device.type == "cuda"
     return {
-        "facts": run_facts(device),
+        "facts": run_facts(device, settings.commit or git_commit()),
         "settings": {
             "device": device.type,
             "shapes": [list(s) for s in settings.shapes],

@@ -12,18 +12,19 @@ skips these unless ``--benchmark-only`` or ``--benchmark-enable`` is given.
 import pytest
 import torch
 
+import h3r_kernels
 from bench import report
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"
 SHAPES = report.CUDA_SHAPES if ON_CUDA else report.CPU_SHAPES
-AVAILABLE = report.h3r_kernels.backends()
+AVAILABLE = h3r_kernels.backends()
 IMPLS = [name for name in report.KERNEL_BACKENDS if AVAILABLE[name]["available"]] if ON_CUDA else ["reference"]
 IMPLS.append(report.NAIVE)
 ROUNDS = 20 if ON_CUDA else 5
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=report._shape_text)
+@pytest.mark.parametrize("shape", SHAPES, ids=report.shape_text)
 @pytest.mark.parametrize("dtype", report.DEFAULT_DTYPES)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", list(report.OPS))
@@ -37,7 +38,7 @@ def test_op(benchmark, op, impl, dtype, shape):
 
     spec = report.OPS[op]
     map_bytes = torch.Size(shape).numel() * report.DTYPES[dtype].itemsize
-    benchmark.group = f"{op} {report._shape_text(shape)} {dtype}"
+    benchmark.group = f"{op} {report.shape_text(shape)} {dtype}"
     benchmark.extra_info.update(
         device=torch.cuda.get_device_name(DEVICE) if ON_CUDA else "cpu",
         bytes=spec.counted_passes * map_bytes,

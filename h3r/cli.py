@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -42,6 +43,19 @@ Several processes: torchrun --nproc_per_node 2 -m h3r train ...  (--batch-size i
 """
 
 
+def reader_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → ``(key, value)``; the value is read as a TOML value when it is one
+    (``500`` → int, ``0.5`` → float, ``true`` → bool), else kept as a string."""
+    key, separator, value = text.partition("=")
+    if not separator or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=TRAIN_DATASETS,
@@ -50,6 +64,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       help="folder holding the dataset (required for real datasets; not used by synthetic ones)")
     data.add_argument("--train-split", metavar="NAME", help="training split (default from the dataset's config)")
     data.add_argument("--test-split", metavar="NAME", help="test split evaluated after each epoch")
+    data.add_argument("--train-option", action="append", metavar="KEY=VALUE", type=reader_option,
+                      help="keyword argument for the training split's reader, repeatable; e.g. size=500 "
+                           "(synthetic sets), source=csv (AFLW)")
+    data.add_argument("--test-option", action="append", metavar="KEY=VALUE", type=reader_option,
+                      help="the same for the test split; e.g. subset=largepose (WFLW)")
 
     model = parser.add_argument_group("model and codec")
     model.add_argument("--codec", choices=CODECS,
@@ -144,6 +163,9 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from h3r.train import benchmark_loader, train
 
     given = {name: getattr(args, name) for name in TRAIN_OPTION_FIELDS if getattr(args, name) is not None}
+    for option, field_name in (("train_option", "train_options"), ("test_option", "test_options")):
+        if getattr(args, option):
+            given[field_name] = dict(getattr(args, option))
     if args.resume:
         checkpoint = load_checkpoint(args.resume)
         forbidden = sorted(set(given) - set(RESUME_OPTION_FIELDS))

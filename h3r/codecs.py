@@ -3,13 +3,16 @@
 This module is the only place in :mod:`h3r` that calls :mod:`h3r_kernels`, so the two
 methods compared by the project share everything else (data, crops, model, optimiser).
 
-A codec answers two questions:
+A codec answers three questions:
 
 * **training** — ``codec.loss(logits, keypoints, visible)``: the network's output
   ``(B, K, H, W)`` is scored against a target heatmap built *on the logits' device*, inside
   the kernel, from the keypoints. No target tensor is ever built on the CPU.
 * **testing** — ``codec.decode(logits) -> (coords, scores)``: the coordinates the network
-  predicts.
+  predicts;
+* **initialisation** — ``codec.initial_logit(heatmap_size)``: where a fresh head should
+  start (the BCE target's log prior odds for H3R; this matters, see
+  :meth:`H3RCodec.initial_logit`).
 
 Units. Keypoints enter and leave a codec in **input-crop pixels** (x before y, the
 centre of the top-left pixel is (0, 0)). The codec divides by the stride to get
@@ -72,12 +75,25 @@ class H3RCodec:
     name = "h3r"
 
     def __init__(self, stride: int = 4, k: int = 9, weights: str = "softmax"):
+        if weights not in ("softmax", "linear"):
+            raise ValueError(f"weights: expected 'softmax' or 'linear', got {weights!r}")
         self.stride = stride
         self.k = k
         self.weights = weights
 
     def __repr__(self) -> str:
         return f"H3RCodec(stride={self.stride}, k={self.k}, weights={self.weights!r})"
+
+    def initial_logit(self, size: tuple[int, int]) -> float:
+        """The logit a fresh head should output everywhere: the log-odds of the target's prior.
+
+        One cell in ``H * W`` is 1, so the prior probability is ``1 / (H W)`` and the logit
+        ``-log(H W - 1)`` (the "prior" initialisation of focal loss). Starting at logit 0
+        instead, BCE training on these targets first spends its steps pushing the whole map
+        down and, in our runs, stays stuck near the mean-shape error.
+        """
+        height, width = size
+        return -math.log(max(height * width - 1, 1))
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
              seed: Optional[int] = None) -> torch.Tensor:
@@ -145,6 +161,10 @@ class GaussianCodec:
 
     def __repr__(self) -> str:
         return f"GaussianCodec(stride={self.stride}, sigma={self.sigma}, refine={self.refine!r})"
+
+    def initial_logit(self, size: tuple[int, int]) -> float:
+        """The value a fresh head should output everywhere: 0, the Gaussian target's background."""
+        return 0.0
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
              seed: Optional[int] = None) -> torch.Tensor:

@@ -214,6 +214,21 @@ def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[
     return factor
 
 
+def start_head_at(model: torch.nn.Module, logit: float) -> None:
+    """Set the head's output bias so a fresh model outputs ``logit`` everywhere (its weights are ~0).
+
+    For the two-class head (output ``z1 - z0``) the foreground half of the bias gets ``logit``
+    and the background half 0.
+    """
+    bias = model.head.logits.bias
+    with torch.no_grad():
+        if model.head.kind == "binary":
+            bias.fill_(logit)
+        else:
+            bias[: model.num_keypoints].zero_()
+            bias[model.num_keypoints:].fill_(logit)
+
+
 def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]:
     """Images/s of the training loader alone (augmentation and decoding, no model).
 
@@ -256,6 +271,10 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or continue) a run; returns a summary dict on every process.
 
+    The summary holds ``out`` (the run folder), ``history`` (the ``metrics.jsonl`` records),
+    ``best``, ``baseline`` (mean-shape metrics), ``finished``, ``config`` and ``model`` (the
+    trained module, on its device).
+
     Args:
         config: the run's settings. With ``resume``, only :data:`RUNTIME_FIELDS` may differ
             from the checkpoint's configuration (``h3r.cli`` fills the rest from it).
@@ -295,8 +314,10 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     train_data, test_data = open_splits(config)
     crop = eval_crop(config)
     model, codec = model_and_codec(config, train_data.num_keypoints)
-    if config.pretrained and checkpoint is None:
-        load_checkpoint_weights(model, config.pretrained)
+    if checkpoint is None:
+        start_head_at(model, codec.initial_logit((config.heatmap_side, config.heatmap_side)))
+        if config.pretrained:
+            load_checkpoint_weights(model, config.pretrained)
     model.to(device)
     crops = CropDataset(train_data, train_crop(config), seed=config.seed)
     sampler, loader = train_loader(config, crops, processes, device)
@@ -371,7 +392,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
 
     finished = bool(history) and history[-1]["epoch"] == config.epochs
     summary = {"out": str(out), "epochs_completed": history[-1]["epoch"] if history else 0, "finished": finished,
-               "history": history, "best": best, "baseline": baseline, "config": config.to_dict()}
+               "history": history, "best": best, "baseline": baseline, "config": config.to_dict(), "model": model}
     if processes.is_main and finished and last_predictions is not None:
         summary.update(final_report(config, test_data, last_predictions, history, baseline, best, out, say))
     return summary

@@ -46,16 +46,16 @@ def rounded_cells(keypoints: torch.Tensor, rounding: str, seed: int) -> torch.Te
 
 def _on_map(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Whether each cell (x, y) lies on the map, ``(B, K, 2)`` per axis (False for NaN)."""
-    limits = torch.tensor([width - 1, height - 1], dtype=cells.dtype, device=cells.device)
-    return (cells >= 0) & (cells <= limits)
+    x_on = (cells[..., 0] >= 0) & (cells[..., 0] <= width - 1)
+    y_on = (cells[..., 1] >= 0) & (cells[..., 1] <= height - 1)
+    return torch.stack([x_on, y_on], dim=-1)
 
 
 def _kernel(distance: torch.Tensor, sigma: float) -> torch.Tensor:
     """1-D profile of a unit-peak target at ``distance`` cells: a Kronecker delta, or a Gaussian."""
     if sigma == 0:
         return (distance == 0).to(torch.float32)
-    scale = torch.tensor(-0.5 / (sigma * sigma), dtype=torch.float32)
-    return torch.exp(distance * distance * scale)
+    return torch.exp(distance * distance * (-0.5 / (sigma * sigma)))
 
 
 def target_profiles(

@@ -44,13 +44,26 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def mix32_int(x: int) -> int:
+    """lowbias32 on a Python integer (the same function as :func:`mix32`)."""
+    x ^= x >> 16
+    x = (x * MIX_MUL_1) & MASK32
+    x ^= x >> 15
+    x = (x * MIX_MUL_2) & MASK32
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int) -> int:
+    """The first hash of the chain, ``mix32(seed ^ 0x9E3779B9)``: one integer per call."""
+    return mix32_int(seed ^ SEED_SALT)
+
+
 def uniforms(seed: int, batch: int, keypoints: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The draws ``u`` as a ``(batch, keypoints, 2)`` float32 tensor in [0, 1), last axis (x, y)."""
     b = torch.arange(batch, dtype=torch.int64, device=device).view(batch, 1, 1)
     k = torch.arange(keypoints, dtype=torch.int64, device=device).view(1, keypoints, 1)
     axis = torch.arange(2, dtype=torch.int64, device=device).view(1, 1, 2)
-    seed_key = mix32(torch.tensor(seed ^ SEED_SALT, dtype=torch.int64, device=device))
-    h = mix32(mix32(seed_key ^ b) ^ (2 * k + axis))
+    h = mix32(mix32(seed_key(seed) ^ b) ^ (2 * k + axis))
     return (h >> 8).to(torch.float32) * (2.0**-24)
 
 

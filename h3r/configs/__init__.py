@@ -158,7 +158,15 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
 
 
 def load_config(dataset: str = "synthetic-face", **overrides: Any) -> TrainConfig:
-    """``TrainConfig`` defaults, then ``h3r/configs/<dataset>.toml``, then ``overrides`` (None values ignored)."""
+    """``TrainConfig`` defaults, then ``h3r/configs/<dataset>.toml``, then ``overrides`` (None values ignored).
+
+    ``train_options`` and ``test_options`` overrides are merged into the file's tables key by key.
+    """
     values = dataset_defaults(dataset)
-    values.update({key: value for key, value in overrides.items() if value is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("train_options", "test_options"):
+            value = {**values.get(key, {}), **value}
+        values[key] = value
     return config_from_dict(values, source=f"{dataset} configuration")

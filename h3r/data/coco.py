@@ -73,6 +73,13 @@ def xywh_to_xyxy(box: Sequence[float]) -> np.ndarray:
     return np.array([x, y, x + w, y + h], dtype=np.float32)
 
 
+def mean_confident_score(keypoint_scores: np.ndarray) -> np.ndarray:
+    """Per instance ``(N,)``: the mean of its keypoint scores ``(N, 17)`` above 0.2, or 0 when
+    none is (the keypoint part of HRNet's / mmpose's instance rescoring)."""
+    confident = keypoint_scores > KEYPOINT_SCORE_THRESHOLD
+    return (keypoint_scores * confident).sum(axis=1) / np.maximum(confident.sum(axis=1), 1)
+
+
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
             threshold: float = OKS_NMS_THRESHOLD) -> list[int]:
     """Greedy non-maximum suppression by object keypoint similarity (one image's predictions).
@@ -232,9 +239,7 @@ class COCODataset(LandmarkDataset):
         keypoint_scores = np.asarray(keypoint_scores, dtype=np.float64)
         if keypoint_scores.shape != predictions.shape[:2]:
             raise ValueError(f"keypoint_scores: expected shape {predictions.shape[:2]}, got {keypoint_scores.shape}")
-        confident = keypoint_scores > KEYPOINT_SCORE_THRESHOLD
-        mean_confident = np.where(confident.any(axis=1),
-                                  (keypoint_scores * confident).sum(axis=1) / np.maximum(confident.sum(axis=1), 1), 0.0)
+        mean_confident = mean_confident_score(keypoint_scores)
         by_image: dict[int, list[int]] = {}
         for row, index in enumerate(indices):
             by_image.setdefault(self._items[index]["image_id"], []).append(row)

@@ -90,7 +90,8 @@ def read_gt_valid(path: str | os.PathLike) -> dict[str, np.ndarray]:
                          f"got {missing.shape}, {joints.shape}, {boxes.shape}")
     if "dataset_joints" in mat:
         names = [str(np.squeeze(name)) for name in np.ravel(mat["dataset_joints"])]
-        wrong = [i for i, name in enumerate(names) if name in MPII_CHECKED_MAT_NAMES and name != MPII_MAT_JOINT_NAMES[i]]
+        wrong = [i for i, name in enumerate(names)
+                 if name in MPII_CHECKED_MAT_NAMES and name != MPII_MAT_JOINT_NAMES[i]]
         if len(names) != MPII_NUM_JOINTS or wrong:
             raise ValueError(f"{path}: dataset_joints {names} is not MPII's joint order {list(MPII_MAT_JOINT_NAMES)}")
     return {"joints": joints.transpose(2, 0, 1).astype(np.float64) - 1,

@@ -7,18 +7,19 @@ edges and corners a CNN can find, while rotation, out-of-plane pose, expressions
 noise, blur, clutter and occluders keep the task from saturating.
 
 Coordinates are image pixels, 0-based, ``(x, y)`` with x the column; pixel centres are at
-integers. Shapes are drawn on a 2x canvas and box-filtered down (antialiasing): an image
-point ``p`` sits at ``2 p + 0.5`` on the canvas.
+integers. Shapes are drawn on a 4x canvas and box-filtered down (antialiasing), placed so
+that their rendered centres are unbiased (see ``_canvas``); Pillow's inclusive edges widen
+filled shapes by ~1/8 px per side.
 
 A dataset builds every item's *scene* (geometry, colours, clutter) when constructed, which
-takes ~0.1 ms per item; ``Sample.load_image`` renders it on demand (~1-2 ms at 128 px) and
-is picklable, so data-loader workers can render in parallel.
+takes ~1 ms per item; ``Sample.load_image`` renders it on demand (~1-2 ms at 128 px) and is
+picklable, so data-loader workers can render in parallel.
 """
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -26,13 +27,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from h3r import metrics
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
-from h3r.data.coco import COCO_FLIP_PAIRS, COCO_KEYPOINT_NAMES, COCO_NUM_KEYPOINTS, COCO_SKELETON, PERSON_CATEGORY_ID
+from h3r.data.coco import (COCO_FLIP_PAIRS, COCO_KEYPOINT_NAMES, COCO_NUM_KEYPOINTS, COCO_SKELETON,
+                           PERSON_CATEGORY_ID, mean_confident_score)
 from h3r.data.faces import FaceDataset
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
 
 SPLIT_STREAMS = {"train": 0, "test": 1}  # the split selects an independent random stream
 DEFAULT_SIZES = {"train": 4000, "test": 500}
-SUPERSAMPLE = 2
+SUPERSAMPLE = 4
 
 
 def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -49,13 +51,19 @@ def _rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def _ellipse_points(center: Sequence[float], radii: Sequence[float], count: int = 24) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _unit_circle(count: int) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, count, endpoint=False)
-    return np.stack([center[0] + radii[0] * np.cos(t), center[1] + radii[1] * np.sin(t)], axis=1)
+    return np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+def _ellipse_points(center: Sequence[float], radii: Sequence[float], count: int = 24) -> np.ndarray:
+    return np.asarray(center, dtype=np.float64) + _unit_circle(count) * np.asarray(radii, dtype=np.float64)
 
 
 def _colour(rgb) -> tuple[int, int, int]:
-    return tuple(int(np.clip(round(v), 0, 255)) for v in rgb)
+    red, green, blue = np.clip(np.rint(np.asarray(rgb, dtype=np.float64)), 0, 255).tolist()
+    return int(red), int(green), int(blue)
 
 
 # --------------------------------------------------------------------------- shared scenery
@@ -96,14 +104,16 @@ class Shape:
             (cx, cy), (rx, ry) = _canvas(self.points[0]), SUPERSAMPLE * self.points[1]
             draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=self.colour)
         elif self.kind == "bar":
-            draw.line(_canvas(self.points).ravel().tolist(), fill=self.colour,
+            draw.line(_canvas(self.points, stroke=True).ravel().tolist(), fill=self.colour,
                       width=max(1, round(SUPERSAMPLE * self.width)))
         else:
             draw.polygon(_canvas(self.points).ravel().tolist(), fill=self.colour)
 
 
-def _canvas(points: np.ndarray) -> np.ndarray:
-    return SUPERSAMPLE * np.asarray(points, dtype=np.float64) + 0.5 * (SUPERSAMPLE - 1)
+def _canvas(points: np.ndarray, stroke: bool = False) -> np.ndarray:
+    """Image px → canvas px. Measured on Pillow: fills (polygons, ellipses) land unbiased at
+    ``S (p + 1/2)``, strokes (lines) need ``3/8`` canvas px less."""
+    return SUPERSAMPLE * (np.asarray(points, dtype=np.float64) + 0.5) - (0.375 if stroke else 0.0)
 
 
 def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -273,7 +283,8 @@ def face_landmarks_3d(shape: FaceShape) -> tuple[np.ndarray, np.ndarray]:
     weights = np.zeros(WFLW_NUM_KEYPOINTS)
     # jaw 0-32: image-left end (x = -0.5) down to the chin and up to the right end, equal arc length
     phi = np.linspace(0, np.pi, 401)
-    dense = np.stack([-0.5 * np.cos(phi), shape.jaw_top + (shape.chin - shape.jaw_top) * np.sin(phi) ** shape.jaw_power], 1)
+    jaw_y = shape.jaw_top + (shape.chin - shape.jaw_top) * np.sin(phi) ** shape.jaw_power
+    dense = np.stack([-0.5 * np.cos(phi), jaw_y], 1)
     contour, phi = _resample_by_length(dense, phi, 33)
     points[:33, :2] = contour
     points[:33, 2] = 0.42 * np.sin(phi)
@@ -290,7 +301,8 @@ def face_landmarks_3d(shape: FaceShape) -> tuple[np.ndarray, np.ndarray]:
     # image-left eye: 60 outer corner, 61-63 upper lid, 64 inner corner, 65-67 lower lid back out
     outer = np.array([-shape.eye_spacing - shape.eye_width / 2, -shape.eye_tilt])
     inner = np.array([-shape.eye_spacing + shape.eye_width / 2, 0.0])
-    for index, (t, lid) in zip(range(60, 68), [(0, 0), (.25, -1), (.5, -1), (.75, -1), (1, 0), (.75, 1), (.5, 1), (.25, 1)]):
+    corner_to_corner = [(0, 0), (.25, -1), (.5, -1), (.75, -1), (1, 0), (.75, 1), (.5, 1), (.25, 1)]  # (t, lid side)
+    for index, (t, lid) in zip(range(60, 68), corner_to_corner):
         opening = shape.eye_open if lid < 0 else 0.65 * shape.eye_open
         points[index, :2] = outer + t * (inner - outer) + [0, lid * opening * np.sin(np.pi * t) ** 0.8]
     points[60:68, 2] = _surface_depth(points[60:68, 0]) - 0.05
@@ -375,10 +387,12 @@ def _face_outlines(shape: FaceShape, has_bangs: bool, hairline: float) -> dict[s
     arc_x, arc_y = 0.5 * np.cos(alpha), shape.jaw_top - shape.forehead * np.sin(alpha)
     outline_weight = np.abs(np.cos(alpha))
     forehead = np.stack([arc_x, arc_y, 0.42 * np.sin(alpha)], 1)
-    hair_outer = np.stack([1.1 * arc_x, shape.jaw_top - (shape.forehead + 0.08) * np.sin(alpha), 0.42 * np.sin(alpha)], 1)
+    hair_top = shape.jaw_top - (shape.forehead + 0.08) * np.sin(alpha)
+    hair_outer = np.stack([1.1 * arc_x, hair_top, 0.42 * np.sin(alpha)], 1)
     s = np.linspace(0, 1, 9)
     line_x = -0.52 + 1.04 * s
-    line_y = hairline - (0.0 if has_bangs else 0.12) * np.sin(np.pi * s) + (0.06 if has_bangs else -0.02) * np.sin(np.pi * s) ** 4
+    arch = np.sin(np.pi * s)  # an arched hairline without bangs; a fringe hanging lower mid-forehead with them
+    line_y = hairline + (0.06 * arch ** 4 if has_bangs else -0.12 * arch - 0.02 * arch ** 4)
     hair_line = np.stack([line_x, line_y, _surface_depth(line_x)], 1)
     hair = np.concatenate([hair_outer, hair_line])
     hair_weights = np.concatenate([outline_weight, np.zeros(len(s))])
@@ -409,7 +423,8 @@ class FaceScene:
     has_long_hair: bool
     has_glasses: bool
     finish: Finish
-    pose: FacePose = field(default_factory=FacePose)
+    pose: FacePose
+    box: np.ndarray  # (4,) detector-like box: the landmark box, each edge moved by up to 5 % of its size
 
 
 def _skin_colour(rng: np.random.Generator) -> np.ndarray:
@@ -458,8 +473,10 @@ def random_face_scene(rng: np.random.Generator, image_size: int = 128, *, keep_i
         center = landmarks[rng.integers(WFLW_NUM_KEYPOINTS)] + rng.normal(0, 0.2 * iod, 2)
         colour = colours["skin"] if rng.random() < 0.3 else _random_colour(rng)
         occluders.append(_random_shape(rng, center, rng.uniform(0.4, 1.1) * iod, colour))
+    tight = landmark_box(landmarks).astype(np.float64)
+    box = tight + rng.uniform(-0.05, 0.05, 4) * np.tile(tight[2:] - tight[:2], 2)
     return FaceScene(
-        image_size=image_size, landmarks=landmarks, outlines=outlines,
+        image_size=image_size, landmarks=landmarks, outlines=outlines, box=box,
         iris_radius=0.2 * shape.eye_width * pose.scale * math.cos(pose.yaw) ** 0.5, colours=colours,
         background=_random_colour(rng), clutter=_random_clutter(rng, image_size), occluders=occluders,
         has_hair=has_hair, has_long_hair=bool(rng.random() < 0.35), has_glasses=bool(rng.random() < 0.12),
@@ -471,11 +488,11 @@ def _polygon(draw: ImageDraw.ImageDraw, points: np.ndarray, colour) -> None:
 
 
 def _line(draw: ImageDraw.ImageDraw, points: np.ndarray, colour, width: float) -> None:
-    draw.line(_canvas(points).ravel().tolist(), fill=colour, width=max(1, round(width)), joint="curve")
+    draw.line(_canvas(points, stroke=True).ravel().tolist(), fill=colour, width=max(1, round(width)), joint="curve")
 
 
 def _draw_eye(canvas: Image.Image, eye: np.ndarray, pupil: np.ndarray, iris_radius: float, colours: dict) -> None:
-    """Sclera polygon with the iris and pupil clipped to it, then the lid lines."""
+    """Sclera polygon with the iris and pupil clipped to it."""
     corners = _canvas(eye)
     x1, y1 = np.floor(corners.min(axis=0)).astype(int) - 1
     x2, y2 = np.ceil(corners.max(axis=0)).astype(int) + 2
@@ -578,16 +595,12 @@ class SyntheticFaces(FaceDataset):
                                     max_rotation=max_rotation, max_yaw=max_yaw, max_pitch=max_pitch,
                                     occlusion_prob=occlusion_prob) for index in range(size)]
         keypoints = np.stack([scene.landmarks for scene in scenes])
-        jitter_rng = _item_rng(seed, split, size + 10 ** 9)
-        tight = np.array([landmark_box(points) for points in keypoints], dtype=np.float64)
-        extent = np.repeat(tight[:, 2:] - tight[:, :2], 2, axis=0).reshape(size, 4)
-        boxes = tight + jitter_rng.uniform(-0.05, 0.05, (size, 4)) * extent
         metas = [{"occluded": np.any([shape.contains(scene.landmarks) for shape in scene.occluders], axis=0)
                   if scene.occluders else np.zeros(WFLW_NUM_KEYPOINTS, dtype=bool),
                   "yaw": math.degrees(scene.pose.yaw), "pitch": math.degrees(scene.pose.pitch),
                   "roll": math.degrees(scene.pose.roll)} for scene in scenes]
         super().__init__(split=split, loaders=[functools.partial(render_face, scene) for scene in scenes],
-                         keypoints=keypoints, boxes=boxes,
+                         keypoints=keypoints, boxes=np.stack([scene.box for scene in scenes]),
                          normalisers=metrics.inter_ocular(keypoints, *WFLW_INTER_OCULAR),
                          metas=metas, inter_pupil=metrics.inter_ocular(keypoints, *WFLW_PUPILS))
 
@@ -621,109 +634,282 @@ def _bend(direction: np.ndarray, angle: float) -> np.ndarray:
     return _rotation(angle) @ direction
 
 
-def random_person_scene(rng: np.random.Generator, image_size: int = 128, *, keep_inside: bool = True,
-                        occlusion_prob: float = 0.35, min_labelled: int = 6) -> PersonScene:
-    """Draw one person: an articulated body facing the viewer (body yaw up to ±35°), in
-    body units (pelvis at 0, torso length 1, y down), then rotated, scaled and placed;
-    colours, clutter (including loose limbs), occluders and photometric finish.
+@dataclass
+class Body:
+    """An articulated body in body units (pelvis at 0, torso length 1, y down), facing the
+    viewer, so the person's left side is on the image right as in COCO."""
 
-    The person's left side is on the image right when facing the viewer, as in COCO.
-    """
+    keypoints: np.ndarray  # (17, 2) COCO order
+    yaw: float  # radians; > 0 turns the face toward the person's left (image right)
+    torso_axis: np.ndarray  # (2, 2) rotation of the torso (lean)
+    hip_half: float
+    head_centre: np.ndarray
+    head_axis: np.ndarray  # (2, 2) rotation of the head
+    head_half_size: tuple[float, float]  # (width, height) / 2
+    limbs: dict[str, dict[str, np.ndarray]]  # "left"/"right" -> joints and segment directions
+    hidden_ear: int | None  # the ear turned away from the viewer
+
+
+def random_body(rng: np.random.Generator) -> Body:
+    """Body yaw up to ±35°, torso lean ±15°, head tilt ±20°; arms anywhere from hanging to
+    raised, elbows and knees bent either way, legs mostly standing, sometimes kicking."""
     yaw = math.radians(rng.uniform(-35, 35))
     cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
-    lean = math.radians(rng.uniform(-15, 15))
+    torso_axis = _rotation(math.radians(rng.uniform(-15, 15)))
     shoulder_half, hip_half = rng.uniform(0.27, 0.36) * cos_yaw, rng.uniform(0.15, 0.22) * cos_yaw
-    torso_axis = _rotation(lean)
     keypoints = np.zeros((COCO_NUM_KEYPOINTS, 2))
-    flags = np.full(COCO_NUM_KEYPOINTS, 2)
     keypoints[11], keypoints[12] = [hip_half, 0], [-hip_half, 0]
     shoulder_centre = torso_axis @ [0, -1]
     keypoints[5] = shoulder_centre + torso_axis @ [shoulder_half, 0]
     keypoints[6] = shoulder_centre - torso_axis @ [shoulder_half, 0]
     # head: an ellipse above the neck; eyes and nose on its front, ears on its sides
-    head_axis = _rotation(lean + math.radians(rng.uniform(-20, 20)))
-    head_half_height = rng.uniform(0.19, 0.23)
-    head_half_width = 0.8 * head_half_height
-    head_centre = shoulder_centre + head_axis @ [0, -(0.12 + head_half_height)]
+    head_axis = torso_axis @ _rotation(math.radians(rng.uniform(-20, 20)))
+    half_height = rng.uniform(0.19, 0.23)
+    half_width = 0.8 * half_height
+    head_centre = shoulder_centre + head_axis @ [0, -(0.12 + half_height)]
 
-    def on_head(x, z, y):  # head-frame point (x right, z toward the viewer, y down) → body frame
-        return head_centre + head_axis @ [(x * cos_yaw + z * sin_yaw) * head_half_width, y * head_half_height]
+    def on_head(x, z, y):  # head-frame point (x right, z toward the viewer, y down; head radii = 1)
+        return head_centre + head_axis @ [(x * cos_yaw + z * sin_yaw) * half_width, y * half_height]
 
     keypoints[0] = on_head(0.0, 1.0, 0.2)
     keypoints[1], keypoints[2] = on_head(0.38, 0.85, -0.08), on_head(-0.38, 0.85, -0.08)
     keypoints[3], keypoints[4] = on_head(1.0, 0.0, 0.0), on_head(-1.0, 0.0, 0.0)
     hidden_ear = 3 if sin_yaw > 0.25 else 4 if sin_yaw < -0.25 else None
-    # limbs: angle from straight down, positive outward; joints bend either way
+    # limbs: angles from straight down, positive outward
     limbs = {}
-    for side, sign in (("left", 1), ("right", -1)):
-        shoulder, hip = keypoints[5 if sign > 0 else 6], keypoints[11 if sign > 0 else 12]
-        raise_angle = rng.uniform(-10, 45) if rng.random() < 0.5 else rng.uniform(45, 170)
-        upper = torso_axis @ [sign * math.sin(math.radians(raise_angle)), math.cos(math.radians(raise_angle))]
+    for side, sign, first in (("left", 1, 7), ("right", -1, 8)):
+        shoulder, hip = keypoints[first - 2], keypoints[first + 4]
+        raised = math.radians(rng.uniform(-10, 45) if rng.random() < 0.5 else rng.uniform(45, 170))
+        upper = torso_axis @ [sign * math.sin(raised), math.cos(raised)]
         elbow = shoulder + rng.uniform(0.42, 0.52) * upper
         forearm = _bend(upper, math.radians(rng.choice([-1, 1]) * rng.uniform(0, 150)))
         wrist = elbow + rng.uniform(0.36, 0.46) * forearm
-        spread = rng.uniform(-10, 35) if rng.random() < 0.85 else rng.uniform(35, 100)
-        thigh = np.array([sign * math.sin(math.radians(spread)), math.cos(math.radians(spread))])
+        spread = math.radians(rng.uniform(-10, 35) if rng.random() < 0.85 else rng.uniform(35, 100))
+        thigh = np.array([sign * math.sin(spread), math.cos(spread)])
         knee = hip + rng.uniform(0.55, 0.65) * thigh
         flex = rng.uniform(0, 30) if rng.random() < 0.7 else rng.uniform(30, 120)
         shin = _bend(thigh, math.radians(rng.choice([-1, 1]) * flex))
         ankle = knee + rng.uniform(0.5, 0.6) * shin
-        first = 7 if sign > 0 else 8
         keypoints[first], keypoints[first + 2], keypoints[first + 6], keypoints[first + 8] = elbow, wrist, knee, ankle
-        limbs[side] = (shoulder, elbow, wrist, forearm, hip, knee, ankle, shin, sign)
-    # colours and body parts (body units), far side first
+        limbs[side] = {"shoulder": shoulder, "elbow": elbow, "wrist": wrist, "forearm": forearm, "hip": hip,
+                       "knee": knee, "ankle": ankle, "shin": shin, "sign": sign}
+    return Body(keypoints=keypoints, yaw=yaw, torso_axis=torso_axis, hip_half=hip_half, head_centre=head_centre,
+                head_axis=head_axis, head_half_size=(half_width, half_height), limbs=limbs, hidden_ear=hidden_ear)
+
+
+def dress_body(rng: np.random.Generator, body: Body) -> tuple[list[tuple[np.ndarray, tuple]], dict]:
+    """The body's drawn parts as ``(polygon in body units, colour)``, back to front, and the colours.
+
+    Every joint sits on visible structure: shoulders on the shirt's corners, hips where the
+    legs leave the pants, elbows/knees at a darker joint patch or where a sleeve/short ends,
+    wrists where the hand begins, ankles at the top of the shoe, face points on the head.
+    """
     skin = _skin_colour(rng)
     colours = {"skin": _colour(skin), "shade": _colour(skin * 0.8), "hands": _colour(skin * 0.9),
                "shirt": _random_colour(rng), "pants": _random_colour(rng), "shoes": _colour(rng.uniform(0, 90, 3)),
-               "hair": _colour([[25, 20, 18], [70, 45, 30], [120, 85, 50], [200, 170, 110]][rng.integers(4)]),
-               "eyes": (20, 20, 20)}
-    colours["joints"] = {"shirt": _colour(np.array(colours["shirt"]) * 0.75),
-                         "pants": _colour(np.array(colours["pants"]) * 0.75)}
-    short_sleeves, shorts = rng.random() < 0.5, rng.random() < 0.4
-    parts: list[tuple[np.ndarray, tuple, str]] = []  # (polygon in body units, colour, what)
+               "hair": _colour([[25, 20, 18], [70, 45, 30], [120, 85, 50], [200, 170, 110]][rng.integers(4)])}
+    colours["shirt_joint"] = _colour(np.array(colours["shirt"]) * 0.75)
+    colours["pants_joint"] = _colour(np.array(colours["pants"]) * 0.75)
+    short_sleeves, shorts, has_hair = rng.random() < 0.5, rng.random() < 0.4, rng.random() < 0.85
+    points, parts = body.keypoints, []
 
-    def disc(centre, radius, colour, count=12):
-        parts.append((_ellipse_points(centre, (radius, radius), count), colour, "body"))
+    def disc(centre, radius, colour):
+        parts.append((_ellipse_points(centre, (radius, radius), 12), colour))
 
-    def leg(side):
-        _, _, _, _, hip, knee, ankle, shin, sign = limbs[side]
-        parts.append((_limb(hip, knee, 0.1), colours["pants"], "body"))
-        disc(knee, 0.085, colours["pants"] if shorts else colours["joints"]["pants"])
-        parts.append((_limb(knee, ankle, 0.075), colours["skin"] if shorts else colours["pants"], "body"))
-        foot = ankle + 0.07 * shin + np.array([sign * 0.06, 0.0])
-        parts.append((_ellipse_points(foot, (0.11, 0.06), 12), colours["shoes"], "body"))
+    def leg(limb):
+        parts.append((_limb(limb["hip"], limb["knee"], 0.1), colours["pants"]))
+        disc(limb["knee"], 0.085, colours["pants"] if shorts else colours["pants_joint"])
+        parts.append((_limb(limb["knee"], limb["ankle"], 0.075), colours["skin"] if shorts else colours["pants"]))
+        foot = limb["ankle"] + 0.07 * limb["shin"] + [limb["sign"] * 0.06, 0.0]
+        parts.append((_ellipse_points(foot, (0.11, 0.06), 12), colours["shoes"]))
 
-    def arm(side):
-        shoulder, elbow, wrist, forearm, *_ = limbs[side]
-        parts.append((_limb(shoulder, elbow, 0.065), colours["shirt"], "body"))
-        disc(elbow, 0.062, colours["shirt"] if short_sleeves else colours["joints"]["shirt"])
-        parts.append((_limb(elbow, wrist, 0.055), colours["skin"] if short_sleeves else colours["shirt"], "body"))
-        disc(wrist + 0.06 * forearm, 0.065, colours["hands"])
+    def arm(limb):
+        parts.append((_limb(limb["shoulder"], limb["elbow"], 0.065), colours["shirt"]))
+        disc(limb["elbow"], 0.062, colours["shirt"] if short_sleeves else colours["shirt_joint"])
+        forearm_colour = colours["skin"] if short_sleeves else colours["shirt"]
+        parts.append((_limb(limb["elbow"], limb["wrist"], 0.055), forearm_colour))
+        disc(limb["wrist"] + 0.06 * limb["forearm"], 0.065, colours["hands"])
 
-    far, near = ("left", "right") if sin_yaw > 0 else ("right", "left")
+    far, near = (body.limbs["left"], body.limbs["right"]) if body.yaw > 0 else (body.limbs["right"], body.limbs["left"])
     leg(far)
     leg(near)
     arm(far)
-    waist = [torso_axis @ [0, -0.15] + torso_axis @ [side * (hip_half + 0.09), 0] for side in (1, -1)]
-    parts.append((np.array([waist[0], waist[1], keypoints[12] + [-0.1, 0.02], [0, 0.14], keypoints[11] + [0.1, 0.02]]),
-                  colours["pants"], "body"))
-    torso = [keypoints[5] + torso_axis @ [0.07, 0.02], keypoints[6] + torso_axis @ [-0.07, 0.02],
-             waist[1], waist[0]]
-    parts.append((np.array(torso), colours["shirt"], "body"))
-    disc(keypoints[5], 0.08, colours["shirt"])
-    disc(keypoints[6], 0.08, colours["shirt"])
-    parts.append((_limb(shoulder_centre, head_centre, 0.065), colours["shade"], "body"))
+    axis, hip_half = body.torso_axis, body.hip_half
+    waist = [axis @ [0, -0.15] + axis @ [side * (hip_half + 0.09), 0] for side in (1, -1)]
+    parts.append((np.array([waist[0], waist[1], points[12] + [-0.1, 0.02], [0, 0.14], points[11] + [0.1, 0.02]]),
+                  colours["pants"]))
+    shirt = [points[5] + axis @ [0.07, 0.02], points[6] + axis @ [-0.07, 0.02], waist[1], waist[0]]
+    parts.append((np.array(shirt), colours["shirt"]))
+    disc(points[5], 0.08, colours["shirt"])
+    disc(points[6], 0.08, colours["shirt"])
+    neck_base = (points[5] + points[6]) / 2
+    parts.append((_limb(neck_base, body.head_centre, 0.065), colours["shade"]))
+    half_width, half_height = body.head_half_size
     for ear in (3, 4):
-        if ear != hidden_ear:
-            disc(keypoints[ear], 0.28 * head_half_height, colours["shade"])
-    head = head_centre + _ellipse_points((0, 0), (head_half_width, head_half_height), 20) @ head_axis.T
-    parts.append((head, colours["skin"], "body"))
-    if rng.random() < 0.85:
-        cap = _ellipse_points((0, -0.1 * head_half_height), (1.08 * head_half_width, 0.95 * head_half_height), 20)
-        cap = cap[cap[:, 1] <= -0.25 * head_half_height]
-        parts.append((head_centre + cap @ head_axis.T, colours["hair"], "body"))
+        if ear != body.hidden_ear:
+            disc(points[ear], 0.28 * half_height, colours["shade"])
+    to_body = lambda local: body.head_centre + np.asarray(local) @ body.head_axis.T  # noqa: E731
+    parts.append((to_body(_ellipse_points((0, 0), (half_width, half_height), 20)), colours["skin"]))
+    if has_hair:
+        cap = _ellipse_points((0, -0.1 * half_height), (1.08 * half_width, 0.95 * half_height), 20)
+        parts.append((to_body(cap[cap[:, 1] <= -0.25 * half_height]), colours["hair"]))
     for eye in (1, 2):
-        parts.append((_ellipse_points(keypoints[eye], (0.07 * head_half_width,) * 2, 8), colours["eyes"], "face"))
-    nose_base = head_axis @ [0, 0.12 * head_half height] if False else None  # placeholder removed below
+        disc(points[eye], 0.07 * half_width, (20, 20, 20))
+    nose = points[0] + np.array([[-0.12, -0.25], [0.12, -0.25], [0.0, 0.0]]) @ body.head_axis.T * half_width
+    parts.append((nose, colours["shade"]))
     arm(near)
-    return keypoints, flags, parts, colours, hidden_ear, rng
+    return parts, colours
+
+
+def random_person_scene(rng: np.random.Generator, image_size: int = 128, *, keep_inside: bool = True,
+                        occlusion_prob: float = 0.35, min_labelled: int = 6) -> PersonScene:
+    """Draw one person (:func:`random_body`, :func:`dress_body`), rotate it (mostly upright,
+    sometimes lying), scale and place it; then occluders, clutter (with loose limbs) and the
+    photometric finish. Placements that overhang the border keep ``min_labelled`` joints inside."""
+    body = random_body(rng)
+    parts, colours = dress_body(rng, body)
+    angle = rng.uniform(-25, 25) if rng.random() < 0.85 else rng.uniform(-100, 100)
+    scale = rng.uniform(0.17, 0.34) * image_size  # px per torso length
+    placement = _rotation(math.radians(angle)) * scale
+    placed = body.keypoints @ placement.T
+    margin = 2.0
+    extent = (placed.max(axis=0) - placed.min(axis=0)).max()
+    if keep_inside and extent > image_size - 1 - 2 * margin:  # shrink to fit
+        scale *= (image_size - 1 - 2 * margin) / extent * 0.98
+        placement = _rotation(math.radians(angle)) * scale
+        placed = body.keypoints @ placement.T
+    for _ in range(100):
+        shift = _placement_shift(rng, placed, image_size, keep_inside, margin)
+        inside = ((placed + shift >= -0.5) & (placed + shift <= image_size - 0.5)).all(axis=1)
+        if inside.sum() >= min_labelled:
+            break
+    keypoints = placed + shift
+    shapes = [Shape("polygon", polygon @ placement.T + shift, colour) for polygon, colour in parts]
+    outline = np.concatenate([shape.points for shape in shapes])
+    box = np.clip(np.concatenate([outline.min(axis=0), outline.max(axis=0)]), -0.5, image_size - 0.5)
+    mask = Image.new("L", (image_size, image_size), 0)
+    mask_draw = ImageDraw.Draw(mask)
+    for shape in shapes:
+        mask_draw.polygon((shape.points + 0.5).ravel().tolist(), fill=255)  # as _canvas at 1x
+    occluders = []
+    if rng.random() < occlusion_prob:
+        for _ in range(int(rng.integers(1, 3))):
+            centre = keypoints[rng.integers(COCO_NUM_KEYPOINTS)] + rng.normal(0, 0.05 * image_size, 2)
+            occluders.append(_random_shape(rng, centre, rng.uniform(0.3, 0.7) * scale, _random_colour(rng)))
+    flags = np.full(COCO_NUM_KEYPOINTS, 2)
+    for shape in occluders:
+        flags[shape.contains(keypoints)] = 1
+    if body.hidden_ear is not None:
+        flags[body.hidden_ear] = 1
+    flags[~inside] = 0
+    clutter = _random_clutter(rng, image_size, (3, 10))
+    for _ in range(int(rng.integers(0, 4))):  # loose limbs: body-like distractors
+        start = rng.uniform(0, image_size, 2)
+        end = start + rng.normal(0, 0.15 * image_size, 2)
+        colour = colours[rng.choice(["skin", "shirt", "pants"])]
+        clutter.append(Shape("bar", np.array([start, end]), colour, rng.uniform(0.08, 0.2) * scale))
+    return PersonScene(image_size=image_size, keypoints=keypoints, flags=flags, parts=shapes,
+                       background=_random_colour(rng), clutter=clutter, occluders=occluders,
+                       finish=_random_finish(rng), box=box.astype(np.float32),
+                       area=float(np.count_nonzero(np.asarray(mask))))
+
+
+def render_person(scene: PersonScene) -> np.ndarray:
+    """Render a :class:`PersonScene` → RGB ``uint8`` ``(S, S, 3)``."""
+    canvas, draw = _new_canvas(scene.image_size, scene.background)
+    for shape in (*scene.clutter, *scene.parts, *scene.occluders):
+        shape.draw(draw)
+    return _finish(canvas, scene.image_size, scene.finish)
+
+
+class SyntheticPeople(LandmarkDataset):
+    """Procedural people with the 17 COCO joints (order, flip pairs and OKS protocol of COCO).
+
+    Args:
+        split: ``"train"`` or ``"test"`` (independent random streams).
+        size: number of people (default 4000 train / 500 test), one per image.
+        seed: item ``i`` is drawn from ``(seed, split, i)`` alone.
+        image_size: side of the square images, px.
+        keep_inside: keep every joint at least 2 px inside the image (else a person may
+            overhang the border by up to 20 % of its extent; joints outside get ``v = 0``).
+        occlusion_prob: probability of one or two occluders over the body.
+
+    ``visible`` = labelled (COCO ``v > 0``); ``meta["keypoint_flags"]`` holds ``v`` (2 visible,
+    1 occluded by an occluder or the head, 0 outside the image); ``meta["area"]`` is the
+    drawn body's pixel count, ``meta["image_id"]`` is ``index + 1``. ``box`` (= ``box_p1``'s
+    role for COCO: the ground-truth person box) bounds the drawn body, clipped to the image.
+    ``evaluate`` runs COCOeval on an in-memory COCO ground truth of the evaluated items.
+    """
+
+    name = "synthetic-pose"
+    num_keypoints = COCO_NUM_KEYPOINTS
+    flip_pairs = COCO_FLIP_PAIRS
+
+    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 128, *,
+                 keep_inside: bool = True, occlusion_prob: float = 0.35):
+        _check_split(split)
+        size = DEFAULT_SIZES[split] if size is None else size
+        if size < 1 or image_size < 16:
+            raise ValueError(f"size must be >= 1 and image_size >= 16, got {size} and {image_size}")
+        self.split, self.seed, self.image_size = split, seed, image_size
+        self.scenes = [random_person_scene(_item_rng(seed, split, index), image_size, keep_inside=keep_inside,
+                                           occlusion_prob=occlusion_prob) for index in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name} {self.split}: index {index} out of range for {len(self)} items")
+        index = index % len(self)
+        scene = self.scenes[index]
+        keypoints = scene.keypoints.astype(np.float32)
+        visible = scene.flags > 0
+        return Sample(load_image=functools.partial(render_person, scene), keypoints=keypoints, visible=visible,
+                      box=scene.box.copy(), box_p1=landmark_box(keypoints, visible),
+                      meta={"image_id": index + 1, "ann_id": index + 1, "area": scene.area,
+                            "keypoint_flags": scene.flags.copy()})
+
+    def coco_ground_truth(self, indices: Sequence[int] | None = None) -> dict:
+        """The COCO person-keypoints ground truth (a ``person_keypoints_*.json`` dict) of the items."""
+        indices = range(len(self)) if indices is None else indices
+        images, annotations = [], []
+        for index in indices:
+            scene = self.scenes[index]
+            flags = scene.flags
+            keypoints = np.where(flags[:, None] > 0, scene.keypoints, 0.0)
+            x1, y1, x2, y2 = (float(v) for v in scene.box)
+            images.append({"id": int(index) + 1, "file_name": f"{int(index) + 1:012d}.jpg",
+                           "width": self.image_size, "height": self.image_size})
+            annotations.append({"id": int(index) + 1, "image_id": int(index) + 1, "category_id": PERSON_CATEGORY_ID,
+                                "iscrowd": 0, "area": scene.area, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "num_keypoints": int((flags > 0).sum()),
+                                "keypoints": np.concatenate([keypoints, flags[:, None]], axis=1).ravel().tolist()})
+        category = {"supercategory": "person", "id": PERSON_CATEGORY_ID, "name": "person",
+                    "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": [list(pair) for pair in COCO_SKELETON]}
+        return {"images": images, "annotations": annotations, "categories": [category]}
+
+    def evaluate(self, predictions: np.ndarray, indices: Sequence[int] | None = None,
+                 keypoint_scores: np.ndarray | None = None) -> dict[str, float]:
+        """COCO keypoint AP/AR of predictions ``(N, 17, 2)`` (image px), one person per item.
+
+        Keypoint scores (``(N, 17)``, default 1) enter the results file; the instance score is
+        the mean of the keypoint scores above 0.2 (ground-truth boxes, so no box score), as
+        :meth:`h3r.data.coco.COCODataset.results`.
+        """
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        predictions = np.asarray(predictions, dtype=np.float64)
+        expected = (len(indices), COCO_NUM_KEYPOINTS, 2)
+        if predictions.shape != expected:
+            raise ValueError(f"predictions: expected shape {expected} for {self.name} {self.split}, "
+                             f"got {predictions.shape}")
+        scores = np.ones(expected[:2]) if keypoint_scores is None else np.asarray(keypoint_scores, dtype=np.float64)
+        if scores.shape != expected[:2]:
+            raise ValueError(f"keypoint_scores: expected shape {expected[:2]}, got {scores.shape}")
+        instance_scores = mean_confident_score(scores)
+        results = []
+        for row, index in enumerate(indices):
+            triplets = np.concatenate([predictions[row], scores[row][:, None]], axis=1)
+            results.append({"image_id": int(index) + 1, "category_id": PERSON_CATEGORY_ID,
+                            "keypoints": triplets.ravel().tolist(), "score": float(instance_scores[row])})
+        return metrics.coco_keypoint_ap(self.coco_ground_truth(indices), results)

@@ -1,4 +1,4 @@
-"""Small helpers shared by the Triton launchers: device guard, accumulator choice, map tiling."""
+"""Small helpers shared by the Triton kernels and launchers: device guard, accumulator choice, map tiling."""
 from __future__ import annotations
 
 import contextlib
@@ -7,14 +7,27 @@ from typing import Optional
 
 import torch
 import triton
+import triton.language as tl
 
 from ..backends import interpreting
 
-# Elements per program over a (B, K, H, W) map. On the GPU ~4096 keeps each program's reads
-# and writes large (16 KiB of float32) while leaving thousands of programs in flight; the
-# interpreter pays per program, so there a whole map (up to 256 x 256) is one program.
-GPU_TILE_ELEMENTS = 4096
+# Elements per program over (B, K, H, W) maps, and per thread. On the GPU 8192 elements in
+# 8 warps (32 per thread: eight 16-byte float32 accesses) amortise each thread's fixed work
+# (keypoint loads, hashing, indexing) while leaving thousands of programs in flight; the
+# interpreter pays per program, so there a program takes up to 65536 elements.
+GPU_TILE_ELEMENTS = 8192
+ELEMENTS_PER_THREAD = 32
 INTERPRETER_TILE_ELEMENTS = 1 << 16
+
+
+@triton.jit
+def as_mask(flag):
+    """``flag`` re-made as a plain boolean; a no-op when compiled.
+
+    The interpreter (triton 3.6) gives the result of a float comparison the float's type, so
+    broadcasting such a scalar into a block mask yields floats and ``block_mask & flag`` fails.
+    """
+    return tl.where(flag, True, False)
 
 
 def device_guard(tensor: torch.Tensor):
@@ -29,28 +42,49 @@ def accumulates_in_fp64(dtype: torch.dtype) -> bool:
 
 @dataclass(frozen=True)
 class MapTiling:
-    """How a ``(H, W)`` map is cut into programs: ``block_h`` rows x ``block_w`` columns each.
+    """How ``num_maps`` maps of ``(H, W)`` are cut into programs.
 
-    ``block_w`` covers a whole row (the next power of two >= W); a map takes
-    ``tiles_per_map`` programs, the last one masked past row H.
+    A program covers a ``(block_m, block_h, block_w)`` tile: ``block_m`` consecutive maps
+    (several small maps per program), ``block_h`` rows, every column (``block_w`` is the next
+    power of two >= W). A map whose rows do not fit takes ``tiles_per_map`` programs
+    (``block_m`` is then 1). ``grid`` is the number of programs.
     """
 
+    block_m: int
     block_h: int
     block_w: int
     tiles_per_map: int
+    grid: int
     num_warps: int
 
 
-def map_tiling(height: int, width: int, block_rows: Optional[int] = None) -> MapTiling:
-    """The tiling of a ``(height, width)`` map; ``block_rows`` (a power of two) overrides the rows per program."""
+def _power_of_two(name: str, value: int) -> int:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two >= 1, got {value}")
+    return value
+
+
+def map_tiling(
+    num_maps: int, height: int, width: int, block_rows: Optional[int] = None, block_maps: Optional[int] = None
+) -> MapTiling:
+    """The tiling of ``num_maps`` (>= 1) maps of ``(height, width)``.
+
+    ``block_rows`` and ``block_maps`` (powers of two) override the heuristic; results must not
+    depend on them (the tests check this).
+    """
+    target = INTERPRETER_TILE_ELEMENTS if interpreting() else GPU_TILE_ELEMENTS
     block_w = triton.next_power_of_2(width)
     if block_rows is None:
-        target = INTERPRETER_TILE_ELEMENTS if interpreting() else GPU_TILE_ELEMENTS
         block_h = min(triton.next_power_of_2(height), max(1, target // block_w))
     else:
-        if block_rows < 1 or block_rows & (block_rows - 1):
-            raise ValueError(f"block_rows: expected a power of two >= 1, got {block_rows}")
-        block_h = block_rows
-    elements = block_h * block_w
-    num_warps = 1 if interpreting() else max(1, min(8, elements // 512))
-    return MapTiling(block_h, block_w, triton.cdiv(height, block_h), num_warps)
+        block_h = _power_of_two("block_rows", block_rows)
+    tiles_per_map = triton.cdiv(height, block_h)
+    if block_maps is None:
+        block_m = 1 if tiles_per_map > 1 else max(1, target // (block_h * block_w))
+        block_m = min(block_m, triton.next_power_of_2(num_maps))
+    else:
+        block_m = _power_of_two("block_maps", block_maps)
+    elements = block_m * block_h * block_w
+    num_warps = 1 if interpreting() else max(1, min(8, elements // (32 * ELEMENTS_PER_THREAD)))
+    grid = triton.cdiv(num_maps, block_m) * tiles_per_map
+    return MapTiling(block_m, block_h, block_w, tiles_per_map, grid, num_warps)

@@ -1,53 +1,68 @@
 """Triton kernels for ``decode`` and its backward; same functions and results as :mod:`h3r_kernels.reference`.
 
-Forward: one program per ``(b, k)`` map. The map is read once, in chunks of at most
-:data:`MAX_BLOCK` cells (one chunk, held in registers, for maps up to 64x64). Each cell
-becomes a totally ordered integer *key*; the selection is then a few integer max-reductions:
+Forward: one program (one warp up to 64x64 maps) per ``(b, k)`` map, which reads the map
+from memory once and selects in three phases:
 
-* ``topk``: ``k`` rounds of "take the largest key, remove it"; for maps of several chunks a
-  running top-k (keys and flat indices) is merged with each chunk;
-* ``local`` and ``argmax``: one running arg-max; ``local`` then loads the ``window x window``
-  cells around it (cache hits: the map was just read), off-map slots ``-1``.
+1. *group maxima*: the map is streamed in ``CHUNKS`` contiguous chunks of ``GROUPS`` cells
+   (one chunk up to :data:`MIN_GROUPS` cells, 16 chunks of 256 for 64x64); lane ``g`` keeps
+   the maximum of the strided group ``{g, g + GROUPS, g + 2 GROUPS, ...}`` and its first
+   cell, with two float compares per cell;
+2. *best groups*: ``T`` rounds of "take the largest rank, remove it" over the groups
+   (``T = k`` for ``topk``, 1 for ``local``/``argmax``). A group's rank orders it exactly as
+   its maximal cell, so the best ``k`` cells of the map lie in the best ``k`` groups (a cell
+   outside them has ``k`` group maxima above it). For ``argmax`` and ``local`` the best
+   group's cell is the arg-max;
+3. *top-k* (``topk``, several chunks only): the ``k x CHUNKS`` cells of those groups are
+   loaded again (cache hits) and ``k`` rounds select the top-k among them.
 
-Then the weights (softmax of the raw values, or ``max(v, 0) / sum`` with all weight to the
-peak when that sum is not positive), the weighted mean of the cell centres ``(x=c, y=r)``, the
-score (the map's maximum) and the selected flat indices are written.
+``local`` then loads the ``window x window`` cells around the arg-max (cache hits; off-map
+slots ``-1``). Last come the weights (softmax of the raw values, or ``max(v, 0) / sum``
+with all weight on the peak when that sum is not > 0), the weighted mean of the cell
+centres ``(x=c, y=r)``, the score (the map's maximum) and the selected flat indices.
+Map sizes are compile-time constants: each new ``(H, W)`` compiles its own kernel.
 
-Keys: for float32 (and float16/bfloat16, upcast) maps, the value's order-preserving int32
-image in the high half of an int64 and ``2**31 - 1 - index`` in the low half, so one int64
-``max`` finds the largest value and, among equal values, the lowest flat index. float64 maps
-use an int64 order-preserving key and a second ``min`` reduction over the indices of the
-maximal key. ``-0.0`` and ``+0.0`` get the same key (equal, as in ``torch.sort``).
+Ranks: a value's order-preserving integer (sign-magnitude bits turned into two's
+complement, so ``-0.0 == +0.0``) in the high half of an int64 and ``2**31 - 1 - cell`` in the
+low half: one int64 ``max`` finds the largest value and, among equal values, the lowest
+flat index (``torch.sort(stable=True)``'s and ``torch.argmax``'s tie-break). float64 maps
+(accumulated in float64) use the 64-bit integer alone and a second ``min`` reduction over the
+cells of the maximal rank. float16/bfloat16 maps are upcast to float32.
 
 NaN: every NaN ranks above ``+inf`` and NaNs tie with each other, as in ``torch.sort``,
 ``torch.argmax`` and ``torch.amax``. A map holding a NaN therefore gets score NaN and its
-(first) NaN cell as the peak; with ``softmax`` weights its coordinates are NaN, with
+first NaN cell as the peak; with ``softmax`` weights its coordinates are NaN, with
 ``linear`` weights the sum is NaN, so all weight falls back to the peak cell (the
-reference's behaviour in both cases).
+reference's behaviour in both cases). ``+inf`` peaks give NaN softmax coordinates (as
+``torch.softmax``).
 
 Backward: one program per map writes zeros over the whole map, waits at a block barrier,
 then writes the gradient of the (at most ``window**2``) selected cells, so every output
-cell is written by this one program.
+cell is written by this one program (no atomics, deterministic).
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-# Largest chunk of a map one program holds in registers (elements); 64x64 maps are one chunk.
+from ._common import accumulates_in_fp64, device_guard
+
+# Forward tiling (see _plan): maps of up to MIN_GROUPS cells are one chunk; larger maps are
+# streamed in up to MAX_CHUNKS chunks of GROUPS cells, MIN_GROUPS <= GROUPS <= MAX_GROUPS.
+MIN_GROUPS = 256
+MAX_CHUNKS = 16
+MAX_GROUPS = 8192
+CELLS_PER_THREAD = 8
+# Backward: cells cleared per step of the zero fill.
 MAX_BLOCK = 4096
+
+# Below the rank of every value (-inf included): removed and empty slots.
+_EMPTY_RANK = tl.constexpr(-(2**63))
+_INT32_MIN = tl.constexpr(-(2**31))
+_INT32_MAX = tl.constexpr(2**31 - 1)
 
 _METHODS = {"topk": 0, "local": 1, "argmax": 2}
 _WEIGHTINGS = {"softmax": 0, "linear": 1}
-_EMPTY_KEY = -(2**63)  # below the key of every value, -inf included
-_INT32_MAX = 2**31 - 1
-
-
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _slots(method: str, k: int, window: int) -> int:
@@ -59,69 +74,87 @@ def _peak_slot(method: str, n_slots: int) -> int:
     return n_slots // 2 if method == "local" else 0
 
 
-def _num_warps(block: int) -> int:
-    """Warps per program: 1 for maps up to 16x16, 8 for a 64x64 chunk (16 cells per thread)."""
+def _backward_num_warps(block: int) -> int:
+    """Warps of the backward: 1 up to 16x16 maps, 8 for 64x64 (16 cells cleared per thread)."""
     return max(1, min(8, block // 512))
 
 
-def _device_guard(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------- keys
+# --------------------------------------------------------------------------- ranks
 
 
 @triton.jit
-def _keys(values, offsets, valid, IS_F64: tl.constexpr):
-    """Order-preserving int64 keys of ``values`` (float32, or float64 if ``IS_F64``); ``_EMPTY_KEY`` where not ``valid``.
+def _ordered(values, IS_F64: tl.constexpr):
+    """Order-preserving integer image of float values: int32 for float32, int64 for float64.
 
-    Without ``IS_F64`` the flat index is packed into the low half (ties to the lower index).
+    Sign-magnitude bits become two's complement, so ``-0.0`` and ``+0.0`` share key 0; every
+    NaN gets the largest key (above ``+inf``), as ``torch.sort`` and ``torch.argmax`` rank it.
     """
     if IS_F64:
         bits = values.to(tl.int64, bitcast=True)
-        bits = tl.where(values == 0, 0, bits)
-        key = tl.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
-        key = tl.where(values != values, 0x7FFFFFFFFFFFFFFF, key)
+        magnitude = bits & 0x7FFFFFFFFFFFFFFF
+        key = tl.where(bits < 0, -magnitude, magnitude)
+        key = tl.where(magnitude > 0x7FF0000000000000, 0x7FFFFFFFFFFFFFFF, key)
     else:
         bits = values.to(tl.int32, bitcast=True)
-        bits = tl.where(values == 0, 0, bits)
-        key32 = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-        key32 = tl.where(values != values, 0x7FFFFFFF, key32)
-        key = (key32.to(tl.int64) << 32) | (2147483647 - offsets).to(tl.int64)
-    return tl.where(valid, key, -9223372036854775808)
+        magnitude = bits & 0x7FFFFFFF
+        key = tl.where(bits < 0, -magnitude, magnitude)
+        key = tl.where(magnitude > 0x7F800000, 0x7FFFFFFF, key)
+    return key
 
 
 @triton.jit
-def _key_value(key, IS_F64: tl.constexpr):
-    """The value (float32, or float64) a key was made from; NaN keys give a NaN."""
-    if IS_F64:
-        bits = tl.where(key < 0, key ^ 0x7FFFFFFFFFFFFFFF, key)
-        return bits.to(tl.float64, bitcast=True)
-    key32 = (key >> 32).to(tl.int32)
-    bits = tl.where(key32 < 0, key32 ^ 0x7FFFFFFF, key32)
-    return bits.to(tl.float32, bitcast=True)
+def _rank(key, cell, IS_F64: tl.constexpr):
+    """The int64 rank of a (key, flat cell index) pair; larger rank = selected first.
 
-
-@triton.jit
-def _best(keys, indices, IS_F64: tl.constexpr):
-    """The largest key and its flat index (the lowest index among equal keys)."""
-    best = tl.max(keys, axis=0)
+    float32: the key in the high half, ``2**31 - 1 - cell`` in the low half, so equal values
+    rank the lower index first and ranks are unique. float64: the key alone (ties are then
+    broken by the index in :func:`_best`).
+    """
     if IS_F64:
-        index = tl.min(tl.where(keys == best, indices, 2147483647), axis=0)
+        rank = key
     else:
-        index = 2147483647 - (best & 0x7FFFFFFF).to(tl.int32)
-    return best, index
+        rank = (key.to(tl.int64) << 32) | (0x7FFFFFFF - cell).to(tl.int64)
+    return rank
 
 
 @triton.jit
-def _load_keys(map_ptr, start, n_cells, BLOCK: tl.constexpr, IS_F64: tl.constexpr):
-    offsets = start + tl.arange(0, BLOCK)
-    inside = offsets < n_cells
+def _rank_value(rank, IS_F64: tl.constexpr):
+    """The value (float32, or float64) of a rank; NaN ranks give a NaN."""
     if IS_F64:
-        values = tl.load(map_ptr + offsets, mask=inside, other=0.0).to(tl.float64)
+        bits = tl.where(rank < 0, (-rank) | _EMPTY_RANK, rank)
+        value = bits.to(tl.float64, bitcast=True)
     else:
-        values = tl.load(map_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    return _keys(values, offsets, inside, IS_F64), offsets
+        key = (rank >> 32).to(tl.int32)
+        bits32 = tl.where(key < 0, (-key) | _INT32_MIN, key)
+        value = bits32.to(tl.float32, bitcast=True)
+    return value
+
+
+@triton.jit
+def _best(ranks, cells, IS_F64: tl.constexpr):
+    """The largest rank and its cell (among equal ranks, the lowest cell), over all elements."""
+    best = tl.max(ranks)
+    if IS_F64:
+        cell = tl.min(tl.where(ranks == best, cells, _INT32_MAX))
+    else:
+        cell = 0x7FFFFFFF - (best & 0x7FFFFFFF).to(tl.int32)
+    return best, cell
+
+
+@triton.jit
+def _select(ranks, cells, slots, COUNT: tl.constexpr, IS_F64: tl.constexpr):
+    """The ``COUNT`` largest ranks and their cells, in slots ``0..COUNT-1`` (others: empty, cell -1).
+
+    ``cells`` must be unique where the rank is not ``_EMPTY_RANK``.
+    """
+    top_ranks = tl.full(slots.shape, _EMPTY_RANK, tl.int64)
+    top_cells = tl.full(slots.shape, -1, tl.int32)
+    for i in tl.static_range(COUNT):
+        best, cell = _best(ranks, cells, IS_F64)
+        top_ranks = tl.where(slots == i, best, top_ranks)
+        top_cells = tl.where(slots == i, cell, top_cells)
+        ranks = tl.where(cells == cell, _EMPTY_RANK, ranks)
+    return top_ranks, top_cells
 
 
 # --------------------------------------------------------------------------- weights
@@ -159,82 +192,102 @@ def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexp
 @triton.jit
 def _decode_kernel(
     maps_ptr, coords_ptr, scores_ptr, indices_ptr,
-    n_cells, width, height, n_slots,
+    N_CELLS: tl.constexpr, WIDTH: tl.constexpr, HEIGHT: tl.constexpr, N_SLOTS: tl.constexpr,
     METHOD: tl.constexpr, WEIGHTS: tl.constexpr, K: tl.constexpr, WINDOW: tl.constexpr, PEAK_SLOT: tl.constexpr,
-    SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, IS_F64: tl.constexpr,
+    SLOTS: tl.constexpr, TOP: tl.constexpr, TOP_SLOTS: tl.constexpr,
+    GROUPS: tl.constexpr, CHUNKS: tl.constexpr, CHUNK_SLOTS: tl.constexpr, IS_F64: tl.constexpr,
 ):
+    """One program per map; see the module docstring for the three phases."""
     map_index = tl.program_id(0).to(tl.int64)
-    map_ptr = maps_ptr + map_index * n_cells
-    slots = tl.arange(0, SLOTS)
+    map_ptr = maps_ptr + map_index * N_CELLS
 
-    if METHOD == 0:
-        # topk: K rounds of "largest remaining key", over the chunk and the running top-k.
-        top_keys = tl.full([SLOTS], -9223372036854775808, tl.int64)
-        top_index = tl.full([SLOTS], -1, tl.int32)
-        if CHUNKS == 1:
-            keys, offsets = _load_keys(map_ptr, 0, n_cells, BLOCK, IS_F64)
-            for i in tl.static_range(K):
-                best, index = _best(keys, offsets, IS_F64)
-                top_keys = tl.where(slots == i, best, top_keys)
-                top_index = tl.where(slots == i, index, top_index)
-                keys = tl.where(offsets == index, -9223372036854775808, keys)
+    # Phase 1: the maximum of each strided group {g, g + GROUPS, g + 2 GROUPS, ...} and
+    # its first cell, streaming the map in CHUNKS contiguous chunks of GROUPS cells. Values
+    # are compared as floats: "not (v <= max)" also lets a NaN in (NaN ranks first), and
+    # nothing replaces a NaN maximum; cells past the map read -inf, which never replaces.
+    lanes = tl.arange(0, GROUPS)
+    inside = lanes < N_CELLS
+    raw = tl.load(map_ptr + lanes, mask=inside, other=float("-inf"))
+    group_max = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
+    group_cell = tl.where(inside, lanes, -1)
+    for chunk in tl.static_range(1, CHUNKS):
+        cells = chunk * GROUPS + lanes
+        if (chunk + 1) * GROUPS <= N_CELLS:
+            raw = tl.load(map_ptr + cells)
         else:
-            for chunk in range(CHUNKS):
-                keys, offsets = _load_keys(map_ptr, chunk * BLOCK, n_cells, BLOCK, IS_F64)
-                old_keys = top_keys
-                old_index = top_index
-                for i in tl.static_range(K):
-                    chunk_best, chunk_index = _best(keys, offsets, IS_F64)
-                    old_best, old_at = _best(old_keys, old_index, IS_F64)
-                    # Equal keys: the running top-k holds the lower (earlier) indices.
-                    from_chunk = chunk_best > old_best
-                    top_keys = tl.where(slots == i, tl.where(from_chunk, chunk_best, old_best), top_keys)
-                    top_index = tl.where(slots == i, tl.where(from_chunk, chunk_index, old_at), top_index)
-                    keys = tl.where(from_chunk & (offsets == chunk_index), -9223372036854775808, keys)
-                    taken = (old_index == old_at) & (chunk_best <= old_best)
-                    old_keys = tl.where(taken, -9223372036854775808, old_keys)
+            raw = tl.load(map_ptr + cells, mask=cells < N_CELLS, other=float("-inf"))
+        value = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
+        better = (~(value <= group_max)) & (group_max == group_max)
+        group_max = tl.where(better, value, group_max)
+        group_cell = tl.where(better, cells, group_cell)
+    group_rank = tl.where(group_cell >= 0, _rank(_ordered(group_max, IS_F64), group_cell, IS_F64), _EMPTY_RANK)
+
+    # Phase 2: the best TOP groups (by maximum, then first cell) hold the TOP best cells
+    # (TOP = K for topk, else 1: the peak).
+    top_slots = tl.arange(0, TOP_SLOTS)
+    top_ranks, top_cells = _select(group_rank, group_cell, top_slots, TOP, IS_F64)
+
+    # Phase 3 (topk over several chunks): reload the cells of those groups (cache hits)
+    # and select among them.
+    if METHOD == 0 and CHUNKS > 1:
+        candidates = (top_cells % GROUPS)[:, None] + (tl.arange(0, CHUNK_SLOTS) * GROUPS)[None, :]
+        inside = (top_slots < K)[:, None] & (candidates < N_CELLS)
+        raw = tl.load(map_ptr + candidates, mask=inside, other=0.0)
+        key = _ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64)
+        candidate_rank = tl.where(inside, _rank(key, candidates, IS_F64), _EMPTY_RANK)
+        top_ranks, top_cells = _select(candidate_rank, tl.where(inside, candidates, -1), top_slots, K, IS_F64)
+
+    score = _rank_value(tl.max(top_ranks), IS_F64)
+    slots = tl.arange(0, SLOTS)
+    if METHOD == 0:
         valid = slots < K
-        selected = top_index
-        values = _key_value(top_keys, IS_F64)
-        score = _key_value(tl.max(top_keys, axis=0), IS_F64)
+        selected = top_cells
+        values = _rank_value(top_ranks, IS_F64)
     else:
-        # local / argmax: the running arg-max (ties to the lower index: earlier chunks win).
-        best_key = tl.full([], -9223372036854775808, tl.int64)
-        best_index = tl.full([], 0, tl.int32)
-        for chunk in range(CHUNKS):
-            keys, offsets = _load_keys(map_ptr, chunk * BLOCK, n_cells, BLOCK, IS_F64)
-            chunk_best, chunk_index = _best(keys, offsets, IS_F64)
-            from_chunk = chunk_best > best_key
-            best_key = tl.where(from_chunk, chunk_best, best_key)
-            best_index = tl.where(from_chunk, chunk_index, best_index)
-        score = _key_value(best_key, IS_F64)
+        peak = tl.max(top_cells)
         if METHOD == 1:
             half: tl.constexpr = WINDOW // 2
-            row = best_index // width + slots // WINDOW - half
-            col = best_index % width + slots % WINDOW - half
-            valid = (slots < WINDOW * WINDOW) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
-            selected = tl.where(valid, row * width + col, -1)
+            row = peak // WIDTH + slots // WINDOW - half
+            col = peak % WIDTH + slots % WINDOW - half
+            valid = (slots < WINDOW * WINDOW) & (row >= 0) & (row < HEIGHT) & (col >= 0) & (col < WIDTH)
+            selected = tl.where(valid, row * WIDTH + col, -1)
             raw = tl.load(map_ptr + tl.where(valid, selected, 0), mask=valid, other=0.0)
             values = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
         else:
             valid = slots < 1
-            selected = tl.where(valid, best_index, -1)
+            selected = tl.where(valid, peak, -1)
             values = tl.where(valid, score, 0.0)
 
     weights = _weights(values, valid, slots, PEAK_SLOT, WEIGHTS)
     safe = tl.where(valid, selected, 0)
-    x = (safe % width).to(values.dtype)
-    y = (safe // width).to(values.dtype)
+    x = (safe % WIDTH).to(values.dtype)
+    y = (safe // WIDTH).to(values.dtype)
     tl.store(coords_ptr + map_index * 2, tl.sum(tl.where(valid, weights * x, 0.0), axis=0))
     tl.store(coords_ptr + map_index * 2 + 1, tl.sum(tl.where(valid, weights * y, 0.0), axis=0))
     tl.store(scores_ptr + map_index, score)
-    tl.store(indices_ptr + map_index * n_slots + slots, selected.to(tl.int64), mask=slots < n_slots)
+    tl.store(indices_ptr + map_index * N_SLOTS + slots, selected.to(tl.int64), mask=slots < N_SLOTS)
+
+
+def _plan(n_cells: int) -> tuple[int, int, int]:
+    """``(groups, chunks, num_warps)`` for a map of ``n_cells``: ``chunks`` x ``groups`` >= ``n_cells``.
+
+    Up to :data:`MIN_GROUPS` cells a map is one chunk; larger maps take up to
+    :data:`MAX_CHUNKS` chunks (more if the groups would exceed :data:`MAX_GROUPS`), with
+    :data:`CELLS_PER_THREAD` group slots per thread.
+    """
+    if n_cells <= MIN_GROUPS:
+        groups = triton.next_power_of_2(n_cells)
+    else:
+        groups = min(MAX_GROUPS, max(MIN_GROUPS, triton.next_power_of_2(triton.cdiv(n_cells, MAX_CHUNKS))))
+    num_warps = max(1, min(8, groups // (32 * CELLS_PER_THREAD)))
+    return groups, triton.cdiv(n_cells, groups), num_warps
 
 
 def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: int):
     """``(coords (B,K,2), scores (B,K), indices (B,K,S) int64)``; see :func:`h3r_kernels.reference.decode`."""
     batch, num, height, width = heatmaps.shape
-    acc = _accumulator_dtype(heatmaps.dtype)
+    in_fp64 = accumulates_in_fp64(heatmaps.dtype)
+    acc = torch.float64 if in_fp64 else torch.float32
     n_slots = _slots(method, k, window)
     coords = heatmaps.new_empty((batch, num, 2), dtype=acc)
     scores = heatmaps.new_empty((batch, num), dtype=acc)
@@ -242,17 +295,18 @@ def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: in
     if batch * num == 0:
         return coords, scores, indices
     n_cells = height * width
-    if n_cells > _INT32_MAX:
+    if n_cells >= 2**31:
         raise ValueError(f"heatmaps: expected H*W < 2**31 cells per map, got {height}x{width}")
-    block = min(triton.next_power_of_2(n_cells), MAX_BLOCK)
-    with _device_guard(heatmaps.device):
+    groups, chunks, num_warps = _plan(n_cells)
+    top = k if method == "topk" else 1
+    with device_guard(heatmaps):
         _decode_kernel[(batch * num,)](
             heatmaps, coords, scores, indices,
-            n_cells, width, height, n_slots,
+            N_CELLS=n_cells, WIDTH=width, HEIGHT=height, N_SLOTS=n_slots,
             METHOD=_METHODS[method], WEIGHTS=_WEIGHTINGS[weights], K=k, WINDOW=window,
-            PEAK_SLOT=_peak_slot(method, n_slots),
-            SLOTS=triton.next_power_of_2(n_slots), BLOCK=block, CHUNKS=triton.cdiv(n_cells, block),
-            IS_F64=acc == torch.float64, num_warps=_num_warps(block),
+            PEAK_SLOT=_peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots),
+            TOP=top, TOP_SLOTS=triton.next_power_of_2(top), GROUPS=groups, CHUNKS=chunks,
+            CHUNK_SLOTS=triton.next_power_of_2(chunks), IS_F64=in_fp64, num_warps=num_warps,
         )
     return coords, scores, indices
 
@@ -263,22 +317,22 @@ def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: in
 @triton.jit
 def _decode_backward_kernel(
     maps_ptr, indices_ptr, grad_coords_ptr, grad_scores_ptr, grad_ptr,
-    n_cells, width, n_slots,
+    N_CELLS: tl.constexpr, WIDTH: tl.constexpr, N_SLOTS: tl.constexpr,
     METHOD: tl.constexpr, WEIGHTS: tl.constexpr, PEAK_SLOT: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, IS_F64: tl.constexpr,
 ):
     map_index = tl.program_id(0).to(tl.int64)
-    map_ptr = maps_ptr + map_index * n_cells
-    grad_map_ptr = grad_ptr + map_index * n_cells
+    map_ptr = maps_ptr + map_index * N_CELLS
+    grad_map_ptr = grad_ptr + map_index * N_CELLS
 
     for chunk in range(CHUNKS):
         offsets = chunk * BLOCK + tl.arange(0, BLOCK)
-        tl.store(grad_map_ptr + offsets, tl.zeros([BLOCK], grad_ptr.dtype.element_ty), mask=offsets < n_cells)
+        tl.store(grad_map_ptr + offsets, tl.zeros([BLOCK], grad_ptr.dtype.element_ty), mask=offsets < N_CELLS)
     # The selected cells below overwrite some of these zeros: all zeros must have landed first.
     tl.debug_barrier()
 
     slots = tl.arange(0, SLOTS)
-    selected = tl.load(indices_ptr + map_index * n_slots + slots, mask=slots < n_slots, other=-1)
+    selected = tl.load(indices_ptr + map_index * N_SLOTS + slots, mask=slots < N_SLOTS, other=-1)
     valid = selected >= 0
     safe = tl.where(valid, selected, 0)
     raw = tl.load(map_ptr + safe, mask=valid, other=0.0)
@@ -288,8 +342,8 @@ def _decode_backward_kernel(
     grad_score = tl.load(grad_scores_ptr + map_index).to(values.dtype)
 
     weights = _weights(values, valid, slots, PEAK_SLOT, WEIGHTS)
-    x = (safe % width).to(values.dtype)
-    y = (safe // width).to(values.dtype)
+    x = (safe % WIDTH).to(values.dtype)
+    y = (safe // WIDTH).to(values.dtype)
     centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=0)
     centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=0)
     direction = (x - centre_x) * grad_x + (y - centre_y) * grad_y
@@ -314,13 +368,13 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
     n_cells = height * width
     n_slots = indices.shape[-1]
     block = min(triton.next_power_of_2(n_cells), MAX_BLOCK)
-    with _device_guard(heatmaps.device):
+    with device_guard(heatmaps):
         _decode_backward_kernel[(batch * num,)](
             heatmaps, indices, grad_coords, grad_scores, grad,
-            n_cells, width, n_slots,
+            N_CELLS=n_cells, WIDTH=width, N_SLOTS=n_slots,
             METHOD=_METHODS[method], WEIGHTS=_WEIGHTINGS[weights],
             PEAK_SLOT=_peak_slot(method, n_slots),
             SLOTS=triton.next_power_of_2(n_slots), BLOCK=block, CHUNKS=triton.cdiv(n_cells, block),
-            IS_F64=heatmaps.dtype == torch.float64, num_warps=_num_warps(block),
+            IS_F64=accumulates_in_fp64(heatmaps.dtype), num_warps=_backward_num_warps(block),
         )
     return grad

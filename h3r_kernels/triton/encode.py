@@ -1,10 +1,12 @@
 """Triton ``encode``: one write-only pass over the ``(B, K, H, W)`` target maps.
 
-Each program renders ``BLOCK_H`` whole rows of one ``(b, k)`` map. The keypoint's cell (or,
-with ``expected``, its two bilinear neighbours per axis) is computed in registers from the
-keypoint, its visibility and the seed, exactly as :func:`h3r_kernels.reference.target_profiles`
-does; the tile is the outer product of a row profile and a column profile. :func:`tile_target`
-is shared with the fused loss in :mod:`h3r_kernels.triton.loss`.
+Each program renders a ``(BLOCK_M, BLOCK_H, BLOCK_W)`` tile: ``BLOCK_M`` consecutive maps
+(several when maps are small), ``BLOCK_H`` rows of each, all columns (see
+:func:`h3r_kernels.triton._common.map_tiling`). Each keypoint's cell (or, with ``expected``,
+its two bilinear neighbours per axis) is computed in registers from the keypoint, its
+visibility and the seed, exactly as :func:`h3r_kernels.reference.target_profiles` does; a map
+is the outer product of a row profile and a column profile. :func:`tile_target` and
+:func:`map_tile` are shared with the fused loss in :mod:`h3r_kernels.triton.loss`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import triton
 import triton.language as tl
 
 from . import _rng
-from ._common import device_guard, map_tiling
+from ._common import as_mask, device_guard, map_tiling
 
 ROUNDING_CODES = {"random": 0, "nearest": 1, "floor": 2, "none": 3}
 
@@ -92,27 +94,29 @@ def keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr
 
 @triton.jit
 def tile_target(
-    keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, row_start, gauss_scale,
+    keypoints_ptr, visible_ptr, bk, num_maps, num_keypoints, seed, height, width, row_start, gauss_scale,
     ROUNDING: tl.constexpr, BINARY: tl.constexpr, EXPECTED: tl.constexpr, HAS_VISIBLE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Target of rows ``[row_start, row_start + BLOCK_H)`` x columns ``[0, BLOCK_W)`` of map ``bk = b*K + k``.
+    """Target of maps ``bk = b*K + k`` (a block), rows ``[row_start, row_start + BLOCK_H)``, columns ``[0, BLOCK_W)``.
 
-    Returns ``(target (BLOCK_H, BLOCK_W) float32, contributes)``; cells past the map must be
-    masked by the caller; a map that does not contribute is all zero. ``EXPECTED`` is only
-    set with random rounding (the reference ignores it otherwise).
+    Returns ``(target (BLOCK_M, BLOCK_H, BLOCK_W) float32, contributes (BLOCK_M,))``. Maps past
+    ``num_maps`` do not contribute; cells past the map must be masked by the caller; a map that
+    does not contribute is all zero. ``EXPECTED`` is only set with random rounding (the
+    reference ignores it otherwise).
     """
     gauss_scale = tl.cast(gauss_scale, tl.float32)
+    valid = bk < num_maps
     b = bk // num_keypoints
     k = bk - b * num_keypoints
-    x = tl.load(keypoints_ptr + 2 * bk)
-    y = tl.load(keypoints_ptr + 2 * bk + 1)
-    cols = tl.arange(0, BLOCK_W).to(tl.float32)
-    rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)
+    x = tl.load(keypoints_ptr + 2 * bk, mask=valid, other=float("nan"))
+    y = tl.load(keypoints_ptr + 2 * bk + 1, mask=valid, other=float("nan"))
+    cols = tl.arange(0, BLOCK_W).to(tl.float32)[None, :]
+    rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)[None, :]
     if EXPECTED:
         contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, EXPECTED)
-        col_profile = _expected_profile(x, cols, width, gauss_scale, BINARY)
-        row_profile = _expected_profile(y, rows, height, gauss_scale, BINARY)
+        col_profile = _expected_profile(x[:, None], cols, width, gauss_scale, BINARY)
+        row_profile = _expected_profile(y[:, None], rows, height, gauss_scale, BINARY)
     else:
         cell_x, cell_y, contributes = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
         if ROUNDING == 3:
@@ -120,38 +124,47 @@ def tile_target(
             cell_y = y
         cell_x = tl.where(contributes, cell_x, 0.0)
         cell_y = tl.where(contributes, cell_y, 0.0)
-        col_profile = _profile(cols - cell_x, gauss_scale, BINARY)
-        row_profile = _profile(rows - cell_y, gauss_scale, BINARY)
+        col_profile = _profile(cols - cell_x[:, None], gauss_scale, BINARY)
+        row_profile = _profile(rows - cell_y[:, None], gauss_scale, BINARY)
     if HAS_VISIBLE:
-        contributes = contributes & (tl.load(visible_ptr + bk) != 0)
-    target = row_profile[:, None] * col_profile[None, :]
-    return tl.where(contributes, target, 0.0), contributes
+        contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
+    contributes = as_mask(contributes)
+    # Zeroing the row profile zeroes the map (the column profile is finite): cheaper than per cell.
+    row_profile = tl.where(contributes[:, None], row_profile, 0.0)
+    return row_profile[:, :, None] * col_profile[:, None, :], contributes
 
 
 @triton.jit
-def map_offsets(bk, row_start, height, width, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Flat element offsets (int64) of a ``(BLOCK_H, BLOCK_W)`` tile of map ``bk``, and the in-map mask."""
+def map_tile(pid, num_maps, height, width, tiles_per_map, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+             BLOCK_W: tl.constexpr):
+    """The tile of program ``pid``: ``(bk (BLOCK_M,), row_start, offsets (int64), inside)``.
+
+    ``offsets`` are flat element offsets of the ``(BLOCK_M, BLOCK_H, BLOCK_W)`` tile in the
+    contiguous ``(B*K, H, W)`` maps, ``inside`` masks the maps, rows and columns past the end.
+    """
+    group = pid // tiles_per_map
+    row_start = (pid - group * tiles_per_map) * BLOCK_H
+    bk = group * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = row_start + tl.arange(0, BLOCK_H)
     cols = tl.arange(0, BLOCK_W)
-    inside = (rows < height)[:, None] & (cols < width)[None, :]
-    base = bk.to(tl.int64) * height * width
-    return base + rows[:, None] * width + cols[None, :], inside
+    inside = (bk < num_maps)[:, None, None] & (rows < height)[None, :, None] & (cols < width)[None, None, :]
+    offsets = bk.to(tl.int64)[:, None, None] * (height * width) + (rows * width)[None, :, None] + cols[None, None, :]
+    return bk, row_start, offsets, inside
 
 
 @triton.jit(do_not_specialize=["seed"])
 def _encode_kernel(
-    out_ptr, keypoints_ptr, visible_ptr, seed, num_keypoints, height, width, tiles_per_map, gauss_scale,
+    out_ptr, keypoints_ptr, visible_ptr, seed, num_maps, num_keypoints, height, width, tiles_per_map, gauss_scale,
     ROUNDING: tl.constexpr, BINARY: tl.constexpr, EXPECTED: tl.constexpr, HAS_VISIBLE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    bk = pid // tiles_per_map
-    row_start = (pid - bk * tiles_per_map) * BLOCK_H
+    bk, row_start, offsets, inside = map_tile(
+        tl.program_id(0), num_maps, height, width, tiles_per_map, BLOCK_M, BLOCK_H, BLOCK_W
+    )
     target, _ = tile_target(
-        keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, row_start, gauss_scale,
+        keypoints_ptr, visible_ptr, bk, num_maps, num_keypoints, seed, height, width, row_start, gauss_scale,
         ROUNDING, BINARY, EXPECTED, HAS_VISIBLE, BLOCK_H, BLOCK_W,
     )
-    offsets, inside = map_offsets(bk, row_start, height, width, BLOCK_H, BLOCK_W)
     tl.store(out_ptr + offsets, target.to(out_ptr.dtype.element_ty), mask=inside)
 
 
@@ -166,20 +179,21 @@ def launch_encode(
     expected: bool,
     dtype: torch.dtype,
     block_rows: Optional[int] = None,
+    block_maps: Optional[int] = None,
 ) -> torch.Tensor:
-    """:func:`encode` with an optional override of the rows per program (for block-size tests)."""
+    """:func:`encode` with optional overrides of the tile (rows and maps per program; for tests)."""
     batch, num = keypoints.shape[:2]
     out = torch.empty((batch, num, height, width), dtype=dtype, device=keypoints.device)
     if out.numel() == 0:
         return out
-    tiling = map_tiling(height, width, block_rows)
+    tiling = map_tiling(batch * num, height, width, block_rows, block_maps)
     visible_arg = keypoints if visible is None else visible.view(torch.uint8)
     with device_guard(keypoints):
-        _encode_kernel[(batch * num * tiling.tiles_per_map,)](
-            out, keypoints, visible_arg, _rng.seed_as_int32(seed), num, height, width, tiling.tiles_per_map,
-            gaussian_scale(sigma),
+        _encode_kernel[(tiling.grid,)](
+            out, keypoints, visible_arg, _rng.seed_as_int32(seed), batch * num, num, height, width,
+            tiling.tiles_per_map, gaussian_scale(sigma),
             ROUNDING=ROUNDING_CODES[rounding], BINARY=sigma == 0, EXPECTED=bool(expected and rounding == "random"),
-            HAS_VISIBLE=visible is not None, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w,
+            HAS_VISIBLE=visible is not None, BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w,
             num_warps=tiling.num_warps,
         )
     return out

@@ -1,11 +1,11 @@
 """Triton fused ``heatmap_loss``: one pass over the logits gives the loss and its gradient.
 
-Each program takes ``BLOCK_H`` whole rows of one ``(b, k)`` map, renders the target in
-registers (:func:`h3r_kernels.triton.encode.tile_target`, so it is exactly the target of
-``encode``), reads the logits once, writes the gradient once (unless ``compute_grad`` is
-False) and stores its partial loss sum in a ``(B*K, tiles_per_map)`` buffer that torch then
-sums in a fixed order: no atomics, the value is reproducible run to run. Maps whose keypoint
-does not contribute read nothing and write a zero gradient.
+Each program takes the same ``(BLOCK_M maps, BLOCK_H rows, all columns)`` tile as ``encode``,
+renders the target in registers (:func:`h3r_kernels.triton.encode.tile_target`, so it is
+exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
+``compute_grad`` is False) and stores each map's partial loss sum in a ``(B*K, tiles_per_map)``
+buffer that torch then sums in a fixed order: no float atomics, the value is reproducible run
+to run. Maps whose keypoint does not contribute read nothing and get a zero gradient.
 
 For ``reduction="mean"`` a small kernel first counts the contributing keypoints into a device
 integer (exact integer atomics); the main kernel turns it into the gradient scale
@@ -20,18 +20,28 @@ import triton
 import triton.language as tl
 
 from . import _rng
-from ._common import accumulates_in_fp64, device_guard, map_tiling
-from .encode import ROUNDING_CODES, gaussian_scale, keypoint_contributes, map_offsets, tile_target
+from ._common import accumulates_in_fp64, as_mask, device_guard, map_tiling
+from .encode import ROUNDING_CODES, gaussian_scale, keypoint_contributes, map_tile, tile_target
 
 # Keypoints per program of the counting kernel ("mean").
 COUNT_BLOCK = 1024
 
 
 @triton.jit
-def _log1p(e):
-    """``log(1 + e)`` for ``e`` in [0, 1], accurate for tiny ``e`` (Goldberg's trick; no libdevice)."""
-    u = 1.0 + e
-    return tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
+def _log1p_unit(e, TERMS: tl.constexpr):
+    """``log(1 + e)`` for ``e`` in [0, 1], to full relative precision also for tiny ``e``.
+
+    ``log(1 + e) = 2 atanh(s)`` with ``s = e / (2 + e) <= 1/3``, summed as the first ``TERMS``
+    terms of ``2 (s + s^3/3 + s^5/5 + ...)``: relative error below ``9**-TERMS / (2 TERMS + 1)``
+    (7 terms suffice for float32, 16 for float64). A third of the instructions of ``tl.log``'s
+    polynomial, which would make the loss compute-bound; libdevice is off limits (interpreter).
+    """
+    s = e / (2.0 + e)
+    s2 = s * s
+    poly = 1.0 / (2 * TERMS - 1)
+    for n in tl.static_range(TERMS - 1, 0, -1):
+        poly = poly * s2 + 1.0 / (2 * n - 1)
+    return 2.0 * s * poly
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -58,12 +68,12 @@ def _count_kernel(
 @triton.jit(do_not_specialize=["seed"])
 def _loss_kernel(
     logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, keypoints_ptr, visible_ptr,
-    seed, num_keypoints, height, width, tiles_per_map, gauss_scale,
+    seed, num_maps, num_keypoints, height, width, tiles_per_map, gauss_scale,
     ROUNDING: tl.constexpr, BINARY: tl.constexpr, HAS_VISIBLE: tl.constexpr,
     MSE: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Loss partial sum of one tile into ``partial_ptr[pid]`` and, if ``WRITE_GRAD``, its gradient.
+    """Each map's loss over one tile into ``partial_ptr[bk, tile]`` and, if ``WRITE_GRAD``, the gradient.
 
     Per pixel, as the reference: ``bce = max(z, 0) - z t + log(1 + exp(-|z|))`` with gradient
     ``sigmoid(z) - t``; ``mse = (z - t)^2`` with gradient ``2 (z - t)``. With ``MEAN`` the
@@ -72,15 +82,12 @@ def _loss_kernel(
     """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
-    bk = pid // tiles_per_map
-    row_start = (pid - bk * tiles_per_map) * BLOCK_H
+    bk, row_start, offsets, inside = map_tile(pid, num_maps, height, width, tiles_per_map, BLOCK_M, BLOCK_H, BLOCK_W)
     target, contributes = tile_target(
-        keypoints_ptr, visible_ptr, bk, num_keypoints, seed, height, width, row_start, gauss_scale,
+        keypoints_ptr, visible_ptr, bk, num_maps, num_keypoints, seed, height, width, row_start, gauss_scale,
         ROUNDING, BINARY, False, HAS_VISIBLE, BLOCK_H, BLOCK_W,
     )
-    offsets, inside = map_offsets(bk, row_start, height, width, BLOCK_H, BLOCK_W)
-    print("DBG", inside.type, contributes.type, inside.handle.dtype, contributes.handle.dtype)
-    live = inside & contributes
+    live = inside & contributes[:, None, None]
     z = tl.load(logits_ptr + offsets, mask=live, other=0.0).to(acc_dtype)
     t = target.to(acc_dtype)
     if MSE:
@@ -89,10 +96,13 @@ def _loss_kernel(
         pixel_grad = 2.0 * diff
     else:
         e = tl.exp(-tl.abs(z))
-        pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p(e)
-        pixel_grad = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - t
+        pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p_unit(e, 16 if ACC_FP64 else 7)
+        inverse = 1.0 / (1.0 + e)
+        pixel_grad = tl.where(z >= 0, inverse, e * inverse) - t  # sigmoid(z) - t
     pixel_loss = tl.where(live, pixel_loss, 0.0)
-    tl.store(partial_ptr + pid, tl.sum(tl.sum(pixel_loss, axis=1), axis=0))
+    per_map = tl.sum(tl.sum(pixel_loss, axis=2), axis=1)
+    tile = pid % tiles_per_map
+    tl.store(partial_ptr + bk * tiles_per_map + tile, per_map, mask=bk < num_maps)
     if MEAN:
         count = tl.load(count_ptr).to(acc_dtype) * tl.cast(height * width, acc_dtype)
         scale = 1.0 / tl.maximum(count, 1.0)
@@ -105,21 +115,25 @@ def _loss_kernel(
 
 @triton.jit
 def _scale_grad_kernel(
-    out_ptr, grad_ptr, grad_output_ptr, height, width, tiles_per_map,
-    PER_MAP: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    out_ptr, grad_ptr, grad_output_ptr, num_maps, height, width, tiles_per_map,
+    PER_MAP: tl.constexpr, SKIP_UNIT: tl.constexpr, ACC_FP64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """``out = grad * grad_output`` (one scalar, or one value per map when ``PER_MAP``), in the accumulator dtype."""
+    """``out = grad * factor`` with ``factor`` the incoming gradient (one scalar, or one per map
+    when ``PER_MAP``), computed in the accumulator dtype. ``SKIP_UNIT`` (in place, ``out`` is
+    ``grad``) touches no memory of a map whose factor is exactly 1."""
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    pid = tl.program_id(0)
-    bk = pid // tiles_per_map
-    row_start = (pid - bk * tiles_per_map) * BLOCK_H
-    offsets, inside = map_offsets(bk, row_start, height, width, BLOCK_H, BLOCK_W)
+    bk, _, offsets, inside = map_tile(
+        tl.program_id(0), num_maps, height, width, tiles_per_map, BLOCK_M, BLOCK_H, BLOCK_W
+    )
     if PER_MAP:
-        factor = tl.load(grad_output_ptr + bk)
+        factor = tl.load(grad_output_ptr + bk, mask=bk < num_maps, other=1.0).to(acc_dtype)[:, None, None]
     else:
-        factor = tl.load(grad_output_ptr)
+        factor = tl.load(grad_output_ptr).to(acc_dtype)
+    if SKIP_UNIT:
+        inside = inside & as_mask(factor != 1.0)
     grad = tl.load(grad_ptr + offsets, mask=inside, other=0.0).to(acc_dtype)
-    tl.store(out_ptr + offsets, (grad * factor.to(acc_dtype)).to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(out_ptr + offsets, (grad * factor).to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def launch_heatmap_loss(
@@ -133,8 +147,9 @@ def launch_heatmap_loss(
     reduction: str,
     compute_grad: bool,
     block_rows: Optional[int] = None,
+    block_maps: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`heatmap_loss` with an optional override of the rows per program (for block-size tests)."""
+    """:func:`heatmap_loss` with optional overrides of the tile (rows and maps per program; for tests)."""
     batch, num, height, width = logits.shape
     fp64 = accumulates_in_fp64(logits.dtype)
     acc_dtype = torch.float64 if fp64 else torch.float32
@@ -143,7 +158,7 @@ def launch_heatmap_loss(
         per_keypoint = logits.new_zeros((batch, num), dtype=acc_dtype)
         return (per_keypoint if reduction == "none" else per_keypoint.sum()), grad
 
-    tiling = map_tiling(height, width, block_rows)
+    tiling = map_tiling(batch * num, height, width, block_rows, block_maps)
     visible_arg = keypoints if visible is None else visible.view(torch.uint8)
     seed_arg = _rng.seed_as_int32(seed)
     code = ROUNDING_CODES[rounding]
@@ -157,12 +172,12 @@ def launch_heatmap_loss(
                 count, keypoints, visible_arg, seed_arg, batch * num, num, height, width,
                 ROUNDING=code, HAS_VISIBLE=visible is not None, BLOCK=COUNT_BLOCK,
             )
-        _loss_kernel[(batch * num * tiling.tiles_per_map,)](
+        _loss_kernel[(tiling.grid,)](
             logits, grad if compute_grad else logits, partials, count, scale, keypoints, visible_arg,
-            seed_arg, num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
+            seed_arg, batch * num, num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
             ROUNDING=code, BINARY=sigma == 0, HAS_VISIBLE=visible is not None, MSE=loss == "mse",
             MEAN=mean, WRITE_GRAD=compute_grad, ACC_FP64=fp64,
-            BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
+            BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
         )
     per_keypoint = partials[..., 0] if tiling.tiles_per_map == 1 else partials.sum(-1)
     if reduction == "none":
@@ -181,22 +196,32 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
     return launch_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad)
 
 
-def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The saved gradient scaled by the incoming one (a scalar, or ``(B, K)`` for "none").
+def _launch_scale_grad(out: torch.Tensor, grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
+    if grad.numel() == 0:
+        return
+    batch, num, height, width = grad.shape
+    tiling = map_tiling(batch * num, height, width)
+    with device_guard(grad):
+        _scale_grad_kernel[(tiling.grid,)](
+            out, grad, grad_output, batch * num, height, width, tiling.tiles_per_map,
+            PER_MAP=reduction == "none", SKIP_UNIT=out is grad, ACC_FP64=accumulates_in_fp64(grad.dtype),
+            BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
+        )
 
-    One bandwidth-bound pass (read ``grad``, write the result) that also covers float16/bfloat16
-    in float32 arithmetic; a torch multiply would need an extra cast pass for those dtypes and
+
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The saved gradient times the incoming one (a scalar, or ``(B, K)`` for "none"), as a new tensor.
+
+    One bandwidth-bound pass (read ``grad``, write the result) in float32 (float64) arithmetic
+    for every dtype; a torch multiply would need extra cast passes for float16/bfloat16 and
     for the ``(B, K)`` case.
     """
     out = torch.empty_like(grad)
-    if grad.numel() == 0:
-        return out
-    batch, num, height, width = grad.shape
-    tiling = map_tiling(height, width)
-    with device_guard(grad):
-        _scale_grad_kernel[(batch * num * tiling.tiles_per_map,)](
-            out, grad, grad_output, height, width, tiling.tiles_per_map,
-            PER_MAP=reduction == "none", ACC_FP64=accumulates_in_fp64(grad.dtype),
-            BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
-        )
+    _launch_scale_grad(out, grad, grad_output, reduction)
     return out
+
+
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
+    """:func:`heatmap_loss_backward` in place. Maps whose incoming gradient is exactly 1 are not
+    touched: the usual ``loss.backward()`` costs one launch whose programs read only that scalar."""
+    _launch_scale_grad(grad, grad, grad_output, reduction)

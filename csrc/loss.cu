@@ -1,0 +1,219 @@
+// heatmap_loss: the fused target-and-loss of h3r_kernels.reference.heatmap_loss, and its backward.
+//
+// Forward, in one pass over the logits: a group of `threads_per_map` threads (one to eight
+// warps) per map builds the keypoint's target profiles in shared memory, reads the logits
+// with 16-byte loads, writes the gradient (for an incoming gradient of 1) and reduces the
+// map's loss in a fixed order into per_map[map]. reduction="mean" first runs
+// loss_mean_scale_kernel (the scale 1 / (contributing keypoints * H * W), on the device);
+// "sum" and "mean" then add the per-map sums in a fixed order (loss_reduce_kernel), so the
+// value is deterministic.
+#include "h3r_common.cuh"
+
+#define H3R_LOSS_BCE 0
+#define H3R_LOSS_MSE 1
+
+// Whether keypoint `map` contributes, the same test as the forward kernel.
+template <typename A>
+__global__ void __launch_bounds__(H3R_BLOCK) loss_mean_scale_kernel(
+    A* __restrict__ scale,                       // () out: 1 / max(count * H * W, 1)
+    const float* __restrict__ keypoints, const unsigned char* __restrict__ visible,
+    long long num_maps, int num_keypoints, int height, int width, int rounding, unsigned int seed) {
+    using namespace h3r;
+    __shared__ long long counts[H3R_BLOCK];
+    long long count = 0;
+    for (long long map = threadIdx.x; map < num_maps; map += blockDim.x) {
+        bool contributes;
+        map_target(keypoints, visible, map, num_keypoints, height, width, rounding, false, seed, &contributes);
+        count += contributes ? 1 : 0;
+    }
+    counts[threadIdx.x] = count;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) counts[threadIdx.x] += counts[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        // As the reference: count (in A) * (H * W), clamped to >= 1, then its reciprocal.
+        const A pixels = static_cast<A>(counts[0]) * static_cast<A>(height * width);
+        scale[0] = A(1) / (pixels < A(1) ? A(1) : pixels);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
+    const T* __restrict__ logits,                // (num_maps, height, width)
+    T* __restrict__ grad,                        // (num_maps, height, width), or null: no gradient
+    typename h3r::Storage<T>::acc* __restrict__ per_map,  // (num_maps,) each map's summed loss
+    const typename h3r::Storage<T>::acc* __restrict__ grad_scale,  // () mean scale, or null: 1
+    const float* __restrict__ keypoints,         // (num_maps, 2), (x, y) in heatmap pixels
+    const unsigned char* __restrict__ visible,   // (num_maps,) bool, or null: all visible
+    long long num_maps, int num_keypoints, int height, int width,
+    int rounding, unsigned int seed, int gaussian, float gauss_scale,
+    int loss, int threads_per_map,               // 32, 64, 128 or 256
+    int vectorised) {                            // pointers 16-byte aligned and H*W*sizeof(T) % 16 == 0
+    using namespace h3r;
+    typedef typename Storage<T>::acc A;
+    extern __shared__ float profiles[];          // maps_per_block * (height + width) floats
+    __shared__ MapTarget targets[H3R_BLOCK / 32];
+    __shared__ A mask[H3R_BLOCK / 32];           // 1 for a contributing map, else 0
+    __shared__ A warp_sums[H3R_BLOCK / 32];
+
+    const int maps_per_block = blockDim.x / threads_per_map;
+    const int group = threadIdx.x / threads_per_map;
+    const int rank = threadIdx.x - group * threads_per_map;
+    const int lane = threadIdx.x & 31;
+    const int map_size = height * width;
+    const int profile_size = height + width;
+    const A scale = grad_scale == nullptr ? A(1) : grad_scale[0];
+    float* my_profiles = profiles + group * profile_size;
+
+    for (long long first_map = static_cast<long long>(blockIdx.x) * maps_per_block; first_map < num_maps;
+         first_map += static_cast<long long>(gridDim.x) * maps_per_block) {
+        const long long map = first_map + group;
+        const bool active = map < num_maps;
+        if (active && rank == 0) {
+            bool contributes;
+            targets[group] = map_target(keypoints, visible, map, num_keypoints, height, width, rounding, false,
+                                        seed, &contributes);
+            mask[group] = contributes ? A(1) : A(0);
+        }
+        __syncthreads();
+        if (active) fill_profiles(my_profiles, targets[group], height, width, gaussian != 0, gauss_scale, rank,
+                                  threads_per_map);
+        __syncthreads();
+
+        A total = A(0);
+        if (active) {
+            const A m = mask[group];
+            const T* z_map = logits + map * map_size;
+            T* g_map = grad == nullptr ? nullptr : grad + map * map_size;
+            // One pixel: the reference's pixel_loss * mask and pixel_grad * mask * scale.
+            auto pixel = [&](T stored, int r, int c, T* out) {
+                const A z = Storage<T>::load(stored);
+                const A t = static_cast<A>(my_profiles[r] * my_profiles[height + c]);
+                A value, slope;
+                if (loss == H3R_LOSS_BCE) {
+                    value = clamp_min_zero(z) - z * t + log1p_(exp_(-abs_(z)));
+                    slope = A(1) / (A(1) + exp_(-z)) - t;
+                } else {
+                    const A d = z - t;
+                    value = d * d;
+                    slope = A(2) * d;
+                }
+                total += value * m;
+                if (out != nullptr) *out = Storage<T>::store(slope * m * scale);
+            };
+            if (vectorised) {
+                const int vec = Pack<T>::size;
+                for (int i = rank; i < map_size / vec; i += threads_per_map) {
+                    const Pack<T> in = *reinterpret_cast<const Pack<T>*>(z_map + i * vec);
+                    Pack<T> out;
+                    int r = (i * vec) / width;
+                    int c = i * vec - r * width;
+#pragma unroll
+                    for (int j = 0; j < vec; ++j) {
+                        pixel(in.v[j], r, c, &out.v[j]);
+                        if (++c == width) {
+                            c = 0;
+                            ++r;
+                        }
+                    }
+                    if (g_map != nullptr) *reinterpret_cast<Pack<T>*>(g_map + i * vec) = out;
+                }
+            } else {
+                for (int e = rank; e < map_size; e += threads_per_map) {
+                    const int r = e / width;
+                    pixel(z_map[e], r, e - r * width, g_map == nullptr ? nullptr : g_map + e);
+                }
+            }
+        }
+
+        // The map's sum: within each warp, then the group's warps in order.
+        total = warp_sum(total);
+        if (lane == 0) warp_sums[threadIdx.x / 32] = total;
+        __syncthreads();
+        if (active && rank == 0) {
+            A sum = A(0);
+            for (int w = 0; w < threads_per_map / 32; ++w) sum += warp_sums[threadIdx.x / 32 + w];
+            per_map[map] = sum;
+        }
+        __syncthreads();  // the next maps overwrite targets, profiles and warp_sums
+    }
+}
+
+// value = sum(per_map) * scale (or * 1), added in a fixed order by one block.
+template <typename A>
+__global__ void __launch_bounds__(H3R_BLOCK) loss_reduce_kernel(
+    A* __restrict__ value,                       // () out
+    const A* __restrict__ per_map, long long num_maps,
+    const A* __restrict__ scale) {               // () or null: 1
+    __shared__ A sums[H3R_BLOCK];
+    A sum = A(0);
+    for (long long i = threadIdx.x; i < num_maps; i += blockDim.x) sum += per_map[i];
+    sums[threadIdx.x] = sum;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) value[0] = scale == nullptr ? sums[0] : sums[0] * scale[0];
+}
+
+// heatmap_loss_backward (out != grad) and its in-place form scale_grad_ (out == grad): out = grad
+// * grad_output, per map ("none": grad_output is (B, K)) or by one scalar, computed in the
+// accumulation type as the reference. In place, maps whose factor is exactly 1 are not
+// touched, so the usual loss.backward() makes no pass over the gradient.
+template <typename T>
+__global__ void __launch_bounds__(H3R_BLOCK) loss_backward_kernel(
+    T* out, const T* grad,                       // (num_maps, map_size); may be the same tensor
+    const typename h3r::Storage<T>::acc* __restrict__ grad_output,  // (num_maps,) or ()
+    long long num_maps, int map_size, int per_map,
+    int threads_per_map,                         // 32, 64, 128 or 256
+    int vectorised) {                            // both pointers 16-byte aligned and map_size*sizeof(T) % 16 == 0
+    using namespace h3r;
+    typedef typename Storage<T>::acc A;
+    const int maps_per_block = blockDim.x / threads_per_map;
+    const int group = threadIdx.x / threads_per_map;
+    const int rank = threadIdx.x - group * threads_per_map;
+    const int vec = Pack<T>::size;
+    const bool in_place = out == grad;
+    for (long long map = static_cast<long long>(blockIdx.x) * maps_per_block + group; map < num_maps;
+         map += static_cast<long long>(gridDim.x) * maps_per_block) {
+        const A factor = grad_output[per_map ? map : 0];
+        if (in_place && factor == A(1)) continue;
+        const T* g = grad + map * map_size;
+        T* o = out + map * map_size;
+        if (vectorised) {
+            for (int i = rank; i < map_size / vec; i += threads_per_map) {
+                const Pack<T> in = *reinterpret_cast<const Pack<T>*>(g + i * vec);
+                Pack<T> result;
+#pragma unroll
+                for (int j = 0; j < vec; ++j) result.v[j] = Storage<T>::store(Storage<T>::load(in.v[j]) * factor);
+                *reinterpret_cast<Pack<T>*>(o + i * vec) = result;
+            }
+        } else {
+            for (int e = rank; e < map_size; e += threads_per_map) o[e] = Storage<T>::store(Storage<T>::load(g[e]) * factor);
+        }
+    }
+}
+
+#ifdef H3R_EXPLICIT_INSTANTIATION  // for `nvcc -ptx` (tests/test_csrc_compile.py); NVRTC uses name expressions
+#define H3R_INSTANTIATE(T)                                                                                      \
+    template __global__ void loss_kernel<T>(const T*, T*, h3r::Storage<T>::acc*, const h3r::Storage<T>::acc*,   \
+                                            const float*, const unsigned char*, long long, int, int, int, int,  \
+                                            unsigned int, int, float, int, int, int);                         \
+    template __global__ void loss_backward_kernel<T>(T*, const T*, const h3r::Storage<T>::acc*, long long, int, \
+                                                     int, int, int);
+H3R_INSTANTIATE(float)
+H3R_INSTANTIATE(double)
+H3R_INSTANTIATE(h3r::Half)
+H3R_INSTANTIATE(h3r::BFloat16)
+#undef H3R_INSTANTIATE
+#define H3R_INSTANTIATE_ACC(A)                                                                                   \
+    template __global__ void loss_mean_scale_kernel<A>(A*, const float*, const unsigned char*, long long, int,   \
+                                                       int, int, int, unsigned int);                           \
+    template __global__ void loss_reduce_kernel<A>(A*, const A*, long long, const A*);
+H3R_INSTANTIATE_ACC(float)
+H3R_INSTANTIATE_ACC(double)
+#undef H3R_INSTANTIATE_ACC
+#endif

@@ -1,0 +1,141 @@
+"""``heatmap_loss`` and its backward on the CUDA C kernels of csrc/loss.cu; signatures as the reference."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import _module
+from .encode import gauss_scale
+
+LOSSES = {"bce": 0, "mse": 1}
+
+
+def _accumulate(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
+    _module.require_cuda("logits", logits)
+    batch, num, height, width = logits.shape
+    device = logits.device
+    acc = _accumulate(logits.dtype)
+    acc_type = _module.STORAGE_TYPES[acc]
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
+    num_maps = batch * num
+    if num_maps == 0:
+        shape = (batch, num) if reduction == "none" else ()
+        return torch.zeros(shape, dtype=acc, device=device), grad
+    logits = logits.contiguous()
+    keypoints = keypoints.to(torch.float32).contiguous()
+    visible = None if visible is None else visible.contiguous()
+    rounding_code = np.int32(_module.ROUNDINGS[rounding])
+
+    value = torch.empty((batch, num) if reduction == "none" else (), dtype=acc, device=device)
+    per_map = value if reduction == "none" else torch.empty(num_maps, dtype=acc, device=device)
+    scale = None
+    if reduction == "mean":
+        scale = torch.empty((), dtype=acc, device=device)
+        _module.launch(
+            device,
+            "loss.cu",
+            f"loss_mean_scale_kernel<{acc_type}>",
+            1,
+            (
+                _module.pointer(scale),
+                _module.pointer(keypoints),
+                _module.pointer(visible),
+                np.int64(num_maps),
+                np.int32(num),
+                np.int32(height),
+                np.int32(width),
+                rounding_code,
+                np.uint32(seed),
+            ),
+        )
+
+    map_size = height * width
+    threads = _module.threads_per_map(map_size)
+    maps_per_block = _module.BLOCK // threads
+    vectorised = (map_size * logits.element_size()) % 16 == 0 and _module.aligned(
+        logits, *((grad,) if compute_grad else ())
+    )
+    _module.launch(
+        device,
+        "loss.cu",
+        f"loss_kernel<{_module.STORAGE_TYPES[logits.dtype]}>",
+        _module.grid(-(-num_maps // maps_per_block), device),
+        (
+            _module.pointer(logits),
+            _module.pointer(grad if compute_grad else None),
+            _module.pointer(per_map),
+            _module.pointer(scale),
+            _module.pointer(keypoints),
+            _module.pointer(visible),
+            np.int64(num_maps),
+            np.int32(num),
+            np.int32(height),
+            np.int32(width),
+            rounding_code,
+            np.uint32(seed),
+            np.int32(sigma > 0),
+            gauss_scale(sigma),
+            np.int32(LOSSES[loss]),
+            np.int32(threads),
+            np.int32(vectorised),
+        ),
+        shared_memory=maps_per_block * (height + width) * 4,
+    )
+    if reduction != "none":
+        _module.launch(
+            device,
+            "loss.cu",
+            f"loss_reduce_kernel<{acc_type}>",
+            1,
+            (_module.pointer(value), _module.pointer(per_map), np.int64(num_maps), _module.pointer(scale)),
+        )
+    return value, grad
+
+
+def _scale(out: torch.Tensor, grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
+    """out = grad * grad_output (per map for "none"); in place when ``out is grad``."""
+    _module.require_cuda("grad", grad)
+    batch, num, height, width = grad.shape
+    num_maps = batch * num
+    if num_maps == 0:
+        return
+    grad_output = grad_output.to(_accumulate(grad.dtype)).contiguous()
+    map_size = height * width
+    threads = _module.threads_per_map(map_size)
+    vectorised = (map_size * grad.element_size()) % 16 == 0 and _module.aligned(out, grad)
+    _module.launch(
+        grad.device,
+        "loss.cu",
+        f"loss_backward_kernel<{_module.STORAGE_TYPES[grad.dtype]}>",
+        _module.grid(-(-num_maps // (_module.BLOCK // threads)), grad.device),
+        (
+            _module.pointer(out),
+            _module.pointer(grad),
+            _module.pointer(grad_output),
+            np.int64(num_maps),
+            np.int32(map_size),
+            np.int32(reduction == "none"),
+            np.int32(threads),
+            np.int32(vectorised),
+        ),
+    )
+
+
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The saved gradient times the incoming one (a scalar, or ``(B, K)`` for "none"), as a new tensor."""
+    grad = grad.contiguous()
+    out = torch.empty_like(grad)
+    _scale(out, grad, grad_output, reduction)
+    return out
+
+
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
+    """:func:`heatmap_loss_backward` in place (``grad`` is contiguous); maps whose factor is exactly 1
+    are not touched, so the usual ``loss.backward()`` makes no pass over the gradient."""
+    if not grad.is_contiguous():
+        raise ValueError("grad: scale_grad_ needs a contiguous gradient (the one heatmap_loss saved)")
+    _scale(grad, grad, grad_output, reduction)

@@ -1,0 +1,269 @@
+"""The Triton ``decode`` kernels against the reference, through the public op and its autograd.
+
+Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
+``conftest.py``), which costs about a millisecond per operation of each program: shapes and
+batches stay tiny. The ``gpu`` tests at the end use real shapes, CUDA graphs and streams.
+"""
+import pytest
+import torch
+
+import h3r_kernels
+from h3r_kernels.backends import interpreting
+from h3r_kernels.triton import decode as triton_decode
+
+if not h3r_kernels.backends()["triton"]["available"]:
+    pytest.skip(f"triton backend unavailable: {h3r_kernels.backends()['triton']['reason']}", allow_module_level=True)
+
+DEVICE = "cpu" if interpreting() else "cuda"
+SHAPES = [(1, 2, 1, 1), (2, 1, 3, 5), (1, 2, 17, 13), (1, 1, 16, 16), (1, 1, 40, 24)]  # (B, K, H, W)
+# (method, k, window): every method, k in {1, 4, 9, 25}, window in {1, 3, 5}.
+SELECTIONS = [("topk", 1, 3), ("topk", 4, 3), ("topk", 9, 3), ("topk", 25, 3), ("local", 9, 1), ("local", 9, 3), ("local", 9, 5), ("argmax", 9, 3)]
+
+# Coordinates and scores are float32 (float64 for float64 maps), computed from the same
+# upcast values by both backends: they differ only by summation order. A gradient holds
+# (x_j - x) terms up to the map size, so its absolute error is about size x eps (atol);
+# it is stored in the maps' dtype: float16 and bfloat16 round once more, and the
+# interpreter rounds float32 -> bfloat16 toward zero, the reference to nearest (rtol >= 1 ULP).
+VALUE_TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=1e-5, atol=1e-5),
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+}
+GRAD_TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+}
+
+
+def _maps(shape, weights, dtype=torch.float32, kind="random"):
+    """Test maps: ``random`` (softmax: logits; linear: values around 0, some negative),
+    ``ties`` (values quantised to a few levels) or ``flat`` (every cell equal)."""
+    if kind == "flat":
+        maps = torch.full(shape, 0.25)
+    else:
+        maps = torch.randn(shape) * 2 if weights == "softmax" else torch.rand(shape) - 0.2
+        if kind == "ties":
+            maps = (maps * 2).round() / 2
+    return maps.to(dtype).to(DEVICE)
+
+
+def _decode_with_grads(maps, backend, method, k, weights, window, grad_coords, grad_scores):
+    """``(coords, scores, indices, d(coords . grad_coords + scores . grad_scores)/d maps)``."""
+    maps = maps.detach().clone().requires_grad_()
+    coords, scores, indices = torch.ops.h3r.decode(maps, method, k, weights, window, backend)
+    (grad,) = torch.autograd.grad((coords, scores), maps, (grad_coords, grad_scores))
+    return coords, scores, indices, grad
+
+
+def _assert_matches_reference(maps, method, k, weights, window):
+    dtype = maps.dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    batch, num = maps.shape[:2]
+    grad_coords = torch.randn(batch, num, 2, dtype=acc, device=maps.device)
+    grad_scores = torch.randn(batch, num, dtype=acc, device=maps.device)
+    got = _decode_with_grads(maps, "triton", method, k, weights, window, grad_coords, grad_scores)
+    want = _decode_with_grads(maps, "reference", method, k, weights, window, grad_coords, grad_scores)
+    assert torch.equal(got[2], want[2]), f"indices differ:\n{got[2]}\nvs reference\n{want[2]}"
+    torch.testing.assert_close(got[0], want[0], **VALUE_TOLERANCE[dtype])
+    torch.testing.assert_close(got[1], want[1], **VALUE_TOLERANCE[dtype])
+    torch.testing.assert_close(got[3], want[3], **GRAD_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize(
+    "shape,method,k,window",
+    [(shape, *selection) for shape in SHAPES for selection in SELECTIONS if selection[0] != "topk" or selection[1] <= shape[2] * shape[3]],
+    ids=str,
+)
+@pytest.mark.parametrize("weights", ["softmax", "linear"])
+def test_random_maps_match_reference(shape, method, k, weights, window):
+    _assert_matches_reference(_maps(shape, weights), method, k, weights, window)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("method,k,window", [("topk", 9, 3), ("local", 9, 3), ("argmax", 1, 1)])
+@pytest.mark.parametrize("weights", ["softmax", "linear"])
+def test_dtypes_match_reference(dtype, method, k, weights, window):
+    _assert_matches_reference(_maps((2, 1, 7, 6), weights, dtype), method, k, weights, window)
+
+
+@pytest.mark.parametrize("kind", ["ties", "flat"])
+@pytest.mark.parametrize("method,k,window", [("topk", 4, 3), ("topk", 25, 3), ("local", 9, 5), ("argmax", 1, 3)])
+@pytest.mark.parametrize("weights", ["softmax", "linear"])
+def test_ties_go_to_the_lower_flat_index(kind, method, k, weights, window):
+    maps = _maps((2, 1, 9, 7), weights, kind=kind)
+    _assert_matches_reference(maps, method, k, weights, window)
+    if kind == "flat":
+        _, _, indices = torch.ops.h3r.decode(maps, method, k, weights, window, "triton")
+        if method == "topk":
+            assert indices[0, 0].tolist() == list(range(k))
+        else:
+            assert indices[0, 0, indices.shape[-1] // 2] == 0  # the peak is the first cell
+
+
+@pytest.mark.parametrize("row,col", [(0, 0), (0, 6), (8, 0), (8, 6), (0, 3), (4, 0), (8, 2), (3, 6), (1, 1)])
+@pytest.mark.parametrize("method,k,window", [("topk", 9, 3), ("local", 9, 3), ("local", 9, 5), ("argmax", 1, 3)])
+def test_peaks_on_borders_and_corners(row, col, method, k, window):
+    maps = torch.rand(1, 2, 9, 7) * 0.5
+    maps[..., row, col] = 3.0
+    maps = maps.to(DEVICE)
+    _assert_matches_reference(maps, method, k, "softmax", window)
+    _assert_matches_reference(maps.sigmoid(), method, k, "linear", window)
+    _, _, indices = torch.ops.h3r.decode(maps, method, k, "softmax", window, "triton")
+    off_map = sum(
+        not (0 <= row + dy < 9 and 0 <= col + dx < 7)
+        for dy in range(-(window // 2), window // 2 + 1)
+        for dx in range(-(window // 2), window // 2 + 1)
+    )
+    if method == "local":
+        assert int((indices[0, 0] == -1).sum()) == off_map
+
+
+@pytest.mark.parametrize("method,k,window", [("topk", 9, 3), ("topk", 25, 3), ("local", 9, 3), ("argmax", 1, 3)])
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_maps_streamed_in_several_chunks(monkeypatch, method, k, window, kind):
+    """Larger maps are read in chunks (group maxima, then the cells of the best groups
+    reloaded), and the backward clears them chunk by chunk: forced here on 9x7 maps
+    with chunks of 16 cells (4 chunks)."""
+    monkeypatch.setattr(triton_decode, "MIN_GROUPS", 4)
+    monkeypatch.setattr(triton_decode, "MAX_CHUNKS", 4)
+    monkeypatch.setattr(triton_decode, "MAX_BLOCK", 16)
+    assert triton_decode._plan(9 * 7)[:2] == (16, 4)
+    for weights in ("softmax", "linear"):
+        _assert_matches_reference(_maps((1, 2, 9, 7), weights, kind=kind), method, k, weights, window)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on NaN
+@pytest.mark.parametrize("method,k,window", [("topk", 4, 3), ("local", 9, 3), ("argmax", 1, 3)])
+@pytest.mark.parametrize("weights", ["softmax", "linear"])
+def test_nan_and_inf_follow_torch(method, k, weights, window):
+    """NaN ranks above +inf (as in torch.sort/argmax/amax): the score is NaN and the NaN cell is the peak."""
+    maps = _maps((1, 3, 5, 6), weights).cpu()
+    maps[0, 0, 2, 3] = float("inf")
+    maps[0, 1, 1, 4] = float("nan")
+    maps[0, 1, 3, 1] = float("inf")
+    maps[0, 2, 0, 0] = float("-inf")
+    maps = maps.to(DEVICE)
+    got = torch.ops.h3r.decode(maps, method, k, weights, window, "triton")
+    want = torch.ops.h3r.decode(maps, method, k, weights, window, "reference")
+    assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[0], want[0], equal_nan=True)
+    torch.testing.assert_close(got[1], want[1], equal_nan=True)
+    assert torch.isnan(got[1][0, 1]) and got[2][0, 1, got[2].shape[-1] // 2 if method == "local" else 0] == 1 * 6 + 4
+
+
+@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("local", "linear"), ("argmax", "softmax")])
+def test_expanded_incoming_gradient(method, weights):
+    """``.sum().backward()`` hands the backward stride-0 gradients."""
+    maps = _maps((2, 2, 6, 5), weights)
+    grads = []
+    for backend in ("triton", "reference"):
+        leaf = maps.clone().requires_grad_()
+        coords, scores = h3r_kernels.decode(leaf, method=method, k=9, weights=weights, backend=backend)
+        (coords.sum() + scores.sum()).backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], **GRAD_TOLERANCE[torch.float32])
+
+
+def test_non_contiguous_maps():
+    base = _maps((2, 2, 5, 8), "softmax")
+    maps = base.transpose(-1, -2)
+    got = h3r_kernels.decode(maps, backend="triton")
+    want = h3r_kernels.decode(maps.contiguous(), backend="reference")
+    torch.testing.assert_close(got, want, **VALUE_TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("batch,num", [(0, 3), (2, 0)])
+@pytest.mark.parametrize("method", ["topk", "local", "argmax"])
+def test_empty_batches(batch, num, method):
+    maps = torch.zeros(batch, num, 4, 5, device=DEVICE, requires_grad=True)
+    coords, scores, indices = torch.ops.h3r.decode(maps, method, 4, "softmax", 3, "triton")
+    slots = {"topk": 4, "local": 9, "argmax": 1}[method]
+    assert coords.shape == (batch, num, 2) and scores.shape == (batch, num) and indices.shape == (batch, num, slots)
+    (coords.sum() + scores.sum()).backward()
+    assert maps.grad.shape == maps.shape
+
+
+def _separated_maps(batch, num, height, width):
+    """float64 maps with values 0.37 apart, all > 0: a finite-difference step changes neither
+    the selection nor a ``max(v, 0)``."""
+    perm = torch.stack([torch.randperm(height * width) for _ in range(batch * num)])
+    return (perm.to(torch.float64) * 0.37 + 0.1).reshape(batch, num, height, width).to(DEVICE)
+
+
+@pytest.mark.parametrize("method,k,weights", [("topk", 4, "softmax"), ("topk", 4, "linear"), ("local", 9, "softmax"), ("local", 9, "linear"), ("argmax", 1, "softmax")])
+def test_gradcheck_float64(method, k, weights):
+    maps = _separated_maps(1, 2, 3, 5).requires_grad_()
+    fn = lambda m: h3r_kernels.decode(m / 4, method=method, k=k, weights=weights, backend="triton")
+    assert torch.autograd.gradcheck(fn, (maps,))
+
+
+@pytest.mark.parametrize("method,k,weights,window", [("topk", 4, "softmax", 3), ("local", 9, "linear", 5), ("argmax", 1, "linear", 3)])
+def test_opcheck(method, k, weights, window):
+    maps = _separated_maps(2, 1, 4, 5).float().requires_grad_()
+    torch.library.opcheck(torch.ops.h3r.decode.default, (maps, method, k, weights, window, "triton"))
+
+
+# --------------------------------------------------------------------------- GPU only
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(), reason="needs CUDA (compiled Triton)")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("shape", [(4, 17, 64, 64), (2, 3, 256, 256), (3, 5, 64, 48), (2, 4, 128, 96)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("method,k,weights,window", [("topk", 9, "softmax", 3), ("topk", 32, "linear", 3), ("local", 9, "softmax", 5), ("argmax", 1, "linear", 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_large_maps_match_reference(shape, method, k, weights, window, dtype):
+    _assert_matches_reference(_maps(shape, weights, dtype), method, k, weights, window)
+    _assert_matches_reference(_maps(shape, weights, dtype, kind="ties"), method, k, weights, window)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("local", "linear")])
+def test_gpu_cuda_graph_capture_and_replay(method, weights):
+    static_maps = _maps((8, 17, 64, 48), weights).requires_grad_()
+    grad_coords = torch.randn(8, 17, 2, device="cuda")
+    grad_scores = torch.randn(8, 17, device="cuda")
+
+    def step():
+        coords, scores, indices = torch.ops.h3r.decode(static_maps, method, 9, weights, 3, "triton")
+        (grad,) = torch.autograd.grad((coords, scores), static_maps, (grad_coords, grad_scores))
+        return coords, scores, indices, grad
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # compile before capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    for _ in range(2):
+        with torch.no_grad():
+            static_maps.copy_(_maps(static_maps.shape, weights))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = _decode_with_grads(static_maps, "reference", method, 9, weights, 3, grad_coords, grad_scores)
+        assert torch.equal(outputs[2], want[2])
+        for got, expected in zip(outputs[:2] + outputs[3:], want[:2] + want[3:]):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_non_default_stream():
+    maps = _maps((16, 98, 64, 64), "softmax")
+    want = torch.ops.h3r.decode(maps, "topk", 9, "softmax", 3, "reference")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(10_000_000)  # keep the side stream busy: a launch on another stream would race
+        source = maps * 1.0  # produced on the side stream, after the sleep
+        got = torch.ops.h3r.decode(source, "topk", 9, "softmax", 3, "triton")
+    torch.cuda.current_stream().wait_stream(stream)
+    assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
