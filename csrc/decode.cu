@@ -127,15 +127,23 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
             int last_index = -1;
             if (vectorised) {
                 const int packs = map_size / vec;
-                for (int base = warp_in_group * 32; base < packs; base += threads_per_map) {
-                    const int i = base + lane;
-                    Pack<T> pack;
-                    if (i < packs) pack = *reinterpret_cast<const Pack<T>*>(cells + i * vec);
+                // The warp's packs, H3R_LOADS_IN_FLIGHT per lane loaded at once; the loop is warp-uniform.
+                for (int base = warp_in_group * 32; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
+                    Pack<T> in[H3R_LOADS_IN_FLIGHT];
 #pragma unroll
-                    for (int j = 0; j < vec; ++j) {
-                        const A candidate = i < packs ? Storage<T>::load(pack.v[j]) : A(0);
-                        list_offer(value, index, last_value, last_index, candidate, i < packs ? i * vec + j : -1,
-                                   k, lane);
+                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                        const int i = base + u * threads_per_map + lane;
+                        if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(cells + i * vec);
+                    }
+#pragma unroll
+                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                        const int i = base + u * threads_per_map + lane;
+#pragma unroll
+                        for (int j = 0; j < vec; ++j) {
+                            const A candidate = i < packs ? Storage<T>::load(in[u].v[j]) : A(0);
+                            list_offer(value, index, last_value, last_index, candidate,
+                                       i < packs ? i * vec + j : -1, k, lane);
+                        }
                     }
                 }
             } else {
@@ -147,10 +155,22 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
             }
         } else if (active) {
             if (vectorised) {
-                for (int i = rank; i < map_size / vec; i += threads_per_map) {
-                    const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(cells + i * vec);
+                const int packs = map_size / vec;
+                for (int base = rank; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
+                    Pack<T> in[H3R_LOADS_IN_FLIGHT];
 #pragma unroll
-                    for (int j = 0; j < vec; ++j) keep_best(value, index, Storage<T>::load(pack.v[j]), i * vec + j);
+                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                        const int i = base + u * threads_per_map;
+                        if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(cells + i * vec);
+                    }
+#pragma unroll
+                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                        const int i = base + u * threads_per_map;
+                        if (i >= packs) break;
+#pragma unroll
+                        for (int j = 0; j < vec; ++j)
+                            keep_best(value, index, Storage<T>::load(in[u].v[j]), i * vec + j);
+                    }
                 }
             } else {
                 for (int e = rank; e < map_size; e += threads_per_map)

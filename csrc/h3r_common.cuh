@@ -96,6 +96,9 @@ struct alignas(16) Pack {
     T v[16 / sizeof(T)];
 };
 
+// Packs each thread loads before using any, so that several reads are in flight per thread.
+#define H3R_LOADS_IN_FLIGHT 4
+
 // --------------------------------------------------------------------------- math
 
 __device__ __forceinline__ float exp_(float x) { return expf(x); }

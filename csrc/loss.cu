@@ -3,40 +3,44 @@
 // Forward, in one pass over the logits: a group of `threads_per_map` threads (one to eight
 // warps) per map builds the keypoint's target profiles in shared memory, reads the logits
 // with 16-byte loads, writes the gradient (for an incoming gradient of 1) and reduces the
-// map's loss in a fixed order into per_map[map]. reduction="mean" first runs
-// loss_mean_scale_kernel (the scale 1 / (contributing keypoints * H * W), on the device);
-// "sum" and "mean" then add the per-map sums in a fixed order (loss_reduce_kernel), so the
-// value is deterministic.
+// map's loss in a fixed order into per_map[map]. reduction="mean" first counts the
+// contributing keypoints on the device (loss_count_kernel; the scale is 1 / (count * H * W));
+// "sum" and "mean" then add the per-map sums in a fixed order (loss_reduce_kernel, in chunks),
+// so the value is deterministic.
 #include "h3r_common.cuh"
 
 #define H3R_LOSS_BCE 0
 #define H3R_LOSS_MSE 1
 
-// Whether keypoint `map` contributes, the same test as the forward kernel.
-template <typename A>
-__global__ void __launch_bounds__(H3R_BLOCK) loss_mean_scale_kernel(
-    A* __restrict__ scale,                       // () out: 1 / max(count * H * W, 1)
+// reduction="mean": adds the number of contributing keypoints to *count (zeroed by the caller).
+// Integer atomics, one per block: the total does not depend on the order of the blocks.
+__global__ void __launch_bounds__(H3R_BLOCK) loss_count_kernel(
+    unsigned long long* __restrict__ count,
     const float* __restrict__ keypoints, const unsigned char* __restrict__ visible,
     long long num_maps, int num_keypoints, int height, int width, int rounding, unsigned int seed) {
     using namespace h3r;
-    __shared__ long long counts[H3R_BLOCK];
-    long long count = 0;
-    for (long long map = threadIdx.x; map < num_maps; map += blockDim.x) {
+    __shared__ unsigned long long counts[H3R_BLOCK];
+    unsigned long long mine = 0;
+    for (long long map = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; map < num_maps;
+         map += static_cast<long long>(gridDim.x) * blockDim.x) {
         bool contributes;
         map_target(keypoints, visible, map, num_keypoints, height, width, rounding, false, seed, &contributes);
-        count += contributes ? 1 : 0;
+        mine += contributes ? 1u : 0u;
     }
-    counts[threadIdx.x] = count;
+    counts[threadIdx.x] = mine;
     __syncthreads();
     for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
         if (threadIdx.x < stride) counts[threadIdx.x] += counts[threadIdx.x + stride];
         __syncthreads();
     }
-    if (threadIdx.x == 0) {
-        // As the reference: count (in A) * (H * W), clamped to >= 1, then its reciprocal.
-        const A pixels = static_cast<A>(counts[0]) * static_cast<A>(height * width);
-        scale[0] = A(1) / (pixels < A(1) ? A(1) : pixels);
-    }
+    if (threadIdx.x == 0 && counts[0] != 0) atomicAdd(count, counts[0]);
+}
+
+// The scale of reduction="mean", as the reference: 1 / max(count * H * W, 1), count converted first.
+template <typename A>
+__device__ __forceinline__ A mean_scale(const unsigned long long* count, int map_size) {
+    const A pixels = static_cast<A>(*count) * static_cast<A>(map_size);
+    return A(1) / (pixels < A(1) ? A(1) : pixels);
 }
 
 template <typename T>
@@ -44,7 +48,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
     const T* __restrict__ logits,                // (num_maps, height, width)
     T* __restrict__ grad,                        // (num_maps, height, width), or null: no gradient
     typename h3r::Storage<T>::acc* __restrict__ per_map,  // (num_maps,) each map's summed loss
-    const typename h3r::Storage<T>::acc* __restrict__ grad_scale,  // () mean scale, or null: 1
+    const unsigned long long* __restrict__ mean_count,  // () contributing keypoints ("mean"), or null: scale 1
     const float* __restrict__ keypoints,         // (num_maps, 2), (x, y) in heatmap pixels
     const unsigned char* __restrict__ visible,   // (num_maps,) bool, or null: all visible
     long long num_maps, int num_keypoints, int height, int width,
@@ -64,7 +68,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
     const int lane = threadIdx.x & 31;
     const int map_size = height * width;
     const int profile_size = height + width;
-    const A scale = grad_scale == nullptr ? A(1) : grad_scale[0];
+    const A scale = mean_count == nullptr ? A(1) : mean_scale<A>(mean_count, map_size);
     float* my_profiles = profiles + group * profile_size;
 
     for (long long first_map = static_cast<long long>(blockIdx.x) * maps_per_block; first_map < num_maps;
@@ -93,8 +97,10 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
                 const A t = static_cast<A>(my_profiles[r] * my_profiles[height + c]);
                 A value, slope;
                 if (loss == H3R_LOSS_BCE) {
-                    value = clamp_min_zero(z) - z * t + log1p_(exp_(-abs_(z)));
-                    slope = A(1) / (A(1) + exp_(-z)) - t;
+                    // One exponential for both: e = exp(-|z|), sigmoid(z) = (z >= 0 ? 1 : e) / (1 + e).
+                    const A e = exp_(-abs_(z));
+                    value = clamp_min_zero(z) - z * t + log1p_(e);
+                    slope = (z >= A(0) ? A(1) : e) / (A(1) + e) - t;
                 } else {
                     const A d = z - t;
                     value = d * d;
@@ -105,20 +111,31 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
             };
             if (vectorised) {
                 const int vec = Pack<T>::size;
-                for (int i = rank; i < map_size / vec; i += threads_per_map) {
-                    const Pack<T> in = *reinterpret_cast<const Pack<T>*>(z_map + i * vec);
-                    Pack<T> out;
-                    int r = (i * vec) / width;
-                    int c = i * vec - r * width;
+                const int packs = map_size / vec;
+                for (int base = rank; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
+                    Pack<T> in[H3R_LOADS_IN_FLIGHT];
 #pragma unroll
-                    for (int j = 0; j < vec; ++j) {
-                        pixel(in.v[j], r, c, &out.v[j]);
-                        if (++c == width) {
-                            c = 0;
-                            ++r;
-                        }
+                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                        const int i = base + u * threads_per_map;
+                        if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(z_map + i * vec);
                     }
-                    if (g_map != nullptr) *reinterpret_cast<Pack<T>*>(g_map + i * vec) = out;
+#pragma unroll
+                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                        const int i = base + u * threads_per_map;
+                        if (i >= packs) break;
+                        Pack<T> out;
+                        int r = (i * vec) / width;
+                        int c = i * vec - r * width;
+#pragma unroll
+                        for (int j = 0; j < vec; ++j) {
+                            pixel(in[u].v[j], r, c, &out.v[j]);
+                            if (++c == width) {
+                                c = 0;
+                                ++r;
+                            }
+                        }
+                        if (g_map != nullptr) *reinterpret_cast<Pack<T>*>(g_map + i * vec) = out;
+                    }
                 }
             } else {
                 for (int e = rank; e < map_size; e += threads_per_map) {
@@ -141,22 +158,36 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
     }
 }
 
-// value = sum(per_map) * scale (or * 1), added in a fixed order by one block.
+// Sums of H3R_REDUCE_CHUNK consecutive values, one per block: out[b] = sum(in[b * CHUNK ..]),
+// times the "mean" scale when mean_count is not null. The launcher repeats it until one value
+// is left; the partition is fixed, so the value does not depend on the device or the timing.
+#define H3R_REDUCE_CHUNK (16 * H3R_BLOCK)
+
 template <typename A>
 __global__ void __launch_bounds__(H3R_BLOCK) loss_reduce_kernel(
-    A* __restrict__ value,                       // () out
-    const A* __restrict__ per_map, long long num_maps,
-    const A* __restrict__ scale) {               // () or null: 1
+    A* __restrict__ out,                         // (ceil(count / H3R_REDUCE_CHUNK),)
+    const A* __restrict__ in, long long count,
+    const unsigned long long* __restrict__ mean_count,  // () or null: scale 1
+    int map_size) {
     __shared__ A sums[H3R_BLOCK];
+    const long long start = static_cast<long long>(blockIdx.x) * H3R_REDUCE_CHUNK + threadIdx.x;
+    A values[H3R_REDUCE_CHUNK / H3R_BLOCK];
+#pragma unroll
+    for (int j = 0; j < H3R_REDUCE_CHUNK / H3R_BLOCK; ++j) {
+        const long long i = start + static_cast<long long>(j) * H3R_BLOCK;
+        values[j] = i < count ? in[i] : A(0);
+    }
     A sum = A(0);
-    for (long long i = threadIdx.x; i < num_maps; i += blockDim.x) sum += per_map[i];
+#pragma unroll
+    for (int j = 0; j < H3R_REDUCE_CHUNK / H3R_BLOCK; ++j) sum += values[j];
     sums[threadIdx.x] = sum;
     __syncthreads();
     for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
         if (threadIdx.x < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
         __syncthreads();
     }
-    if (threadIdx.x == 0) value[0] = scale == nullptr ? sums[0] : sums[0] * scale[0];
+    if (threadIdx.x == 0)
+        out[blockIdx.x] = mean_count == nullptr ? sums[0] : sums[0] * mean_scale<A>(mean_count, map_size);
 }
 
 // heatmap_loss_backward (out != grad) and its in-place form scale_grad_ (out == grad): out = grad
@@ -184,12 +215,24 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_backward_kernel(
         const T* g = grad + map * map_size;
         T* o = out + map * map_size;
         if (vectorised) {
-            for (int i = rank; i < map_size / vec; i += threads_per_map) {
-                const Pack<T> in = *reinterpret_cast<const Pack<T>*>(g + i * vec);
-                Pack<T> result;
+            const int packs = map_size / vec;
+            for (int base = rank; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
+                Pack<T> in[H3R_LOADS_IN_FLIGHT];
 #pragma unroll
-                for (int j = 0; j < vec; ++j) result.v[j] = Storage<T>::store(Storage<T>::load(in.v[j]) * factor);
-                *reinterpret_cast<Pack<T>*>(o + i * vec) = result;
+                for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                    const int i = base + u * threads_per_map;
+                    if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(g + i * vec);
+                }
+#pragma unroll
+                for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+                    const int i = base + u * threads_per_map;
+                    if (i >= packs) break;
+                    Pack<T> result;
+#pragma unroll
+                    for (int j = 0; j < vec; ++j)
+                        result.v[j] = Storage<T>::store(Storage<T>::load(in[u].v[j]) * factor);
+                    *reinterpret_cast<Pack<T>*>(o + i * vec) = result;
+                }
             }
         } else {
             for (int e = rank; e < map_size; e += threads_per_map) o[e] = Storage<T>::store(Storage<T>::load(g[e]) * factor);
@@ -199,7 +242,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_backward_kernel(
 
 #ifdef H3R_EXPLICIT_INSTANTIATION  // for `nvcc -ptx` (tests/test_csrc_compile.py); NVRTC uses name expressions
 #define H3R_INSTANTIATE(T)                                                                                      \
-    template __global__ void loss_kernel<T>(const T*, T*, h3r::Storage<T>::acc*, const h3r::Storage<T>::acc*,   \
+    template __global__ void loss_kernel<T>(const T*, T*, h3r::Storage<T>::acc*, const unsigned long long*,     \
                                             const float*, const unsigned char*, long long, int, int, int, int,  \
                                             unsigned int, int, float, int, int, int);                         \
     template __global__ void loss_backward_kernel<T>(T*, const T*, const h3r::Storage<T>::acc*, long long, int, \
@@ -209,10 +252,8 @@ H3R_INSTANTIATE(double)
 H3R_INSTANTIATE(h3r::Half)
 H3R_INSTANTIATE(h3r::BFloat16)
 #undef H3R_INSTANTIATE
-#define H3R_INSTANTIATE_ACC(A)                                                                                   \
-    template __global__ void loss_mean_scale_kernel<A>(A*, const float*, const unsigned char*, long long, int,   \
-                                                       int, int, int, unsigned int);                           \
-    template __global__ void loss_reduce_kernel<A>(A*, const A*, long long, const A*);
+#define H3R_INSTANTIATE_ACC(A) \
+    template __global__ void loss_reduce_kernel<A>(A*, const A*, long long, const unsigned long long*, int);
 H3R_INSTANTIATE_ACC(float)
 H3R_INSTANTIATE_ACC(double)
 #undef H3R_INSTANTIATE_ACC

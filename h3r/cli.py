@@ -83,7 +83,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             "the heatmap resolution with --input-size")
     model.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder (default 9)")
     model.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r: decoder weights (default softmax)")
-    model.add_argument("--sigma", type=float, metavar="CELLS", help="gaussian: sigma in heatmap cells")
+    model.add_argument("--sigma", type=float, metavar="CELLS",
+                       help="gaussian: sigma in heatmap cells (default 1.5 on a 64-cell map, in proportion on "
+                            "others, at least 1)")
     model.add_argument("--refine", choices=REFINEMENTS, help="gaussian: sub-cell refinement (default quarter)")
 
     optimisation = parser.add_argument_group("optimisation")
@@ -91,9 +93,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     optimisation.add_argument("--batch-size", type=int, metavar="N", help="images per step and process")
     optimisation.add_argument("--lr", type=float, help="peak learning rate")
     optimisation.add_argument("--optimizer", choices=OPTIMIZERS)
-    optimisation.add_argument("--weight-decay", type=float)
-    optimisation.add_argument("--warmup-epochs", type=float, help="linear warm-up length (may be fractional)")
+    optimisation.add_argument("--weight-decay", type=float, metavar="WD")
+    optimisation.add_argument("--warmup-epochs", type=float, metavar="E",
+                              help="linear warm-up length (may be fractional)")
     optimisation.add_argument("--schedule", choices=SCHEDULES, help="decay after the warm-up")
+    optimisation.add_argument("--step-epochs", type=int, nargs="+", metavar="E",
+                              help="step schedule: multiply the learning rate by 0.1 at these epochs")
     optimisation.add_argument("--grad-clip", type=float, metavar="NORM", help="maximum gradient norm (0: off)")
     optimisation.add_argument("--amp", choices=AMP_MODES, help="mixed precision on CUDA (default none)")
     optimisation.add_argument("--seed", type=int)
@@ -136,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="dataset to evaluate on (default: the one it was trained on)")
     eval_parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the training one)")
     eval_parser.add_argument("--split", metavar="NAME", help="split (default: the run's test split)")
+    eval_parser.add_argument("--option", action="append", metavar="KEY=VALUE", type=reader_option,
+                             help="keyword argument for the dataset reader, repeatable; e.g. "
+                                  "detections=<file.json> (COCO), subset=largepose (WFLW)")
     eval_parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
                              help="average the prediction of the mirrored crop (default: as in training)")
     eval_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda ...")
@@ -153,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 TRAIN_OPTION_FIELDS = ("dataset", "data_root", "train_split", "test_split", "codec", "backbone", "head", "pretrained",
                        "input_size", "stride", "topk", "topk_weights", "sigma", "refine", "epochs", "batch_size", "lr",
-                       "optimizer", "weight_decay", "warmup_epochs", "schedule", "grad_clip", "amp", "seed", "device",
-                       "workers", "out", "eval_every", "flip_test", "draw", "progress")
+                       "optimizer", "weight_decay", "warmup_epochs", "schedule", "step_epochs", "grad_clip", "amp",
+                       "seed", "device", "workers", "out", "eval_every", "flip_test", "draw", "progress")
 RESUME_OPTION_FIELDS = ("device", "workers", "draw", "progress")
 
 
@@ -185,7 +193,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
         return 0
     summary = train(config, resume=args.resume, stop_after_epochs=args.stop_after)
-    if not summary["finished"] and summary["epochs_completed"] < config.epochs:
+    is_main_process = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK
+    if is_main_process and not summary["finished"]:
         print(f"stopped after epoch {summary['epochs_completed']}/{config.epochs}; continue with: "
               f"h3r train --resume {Path(summary['out']) / 'last.pt'}")
     return 0
@@ -195,8 +204,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from h3r.evaluate import evaluate_checkpoint, markdown_table
 
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
-                                 flip_test=args.flip_test, device=args.device, batch_size=args.batch_size,
-                                 workers=args.workers, out=args.out, draw=args.draw)
+                                 options=dict(args.option or []), flip_test=args.flip_test, device=args.device,
+                                 batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw)
     settings = result["settings"]
     print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec, "
           f"checkpoint epoch {settings['epoch']}{', flip test' if settings['flip_test'] else ''}:")

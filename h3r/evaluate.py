@@ -239,11 +239,10 @@ def draw_predictions(dataset: LandmarkDataset, predictions: Predictions, out_dir
         image = image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(image)
         radius = max(2, zoom)
-        to_pixels = lambda point: ((point[0] + 0.5) * zoom - 0.5, (point[1] + 0.5) * zoom - 0.5)  # noqa: E731
         for truth, guess, visible in zip(sample.keypoints, predictions.coords[row], sample.visible):
-            gx, gy = to_pixels(guess)
+            gx, gy = _enlarged(guess, zoom)
             if visible:
-                tx, ty = to_pixels(truth)
+                tx, ty = _enlarged(truth, zoom)
                 draw.line([(tx, ty), (gx, gy)], fill=(255, 255, 0), width=1)
                 draw.ellipse([tx - radius, ty - radius, tx + radius, ty + radius], outline=(0, 255, 0))
             draw.ellipse([gx - radius, gy - radius, gx + radius, gy + radius], fill=(255, 0, 0))
@@ -251,6 +250,11 @@ def draw_predictions(dataset: LandmarkDataset, predictions: Predictions, out_dir
         image.save(path)
         paths.append(path)
     return paths
+
+
+def _enlarged(point: Sequence[float], zoom: int) -> tuple[float, float]:
+    """Where the pixel-centre coordinate ``point`` lands in the image enlarged ``zoom`` times."""
+    return (point[0] + 0.5) * zoom - 0.5, (point[1] + 0.5) * zoom - 0.5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -264,13 +268,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] = None, data_root: Optional[str] = None,
-                        split: Optional[str] = None, flip_test: Optional[bool] = None, device: str = "auto",
+                        split: Optional[str] = None, options: Optional[dict[str, Any]] = None,
+                        flip_test: Optional[bool] = None, device: str = "auto",
                         batch_size: Optional[int] = None, workers: Optional[int] = None, out: Optional[str] = None,
                         draw: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint of ``h3r train`` and write the reports.
 
     Unset arguments come from the checkpoint's configuration: the test split of the
-    training dataset, its flip-test setting, and ``<run folder>/eval-<split>`` as ``out``.
+    training dataset (with the run's ``test_options``), its flip-test setting, and
+    ``<run folder>/eval-<dataset>-<split>`` as ``out``. ``options`` are keyword arguments of
+    the dataset reader, merged over those.
     Returns ``{"metrics", "baseline", "settings", "paths"}``.
     """
     checkpoint = load_checkpoint(checkpoint_path)
@@ -279,8 +286,9 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     dataset_name = dataset or config.dataset
     root = data_root if data_root is not None else (config.data_root if dataset_name == config.dataset else None)
     split = split or config.test_split
-    options = dict(config.test_options) if same_data and split == config.test_split else {}
-    data = open_dataset(dataset_name, root=root, split=split, **options)
+    reader_options = dict(config.test_options) if same_data and split == config.test_split else {}
+    reader_options.update(options or {})
+    data = open_dataset(dataset_name, root=root, split=split, **reader_options)
     model, codec = model_and_codec(config, checkpoint["num_keypoints"])
     if data.num_keypoints != checkpoint["num_keypoints"]:
         raise ValueError(f"dataset: {dataset_name} has {data.num_keypoints} keypoints but the checkpoint's model "

@@ -214,21 +214,6 @@ def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[
     return factor
 
 
-def start_head_at(model: torch.nn.Module, logit: float) -> None:
-    """Set the head's output bias so a fresh model outputs ``logit`` everywhere (its weights are ~0).
-
-    For the two-class head (output ``z1 - z0``) the foreground half of the bias gets ``logit``
-    and the background half 0.
-    """
-    bias = model.head.logits.bias
-    with torch.no_grad():
-        if model.head.kind == "binary":
-            bias.fill_(logit)
-        else:
-            bias[: model.num_keypoints].zero_()
-            bias[model.num_keypoints:].fill_(logit)
-
-
 def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]:
     """Images/s of the training loader alone (augmentation and decoding, no model).
 
@@ -239,6 +224,9 @@ def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
     crops = CropDataset(train_data, train_crop(config), seed=config.seed)
     _, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
+    if len(loader) < 2:
+        raise ValueError(f"data-only: {len(crops)} items make {len(loader)} batch of {config.batch_size}; "
+                         f"the benchmark skips the first batch and needs at least 2")
     iterator = iter(loader)
     next(iterator)  # the first batch includes starting the workers
     images, start = 0, time.perf_counter()
@@ -260,7 +248,7 @@ def default_run_folder(config: TrainConfig) -> str:
 def check_resumable(config: TrainConfig, checkpoint: dict[str, Any]) -> None:
     stored = checkpoint["config"]
     changed = [name for name, value in config.to_dict().items()
-               if name not in RUNTIME_FIELDS and stored.get(name) != value]
+               if name not in RUNTIME_FIELDS + ("out",) and stored.get(name) != value]
     if changed:
         details = ", ".join(f"{name} ({stored.get(name)!r} -> {getattr(config, name)!r})" for name in changed)
         raise ValueError(f"resume: {checkpoint['path']} continues its own configuration; only "
@@ -277,8 +265,10 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
 
     Args:
         config: the run's settings. With ``resume``, only :data:`RUNTIME_FIELDS` may differ
-            from the checkpoint's configuration (``h3r.cli`` fills the rest from it).
-        resume: a checkpoint (``last.pt``) or run folder to continue from.
+            from the checkpoint's configuration (``h3r.cli`` fills the rest from it), and
+            ``out`` is ignored.
+        resume: a checkpoint (``last.pt``) or run folder to continue from; the run
+            continues in the folder that holds it.
         stop_after_epochs: stop after this many epochs of this call (continue later with
             ``resume``), e.g. to fit a time-limited job slot.
         log: where the learning curve is printed (process 0 only).
@@ -299,7 +289,9 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         check_resumable(config, checkpoint)
-        config = config_from_dict({**checkpoint["config"], **{name: getattr(config, name) for name in RUNTIME_FIELDS}})
+        runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
+        # The run continues in the folder that holds the checkpoint (wherever the run was moved).
+        config = config_from_dict({**checkpoint["config"], **runtime, "out": str(Path(checkpoint["path"]).parent)})
     elif config.out is None:
         folder = [default_run_folder(config)]
         if processes.world_size > 1:
@@ -315,7 +307,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     crop = eval_crop(config)
     model, codec = model_and_codec(config, train_data.num_keypoints)
     if checkpoint is None:
-        start_head_at(model, codec.initial_logit((config.heatmap_side, config.heatmap_side)))
+        model.head.start_at(codec.initial_logit((config.heatmap_side, config.heatmap_side)))
         if config.pretrained:
             load_checkpoint_weights(model, config.pretrained)
     model.to(device)
@@ -338,7 +330,9 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     else:
         start_epoch, global_step, history, best = 0, 0, [], {"epoch": None, "value": None}
         shape = mean_shape(train_data, crop)
-        baseline = dataset_metrics(test_data, mean_shape_predictions(test_data, shape, crop)) if processes.is_main else {}
+        baseline = {}
+        if processes.is_main:
+            baseline = dataset_metrics(test_data, mean_shape_predictions(test_data, shape, crop))
     network = model
     if processes.world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -350,7 +344,8 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     say(f"run folder: {out}")
     if config.metric in baseline:
         say(f"mean-shape baseline on {config.test_split}: {config.metric} {baseline[config.metric]:.4f}")
-    say(f"{'epoch':>7}  {'train loss':>10}  {'test ' + config.metric:>10}  {'lr':>8}  {'img/s':>7}  {'loader wait':>11}")
+    say(f"{'epoch':>7}  {'train loss':>10}  {'test ' + config.metric:>10}  {'lr':>8}  {'img/s':>7}  "
+        f"{'loader wait':>11}")
 
     last_predictions = None
     epochs_run = 0
@@ -369,13 +364,11 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
                 record["test"] = dataset_metrics(test_data, last_predictions)
             processes.barrier()
         epochs_run += 1
+        history.append(record)  # on every process; only process 0's records hold "test"
         if processes.is_main:
-            value = record.get("test", {}).get(config.metric)
-            improved = value is not None and math.isfinite(value) and (
-                best["value"] is None or (value > best["value"] if config.higher_is_better else value < best["value"]))
+            improved = is_better(record.get("test", {}).get(config.metric), best["value"], config.higher_is_better)
             if improved:
-                best = {"epoch": epoch + 1, "value": value}
-            history.append(record)
+                best = {"epoch": epoch + 1, "value": record["test"][config.metric]}
             with open(out / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch + 1,
@@ -396,6 +389,13 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     if processes.is_main and finished and last_predictions is not None:
         summary.update(final_report(config, test_data, last_predictions, history, baseline, best, out, say))
     return summary
+
+
+def is_better(value: Optional[float], best: Optional[float], higher_is_better: bool) -> bool:
+    """Whether a test metric ``value`` beats ``best`` (None: nothing yet); NaN never does."""
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or (value > best if higher_is_better else value < best)
 
 
 def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config: TrainConfig, device: torch.device,
@@ -435,9 +435,9 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
     bar.close()
     elapsed = time.perf_counter() - start
-    totals = torch.tensor([loss_sum.item(), len(loader)], dtype=torch.float64)
+    totals = torch.stack([loss_sum, torch.tensor(float(len(loader)), dtype=torch.float64, device=device)])
     if processes.world_size > 1:
-        dist.all_reduce(totals)
+        dist.all_reduce(totals)  # on the device: NCCL reduces CUDA tensors only
     return {
         "train_loss": float(totals[0] / totals[1]),
         "lr": optimizer.param_groups[0]["lr"],
@@ -489,7 +489,8 @@ def plot_learning_curve(history, config: TrainConfig, baseline: dict[str, float]
     loss_axes.plot([r["epoch"] for r in history], [r["train_loss"] for r in history], marker="o")
     loss_axes.set(xlabel="epoch", ylabel="train loss", title=f"{config.codec} loss")
     tested = [r for r in history if config.metric in r.get("test", {})]
-    metric_axes.plot([r["epoch"] for r in tested], [r["test"][config.metric] for r in tested], marker="o", label="model")
+    metric_axes.plot([r["epoch"] for r in tested], [r["test"][config.metric] for r in tested], marker="o",
+                     label="model")
     if config.metric in baseline:
         metric_axes.axhline(baseline[config.metric], linestyle="--", color="grey", label="mean-shape baseline")
     metric_axes.set(xlabel="epoch", ylabel=f"test {config.metric}", title=f"{config.dataset} {config.test_split}")

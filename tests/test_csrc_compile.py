@@ -26,13 +26,13 @@ ENTRY = re.compile(r"\.entry\s+_Z(\d+)(\w+)")
 
 
 def kernel_names(ptx: str) -> set[str]:
-    """``kernel<type>`` for every ``.entry`` of a PTX file (global, single-type templates)."""
+    """``kernel<type>`` (single-type templates) or ``kernel`` for every ``.entry`` of a PTX file."""
     names = set()
     for length, rest in ENTRY.findall(ptx):
         name, args = rest[: int(length)], rest[int(length):]
         template = re.match(r"I(" + "|".join(map(re.escape, MANGLED_TYPES)) + r")E", args)
-        assert template, f"unexpected kernel {name}{args[:20]}...: not a single-type template"
-        names.add(f"{name}<{MANGLED_TYPES[template.group(1)]}>")
+        assert template or not args.startswith("I"), f"unexpected template kernel {name}{args[:20]}..."
+        names.add(f"{name}<{MANGLED_TYPES[template.group(1)]}>" if template else name)
     return names
 
 
@@ -76,5 +76,27 @@ def test_instantiations_match_the_name_expressions(ptx_files, source):
 
 
 def test_kernel_names_reads_mangled_entries():
-    ptx = ".visible .entry _Z13encode_kernelIN3h3r4HalfEEvPT_PKf(\n.visible .entry _Z8my_fnameIdEvPT_(\n"
-    assert kernel_names(ptx) == {"encode_kernel<h3r::Half>", "my_fname<double>"}
+    ptx = (
+        ".visible .entry _Z13encode_kernelIN3h3r4HalfEEvPT_PKf(\n.visible .entry _Z8my_fnameIdEvPT_(\n"
+        ".visible .entry _Z5countPyPKfx(\n"
+    )
+    assert kernel_names(ptx) == {"encode_kernel<h3r::Half>", "my_fname<double>", "count"}
+
+
+def _defines(*files: str) -> dict[str, int]:
+    text = "".join((CSRC / name).read_text() for name in files)
+    return {name: int(value) for name, value in re.findall(r"#define (H3R_\w+) (\d+)\n", text)}
+
+
+def test_launcher_constants_match_the_sources():
+    from h3r_kernels.cuda import decode, loss
+
+    defines = _defines(_module.HEADER, "loss.cu", "decode.cu")
+    assert defines["H3R_BLOCK"] == _module.BLOCK
+    assert defines["H3R_MAX_MAPS_PER_BLOCK"] == _module.MAX_MAPS_PER_BLOCK
+    chunk = re.search(r"#define H3R_REDUCE_CHUNK \((\d+) \* H3R_BLOCK\)", (CSRC / "loss.cu").read_text())
+    assert chunk and int(chunk.group(1)) * _module.BLOCK == loss.REDUCE_CHUNK
+    for table, prefix in ((_module.ROUNDINGS, "ROUNDING"), (loss.LOSSES, "LOSS"), (decode.METHODS, "METHOD")):
+        assert {f"H3R_{prefix}_{name.upper()}": code for name, code in table.items()} == {
+            name: code for name, code in defines.items() if name.startswith(f"H3R_{prefix}_")
+        }

@@ -18,7 +18,8 @@ from h3r.data.writers_face import write_300w, write_aflw_mat, write_cofw, write_
 from h3r.data.writers_pose import write_coco, write_mpii
 from h3r.evaluate import (CropDataset, Predictions, dataset_metrics, eval_crop, evaluate_checkpoint, load_checkpoint,
                           mean_shape, mean_shape_predictions, predict)
-from h3r.train import learning_rate_factor, rounding_seed, save_atomic, start_head_at, train, train_crop
+from h3r.train import (Processes, learning_rate_factor, rounding_seed, save_atomic, train, train_crop,
+                       train_loader)
 from h3r.transforms import flip_keypoints
 
 import h3r_kernels
@@ -203,6 +204,20 @@ def test_crop_dataset_augmentation_depends_on_seed_epoch_and_index_only(tmp_path
     assert plain["index"] == 2 and not plain["flipped"]
 
 
+def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
+    faces = open_dataset("synthetic-face", split="train", size=8, image_size=48)
+    batches = []
+    for workers in (0, 2):
+        config = tiny_config(tmp_path, workers=workers, batch_size=4)
+        crops = CropDataset(faces, train_crop(config), seed=config.seed)
+        sampler, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
+        sampler.set_epoch(1)
+        crops.epoch = 1
+        batches.append(next(iter(loader)))
+    for key in ("image", "keypoints", "visible", "index"):
+        assert torch.equal(batches[0][key], batches[1][key]), key
+
+
 class OracleModel(torch.nn.Module):
     """Returns the log of the expected H3R target of the true keypoints of each crop it
     recognises, mirrored crops too: heatmaps that decode to the truth exactly."""
@@ -259,12 +274,12 @@ def test_mean_shape_of_a_single_face_is_that_face():
     assert dataset_metrics(face, baseline)["nme"] < 1e-4
 
 
-def test_start_head_at_sets_the_initial_output():
+def test_head_start_at_sets_the_initial_output():
     from h3r.models import build_model
 
     for head in ("binary", "two-class"):
         model = build_model("small", 3, head=head).eval()
-        start_head_at(model, -5.0)
+        model.head.start_at(-5.0)
         with torch.no_grad():
             logits = model(torch.randn(1, 3, 32, 32))
         assert (logits + 5).abs().max() < 0.1
@@ -295,20 +310,23 @@ def test_training_writes_the_run_folder(tmp_path, codec):
     assert json.loads((out / "config.json").read_text())["codec"] == codec
 
 
+def without_timings(records):
+    timings = ("images_per_s", "loader_wait_fraction", "epoch_seconds")
+    return [{key: value for key, value in record.items() if key not in timings} for record in records]
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(tiny_config(tmp_path / "a", epochs=2, eval_every=2), log=quiet)
     first = train(tiny_config(tmp_path / "b", epochs=2, eval_every=2), stop_after_epochs=1, log=quiet)
     assert not first["finished"] and first["epochs_completed"] == 1
-    resumed = train(tiny_config(tmp_path / "b", epochs=2, eval_every=2, progress=True), resume=str(tmp_path / "b" / "run"),
-                    log=quiet)
+    resumed = train(tiny_config(tmp_path / "b", epochs=2, eval_every=2, progress=True),
+                    resume=str(tmp_path / "b" / "run"), log=quiet)
     assert resumed["finished"]
     straight_state = load_checkpoint(tmp_path / "a" / "run" / "last.pt")
     resumed_state = load_checkpoint(tmp_path / "b" / "run" / "last.pt")
     for key, value in straight_state["model"].items():
         assert torch.equal(value, resumed_state["model"][key]), key
-    strip = lambda records: [{k: v for k, v in r.items() if k not in ("images_per_s", "loader_wait_fraction",  # noqa: E731
-                                                                       "epoch_seconds")} for r in records]
-    assert strip(straight["history"]) == strip(resumed["history"])
+    assert without_timings(straight["history"]) == without_timings(resumed["history"])
     assert len((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     with pytest.raises(ValueError, match=r"only device, workers, progress, draw may change.*lr \(0.003 -> 0.1\)"):
         train(tiny_config(tmp_path / "b", epochs=2, eval_every=2, lr=0.1), resume=str(tmp_path / "b" / "run"),

@@ -99,7 +99,8 @@ class TrainConfig:
                 f"{self.stride}; change the heatmap resolution with input_size (heatmap side = input_size / 4)"
             )
         if self.input_size < 8 or self.input_size % self.stride:
-            raise ValueError(f"input_size: expected a multiple of the stride {self.stride}, >= 8, got {self.input_size}")
+            raise ValueError(f"input_size: expected a multiple of the stride {self.stride}, >= 8, "
+                             f"got {self.input_size}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "eval_every": self.eval_every,
                     "box_scale": self.box_scale, "topk": self.topk}
         for name, value in positive.items():

@@ -50,6 +50,20 @@ class HeatmapHead(nn.Module):
         nn.init.normal_(self.logits.weight, std=0.001)
         nn.init.zeros_(self.logits.bias)
 
+    def start_at(self, logit: float) -> None:
+        """Set the output bias so that a fresh head (weights ~0) outputs ``logit`` everywhere.
+
+        For H3R's binary target this is the log prior odds, ``-log(H W - 1)`` (see
+        :meth:`h3r.codecs.H3RCodec.initial_logit`). The two-class head outputs ``z1 - z0``:
+        the foreground half of its bias gets ``logit`` and the background half 0.
+        """
+        with torch.no_grad():
+            if self.kind == "binary":
+                self.logits.bias.fill_(logit)
+            else:
+                self.logits.bias[: self.num_keypoints].zero_()
+                self.logits.bias[self.num_keypoints:].fill_(logit)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = self.logits(self.hidden(features))
         if self.kind == "binary":

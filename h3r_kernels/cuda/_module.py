@@ -39,13 +39,13 @@ STORAGE_TYPES = {
 }
 ACCUMULATE_TYPES = ("float", "double")
 
-# source file -> (kernel template, the types it is instantiated for)
+# source file -> (kernel, the types its template is instantiated for; None: not a template)
 SOURCES = {
     "encode.cu": (("encode_kernel", tuple(STORAGE_TYPES.values())),),
     "loss.cu": (
         ("loss_kernel", tuple(STORAGE_TYPES.values())),
         ("loss_backward_kernel", tuple(STORAGE_TYPES.values())),
-        ("loss_mean_scale_kernel", ACCUMULATE_TYPES),
+        ("loss_count_kernel", None),
         ("loss_reduce_kernel", ACCUMULATE_TYPES),
     ),
     "decode.cu": (
@@ -62,8 +62,11 @@ ROUNDINGS = {"random": 0, "nearest": 1, "floor": 2, "none": 3}
 
 
 def name_expressions(source: str) -> tuple[str, ...]:
-    """The ``kernel<type>`` instantiations of ``source`` (as CuPy's ``name_expressions``)."""
-    return tuple(f"{kernel}<{ctype}>" for kernel, ctypes in SOURCES[source] for ctype in ctypes)
+    """The kernels of ``source`` as CuPy's ``name_expressions``: ``kernel<type>``, or ``kernel``."""
+    names = []
+    for kernel, ctypes in SOURCES[source]:
+        names.extend([kernel] if ctypes is None else [f"{kernel}<{ctype}>" for ctype in ctypes])
+    return tuple(names)
 
 
 def find_source_dir(candidates: Sequence[Path] = SOURCE_DIRS) -> Path:

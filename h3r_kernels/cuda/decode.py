@@ -4,20 +4,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..reference import compute_dtype
 from . import _module
 
 METHODS = {"topk": 0, "local": 1, "argmax": 2}
-
-
-def _accumulate(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def decode(heatmaps, method, k, weights, window):
     _module.require_cuda("heatmaps", heatmaps)
     batch, num, height, width = heatmaps.shape
     device = heatmaps.device
-    acc = _accumulate(heatmaps.dtype)
+    acc = compute_dtype(heatmaps.dtype)
     slots = {"topk": k, "local": window * window, "argmax": 1}[method]
     coords = torch.empty((batch, num, 2), dtype=acc, device=device)
     scores = torch.empty((batch, num), dtype=acc, device=device)
@@ -60,7 +57,7 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
     num_maps = batch * num
     if num_maps == 0:
         return grad
-    acc = _accumulate(heatmaps.dtype)
+    acc = compute_dtype(heatmaps.dtype)
     heatmaps = heatmaps.contiguous()
     indices = indices.to(torch.int64).contiguous()
     grad_coords = grad_coords.to(acc).contiguous()

@@ -4,21 +4,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..reference import compute_dtype
 from . import _module
 from .encode import gauss_scale
 
 LOSSES = {"bce": 0, "mse": 1}
-
-
-def _accumulate(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+REDUCE_CHUNK = 16 * _module.BLOCK  # values one block of loss_reduce_kernel adds (H3R_REDUCE_CHUNK)
 
 
 def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
     _module.require_cuda("logits", logits)
     batch, num, height, width = logits.shape
     device = logits.device
-    acc = _accumulate(logits.dtype)
+    acc = compute_dtype(logits.dtype)
     acc_type = _module.STORAGE_TYPES[acc]
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
     num_maps = batch * num
@@ -32,16 +30,16 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
 
     value = torch.empty((batch, num) if reduction == "none" else (), dtype=acc, device=device)
     per_map = value if reduction == "none" else torch.empty(num_maps, dtype=acc, device=device)
-    scale = None
+    count = None  # contributing keypoints, for the "mean" scale
     if reduction == "mean":
-        scale = torch.empty((), dtype=acc, device=device)
+        count = torch.zeros((), dtype=torch.int64, device=device)
         _module.launch(
             device,
             "loss.cu",
-            f"loss_mean_scale_kernel<{acc_type}>",
-            1,
+            "loss_count_kernel",
+            _module.grid(-(-num_maps // _module.BLOCK), device),
             (
-                _module.pointer(scale),
+                _module.pointer(count),
                 _module.pointer(keypoints),
                 _module.pointer(visible),
                 np.int64(num_maps),
@@ -68,7 +66,7 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
             _module.pointer(logits),
             _module.pointer(grad if compute_grad else None),
             _module.pointer(per_map),
-            _module.pointer(scale),
+            _module.pointer(count),
             _module.pointer(keypoints),
             _module.pointer(visible),
             np.int64(num_maps),
@@ -86,14 +84,32 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
         shared_memory=maps_per_block * (height + width) * 4,
     )
     if reduction != "none":
+        _sum_in_fixed_order(value, per_map, count, map_size, acc_type)
+    return value, grad
+
+
+def _sum_in_fixed_order(value, per_map, count, map_size, acc_type) -> None:
+    """value = sum(per_map) (times the "mean" scale when ``count`` is given), chunk by chunk."""
+    partial = per_map
+    while True:
+        blocks = -(-partial.numel() // REDUCE_CHUNK)
+        out = value if blocks == 1 else torch.empty(blocks, dtype=partial.dtype, device=partial.device)
         _module.launch(
-            device,
+            partial.device,
             "loss.cu",
             f"loss_reduce_kernel<{acc_type}>",
-            1,
-            (_module.pointer(value), _module.pointer(per_map), np.int64(num_maps), _module.pointer(scale)),
+            blocks,
+            (
+                _module.pointer(out),
+                _module.pointer(partial),
+                np.int64(partial.numel()),
+                _module.pointer(count if blocks == 1 else None),
+                np.int32(map_size),
+            ),
         )
-    return value, grad
+        if blocks == 1:
+            return
+        partial = out
 
 
 def _scale(out: torch.Tensor, grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
@@ -103,7 +119,7 @@ def _scale(out: torch.Tensor, grad: torch.Tensor, grad_output: torch.Tensor, red
     num_maps = batch * num
     if num_maps == 0:
         return
-    grad_output = grad_output.to(_accumulate(grad.dtype)).contiguous()
+    grad_output = grad_output.to(compute_dtype(grad.dtype)).contiguous()
     map_size = height * width
     threads = _module.threads_per_map(map_size)
     vectorised = (map_size * grad.element_size()) % 16 == 0 and _module.aligned(out, grad)

@@ -321,6 +321,7 @@ def _decode_backward_kernel(
     METHOD: tl.constexpr, WEIGHTS: tl.constexpr, PEAK_SLOT: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, IS_F64: tl.constexpr,
 ):
+    """One program per map: zeros over the map, then the gradients of the selected cells."""
     map_index = tl.program_id(0).to(tl.int64)
     map_ptr = maps_ptr + map_index * N_CELLS
     grad_map_ptr = grad_ptr + map_index * N_CELLS
