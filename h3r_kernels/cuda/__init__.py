@@ -25,7 +25,9 @@ def availability() -> tuple[bool, str]:
         driver = cupy.cuda.runtime.driverGetVersion()
     except Exception as error:  # CuPy's CUDA runtime library missing or unusable
         return False, f"cupy {cupy.__version__} cannot use the CUDA runtime ({type(error).__name__}: {error})"
-    if driver < runtime:
+    # CUDA's minor-version compatibility lets a 13.2 runtime run on a 13.0 driver (CuPy compiles
+    # straight to cubin, so no PTX has to be JIT-compiled by the older driver); majors must match.
+    if driver // 1000 < runtime // 1000:
         return False, (
             f"cupy {cupy.__version__} is built for CUDA {_version(runtime)}, but the NVIDIA driver supports only "
             f"CUDA {_version(driver)}; install the cupy-cuda{driver // 1000}x wheel or a newer driver"
