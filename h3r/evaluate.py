@@ -258,12 +258,18 @@ def _enlarged(point: Sequence[float], zoom: int) -> tuple[float, float]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else the CPU; other names as ``torch.device``."""
+    """``"auto"`` → CUDA when available, else the CPU; other names as ``torch.device``.
+
+    A CUDA device always gets an index (``"cuda"`` → ``cuda:<current device>``), which
+    ``torch.cuda.set_device`` needs.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} requested but CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 

@@ -6,9 +6,10 @@
 * ``cuda``: the CUDA C kernels of ``csrc/`` compiled at run time through CuPy; CUDA tensors.
 
 ``backend="auto"`` (the default, or the ``H3R_BACKEND`` environment variable when it is set)
-picks the reference for CPU tensors and, for CUDA tensors, the GPU backend listed in
-:data:`AUTO_RULE` for that op (no timing at import: the table was measured once and written
-down in ``bench/RESULTS.md``), falling back to the other GPU backend, then to the reference.
+picks the reference for CPU tensors and, for CUDA tensors, the GPU backend that
+:func:`gpu_preference` ranks first for that op, dtype and map size (a fixed rule read off the
+measurements in ``bench/RESULTS.md``; nothing is timed at import), falling back to the other
+GPU backend, then to the reference.
 """
 from __future__ import annotations
 
@@ -16,17 +17,26 @@ import functools
 import importlib
 import os
 from types import ModuleType
+from typing import Optional
 
 import torch
 
 from .checks import check_backend
 
-# op -> GPU backends in order of preference (from the measurements in bench/RESULTS.md).
-AUTO_RULE = {
-    "encode": ("triton", "cuda"),
-    "heatmap_loss": ("triton", "cuda"),
-    "decode": ("triton", "cuda"),
-}
+# heatmap_loss on float32/float64 maps of at least this many cells runs faster in the CUDA C kernel.
+LOSS_CUDA_MIN_CELLS = 32 * 32
+
+
+def gpu_preference(op: str, dtype: Optional[torch.dtype] = None, map_cells: int = 0) -> tuple[str, str]:
+    """GPU backends in order of preference, as measured on an NVIDIA H200 (bench/RESULTS.md).
+
+    Triton is faster for ``encode`` and ``decode`` at every benchmark shape and dtype, and for
+    ``heatmap_loss`` on bfloat16/float16 maps and on small float32 maps (16x16); the CUDA C
+    loss is faster on float32 maps of 32x32 cells and more (1.7x at 64x64).
+    """
+    if op == "heatmap_loss" and dtype in (torch.float32, torch.float64) and map_cells >= LOSS_CUDA_MIN_CELLS:
+        return ("cuda", "triton")
+    return ("triton", "cuda")
 
 
 def interpreting() -> bool:
@@ -69,10 +79,13 @@ def _module(name: str, op: str) -> ModuleType:
     return importlib.import_module(f".{name}.{_OP_FILES[op]}", __package__)
 
 
-def select(op: str, device: torch.device, backend: str) -> ModuleType:
+def select(
+    op: str, device: torch.device, backend: str, dtype: Optional[torch.dtype] = None, map_cells: int = 0
+) -> ModuleType:
     """The module whose functions run this call of ``op`` (raises if a forced backend cannot).
 
     ``op`` is ``encode``, ``heatmap_loss`` or ``decode``; the module also holds the op's backward.
+    ``dtype`` and ``map_cells`` (H * W) describe the maps, for the ``auto`` rule.
     """
     check_backend(backend)
     if backend == "auto":
@@ -82,7 +95,7 @@ def select(op: str, device: torch.device, backend: str) -> ModuleType:
     if backend == "auto":
         if device.type != "cuda":
             return _module("reference", op)
-        for name in AUTO_RULE[op]:
+        for name in gpu_preference(op, dtype, map_cells):
             if _probe(name)[0]:
                 return _module(name, op)
         return _module("reference", op)

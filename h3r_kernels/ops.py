@@ -58,7 +58,7 @@ def heatmap_loss(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction)
-    module = select("heatmap_loss", logits.device, backend)
+    module = select("heatmap_loss", logits.device, backend, logits.dtype, logits.shape[2] * logits.shape[3])
     visible = None if visible is None else visible.contiguous()
     return module.heatmap_loss(
         logits.contiguous(), keypoints.to(torch.float32).contiguous(), visible,
@@ -79,10 +79,15 @@ def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, comput
     return _loss_value_like(logits, reduction), grad
 
 
+def _loss_module_for(grad: torch.Tensor, backend: str):
+    """The backend of the forward that saved ``grad`` (same device, dtype and map size)."""
+    return select("heatmap_loss", grad.device, backend, grad.dtype, grad.shape[-2] * grad.shape[-1] if grad.dim() == 4 else 0)
+
+
 @torch.library.custom_op("h3r::heatmap_loss_backward", mutates_args=())
 def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> torch.Tensor:
     """The backward of ``heatmap_loss``: the gradient saved by the forward times the incoming one."""
-    return select("heatmap_loss", grad.device, backend).heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
+    return _loss_module_for(grad, backend).heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
 
 
 @heatmap_loss_backward.register_fake
@@ -93,7 +98,7 @@ def _(grad, grad_output, reduction, backend):
 @torch.library.custom_op("h3r::heatmap_loss_scale_grad_", mutates_args=("grad",))
 def heatmap_loss_scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> None:
     """:func:`heatmap_loss_backward` in place: no pass over the gradient when the incoming one is 1."""
-    select("heatmap_loss", grad.device, backend).scale_grad_(grad, grad_output.contiguous(), reduction)
+    _loss_module_for(grad, backend).scale_grad_(grad, grad_output.contiguous(), reduction)
 
 
 @heatmap_loss_scale_grad_.register_fake
@@ -105,7 +110,6 @@ def _loss_setup_context(ctx, inputs, output):
     ctx.reduction = inputs[7]
     ctx.compute_grad = inputs[8]
     ctx.backend = inputs[9]
-    ctx.consumed = False
     ctx.save_for_backward(output[1])
 
 
@@ -113,21 +117,16 @@ def _loss_backward(ctx, grad_value, grad_grad):
     """Scales the gradient that the forward computed (Liger-Kernel's fused-loss pattern).
 
     On CUDA tensors in eager mode the saved gradient is scaled in place and returned, which
-    costs no pass over it when the incoming gradient is 1 (the usual ``loss.backward()``);
-    a second backward through the same graph then raises. On the CPU and while tracing
-    (``torch.compile``) a new tensor is returned, so ``retain_graph`` and ``gradcheck`` work.
+    costs no pass over it when the incoming gradient is 1 (the usual ``loss.backward()``).
+    A second backward through the same graph then fails in autograd's own check ("modified
+    by an inplace operation"). On the CPU and while tracing (``torch.compile``) a new tensor
+    is returned, so ``retain_graph`` and ``gradcheck`` work there.
     """
     if not ctx.compute_grad:
         raise RuntimeError("heatmap_loss: backward needs the op to be called with compute_grad=True")
     (grad,) = ctx.saved_tensors
     if not (grad.is_cuda and type(grad) is torch.Tensor):
         return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend), *(None,) * 9
-    if ctx.consumed:
-        raise RuntimeError(
-            "heatmap_loss: a second backward through the same graph is not supported on CUDA tensors (the saved "
-            "gradient is scaled in place); call heatmap_loss again, or use backend='reference' for retain_graph=True"
-        )
-    ctx.consumed = True
     heatmap_loss_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
     return grad, *(None,) * 9
 
