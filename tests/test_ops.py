@@ -202,3 +202,13 @@ def test_bad_input_is_named(call, match):
 def test_mixed_devices_are_named():
     with pytest.raises(ValueError, match="keypoints: expected device"):
         h3r_kernels.heatmap_loss(MAPS.cuda(), KP)
+
+
+def test_auto_rule_for_gpu_tensors():
+    from h3r_kernels.backends import gpu_preference
+
+    assert gpu_preference("encode", torch.float32, 64 * 64) == ("triton", "cuda")
+    assert gpu_preference("decode", torch.float32, 64 * 64) == ("triton", "cuda")
+    assert gpu_preference("heatmap_loss", torch.float32, 64 * 64) == ("cuda", "triton")
+    assert gpu_preference("heatmap_loss", torch.float32, 16 * 16) == ("triton", "cuda")
+    assert gpu_preference("heatmap_loss", torch.bfloat16, 128 * 128) == ("triton", "cuda")
