@@ -430,7 +430,7 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
         loss_sum += loss.detach()
         images_seen += len(images)
         bar.update()
-        if step % 10 == 0 or step == len(loader) - 1:
+        if not bar.disable and (step % 10 == 0 or step == len(loader) - 1):  # .item() syncs: only for a shown bar
             rate = images_seen * processes.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
     bar.close()

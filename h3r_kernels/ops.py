@@ -12,6 +12,7 @@ import torch
 
 from . import checks
 from .backends import select
+from .reference import compute_dtype
 
 # --------------------------------------------------------------------------- encode
 
@@ -67,7 +68,7 @@ def heatmap_loss(
 
 
 def _loss_value_like(logits: torch.Tensor, reduction: str) -> torch.Tensor:
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(logits.dtype)
     shape = (logits.shape[0], logits.shape[1]) if reduction == "none" else ()
     return logits.new_empty(shape, dtype=dtype)
 
@@ -154,7 +155,7 @@ def decode(
 def _(heatmaps, method, k, weights, window, backend):
     checks.check_decode(heatmaps, method, k, weights, window)
     batch, num = heatmaps.shape[:2]
-    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(heatmaps.dtype)
     coords = heatmaps.new_empty((batch, num, 2), dtype=dtype)
     scores = heatmaps.new_empty((batch, num), dtype=dtype)
     indices = heatmaps.new_empty((batch, num, _slots(method, k, window)), dtype=torch.int64)
@@ -191,7 +192,7 @@ def _decode_setup_context(ctx, inputs, output):
 def _decode_backward(ctx, grad_coords, grad_scores, grad_indices):
     heatmaps, indices = ctx.saved_tensors
     batch, num = heatmaps.shape[:2]
-    dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(heatmaps.dtype)
     if grad_coords is None:
         grad_coords = heatmaps.new_zeros((batch, num, 2), dtype=dtype)
     if grad_scores is None:
