@@ -12,9 +12,13 @@ PNGs of predictions drawn over the images.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import inspect
 import json
 import math
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -34,6 +38,17 @@ from h3r.transforms import (CropConfig, TopDownTransform, apply_affine, crop_aff
                             invert_affine)
 
 CHECKPOINT_FORMAT = "h3r-checkpoint-1"
+
+# The class behind each name of ``h3r.data.open_dataset``: its signature lists the reader options.
+READER_CLASSES = {"wflw": ("h3r.data.wflw", "WFLW"), "300w": ("h3r.data.pts", "W300"),
+                  "pts": ("h3r.data.pts", "PtsFolder"), "cofw": ("h3r.data.cofw", "COFW"),
+                  "aflw": ("h3r.data.aflw", "AFLW"), "mpii": ("h3r.data.mpii", "MPIIDataset"),
+                  "coco": ("h3r.data.coco", "COCODataset"), "synthetic-face": ("h3r.data.synthetic", "SyntheticFaces"),
+                  "synthetic-pose": ("h3r.data.synthetic", "SyntheticPeople")}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: empty, truncated, corrupted or not written by ``h3r train``."""
 
 
 class CropDataset(Dataset):
@@ -131,7 +146,10 @@ def dataset_metrics(dataset: LandmarkDataset, predictions: Predictions) -> dict[
     arguments: dict[str, Any] = {"indices": None if whole else indices}
     if "keypoint_scores" in inspect.signature(dataset.evaluate).parameters:
         arguments["keypoint_scores"] = predictions.scores
-    return {key: float(value) for key, value in dataset.evaluate(predictions.coords, **arguments).items()}
+    results = {key: float(value) for key, value in dataset.evaluate(predictions.coords, **arguments).items()}
+    # Items with a NaN or infinite predicted coordinate: every metric scores them as failures.
+    results["non_finite"] = int((~np.isfinite(np.asarray(predictions.coords))).any(axis=(1, 2)).sum())
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,11 +195,104 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (give a .pt file or a run folder holding last.pt)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises an unsafe way out: not shown
+        raise CheckpointError(f"checkpoint {path} cannot be read: it holds something other than tensors and plain "
+                              f"values, so it is corrupted or was not written by h3r train") from None
+    except Exception as error:  # truncated or damaged archives fail in many ways (RuntimeError, EOFError, ...)
+        raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or corrupted "
+                              f"({_load_failure(error)})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by h3r train (no format '{CHECKPOINT_FORMAT}')")
+        raise CheckpointError(f"{path} is not a checkpoint written by h3r train (no format '{CHECKPOINT_FORMAT}')")
+    stored = checkpoint.pop("checksum", None)  # checkpoints written before checksums have none
+    if stored is not None and stored != checkpoint_checksum(checkpoint):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its contents differ from the checksum stored when "
+                              f"it was written")
     checkpoint["path"] = str(path)
     return checkpoint
+
+
+def _load_failure(error: BaseException) -> str:
+    """A short reason for a failed ``torch.load``: the error's type and first line, no advice about its options."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:160]
+    if not first_line or "weights_only" in first_line:
+        return type(error).__name__
+    return f"{type(error).__name__}: {first_line}"
+
+
+def checkpoint_checksum(payload: Any) -> dict[str, str]:
+    """SHA-256 over every tensor's bytes (with dtype and shape) and every plain value of a checkpoint.
+
+    Written into the checkpoint by ``h3r train`` and compared by :func:`load_checkpoint`, so
+    damage that still unpickles (flipped bytes inside tensor data) is detected. Lists and
+    tuples hash alike; mapping keys in a fixed order.
+    """
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous()
+            digest.update(f"tensor {data.dtype} {tuple(data.shape)}:".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode() + b":")
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+                digest.update(b",")
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode() + b";")
+
+    feed({key: value for key, value in payload.items() if key not in ("checksum", "path")})
+    return {"algorithm": "sha256", "value": digest.hexdigest()}
+
+
+def check_reader_options(dataset: str, options: dict[str, Any], what: str = "options") -> None:
+    """Refuse ``options`` that the reader of ``dataset`` does not take, listing the ones it does."""
+    if not options or dataset not in READER_CLASSES:
+        return
+    module, name = READER_CLASSES[dataset]
+    try:
+        reader = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):  # opening the dataset reports a missing dependency itself
+        return
+    parameters = inspect.signature(reader).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    accepted = [parameter.name for parameter in parameters if parameter.name not in ("self", "root", "split")
+                and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{what}: the {dataset} reader ({name}) takes no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(accepted) or 'none'}"
+                         f"{' (set root and split with their own options)' if {'root', 'split'} & set(unknown) else ''}")
+
+
+def check_output_folder(folder: str | Path, what: str = "out") -> None:
+    """Refuse a folder that cannot be created or written: under a file, a file itself, no write permission."""
+    folder = Path(folder)
+    existing = next(candidate for candidate in (folder, *folder.parents) if candidate.exists() or candidate == Path("."))
+    if not existing.is_dir():
+        place = "is a file" if existing == folder else f"is under the file {existing}"
+        raise ValueError(f"{what}: {folder} {place}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: cannot write in {existing} (permission denied or a read-only file system)")
+
+
+def check_eval_settings(batch_size: Optional[int], workers: Optional[int], draw: Optional[int]) -> None:
+    """The numeric options of :func:`evaluate_checkpoint` (None: the run's setting)."""
+    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("draw", draw, 0)):
+        if value is not None and not (isinstance(value, int) and value >= least):
+            raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
 
 
 def model_and_codec(config: TrainConfig, num_keypoints: int):
@@ -193,6 +304,8 @@ def model_and_codec(config: TrainConfig, num_keypoints: int):
 
 
 def format_value(value: float) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):  # a count (non_finite)
+        return str(value)
     return "nan" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
@@ -239,13 +352,19 @@ def draw_predictions(dataset: LandmarkDataset, predictions: Predictions, out_dir
         image = image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(image)
         radius = max(2, zoom)
+        # Pillow hangs on NaN, infinite or huge coordinates: non-finite predictions are not drawn,
+        # far ones are pulled in to a margin around the image (the line still points their way).
+        limit = 4 * max(image.size)
         for truth, guess, visible in zip(sample.keypoints, predictions.coords[row], sample.visible):
-            gx, gy = _enlarged(guess, zoom)
-            if visible:
+            drawn = bool(np.isfinite(guess).all())
+            gx, gy = np.clip(_enlarged(guess, zoom), -limit, limit) if drawn else (0.0, 0.0)
+            if visible and np.isfinite(truth).all():
                 tx, ty = _enlarged(truth, zoom)
-                draw.line([(tx, ty), (gx, gy)], fill=(255, 255, 0), width=1)
+                if drawn:
+                    draw.line([(tx, ty), (gx, gy)], fill=(255, 255, 0), width=1)
                 draw.ellipse([tx - radius, ty - radius, tx + radius, ty + radius], outline=(0, 255, 0))
-            draw.ellipse([gx - radius, gy - radius, gx + radius, gy + radius], fill=(255, 0, 0))
+            if drawn:
+                draw.ellipse([gx - radius, gy - radius, gx + radius, gy + radius], fill=(255, 0, 0))
         path = out_dir / f"prediction_{row:03d}_item{index}.png"
         image.save(path)
         paths.append(path)
@@ -265,9 +384,19 @@ def resolve_device(name: str) -> torch.device:
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device: {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: {name!r} is not supported here; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {name!r} requested but MPS is not available here (use --device cpu)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} requested but CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -294,17 +423,20 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     split = split or config.test_split
     reader_options = dict(config.test_options) if same_data and split == config.test_split else {}
     reader_options.update(options or {})
+    check_eval_settings(batch_size, workers, draw)
+    check_reader_options(dataset_name, reader_options, "options")
+    torch_device = resolve_device(device)
+    check_output_folder(Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}", "out")
     data = open_dataset(dataset_name, root=root, split=split, **reader_options)
     model, codec = model_and_codec(config, checkpoint["num_keypoints"])
     if data.num_keypoints != checkpoint["num_keypoints"]:
         raise ValueError(f"dataset: {dataset_name} has {data.num_keypoints} keypoints but the checkpoint's model "
                          f"predicts {checkpoint['num_keypoints']}")
     model.load_state_dict(checkpoint["model"])
-    torch_device = resolve_device(device)
     model.to(torch_device)
     flip_test = config.flip_test if flip_test is None else flip_test
     crop = eval_crop(config)
-    predictions = predict(model, codec, data, crop, device=torch_device, batch_size=batch_size or config.batch_size,
+    predictions = predict(model, codec, data, crop, device=torch_device, batch_size=config.batch_size if batch_size is None else batch_size,
                           workers=config.workers if workers is None else workers, flip_test=flip_test,
                           amp=config.amp, progress=progress)
     metrics = dataset_metrics(data, predictions)

@@ -7,6 +7,10 @@ Conventions shared by every function:
 - Arrays are ``(N, K, 2)`` for N images (or person instances) of K landmarks.
 - Face metrics return fractions (0.0346 means 3.46 %); PCKh returns percent, as MPII tables do.
   Callers format.
+- A NaN or infinite prediction is a failure everywhere: its image's NME is NaN / inf (so is
+  the mean), FR counts it above every threshold, AUC never reaches it, PCKh scores it
+  incorrect and COCO AP never matches it. Landmarks that are not ``visible`` are ignored,
+  whatever was predicted for them.
 
 The face protocol follows HRNet-Facial / PIPNet / STAR (datasets.md §1.3): the NME of one
 image is the mean over its landmarks of ``‖pred − gt‖₂ / d``; a benchmark reports the mean
@@ -41,6 +45,7 @@ MPII_HEAD_SIZE_FACTOR = 0.6  # official SC_BIAS: head size = 0.6 × head-box dia
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 AUC_STEP = 1e-4  # CED sampling step of PIPNet / STAR
+FAR_AWAY = 1e7  # where a non-finite detected keypoint is moved for COCOeval: its OKS term is exactly 0
 
 
 def _check_points(name: str, points: np.ndarray) -> np.ndarray:
@@ -115,7 +120,7 @@ def nme_per_image(pred: np.ndarray, gt: np.ndarray, normaliser: np.ndarray | flo
     ``normaliser`` is one positive distance per image (or one for all), in pixels.
     """
     errors, visible = _normalised_errors(pred, gt, normaliser, visible)
-    return (errors * visible).sum(axis=1) / visible.sum(axis=1)
+    return np.where(visible, errors, 0.0).sum(axis=1) / visible.sum(axis=1)  # NaN * 0 would still be NaN
 
 
 def nme_pooled(pred: np.ndarray, gt: np.ndarray, normaliser: np.ndarray | float,
@@ -137,9 +142,9 @@ def _check_nmes(nmes: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def failure_rate(nmes: np.ndarray, threshold: float = 0.1) -> float:
-    """Fraction of images whose NME is above ``threshold`` (FR@threshold)."""
+    """Fraction of images whose NME is above ``threshold`` (FR@threshold); a non-finite NME is a failure."""
     nmes = _check_nmes(nmes, threshold)
-    return float(np.mean(nmes > threshold))
+    return float(np.mean(~(np.isfinite(nmes) & (nmes <= threshold))))
 
 
 def auc(nmes: np.ndarray, threshold: float = 0.1) -> float:
@@ -149,7 +154,8 @@ def auc(nmes: np.ndarray, threshold: float = 0.1) -> float:
     As PIPNet / STAR: the CED ``fraction of images with NME ≤ x`` is sampled every 1e-4 from
     0 to ``threshold`` and integrated with Simpson's rule (``scipy.integrate.simpson``).
     """
-    nmes = np.sort(_check_nmes(nmes, threshold))
+    nmes = _check_nmes(nmes, threshold)
+    nmes = np.sort(np.where(np.isfinite(nmes), nmes, np.inf))  # a non-finite NME never counts as reached
     xs = np.linspace(0.0, threshold, int(round(threshold / AUC_STEP)) + 1)
     ced = np.searchsorted(nmes, xs, side="right") / nmes.size
     return float(simpson(ced, x=xs) / threshold)
@@ -249,13 +255,41 @@ def coco_keypoint_ap(coco_gt: dict, detections: list[dict]) -> dict[str, float]:
             raise ValueError(f"detections[{index}]: missing {sorted(missing)}")
         if detection["image_id"] not in image_ids:
             raise ValueError(f"detections[{index}]: image_id {detection['image_id']} is not in coco_gt['images']")
+    detections, areas = _finite_detections(detections)
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth = COCO()
         ground_truth.dataset = copy.deepcopy(coco_gt)
         ground_truth.createIndex()
-        results = ground_truth.loadRes(copy.deepcopy(list(detections)))  # loadRes edits its input
+        results = ground_truth.loadRes(detections)  # loadRes edits its input (a copy here)
+        for index, area in areas.items():  # loadRes numbers the results from 1 in order
+            results.anns[index + 1]["area"] = area
         evaluator = COCOeval(ground_truth, results, "keypoints")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
+
+
+def _finite_detections(detections: list[dict]) -> tuple[list[dict], dict[int, float]]:
+    """A copy of ``detections`` that COCOeval scores as failures where they are not finite.
+
+    COCOeval matches a NaN OKS (``nan < threshold`` is False), so a NaN keypoint would count
+    as correct: non-finite coordinates move :data:`FAR_AWAY` (OKS term 0) and non-finite
+    scores become 0. Returns the copy and, for the detections changed, their area from the
+    finite keypoints (what ``loadRes`` would otherwise compute from the far-away ones).
+    """
+    cleaned, areas = [], {}
+    for index, detection in enumerate(detections):
+        detection = copy.deepcopy(detection)
+        triplets = np.asarray(detection["keypoints"], dtype=np.float64).reshape(-1, 3)
+        finite = np.isfinite(triplets[:, :2]).all(axis=1)
+        if not finite.all() or not np.isfinite(triplets[:, 2]).all():
+            kept = triplets[finite, :2]
+            areas[index] = float(np.prod(kept.max(axis=0) - kept.min(axis=0))) if len(kept) else 0.0
+            triplets[~finite, :2] = FAR_AWAY
+            triplets[~np.isfinite(triplets[:, 2]), 2] = 0.0
+            detection["keypoints"] = triplets.ravel().tolist()
+        if not np.isfinite(detection["score"]):
+            detection["score"] = 0.0
+        cleaned.append(detection)
+    return cleaned, areas
