@@ -56,6 +56,21 @@ def reader_option(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
+def counting_number(least: int):
+    """An argparse type: an integer >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=TRAIN_DATASETS,
@@ -116,7 +131,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--resume", metavar="CHECKPOINT",
                          help="continue a run from its last.pt (or run folder) with its stored settings; "
                               "only --device, --workers, --draw and --no-progress may be given with it")
-    running.add_argument("--stop-after", type=int, metavar="EPOCHS",
+    running.add_argument("--stop-after", type=counting_number(1), metavar="EPOCHS",
                          help="stop after this many epochs (continue later with --resume)")
     running.add_argument("--data-only", action="store_true",
                          help="measure how many images/s the data loader delivers without the model, then exit")
@@ -147,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
                              help="average the prediction of the mirrored crop (default: as in training)")
     eval_parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda ...")
-    eval_parser.add_argument("--batch-size", type=int, metavar="N")
-    eval_parser.add_argument("--workers", type=int, metavar="N")
+    eval_parser.add_argument("--batch-size", type=counting_number(1), metavar="N")
+    eval_parser.add_argument("--workers", type=counting_number(0), metavar="N")
     eval_parser.add_argument("--out", metavar="DIR", help="report folder (default <run>/eval-<dataset>-<split>)")
-    eval_parser.add_argument("--draw", type=int, metavar="N", help="images with drawn predictions (default 8)")
+    eval_parser.add_argument("--draw", type=counting_number(0), metavar="N",
+                             help="images with drawn predictions (default 8)")
 
     commands.add_parser("bench", help="kernel benchmark report (forwards its arguments to python -m bench.report)",
                         description="Runs 'python -m bench.report' with the arguments that follow; "
@@ -236,9 +252,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train":
             return run_train(args, args.command_parsers["train"])
         return run_eval(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # user errors, unusable files, a full disk: one sentence
         print(f"h3r {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        from h3r.train import TrainingDiverged
+
+        if not isinstance(error, TrainingDiverged):
+            raise
+        print(f"h3r {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,16 +36,28 @@ from tqdm import tqdm
 
 from h3r.configs import TrainConfig, config_from_dict
 from h3r.data import open_dataset
-from h3r.evaluate import (CHECKPOINT_FORMAT, CropDataset, autocast, dataset_metrics, draw_predictions, eval_crop,
+from h3r.evaluate import (CHECKPOINT_FORMAT, CheckpointError, CropDataset, autocast, check_output_folder,
+                          check_reader_options, checkpoint_checksum, dataset_metrics, draw_predictions, eval_crop,
                           load_checkpoint, mean_shape, mean_shape_predictions, model_and_codec, predict,
                           resolve_device, write_report)
 from h3r.models import load_checkpoint_weights
 from h3r.transforms import CropConfig
 
-__all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS"]
+__all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS", "TrainingDiverged", "CheckpointWriteError"]
 
 # Settings that may differ between a run and its resumption: they do not change the result.
 RUNTIME_FIELDS = ("device", "workers", "progress", "draw")
+
+# The divergence guard reads its on-device flag (one host sync) every this many steps and at the end of an epoch.
+FINITE_CHECK_EVERY = 100
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the run stopped without saving that epoch."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, ...); the previous file is unchanged, no temporary file is left."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,22 +157,116 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(payload: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one.
+    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one (see :func:`write_atomic`)."""
+    write_atomic(path, lambda handle: torch.save(payload, handle))
+
+
+def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(handle)`` into ``path`` so that a crash leaves either the old file or the new one.
 
     Writes a temporary file in the same folder, flushes and fsyncs it, renames it over
-    ``path`` (``os.replace`` is atomic) and fsyncs the folder.
+    ``path`` (``os.replace`` is atomic) and fsyncs the folder. On any failure the temporary
+    file is removed; an ``OSError`` (disk full, ...) becomes one :class:`CheckpointWriteError`
+    sentence that says the previous file is unchanged.
     """
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)  # a partial file would keep filling the disk
+        if not isinstance(error, OSError):
+            raise
+        previous = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        failure = CheckpointWriteError(f"could not write {path}: {error.strerror or error}; {previous}")
+        failure.errno = error.errno
+        raise failure from None
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's line to ``metrics.jsonl``."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def reconcile_run_folder(out: Path, checkpoint: Optional[dict[str, Any]], say: Callable[[str], None]) -> None:
+    """Make the run folder agree with the checkpoint a run (re)starts from; process 0, before training.
+
+    An epoch ends with three writes, in this order: ``last.pt`` (the record of the run: its
+    ``history`` and ``best``), ``best.pt`` when the epoch improved (a copy of that state),
+    then the epoch's line in ``metrics.jsonl``. A crash between two of them leaves a folder
+    that this repairs: ``metrics.jsonl`` is rewritten from the checkpoint's history (no
+    duplicated, missing or torn lines), and when the checkpoint names its own epoch as the
+    best, ``best.pt`` becomes a copy of it. A fresh run (no checkpoint) starts an empty
+    ``metrics.jsonl``.
+    """
+    history = checkpoint["history"] if checkpoint is not None else []
+    lines = "".join(json.dumps(record) + "\n" for record in history)
+    write_atomic(out / "metrics.jsonl", lambda handle: handle.write(lines.encode()))
+    if checkpoint is None or checkpoint["best"]["epoch"] is None:
+        return
+    best_epoch, source, best_path = checkpoint["best"]["epoch"], Path(checkpoint["path"]), out / "best.pt"
+    if best_path.exists() and best_path.resolve() == source.resolve():
+        return
+    try:
+        stored = load_checkpoint(best_path)["epoch"] if best_path.exists() else None
+    except CheckpointError:
+        stored = None
+    if stored == best_epoch:
+        return
+    if best_epoch == checkpoint["epoch"]:  # the crash came between last.pt and best.pt: last.pt is the best state
+        with open(source, "rb") as original:
+            write_atomic(best_path, lambda handle: shutil.copyfileobj(original, handle))
+        say(f"repaired {best_path}: it now holds epoch {best_epoch}, the best epoch that {source.name} records")
+    else:
+        say(f"warning: {best_path} {'is missing or unreadable' if stored is None else f'holds epoch {stored}'} but "
+            f"{source.name} records epoch {best_epoch} as the best; the next improvement rewrites it")
+
+
+def check_run(config: TrainConfig, resume: Optional[str], stop_after_epochs: Optional[int]) -> None:
+    """Refuse what would fail later, before anything is written: the reader options, the run folder, ``stop_after``."""
+    if stop_after_epochs is not None and not (isinstance(stop_after_epochs, int) and stop_after_epochs >= 1):
+        raise ValueError(f"stop_after: expected a positive number of epochs, got {stop_after_epochs!r}")
+    check_reader_options(config.dataset, config.train_options, "train_options")
+    check_reader_options(config.dataset, config.test_options, "test_options")
+    if resume is None:
+        check_output_folder(config.out if config.out is not None else "runs", "out")
+    else:
+        check_output_folder(Path(resume) if Path(resume).is_dir() else Path(resume).parent, "resume")
+
+
+class NonFiniteTraining(Exception):
+    """Raised inside an epoch when the divergence guard finds a non-finite loss or weight."""
+
+
+def check_finite(first_bad_step: torch.Tensor, first_bad_loss: torch.Tensor, processes: Processes,
+                 parameters: Optional[list[torch.Tensor]] = None) -> None:
+    """The divergence guard's check: one host sync (``tolist``), plus an all-reduce with several processes.
+
+    ``first_bad_step`` is the global step (0-based) of the first non-finite loss or -1, kept
+    on the device without syncing; with ``parameters``, a non-finite weight counts too.
+    """
+    flags = [first_bad_step.to(torch.float64)]
+    if parameters is not None:
+        flags.append(torch.stack([torch.isfinite(p).all() for p in parameters]).all().logical_not().to(torch.float64))
+    reduced = torch.stack(flags)
+    if processes.world_size > 1:
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX)  # every process stops together
+    values = reduced.tolist()
+    if values[0] >= 0:
+        local = first_bad_step.item() >= 0
+        shown = f"{first_bad_loss.item()}" if local else "not finite (on another process)"
+        raise NonFiniteTraining(f"the loss is {shown} at step {int(values[0]) + 1}")
+    if len(values) > 1 and values[1] > 0:
+        raise NonFiniteTraining("the weights are no longer finite")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,6 +381,7 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
         log: where the learning curve is printed (process 0 only).
     """
     device = resolve_device(config.device)
+    check_run(config, resume, stop_after_epochs)
     processes = join_process_group(device)
     try:
         return _train(config, processes, resume, stop_after_epochs, log)
@@ -299,8 +407,12 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
         config = config_from_dict({**config.to_dict(), "out": folder[0]})
     out = Path(config.out)
     if processes.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"out: cannot create the run folder {out} ({error.strerror or error})") from None
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        reconcile_run_folder(out, checkpoint, say)
 
     seed_everything(config.seed)
     train_data, test_data = open_splits(config)
@@ -344,8 +456,9 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     say(f"run folder: {out}")
     if config.metric in baseline:
         say(f"mean-shape baseline on {config.test_split}: {config.metric} {baseline[config.metric]:.4f}")
-    say(f"{'epoch':>7}  {'train loss':>10}  {'test ' + config.metric:>10}  {'lr':>8}  {'img/s':>7}  "
-        f"{'loader wait':>11}")
+    if start_epoch < config.epochs:
+        say(f"{'epoch':>7}  {'train loss':>10}  {'test ' + config.metric:>10}  {'lr':>8}  {'img/s':>7}  "
+            f"{'loader wait':>11}")
 
     last_predictions = None
     epochs_run = 0
@@ -354,8 +467,14 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
             break
         sampler.set_epoch(epoch)
         crops.epoch = epoch
-        stats, global_step = train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config, device,
-                                             processes, epoch, global_step)
+        try:
+            stats, global_step = train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config,
+                                                 device, processes, epoch, global_step)
+        except NonFiniteTraining as problem:
+            kept = f"{out / 'last.pt'} still holds epoch {epoch}" if epoch > 0 else "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged: {problem} (epoch {epoch + 1}); stopped without saving this "
+                                   f"epoch, so {kept}; lower the learning rate (lr {config.lr:g}), clip gradients "
+                                   f"(grad_clip) or check the codec settings") from None
         record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, **stats}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             if processes.is_main:
@@ -369,21 +488,27 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
             improved = is_better(record.get("test", {}).get(config.metric), best["value"], config.higher_is_better)
             if improved:
                 best = {"epoch": epoch + 1, "value": record["test"][config.metric]}
-            with open(out / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
             state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch + 1,
                      "global_step": global_step, "num_keypoints": train_data.num_keypoints,
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "history": history, "best": best, "mean_shape": torch.from_numpy(np.asarray(shape, np.float64)),
                      "baseline": baseline}
+            state["checksum"] = checkpoint_checksum(state)
+            # last.pt (the record), then best.pt, then metrics.jsonl: see reconcile_run_folder.
             save_atomic(state, out / "last.pt")
             if improved:
                 save_atomic(state, out / "best.pt")
+            append_record(out / "metrics.jsonl", record)
             say(epoch_line(record, config))
         processes.barrier()
 
     finished = bool(history) and history[-1]["epoch"] == config.epochs
+    if finished and epochs_run == 0:  # resumed a run whose last epoch was written: only the report is left
+        say(f"the run in {out} is complete ({config.epochs}/{config.epochs} epochs); rewriting its final report")
+        if processes.is_main:
+            last_predictions = predict(model, codec, test_data, crop, device=device, batch_size=config.batch_size,
+                                       workers=config.workers, flip_test=config.flip_test, amp=config.amp)
     summary = {"out": str(out), "epochs_completed": history[-1]["epoch"] if history else 0, "finished": finished,
                "history": history, "best": best, "baseline": baseline, "config": config.to_dict(), "model": model}
     if processes.is_main and finished and last_predictions is not None:
@@ -403,6 +528,10 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
     """One pass over this process's share of the training set; returns its statistics and the new global step."""
     network.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    # Divergence guard: the first non-finite loss is recorded on the device (no host sync per step) and
+    # read every FINITE_CHECK_EVERY steps and at the end of the epoch, where the weights are checked too.
+    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+    first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)
     images_seen, waiting = 0, 0.0
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
                disable=not (config.progress and processes.is_main))
@@ -426,6 +555,9 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        newly_bad = torch.logical_and(~torch.isfinite(loss.detach()), first_bad_step < 0)
+        first_bad_step = torch.where(newly_bad, global_step, first_bad_step)
+        first_bad_loss = torch.where(newly_bad, loss.detach().to(torch.float64), first_bad_loss)
         global_step += 1
         loss_sum += loss.detach()
         images_seen += len(images)
@@ -433,6 +565,9 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
         if not bar.disable and (step % 10 == 0 or step == len(loader) - 1):  # .item() syncs: only for a shown bar
             rate = images_seen * processes.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
+        if (step + 1) % FINITE_CHECK_EVERY == 0 or step == len(loader) - 1:
+            check_finite(first_bad_step, first_bad_loss, processes,
+                         list(network.parameters()) if step == len(loader) - 1 else None)
     bar.close()
     elapsed = time.perf_counter() - start
     totals = torch.stack([loss_sum, torch.tensor(float(len(loader)), dtype=torch.float64, device=device)])

@@ -7,6 +7,7 @@ Each dataset has a readable TOML file next to this module (``wflw.toml``, ``coco
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,12 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
+        for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{item.name}: expected a finite number, got {value!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise ValueError(f"seed: expected an integer from 0 to 2**63 - 1, got {self.seed!r}")
 
     @property
     def heatmap_side(self) -> int:
