@@ -327,6 +327,7 @@ def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]
     Compare with ``images_per_s`` in ``metrics.jsonl``: when the two are close, loading is
     the bottleneck (add ``workers``).
     """
+    check_reader_options(config.dataset, config.train_options, "train_options")
     seed_everything(config.seed)
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
     crops = CropDataset(train_data, train_crop(config), seed=config.seed)
