@@ -454,4 +454,4 @@ def test_dataset_metrics_passes_keypoint_scores_where_accepted():
                     "score": float(keypoint_scores.sum())}
 
     predictions = Predictions(coords=np.zeros((2, 2, 2)), scores=np.ones((2, 2)), indices=np.array([0, 2]))
-    assert dataset_metrics(Scored(), predictions) == {"rows": 2.0, "indices": 2.0, "score": 4.0}
+    assert dataset_metrics(Scored(), predictions) == {"rows": 2.0, "indices": 2.0, "score": 4.0, "non_finite": 0}
