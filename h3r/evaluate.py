@@ -274,13 +274,14 @@ def check_reader_options(dataset: str, options: dict[str, Any], what: str = "opt
     if unknown:
         raise ValueError(f"{what}: the {dataset} reader ({name}) takes no option {', '.join(map(repr, unknown))}; "
                          f"its options: {', '.join(accepted) or 'none'}"
-                         f"{' (set root and split with their own options)' if {'root', 'split'} & set(unknown) else ''}")
+                         f"{' (root and split have their own settings)' if {'root', 'split'} & set(unknown) else ''}")
 
 
 def check_output_folder(folder: str | Path, what: str = "out") -> None:
     """Refuse a folder that cannot be created or written: under a file, a file itself, no write permission."""
     folder = Path(folder)
-    existing = next(candidate for candidate in (folder, *folder.parents) if candidate.exists() or candidate == Path("."))
+    existing = next(candidate for candidate in (folder, *folder.parents)
+                    if candidate.exists() or candidate == Path("."))
     if not existing.is_dir():
         place = "is a file" if existing == folder else f"is under the file {existing}"
         raise ValueError(f"{what}: {folder} {place}; give a folder")
@@ -436,7 +437,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     model.to(torch_device)
     flip_test = config.flip_test if flip_test is None else flip_test
     crop = eval_crop(config)
-    predictions = predict(model, codec, data, crop, device=torch_device, batch_size=config.batch_size if batch_size is None else batch_size,
+    predictions = predict(model, codec, data, crop, device=torch_device,
+                          batch_size=config.batch_size if batch_size is None else batch_size,
                           workers=config.workers if workers is None else workers, flip_test=flip_test,
                           amp=config.amp, progress=progress)
     metrics = dataset_metrics(data, predictions)

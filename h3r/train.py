@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -157,7 +158,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(payload: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one (see :func:`write_atomic`)."""
+    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one (:func:`write_atomic`)."""
     write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
@@ -407,13 +408,6 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
             dist.broadcast_object_list(folder, src=0)
         config = config_from_dict({**config.to_dict(), "out": folder[0]})
     out = Path(config.out)
-    if processes.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ValueError(f"out: cannot create the run folder {out} ({error.strerror or error})") from None
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        reconcile_run_folder(out, checkpoint, say)
 
     seed_everything(config.seed)
     train_data, test_data = open_splits(config)
@@ -422,7 +416,15 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     if checkpoint is None:
         model.head.start_at(codec.initial_logit((config.heatmap_side, config.heatmap_side)))
         if config.pretrained:
-            load_checkpoint_weights(model, config.pretrained)
+            try:
+                load_checkpoint_weights(model, config.pretrained)
+            except pickle.UnpicklingError:  # torch's message advises an unsafe way out: not shown
+                raise CheckpointError(f"pretrained: {config.pretrained} cannot be read: it holds something "
+                                      f"other than tensors and plain values, so it is corrupted or not a weights "
+                                      f"file") from None
+            except (RuntimeError, EOFError) as error:
+                raise CheckpointError(f"pretrained: {config.pretrained} cannot be read: it is truncated or corrupted "
+                                      f"({type(error).__name__})") from None
     model.to(device)
     crops = CropDataset(train_data, train_crop(config), seed=config.seed)
     sampler, loader = train_loader(config, crops, processes, device)
@@ -446,6 +448,14 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
         baseline = {}
         if processes.is_main:
             baseline = dataset_metrics(test_data, mean_shape_predictions(test_data, shape, crop))
+    # The run folder is written only now, once the data, the model and the loader have been accepted.
+    if processes.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"out: cannot create the run folder {out} ({error.strerror or error})") from None
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        reconcile_run_folder(out, checkpoint, say)
     network = model
     if processes.world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

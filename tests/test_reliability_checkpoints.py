@@ -30,7 +30,8 @@ def quiet(message):
 
 def small_config(folder, **changes):
     values = dict(train_options={"size": 8, "image_size": 48}, test_options={"size": 2, "image_size": 48}, epochs=3,
-                  draw=1, input_size=16, rotation=0.0, scale_jitter=0.0, translate=0.0, flip_prob=0.0, colour_jitter=0.0)
+                  draw=1, input_size=16, rotation=0.0, scale_jitter=0.0, translate=0.0, flip_prob=0.0,
+                  colour_jitter=0.0)
     values.update(changes)
     return tiny_config(folder, **values)
 

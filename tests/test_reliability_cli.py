@@ -139,3 +139,18 @@ def test_stop_after_must_be_positive_in_the_python_api_too(tmp_path):
     with pytest.raises(ValueError, match="stop_after: expected a positive number of epochs, got 0"):
         train(small_config(tmp_path), stop_after_epochs=0)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--dataset", "coco", "--data-root", "missing-coco"), "coco: data root missing-coco is not a folder"),
+    (("--pretrained", "weights.pt"), "pretrained: weights.pt cannot be read: it is truncated or corrupted"),
+    (("--pretrained", "random.pt"), "pretrained: random.pt cannot be read"),
+])
+def test_data_model_and_loader_errors_come_before_the_run_folder(capsys, tmp_path, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.pt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "random.pt").write_bytes(os.urandom(2048))
+    options = TINY if arguments[1] != "coco" else ("--epochs", "1", "--device", "cpu")
+    code, _, err = run(capsys, "train", *options, *arguments, "--out", "run")
+    assert code == 2 and message in err and one_sentence(err, "train") and "weights_only" not in err, err
+    assert not (tmp_path / "run").exists()

@@ -132,7 +132,8 @@ print("done")
 """
     result = run_python(code)
     assert result.returncode == 0 and result.stdout.strip() == "done", result.stderr
-    assert (tmp_path / "curve.png").is_file() and "| non_finite | 4 |" in (tmp_path / "report" / "results.md").read_text()
+    assert (tmp_path / "curve.png").is_file()
+    assert "| non_finite | 4 |" in (tmp_path / "report" / "results.md").read_text()
 
 
 def test_evaluating_a_checkpoint_with_nan_weights_finishes_and_counts_the_failures(tmp_path):
