@@ -217,10 +217,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _load_failure(error: BaseException) -> str:
     """A short reason for a failed ``torch.load``: the error's type and first line, no advice about its options."""
-    first_line = (str(error).strip().splitlines() or [""])[0][:160]
-    if not first_line or "weights_only" in first_line:
+    first_sentence = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")[:160]
+    if not first_sentence or "weights_only" in first_sentence:
         return type(error).__name__
-    return f"{type(error).__name__}: {first_line}"
+    return f"{type(error).__name__}: {first_sentence}"
 
 
 def checkpoint_checksum(payload: Any) -> dict[str, str]:
