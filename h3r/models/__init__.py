@@ -1,7 +1,8 @@
 """Backbones and the heatmap head.
 
-``build_model(backbone, num_keypoints, head="binary")`` returns a :class:`LandmarkModel`
-mapping ``(B, 3, S, S)`` images to ``(B, K, S/4, S/4)`` heatmap logits (``model.stride == 4``).
+``build_model(backbone, num_keypoints, head="binary", stride=4)`` returns a
+:class:`LandmarkModel` mapping ``(B, 3, S, S)`` images to ``(B, K, S/s, S/s)`` heatmap logits
+(``model.stride == s``, one of :data:`STRIDES`).
 Backbones: ``"hrnet_w18"`` (270 ch), ``"mobilenetv2"`` (152 ch), ``"small"`` (64 ch, for
 CPU runs). No pretrained weights are downloaded; :func:`load_checkpoint_weights` loads a
 user checkpoint.
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from h3r.models.head import HEAD_KINDS, HeatmapHead, LandmarkModel
+from h3r.models.head import HEAD_KINDS, STRIDES, HeatmapHead, LandmarkModel
 from h3r.models.hrnet import HRNet, hrnet_w18
 from h3r.models.mobilenetv2 import MobileNetV2
 from h3r.models.small import SmallNet
@@ -28,12 +29,14 @@ __all__ = [
     "LandmarkModel",
     "MobileNetV2",
     "SmallNet",
+    "STRIDES",
     "build_model",
     "load_checkpoint_weights",
 ]
 
 
-def build_model(backbone: str, num_keypoints: int, head: str = "binary", head_channels: int | None = None) -> LandmarkModel:
+def build_model(backbone: str, num_keypoints: int, head: str = "binary", head_channels: int | None = None,
+                stride: int = 4) -> LandmarkModel:
     """A randomly initialised backbone + heatmap head.
 
     Args:
@@ -42,11 +45,13 @@ def build_model(backbone: str, num_keypoints: int, head: str = "binary", head_ch
         head: ``"binary"`` (one logit per landmark) or ``"two-class"`` (the authors' head,
             returning ``z1 - z0``; see :class:`HeatmapHead`).
         head_channels: hidden width of the head; default = the backbone's output channels.
+        stride: input pixels per heatmap cell (4, 8, 16 or 32); the backbone's stride-4
+            features are average-pooled down to it (see :class:`LandmarkModel`).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
     features = BACKBONES[backbone]()
-    return LandmarkModel(features, HeatmapHead(features.out_channels, num_keypoints, head, head_channels))
+    return LandmarkModel(features, HeatmapHead(features.out_channels, num_keypoints, head, head_channels), stride)
 
 
 def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:

@@ -1,16 +1,22 @@
 """The heatmap head and the model that puts a backbone and a head together.
 
-Every model maps an image batch ``(B, 3, S, S)`` to one logit map per landmark at
-stride 4: ``(B, K, S/4, S/4)``. Heatmap cell ``i`` sits over input pixel ``4 i``
-(pixel centres, no half-pixel offset), because the backbones reach stride 4 with two
-stride-2, padding-1 convolutions.
+Every model maps an image batch ``(B, 3, S, S)`` to one logit map per landmark at a
+stride ``s`` in {4, 8, 16, 32}: ``(B, K, S/s, S/s)``. Heatmap cell ``i`` sits over input
+pixel ``s i`` (pixel centres, no half-pixel offset): the backbones reach stride 4 with two
+stride-2, padding-1 convolutions, and each further halving is a 3x3, stride-2, padding-1
+average pooling of the stride-4 features, which keeps output cell ``j`` centred on input
+cell ``2 j`` (see :class:`LandmarkModel`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 HEAD_KINDS = ("binary", "two-class")
+STRIDES = (4, 8, 16, 32)
 
 
 class HeatmapHead(nn.Module):
@@ -74,25 +80,45 @@ class HeatmapHead(nn.Module):
 
 
 class LandmarkModel(nn.Module):
-    """A stride-4 backbone followed by a :class:`HeatmapHead`.
+    """A stride-4 backbone, average pooling down to ``stride``, then a :class:`HeatmapHead`.
 
-    ``forward(images (B, 3, H, W) float, H and W multiples of 4) -> logits (B, K, H/4, W/4)``.
+    ``forward(images (B, 3, H, W) float, H and W multiples of stride) -> logits (B, K, H/s, W/s)``.
+
+    The heatmap resolution is independent of the input size: for ``stride`` 8, 16 or 32 the
+    stride-4 features are halved ``log2(stride / 4)`` times by ``avg_pool2d(3, stride=2,
+    padding=1, count_include_pad=False)`` before the head. That pooling window is centred
+    on input cell ``2 j``, so output cell ``j`` still sits over input pixel ``stride * j``
+    (the codecs' convention), the backbone is the same at every stride, and the pooling has
+    no parameters: a checkpoint's weights fit the model at any stride.
     """
 
-    stride = 4
-
-    def __init__(self, backbone: nn.Module, head: HeatmapHead):
+    def __init__(self, backbone: nn.Module, head: HeatmapHead, stride: int = 4):
         super().__init__()
+        if stride not in STRIDES:
+            raise ValueError(f"stride: expected one of {', '.join(map(str, STRIDES))}, got {stride!r}")
         self.backbone = backbone
         self.head = head
+        self.stride = stride
+        self.halvings = int(math.log2(stride // 4))
         self.num_keypoints = head.num_keypoints
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Stride-4 features -> features at ``self.stride`` (identity at stride 4)."""
+        for _ in range(self.halvings):
+            features = F.avg_pool2d(features, 3, stride=2, padding=1, count_include_pad=False)
+        return features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
         height, width = images.shape[-2:]
         if height % self.stride or width % self.stride:
-            raise ValueError(f"image height and width must be multiples of {self.stride}, got {height}x{width}")
-        logits = self.head(self.backbone(images))
-        assert logits.shape[-2:] == (height // self.stride, width // self.stride), "backbone must return stride-4 features"
+            raise ValueError(f"image height and width must be multiples of the stride {self.stride}, "
+                             f"got {height}x{width}")
+        logits = self.head(self.pool(self.backbone(images)))
+        assert logits.shape[-2:] == (height // self.stride, width // self.stride), \
+            "backbone must return stride-4 features"
         return logits
