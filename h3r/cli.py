@@ -11,10 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Optional, Sequence
 
+from h3r._compat import tomllib
 from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, SCHEDULES, SUPPORTED_STRIDES,
                          TOPK_WEIGHTS, config_from_dict, load_config)
 from h3r.data import DATASET_NAMES
