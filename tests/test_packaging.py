@@ -96,8 +96,9 @@ def test_wheel_installs_and_runs(wheel, tmp_path):
     # and the .pth files there (an editable install of the checkout) are not processed.
     parents = [path for path in [*site.getsitepackages(), sysconfig.get_paths()["purelib"]] if Path(path).is_dir()]
     (purelib / "test-environment.pth").write_text("\n".join(dict.fromkeys(parents)) + "\n")
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel],
-         cwd=tmp_path)
+    # --ignore-installed: never touch the h3r the test environment may have installed (it is visible here).
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index",
+          "--ignore-installed", wheel], cwd=tmp_path)
 
     helped = _run([bin_dir / "h3r", "train", "--help"], cwd=tmp_path).stdout
     assert "usage: h3r train" in helped and "--codec" in helped
