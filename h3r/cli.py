@@ -11,10 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Optional, Sequence
 
+from h3r._compat import tomllib
 from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, SCHEDULES, SUPPORTED_STRIDES,
                          TOPK_WEIGHTS, config_from_dict, load_config)
 from h3r.data import DATASET_NAMES
@@ -29,7 +29,7 @@ Heatmap regression via randomized rounding (H3R): train, evaluate and benchmark 
   h3r train --dataset wflw --data-root ~/data/WFLW --codec h3r
   h3r eval --checkpoint runs/<run>/last.pt
   h3r study                      accuracy vs heatmap stride: H3R against the baselines (~15 min on a CPU)
-  h3r bench                      kernel throughput report (python -m bench.report)
+  h3r bench                      kernel throughput report (python -m h3r.benchmark)
 
 'h3r <command> --help' lists each command's options.
 """
@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(study_parser)
 
-    commands.add_parser("bench", help="kernel benchmark report (forwards its arguments to python -m bench.report)",
-                        description="Runs 'python -m bench.report' with the arguments that follow; "
+    commands.add_parser("bench", help="kernel benchmark report (forwards its arguments to python -m h3r.benchmark)",
+                        description="Runs 'python -m h3r.benchmark' with the arguments that follow; "
                                     "'h3r bench --help' shows that report's own options.", add_help=False)
     parser.set_defaults(command_parsers={"train": train_parser, "eval": eval_parser, "study": study_parser})
     return parser
@@ -245,11 +245,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_bench(arguments: Sequence[str]) -> int:
-    """``python -m bench.report ARGUMENTS`` with the repository root on the module path."""
+    """``python -m h3r.benchmark ARGUMENTS``, with the folder holding this h3r package on the module path."""
     repository = Path(__file__).resolve().parent.parent
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repository), environment.get("PYTHONPATH")]))
-    return subprocess.call([sys.executable, "-m", "bench.report", *arguments], env=environment)
+    return subprocess.call([sys.executable, "-m", "h3r.benchmark", *arguments], env=environment)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,7 +23,7 @@ timeout "${GPU_TEST_TIMEOUT:-140}" python3 -m pytest -q -n 8 -p no:cacheprovider
 echo "gpu tests exit status: $?" | tee -a "$OUT/facts.txt"
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
 
-timeout "${BENCH_TIMEOUT:-120}" python3 -m bench.report --device cuda --out "$OUT/bench" --commit "$COMMIT" \
+timeout "${BENCH_TIMEOUT:-120}" python3 -m h3r.benchmark --device cuda --out "$OUT/bench" --commit "$COMMIT" \
   > "$OUT/bench.log" 2>&1
 echo "bench exit status: $?" | tee -a "$OUT/facts.txt"
 tail -5 "$OUT/bench.log"

@@ -116,5 +116,5 @@ def test_bench_forwards_its_arguments(monkeypatch):
     monkeypatch.setattr(cli.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
     assert cli.main(["bench", "--quick", "--out", "report.md"]) == 0
     command, environment = calls[0]
-    assert command == [sys.executable, "-m", "bench.report", "--quick", "--out", "report.md"]
+    assert command == [sys.executable, "-m", "h3r.benchmark", "--quick", "--out", "report.md"]
     assert str(cli.Path(cli.__file__).resolve().parent.parent) in environment["PYTHONPATH"]

@@ -7,10 +7,11 @@ Each dataset has a readable TOML file next to this module (``wflw.toml``, ``coco
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from h3r._compat import tomllib
 
 CONFIG_DIR = Path(__file__).parent
 CODECS = ("h3r", "gaussian", "dark", "integral")
