@@ -285,7 +285,18 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     ``<run folder>/eval-<dataset>-<split>`` as ``out``. ``options`` are keyword arguments of
     the dataset reader, merged over those.
     Returns ``{"metrics", "baseline", "settings", "paths"}``.
+
+    ``checkpoint_path`` may also be one of the authors' released folders (``config.yaml`` +
+    ``model.pth``): it is evaluated with their protocol (:mod:`h3r.official_eval`).
     """
+    from h3r.models.official import official_folder
+
+    if official_folder(checkpoint_path) is not None:
+        from h3r.official_eval import evaluate_official
+
+        return evaluate_official(official_folder(checkpoint_path), dataset=dataset, data_root=data_root, split=split,
+                                 options=options, flip_test=flip_test, device=device, batch_size=batch_size,
+                                 workers=workers, out=out, draw=draw, progress=progress)
     checkpoint = load_checkpoint(checkpoint_path)
     config = config_from_dict(checkpoint["config"], source=f"{checkpoint['path']} configuration")
     same_data = (dataset is None or dataset == config.dataset) and (data_root is None or data_root == config.data_root)
