@@ -337,3 +337,221 @@ def test_parameter_counts_match_the_released_networks():
     mobilenet = build_official_model(_config("mobilenetv2", 152, 98))
     assert sum(p.numel() for p in hrnet.parameters()) == 9_688_620
     assert sum(p.numel() for p in mobilenet.parameters()) == 595_728
+
+
+def test_decoder_reads_the_foreground_logits_not_their_difference(reference_detectors):
+    from h3r.codecs import H3RCodec
+
+    reference = reference_detectors("mobilenetv2")
+    data = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        z = reference.logits(data)
+        expected = reference.coords(data)
+    codec = H3RCodec(stride=4, k=9, weights="softmax")
+    assert torch.allclose(codec.decode(z[:, 1])[0], expected, atol=1e-4, rtol=0)
+    assert (codec.decode(z[:, 1] - z[:, 0])[0] - expected).abs().max() > 0.1  # the test above can tell them apart
+
+
+# ----------------------------------------------------------------------------------------------
+# Their crop and its inverse, by hand.
+
+
+def test_crop_rectangle_and_inverse_follow_their_formulas():
+    crop = OfficialCrop(input_size=100, scale=1.25)
+    # box x 10..49, y 20..39: max(w, h) + 1 = 40, side 40 * 1.25 = 50,
+    # origin ((10 + 49 - 50 + 1) / 2, (20 + 39 - 50 + 1) / 2) = (5, 5)
+    rect = crop.rect([10, 20, 49, 39])
+    assert rect.tolist() == [5.0, 5.0, 55.0, 55.0]
+    points = torch.tensor([[30.0, 30.0], [5.0, 55.0], [17.5, 6.0]])
+    on_input = crop.to_input(points, rect)  # (p - origin) * 100 / 50
+    assert on_input.tolist() == [[50.0, 50.0], [0.0, 100.0], [25.0, 2.0]]
+    assert torch.allclose(crop.to_image(on_input, rect), points)
+    # batches of boxes
+    rects = crop.rect([[10, 20, 49, 39], [0, 0, 9, 9]])
+    assert rects.shape == (2, 4) and rects[1].tolist() == [-1.25, -1.25, 11.25, 11.25]
+
+
+def test_crop_pixels_rounding_and_black_outside():
+    rng = np.random.default_rng(0)
+    array = rng.integers(1, 256, (60, 60, 3), dtype=np.uint8)  # no black pixel inside the image
+
+    def unnormalise(tensor):
+        return (tensor * STD + MEAN).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
+
+    # an integer rectangle whose side equals S: the input is the image window itself
+    tensor, rect = OfficialCrop(input_size=50).crop(array, [10, 20, 49, 39])
+    assert rect.tolist() == [5.0, 5.0, 55.0, 55.0]
+    np.testing.assert_array_equal(unnormalise(tensor), array[5:55, 5:55])
+    # out of the image: black; rect (-5, -15, 45, 35)
+    tensor, rect = OfficialCrop(input_size=50).crop(Image.fromarray(array), [0, 0, 39, 19])
+    assert rect.tolist() == [-5.0, -15.0, 45.0, 35.0]
+    pixels = unnormalise(tensor)
+    assert (pixels[:15] == 0).all() and (pixels[:, :5] == 0).all()
+    np.testing.assert_array_equal(pixels[15:, 5:], array[:35, :45])
+    # Pillow rounds the corners: (-1.25, -1.25, 11.25, 11.25) is cut as (-1, -1, 11, 11), 12 x 12 ...
+    crop = OfficialCrop(input_size=12)
+    tensor, rect = crop.crop(array, [0, 0, 9, 9])
+    pixels = unnormalise(tensor)
+    assert (pixels[0] == 0).all() and (pixels[:, 0] == 0).all()
+    np.testing.assert_array_equal(pixels[1:, 1:], array[:11, :11])
+    # ... while the inverse uses the unrounded rectangle (as theirs does)
+    assert crop.to_image(torch.zeros(1, 2), rect).tolist() == [[-1.25, -1.25]]
+
+
+def test_unflip_mirrors_and_reorders():
+    crop = OfficialCrop(input_size=64, flip_order=(2, 1, 0))
+    coords = torch.tensor([[[1.0, 5.0], [10.0, 6.0], [30.0, 7.0]]])
+    assert crop.unflip(coords).tolist() == [[[33.0, 7.0], [53.0, 6.0], [62.0, 5.0]]]
+
+
+def test_box_choice_of_their_scripts():
+    from h3r.data.base import Sample
+    from h3r.official_eval import official_box
+
+    sample = Sample(load_image=lambda: None, keypoints=np.array([[3, 4], [9, 12]], np.float32),
+                    visible=np.ones(2, bool), box=np.array([0, 1, 20, 21], np.float32),
+                    box_p1=np.array([3, 4, 9, 12], np.float32))
+    assert official_box(sample, "P1", "wflw").tolist() == [3, 4, 9, 12]
+    assert official_box(sample, "P2", "wflw").tolist() == [0, 1, 20, 21]
+    # examples/test_300w.py: "P2" is the landmark box of the 1-based .pts coordinates
+    assert official_box(sample, "P2", "300w").tolist() == [4, 5, 10, 13]
+
+
+# ----------------------------------------------------------------------------------------------
+# config.yaml as released, and errors.
+
+RELEASED_CONFIGS = {
+    "wflw/hrnet18_256x256_p1": "INPUT:\n  SIZE: [256, 256]\n  BBOX: 'P1'\n\nBACKBONE:\n  ARCH: 'hrnet18'\n\n"
+                               "HEATMAP:\n  IN_CHANNEL: 270\n  PROJ_CHANNEL: 270\n  OUT_CHANNEL: 98\n  TOPK: 9\n",
+    "wflw/mobilenet_128x128_p2": "INPUT:\n  SIZE: [128, 128]\n  BBOX: 'P2'\n\nBACKBONE:\n  ARCH: 'mobilenetv2'\n  \n"
+                                 "HEATMAP:\n  IN_CHANNEL: 152\n  PROJ_CHANNEL: 152\n  OUT_CHANNEL: 98\n  TOPK: 9\n",
+    "300w/hrnet18_256x256_p1": "INPUT:\n  DATASET: 'F300W'\n  SIZE: [256, 256]\n  BBOX: 'P1'\n  FLIP_ORDER: [\n"
+                               "        16, 15, 14, 13, 12, 11, 10,  9,  8,  7,  6,  5,  4,  3,  2,  1,  0, 26,\n"
+                               "        25, 24, 23, 22, 21, 20, 19, 18, 17, 27, 28, 29, 30, 35, 34, 33, 32, 31,\n"
+                               "        45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40, 54, 53, 52, 51, 50, 49,\n"
+                               "        48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65\n  ]\n\n"
+                               "BACKBONE:\n  ARCH: 'hrnet18'\n  \nHEATMAP:\n  IN_CHANNEL: 270\n  PROJ_CHANNEL: 270\n"
+                               "  OUT_CHANNEL: 68\n  TOPK: 9\n",
+}
+
+
+def test_released_configs_parse(tmp_path):
+    from h3r.data.pts import W300_FLIP_PAIRS
+    from h3r.transforms import flip_permutation
+
+    parsed = {}
+    for name, text in RELEASED_CONFIGS.items():
+        path = tmp_path / name.replace("/", "_") / "config.yaml"
+        path.parent.mkdir()
+        path.write_text(text)
+        parsed[name] = read_official_config(path)
+    hrnet, mobilenet, w300 = parsed.values()
+    assert (hrnet.arch, hrnet.input_size, hrnet.box, hrnet.scale, hrnet.flip, hrnet.topk, hrnet.stride) == \
+        ("hrnet18", 256, "P1", 1.25, True, 9, 4)
+    assert list(hrnet.flip_order) == WFLW_ORDER and hrnet.dataset == "WFLW"
+    assert (mobilenet.arch, mobilenet.input_size, mobilenet.box, mobilenet.in_channels) == ("mobilenetv2", 128, "P2", 152)
+    assert w300.dataset == "F300W" and w300.num_keypoints == 68
+    assert list(w300.flip_order) == list(flip_permutation(68, W300_FLIP_PAIRS))
+
+
+@pytest.mark.parametrize("text,key", [
+    ("INPUT: [256, 256\n", "malformed YAML"),
+    ("- just a list\n", "expected a mapping"),
+    ("BACKBONE:\n  ARCH: 'resnet50'\n", "BACKBONE.ARCH"),
+    ("INPUT:\n  FOO: 1\n", "INPUT.FOO"),
+    ("MODEL:\n  X: 1\n", "MODEL"),
+    ("HEATMAP:\n  IN_CHANNEL: 152\n", "HEATMAP.IN_CHANNEL"),
+    ("INPUT:\n  SIZE: [256, 192]\n", "INPUT.SIZE"),
+    ("INPUT:\n  BBOX: 'P3'\n", "INPUT.BBOX"),
+    ("HEATMAP:\n  OUT_CHANNEL: 68\n", "INPUT.FLIP_ORDER"),  # FLIP on, default 98-point order
+    ("HEATMAP:\n  STRIDE: 8.0\n", "HEATMAP.STRIDE"),
+    ("HEATMAP:\n  TOPK: 40\n", "HEATMAP.TOPK"),
+    ("HEATMAP:\n  BLOCK: 'GaussianHeadBlock'\n", "HEATMAP.BLOCK"),
+])
+def test_bad_config_names_the_file_and_key(tmp_path, text, key):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        read_official_config(path)
+    assert str(path) in str(error.value) and key in str(error.value)
+
+
+def test_flip_order_may_be_unusable_when_flip_is_off(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("INPUT:\n  FLIP: false\nHEATMAP:\n  OUT_CHANNEL: 68\n")
+    assert read_official_config(path).flip_order is None
+
+
+def test_bad_folders_give_clear_errors(tmp_path, reference_detectors):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        load_official(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        load_official(empty)
+    reference = reference_detectors("mobilenetv2")
+    folder = write_folder(tmp_path / "no_weights", reference)
+    (folder / "model.pth").unlink()
+    with pytest.raises(FileNotFoundError, match=str(folder / "model.pth")):
+        load_official(folder)
+    (folder / "model.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(ValueError, match="Git LFS"):
+        load_official(folder)
+    (folder / "model.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="cannot read the weights"):
+        load_official(folder)
+    # weights of another shape: 5 landmarks saved, 7 configured
+    folder = write_folder(tmp_path / "mismatch", reference, extra={"HEATMAP": {"OUT_CHANNEL": 7},
+                                                                   "INPUT": {"FLIP": False}})
+    with pytest.raises(ValueError, match="shape mismatches: head.logits.weight"):
+        load_official(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning: the weights in h3r's own models.
+
+
+def test_pretrained_folder_loads_into_h3r_models(tmp_path, reference_detectors):
+    reference = reference_detectors("mobilenetv2")
+    folder = write_folder(tmp_path / "mobilenet_64x64_p1", reference)
+    data = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        z = reference.logits(data)
+    for head, source in (("two-class", folder), ("binary", folder / "model.pth")):
+        model = build_model("mobilenetv2", 5, head=head)
+        model.head.start_at(-6.0)  # what h3r train does before loading --pretrained
+        load_checkpoint_weights(model, source)
+        assert model.head.logits.bias.abs().max() == 0
+        with torch.no_grad():
+            assert torch.allclose(model.eval()(data), z[:, 1] - z[:, 0], atol=1e-4, rtol=1e-4)
+        # h3r's own checkpoints still load as before
+        saved = tmp_path / f"{head}.pt"
+        torch.save({"model": model.state_dict()}, saved)
+        load_checkpoint_weights(build_model("mobilenetv2", 5, head=head), saved)
+    with pytest.raises(ValueError, match="model.pth.*missing keys"):
+        load_checkpoint_weights(build_model("small", 5, head="two-class"), folder)
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_checkpoint_weights(build_model("mobilenetv2", 6, head="two-class"), folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# h3r eval --checkpoint <released folder>
+
+
+def test_eval_command_runs_their_protocol(tmp_path, capsys):
+    from h3r.cli import main
+    from h3r.data import open_dataset
+
+    reference = calibrate(randomise(RefDetector("mobilenetv2", 98, 64, flip=True, flip_order=WFLW_ORDER), seed=4))
+    folder = write_folder(tmp_path / "mobilenet_64x64_p2", reference, box="P2")
+    out = tmp_path / "report"
+    code = main(["eval", "--checkpoint", str(folder), "--dataset", "synthetic-face", "--split", "test",
+                 "--option", "size=3", "--device", "cpu", "--out", str(out), "--draw", "1"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["flip_test"] is True and results["settings"]["box"] == "P2"
+    assert results["mean_shape_baseline"] is None and len(list((out / "images").iterdir())) == 1
+    data = open_dataset("synthetic-face", split="test", size=3)
+    with torch.no_grad():
+        expected = np.stack([reference(Image.fromarray(data[i].image()), data[i].box)[0].numpy() for i in range(3)])
+    assert results["metrics"]["nme"] == pytest.approx(data.evaluate(expected)["nme"], abs=1e-5)
