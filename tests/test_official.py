@@ -555,3 +555,23 @@ def test_eval_command_runs_their_protocol(tmp_path, capsys):
     with torch.no_grad():
         expected = np.stack([reference(Image.fromarray(data[i].image()), data[i].box)[0].numpy() for i in range(3)])
     assert results["metrics"]["nme"] == pytest.approx(data.evaluate(expected)["nme"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_train_command_fine_tunes_from_a_released_folder(tmp_path, capsys):
+    """h3r train --pretrained <released folder> (a few seconds on a CPU)."""
+    from h3r.cli import main
+    from h3r.evaluate import load_checkpoint
+
+    reference = calibrate(randomise(RefDetector("mobilenetv2", 98, 64, flip_order=WFLW_ORDER), seed=6))
+    folder = write_folder(tmp_path / "mobilenet_64x64_p2", reference, box="P2")
+    code = main(["train", "--dataset", "synthetic-face", "--backbone", "mobilenetv2", "--head", "two-class",
+                 "--pretrained", str(folder), "--input-size", "64", "--epochs", "1", "--lr", "1e-12",
+                 "--train-option", "size=4", "--test-option", "size=2", "--batch-size", "4", "--device", "cpu",
+                 "--out", str(tmp_path / "run"), "--no-progress", "--draw", "0"])
+    assert code == 0, capsys.readouterr().err
+    trained = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    released = torch.load(folder / "model.pth", weights_only=True)
+    # with a negligible learning rate the convolutions are still the released ones
+    assert torch.allclose(trained["backbone.stem.0.weight"], released["backbone.features.0.0.weight"], atol=1e-8)
+    assert torch.allclose(trained["head.logits.weight"], released["heatmap_head.head.layers.3.weight"], atol=1e-8)
