@@ -83,7 +83,8 @@ class RefHRModule(nn.Module):  # branches.<b>.<k>, fuse_layers.<i>.<j> (None on 
                 elif j == i:
                     row.append(None)
                 else:  # i - j stride-2 3x3 convs; all but the last keep wj channels and end in ReLU
-                    steps = [nn.Sequential(_conv(wj, wj, 3, 2), nn.BatchNorm2d(wj), nn.ReLU()) for _ in range(i - j - 1)]
+                    steps = [nn.Sequential(_conv(wj, wj, 3, 2), nn.BatchNorm2d(wj), nn.ReLU())
+                             for _ in range(i - j - 1)]
                     steps.append(nn.Sequential(_conv(wj, wi, 3, 2), nn.BatchNorm2d(wi)))
                     row.append(nn.Sequential(*steps))
             rows.append(nn.ModuleList(row))
@@ -160,7 +161,8 @@ class RefMobileNetV2(nn.Module):
 class RefHead(nn.Module):
     def __init__(self, cin, proj, num_keypoints):
         super().__init__()
-        self.layers = nn.Sequential(_conv(cin, proj, 1), nn.BatchNorm2d(proj), nn.ReLU(), _conv(proj, 2 * num_keypoints, 1))
+        self.layers = nn.Sequential(_conv(cin, proj, 1), nn.BatchNorm2d(proj), nn.ReLU(),
+                                    _conv(proj, 2 * num_keypoints, 1))
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -449,7 +451,8 @@ def test_released_configs_parse(tmp_path):
     assert (hrnet.arch, hrnet.input_size, hrnet.box, hrnet.scale, hrnet.flip, hrnet.topk, hrnet.stride) == \
         ("hrnet18", 256, "P1", 1.25, True, 9, 4)
     assert list(hrnet.flip_order) == WFLW_ORDER and hrnet.dataset == "WFLW"
-    assert (mobilenet.arch, mobilenet.input_size, mobilenet.box, mobilenet.in_channels) == ("mobilenetv2", 128, "P2", 152)
+    assert (mobilenet.arch, mobilenet.input_size, mobilenet.box, mobilenet.in_channels) == \
+        ("mobilenetv2", 128, "P2", 152)
     assert w300.dataset == "F300W" and w300.num_keypoints == 68
     assert list(w300.flip_order) == list(flip_permutation(68, W300_FLIP_PAIRS))
 

@@ -168,7 +168,8 @@ def read_official_config(path: str | Path) -> OfficialConfig:
     arch = backbone["ARCH"]
     if arch not in OFFICIAL_ARCHS:
         raise _fail(path, "BACKBONE.ARCH", f"unsupported backbone {arch!r}; h3r builds {sorted(OFFICIAL_ARCHS)}")
-    for key, expected in (("ARCH", "HeatmapHead"), ("BLOCK", "BinaryHeadBlock"), ("DECODER", "BinaryHeatmap2Coordinate")):
+    supported = (("ARCH", "HeatmapHead"), ("BLOCK", "BinaryHeadBlock"), ("DECODER", "BinaryHeatmap2Coordinate"))
+    for key, expected in supported:
         if heatmap[key] != expected:
             raise _fail(path, f"HEATMAP.{key}", f"unsupported value {heatmap[key]!r}; only {expected!r} is supported")
     in_channels = _positive_int(path, "HEATMAP.IN_CHANNEL", heatmap["IN_CHANNEL"])
@@ -356,7 +357,8 @@ def load_official_weights(model: nn.Module, path: str | Path) -> None:
     if path.is_dir() or path.name == CONFIG_FILE:
         folder = path if path.is_dir() else path.parent
         if not (folder / CONFIG_FILE).is_file() and not (folder / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{folder}: not a released H3R model folder (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+            raise FileNotFoundError(f"{folder}: not a released H3R model folder "
+                                    f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})")
         path = folder / WEIGHTS_FILE
     state = official_to_h3r_state(read_official_state(path), source=str(path))
     expected = model.state_dict()
