@@ -94,7 +94,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             "integral: soft-argmax + L1 (see below)")
     model.add_argument("--backbone", choices=BACKBONES, help="network (small: CPU-sized)")
     model.add_argument("--head", choices=HEADS, help="binary (one logit per landmark) or two-class (the authors')")
-    model.add_argument("--pretrained", metavar="FILE", help="weights loaded into the model before training")
+    model.add_argument("--pretrained", metavar="FILE",
+                       help="weights loaded into the model before training: an h3r checkpoint, or one of the "
+                            "authors' released folders (config.yaml + model.pth; docs/OFFICIAL.md)")
     model.add_argument("--input-size", type=int, metavar="PX", help="side of the square network input, in pixels")
     model.add_argument("--stride", type=int, choices=SUPPORTED_STRIDES,
                        help="input pixels per heatmap cell (default 4): the heatmap is input-size/stride cells "
@@ -155,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Evaluate a checkpoint written by 'h3r train' and write "
                                                   "results.json, results.md and images with drawn predictions.")
     eval_parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                             help="last.pt / best.pt of a run (or the run folder)")
+                             help="last.pt / best.pt of a run (or the run folder), or one of the authors' "
+                                  "released folders (config.yaml + model.pth), evaluated with their protocol "
+                                  "(docs/OFFICIAL.md)")
     eval_parser.add_argument("--dataset", choices=DATASET_NAMES,
                              help="dataset to evaluate on (default: the one it was trained on)")
     eval_parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the training one)")

@@ -293,7 +293,18 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     the dataset reader, merged over those. ``decoder`` overrides the run's decoding settings
     (:data:`DECODER_FIELDS`: ``topk``, ``topk_weights``, ``refine``).
     Returns ``{"metrics", "baseline", "settings", "paths"}``.
+
+    ``checkpoint_path`` may also be one of the authors' released folders (``config.yaml`` +
+    ``model.pth``): it is evaluated with their protocol (:mod:`h3r.official_eval`).
     """
+    from h3r.models.official import official_folder
+
+    if official_folder(checkpoint_path) is not None:
+        from h3r.official_eval import evaluate_official
+
+        return evaluate_official(official_folder(checkpoint_path), dataset=dataset, data_root=data_root, split=split,
+                                 options=options, flip_test=flip_test, device=device, batch_size=batch_size,
+                                 workers=workers, out=out, draw=draw, progress=progress)
     checkpoint = load_checkpoint(checkpoint_path)
     decoder = {key: value for key, value in (decoder or {}).items() if value is not None}
     unknown = sorted(set(decoder) - set(DECODER_FIELDS))

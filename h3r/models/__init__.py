@@ -5,7 +5,8 @@
 (``model.stride == s``, one of :data:`STRIDES`).
 Backbones: ``"hrnet_w18"`` (270 ch), ``"mobilenetv2"`` (152 ch), ``"small"`` (64 ch, for
 CPU runs). No pretrained weights are downloaded; :func:`load_checkpoint_weights` loads a
-user checkpoint.
+user checkpoint or one of the authors' released folders, and :func:`load_official` runs
+such a folder exactly as the authors do (see :mod:`h3r.models.official`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from h3r.models.head import HEAD_KINDS, STRIDES, HeatmapHead, LandmarkModel
 from h3r.models.hrnet import HRNet, hrnet_w18
 from h3r.models.mobilenetv2 import MobileNetV2
+from h3r.models.official import OfficialCrop, OfficialModel, load_official, official_folder
 from h3r.models.small import SmallNet
 
 BACKBONES = {"hrnet_w18": hrnet_w18, "mobilenetv2": MobileNetV2, "small": SmallNet}
@@ -28,10 +30,13 @@ __all__ = [
     "HeatmapHead",
     "LandmarkModel",
     "MobileNetV2",
+    "OfficialCrop",
+    "OfficialModel",
     "SmallNet",
     "STRIDES",
     "build_model",
     "load_checkpoint_weights",
+    "load_official",
 ]
 
 
@@ -60,8 +65,16 @@ def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
     Accepts a raw state dict or a dict holding it under ``"model"``. Loads with
     ``weights_only=True`` (no arbitrary code is unpickled). Raises ``ValueError`` naming
     missing, unexpected and wrongly shaped entries when the checkpoint does not fit.
+
+    ``path`` may also be one of the authors' released folders (``config.yaml`` +
+    ``model.pth``) or its ``model.pth``: their parameter names are mapped to h3r's
+    (:func:`h3r.models.official.load_official_weights`).
     """
     path = Path(path)
+    if official_folder(path) is not None:
+        from h3r.models.official import load_official_weights
+
+        return load_official_weights(model, path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 HEAD_KINDS = ("binary", "two-class")
 STRIDES = (4, 8, 16, 32)
+TWO_CLASS_OUTPUTS = ("difference", "foreground")  # z1 - z0 (h3r's), or the raw z1 (the authors' decoder input)
 
 
 class HeatmapHead(nn.Module):
@@ -32,12 +33,22 @@ class HeatmapHead(nn.Module):
     kinds share one loss and one decoder. The two kinds compute the same family of
     functions; the two-class one only carries the authors' parameterisation (twice the
     output channels).
+
+    ``bias=False`` drops the output convolution's bias (the authors' released head has
+    none). ``output="foreground"`` makes a two-class head return the raw foreground logits
+    ``z1`` instead of ``z1 - z0``: what the authors' decoder reads (see
+    :mod:`h3r.models.official`).
     """
 
-    def __init__(self, in_channels: int, num_keypoints: int, kind: str = "binary", hidden_channels: int | None = None):
+    def __init__(self, in_channels: int, num_keypoints: int, kind: str = "binary", hidden_channels: int | None = None,
+                 bias: bool = True, output: str = "difference"):
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r}")
+        if output not in TWO_CLASS_OUTPUTS or (output != "difference" and kind != "two-class"):
+            raise ValueError(f"head output must be one of {TWO_CLASS_OUTPUTS} ('foreground' only for the two-class "
+                             f"head), got {output!r} for kind {kind!r}")
+        self.output = output
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
         hidden_channels = in_channels if hidden_channels is None else hidden_channels
@@ -51,10 +62,11 @@ class HeatmapHead(nn.Module):
             nn.BatchNorm2d(hidden_channels),
             nn.ReLU(inplace=True),
         )
-        self.logits = nn.Conv2d(hidden_channels, logits_per_keypoint * num_keypoints, 1)
+        self.logits = nn.Conv2d(hidden_channels, logits_per_keypoint * num_keypoints, 1, bias=bias)
         # Start from (near) zero logits, as HRNet initialises its final layer.
         nn.init.normal_(self.logits.weight, std=0.001)
-        nn.init.zeros_(self.logits.bias)
+        if bias:
+            nn.init.zeros_(self.logits.bias)
 
     def start_at(self, logit: float) -> None:
         """Set the output bias so that a fresh head (weights ~0) outputs ``logit`` everywhere.
@@ -63,6 +75,8 @@ class HeatmapHead(nn.Module):
         :meth:`h3r.codecs.H3RCodec.initial_logit`). The two-class head outputs ``z1 - z0``:
         the foreground half of its bias gets ``logit`` and the background half 0.
         """
+        if self.logits.bias is None:
+            raise ValueError("start_at: this head was built with bias=False")
         with torch.no_grad():
             if self.kind == "binary":
                 self.logits.bias.fill_(logit)
@@ -76,6 +90,8 @@ class HeatmapHead(nn.Module):
             return z
         batch, _, height, width = z.shape
         z = z.view(batch, 2, self.num_keypoints, height, width)  # (z0, z1) as the authors lay them out
+        if self.output == "foreground":
+            return z[:, 1]
         return z[:, 1] - z[:, 0]
 
 
