@@ -41,7 +41,7 @@ def test_train_help_explains_the_options(capsys):
 @pytest.mark.parametrize("arguments, message", [
     (("train", "--codec", "dsnt"), "argument --codec: invalid choice: 'dsnt'"),
     (("train", "--dataset", "imagenet"), "argument --dataset: invalid choice: 'imagenet'"),
-    (("train", "--stride", "8"), "argument --stride: invalid choice: 8"),
+    (("train", "--stride", "6"), "argument --stride: invalid choice: 6"),
     (("train", "--epochs", "ten"), "argument --epochs: invalid int value: 'ten'"),
     (("train", "--train-option", "size"), "argument --train-option: expected KEY=VALUE"),
     (("eval",), "the following arguments are required: --checkpoint"),

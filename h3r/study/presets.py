@@ -58,6 +58,7 @@ class Preset:
     synthetic_sizes: Optional[tuple[int, int]] = None
     synthetic_image_size: Optional[int] = None  # side of the generated images (default: the dataset's)
     workers: int = 1
+    uniform_points: int = 20000  # part A: keypoints drawn uniformly over the map, per stride
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -99,7 +100,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset("smoke", "seconds, for tests: 2 strides, 1 seed, tiny synthetic sets",
            datasets=("synthetic-face",), strides=(4, 8), seeds=(0,), backbone="small", input_size=32, epochs=1,
-           batch_size=16, synthetic_sizes=(32, 16), workers=0),
+           batch_size=16, synthetic_sizes=(32, 16), workers=0, uniform_points=2000),
     Preset("quick", "the default, about 15 minutes on a 2-core CPU: synthetic faces, 64-px input, "
                     "strides 4, 8, 16 (16x16, 8x8, 4x4 heatmaps), 2 seeds",
            datasets=("synthetic-face",), strides=(4, 8, 16), seeds=(0, 1), backbone="small", input_size=64, epochs=6,

@@ -20,8 +20,8 @@ can represent them under the convention ``cell i ↔ pixel s i``) are counted bu
 The closed forms assume sub-cell offsets spread uniformly; a dataset's keypoints on a map
 of a few cells need not be (a face's layout repeats from crop to crop). So every stride is
 measured twice: on the dataset's keypoints (``points="ground truth"``) and on
-:data:`UNIFORM_POINTS` keypoints drawn uniformly over the map (``points="uniform"``), where
-the closed forms must hold.
+keypoints drawn uniformly over the map (``points="uniform"``), where
+the closed forms must hold (``Preset.uniform_points`` of them).
 """
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ from h3r.study.presets import METHODS, Preset
 from h3r.transforms import apply_affine, crop_affine
 
 VANILLA_MEAN_ERROR = (math.sqrt(2) + math.log(1 + math.sqrt(2))) / 6  # × stride: E‖e‖ for uniform offsets
-UNIFORM_POINTS = 20000
 
 
 def ground_truth_in_input_pixels(dataset, input_size: int, box_scale: float) -> np.ndarray:
@@ -67,7 +66,7 @@ def quantization_rows(preset: Preset, data_root: Optional[str] = None, seed: int
         points = ground_truth_in_input_pixels(data, preset.input_size, config.box_scale)
         for stride in preset.strides:
             side = preset.input_size // stride
-            uniform = np.random.default_rng([seed, stride]).uniform(0, stride * (side - 1), (UNIFORM_POINTS, 2))
+            uniform = np.random.default_rng([seed, stride]).uniform(0, stride * (side - 1), (preset.uniform_points, 2))
             for label, where in (("ground truth", points), ("uniform", uniform)):
                 rows += stride_rows(dataset_name, label, where, preset, stride, config.task, seed)
     return rows
@@ -102,7 +101,7 @@ def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, st
         if hasattr(codec, "sigma"):
             row["sigma_cells"] = codec.sigma
         if name == "dark":  # the interior: where the Taylor step has its neighbours, 1 < x < W - 2
-            interior = ((cells[on_map] >= 1.5) & (cells[on_map] < side - 2.5)).all(dim=1)
+            interior = ((cells[on_map] > 1.5) & (cells[on_map] < side - 2.5)).all(dim=1)
             row["interior_keypoints"] = int(interior.sum())
             row["interior_mean_error_px"] = (float((decoded - keypoints[0])[interior].norm(dim=1).mean())
                                              if interior.any() else None)
