@@ -50,7 +50,7 @@ def number_array(value: Any, shape: tuple[int, ...], where: str, field: str, des
     """``value`` (nested JSON lists) as a float64 array of ``shape``, every leaf a number;
     otherwise ``ValueError`` naming ``where`` and ``field`` (finiteness is checked by the caller)."""
     def fail(detail: str) -> None:
-        raise ValueError(f"{where}: '{field}' must be {describe}; {detail}")
+        raise ValueError(f"{where}: {field} must be {describe}; {detail}")
 
     def walk(item: Any, depth: int, path: str) -> None:
         if depth == len(shape):
