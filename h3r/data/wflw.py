@@ -149,14 +149,16 @@ def read_wflw_subset_list(path: str) -> dict[str, np.ndarray | list]:
     return {"keypoints": np.stack(keypoints), "image_names": names, "lines": line_numbers}
 
 
-def match_subset(subset: dict, subset_file: str, test: dict, test_file: str) -> np.ndarray:
+def match_subset(subset: dict, subset_file: str, test: dict, test_file: str, column: int | None = None) -> np.ndarray:
     """For each line of a 197-field subset list, the index of the line of the 207-field test
     list with the same image and the same landmarks (within ``WFLW_MATCH_TOLERANCE`` px).
-    ``ValueError`` naming ``subset_file:line`` when there is none."""
+    Among equal candidates (one face annotated twice), a line not matched yet whose attribute
+    flag ``column`` is 1 is preferred. ``ValueError`` naming ``subset_file:line`` when there is none."""
     by_name: dict[str, list[int]] = {}
     for index, name in enumerate(test["image_names"]):
         by_name.setdefault(name, []).append(index)
     test_points = test["keypoints"].astype(np.float64)
+    used: set[int] = set()
     matches = []
     for points, name, number in zip(subset["keypoints"], subset["image_names"], subset["lines"]):
         candidates = by_name.get(name)
@@ -164,14 +166,23 @@ def match_subset(subset: dict, subset_file: str, test: dict, test_file: str) -> 
             raise ValueError(f"{subset_file}:{number}: image {name} is not in {test_file}; a subset line must "
                              f"repeat a face of the test list")
         differences = np.abs(test_points[candidates] - points).reshape(len(candidates), -1).max(axis=1)
-        best = int(np.argmin(differences))
         # float32 storage of the test list: allow its rounding on top of the tolerance
         allowed = WFLW_MATCH_TOLERANCE + 1e-6 * float(np.abs(points).max())
-        if differences[best] > allowed:
+        close = [position for position in range(len(candidates)) if differences[position] <= allowed]
+        if not close:
+            best = int(np.argmin(differences))
             raise ValueError(f"{subset_file}:{number}: no face of {test_file} on image {name} has these landmarks "
                              f"(the closest, line {test['lines'][candidates[best]]}, differs by "
                              f"{differences[best]:.4g} px)")
-        matches.append(candidates[best])
+
+        def preference(position: int) -> tuple:
+            index = candidates[position]
+            flagged = column is not None and test["attributes"][index, column] == 1
+            return (index in used, not flagged, differences[position])
+
+        chosen = candidates[min(close, key=preference)]
+        used.add(chosen)
+        matches.append(chosen)
     return np.array(matches, dtype=np.int64)
 
 
@@ -203,7 +214,7 @@ class WFLW(FaceDataset):
         if subset is not None:
             subset_file = subset_path(self.root, subset)
             members = read_wflw_subset_list(subset_file)
-            chosen = match_subset(members, subset_file, table, path)
+            chosen = match_subset(members, subset_file, table, path, WFLW_ATTRIBUTES.index(subset))
             keypoints = members["keypoints"].astype(np.float32)
             table = {"rects": table["rects"][chosen], "attributes": table["attributes"][chosen],
                      "image_names": members["image_names"]}
