@@ -332,9 +332,12 @@ def test_coco_bad_annotation(coco_root, field, value, message):
 
 
 def test_coco_missing_files(coco_root):
-    (coco_root / "val2017" / "000000000009.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="000000000009.jpg"):
-        COCODataset(coco_root, "val")[2].image()
+    image = coco_root / "val2017" / "000000000009.jpg"
+    content = image.read_bytes()
+    image.unlink()
+    with pytest.raises(FileNotFoundError, match="image id 9: image .*000000000009.jpg not found"):
+        COCODataset(coco_root, "val")  # when the dataset is opened, not mid-epoch
+    image.write_bytes(content)
     with pytest.raises(FileNotFoundError, match="person_keypoints_train2017.json"):
         COCODataset(coco_root, "train")
     with pytest.raises(FileNotFoundError, match="missing.json"):

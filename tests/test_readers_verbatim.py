@@ -454,3 +454,42 @@ def test_coco_detection_record(coco_root):
     dataset = open_dataset("coco", str(coco_root), "val", detections=str(coco_root / "detections.json"))
     assert dataset[0].meta["detection_score"] == 0.99997 and not dataset[0].visible.any()
     np.testing.assert_allclose(dataset[0].box, [38.08, 110.95, 212.79, 285.66], rtol=1e-6)
+
+
+def test_aflw_info_release_mat_as_matlab_v73(tmp_path):
+    """A v7.3 (HDF5) copy of AFLWinfo_release.mat, as PIPNet's hdf5storage.loadmat also reads."""
+    points = np.array(AFLW_POINTS)
+    with h5py.File(tmp_path / "AFLWinfo_release.mat", "w", userblock_size=512) as file:
+        refs = file.create_group("#refs#")
+        for name, matrix in (("bbox", [[268.0, 630.0, 140.0, 502.0]] * 2),
+                             ("data", [np.concatenate([points[:, 0], points[:, 1]])] * 2),
+                             ("mask_new", np.ones((2, 19))), ("ra", [[1.0, 2.0]])):
+            file.create_dataset(name, data=np.asarray(matrix, dtype=np.float64).T).attrs["MATLAB_class"] = b"double"
+        cell = file.create_dataset("nameList", (1, 2), dtype=h5py.ref_dtype)  # MATLAB N×1 cell
+        for index, text in enumerate([AFLW_IMAGE, "0/image00002.jpg"]):
+            chars = refs.create_dataset(f"n{index}", data=np.array([[ord(c) for c in text]], dtype=np.uint16).T)
+            chars.attrs["MATLAB_class"] = b"char"
+            cell[0, index] = chars.ref
+    with open(tmp_path / "AFLWinfo_release.mat", "r+b") as file:
+        file.write(MATLAB_73_HEADER)
+    _image(tmp_path / "flickr" / AFLW_IMAGE)
+    _image(tmp_path / "flickr" / "0" / "image00002.jpg")
+    test = open_dataset("aflw", str(tmp_path), "test", train_size=1)
+    assert test[0].meta["image_path"] == "0/image00002.jpg"
+    np.testing.assert_allclose(test[0].keypoints, points, rtol=1e-6)
+    np.testing.assert_allclose(test[0].box, [268, 140, 630, 502])
+
+
+def test_mpii_gt_valid_with_nested_cell_joint_names(mpii_root):
+    """dataset_joints as a 1×16 cell of 1×1 cells: scipy loads nested object arrays."""
+    path = mpii_root / "annot" / "gt_valid.mat"
+    mat = {key: value for key, value in scipy.io.loadmat(path).items() if not key.startswith("__")}
+    nested = np.empty((1, 16), dtype=object)
+    for index, name in enumerate(np.ravel(mat["dataset_joints"])):
+        inner = np.empty((1, 1), dtype=object)
+        inner[0, 0] = name
+        nested[0, index] = inner
+    mat["dataset_joints"] = nested
+    scipy.io.savemat(path, mat)
+    dataset = open_dataset("mpii", str(mpii_root), "valid")
+    assert len(dataset) == 2

@@ -68,6 +68,22 @@ def number_array(value: Any, shape: tuple[int, ...], where: str, field: str, des
     return np.asarray(value, dtype=np.float64).reshape(shape)
 
 
+def matlab_string(value: Any) -> str | None:
+    """The text of a MATLAB char array or of a cell holding one (at any nesting: scipy loads a
+    cell of strings as object arrays of 1-element arrays), or ``None`` if it is not text."""
+    while True:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        array = np.asarray(value)
+        if array.dtype.kind == "U" and array.size == 1:
+            return str(array.reshape(-1)[0])
+        if array.dtype != object or array.size != 1:
+            return None
+        value = array.reshape(-1)[0]
+
+
 def require_images(entries: Iterable[tuple[str | os.PathLike, str]]) -> None:
     """Every ``(image path, where)`` must be an existing file (a ``stat``, no decoding);
     otherwise ``FileNotFoundError`` ``"<where>: image <path> not found"``."""

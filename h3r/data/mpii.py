@@ -35,7 +35,7 @@ import numpy as np
 import scipy.io
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
-from h3r.data.checks import is_number, number_array, require_finite, require_images
+from h3r.data.checks import is_number, matlab_string, number_array, require_finite, require_images
 from h3r.data.coco import read_json
 from h3r.data.images import image_loader
 from h3r.metrics import mpii_head_size, pckh
@@ -100,7 +100,7 @@ def read_gt_valid(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: expected jnt_missing (16, N), pos_gt_src (16, 2, N), headboxes_src (2, 2, N); "
                          f"got {missing.shape}, {joints.shape}, {boxes.shape}")
     if "dataset_joints" in mat:
-        names = [str(np.squeeze(name)) for name in np.ravel(mat["dataset_joints"])]
+        names = [matlab_string(name) for name in np.ravel(mat["dataset_joints"])]
         wrong = [i for i, name in enumerate(names)
                  if name in MPII_CHECKED_MAT_NAMES and name != MPII_MAT_JOINT_NAMES[i]]
         if len(names) != MPII_NUM_JOINTS or wrong:
