@@ -277,6 +277,8 @@ def test_coco_crowd_annotation_without_iscrowd_fields_is_rejected(coco_root):
     (lambda c: c["images"][1].__setitem__("id", 7), r"images\[1\] \(id 7\): duplicate image id"),
     (lambda c: c["images"][0].pop("height"), r"images\[0\] lacks \['height'\]"),
     (lambda c: c.pop("categories"), r"missing the 'categories' list needed by COCOeval"),
+    (lambda c: c["categories"][0].pop("id"), r"categories\[0\] must be an object with an integer 'id'"),
+    (lambda c: c["categories"][0].__setitem__("id", 2), r"'categories' has no person category \(id 1\); found ids \[2\]"),
 ])
 def test_coco_bad_image_record(coco_root, edit, message):
     edit_coco(coco_root, edit)

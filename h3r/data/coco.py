@@ -20,7 +20,7 @@ Items are person instances (HRNet / mmpose top-down convention):
 
 Validation when the dataset is opened (errors name the file and ``images[i]``,
 ``annotations[i] (id …)`` or detection ``entry i``): the ``images``, ``annotations`` and
-``categories`` lists exist; every image has an int ``id`` (unique), a ``file_name`` string and
+``categories`` lists exist, ``categories`` holds the person category (id 1); every image has an int ``id`` (unique), a ``file_name`` string and
 positive ``width``/``height``; every annotation has the fields pycocotools' ``COCOeval`` reads
 (``id`` unique, ``image_id`` of a listed image, ``category_id``, ``iscrowd`` 0/1,
 ``num_keypoints``, ``area``, ``bbox`` of 4 finite numbers with ``w, h >= 0``, ``keypoints`` of
@@ -192,6 +192,15 @@ class COCODataset(LandmarkDataset):
                 if not is_number(image[key]) or not image[key] > 0 or not np.isfinite(image[key]):
                     raise ValueError(f"{where}: {key} must be a positive number, got {image[key]!r}")
             images[image["id"]] = image
+        categories = set()
+        for index, category in enumerate(self.ground_truth["categories"]):
+            if not isinstance(category, dict) or not _is_int(category.get("id")):
+                raise ValueError(f"{self.annotation_file}: categories[{index}] must be an object with an integer "
+                                 f"'id' (COCOeval indexes categories by id), got {category!r}"[:300])
+            categories.add(category["id"])
+        if PERSON_CATEGORY_ID not in categories:
+            raise ValueError(f"{self.annotation_file}: 'categories' has no person category (id {PERSON_CATEGORY_ID}); "
+                             f"found ids {sorted(categories)}")
         return images
 
     def _check_annotations(self) -> None:
