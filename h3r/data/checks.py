@@ -30,9 +30,9 @@ def require_finite(values: np.ndarray, where: str, what: str, names: Sequence[st
     """``ValueError`` ``"<where>: <what> <item> is <value> (non-finite ...)"`` if any entry of
     ``values`` is nan or ±inf. ``names`` labels the entries of a 1-D ``values``."""
     values = np.asarray(values, dtype=np.float64)
-    index = first_non_finite(values)
-    if index is None:
+    if np.isfinite(values).all():
         return
+    index = first_non_finite(values)
     if names is not None and len(index) == 1:
         item = names[index[0]]
     else:
@@ -49,6 +49,16 @@ def is_number(value: Any) -> bool:
 def number_array(value: Any, shape: tuple[int, ...], where: str, field: str, describe: str) -> np.ndarray:
     """``value`` (nested JSON lists) as a float64 array of ``shape``, every leaf a number;
     otherwise ``ValueError`` naming ``where`` and ``field`` (finiteness is checked by the caller)."""
+    def plain(item: Any, depth: int) -> bool:  # the common case, checked fast
+        if type(item) is not list or len(item) != shape[depth]:
+            return False
+        if depth == len(shape) - 1:
+            return all(type(leaf) is float or type(leaf) is int for leaf in item)
+        return all(plain(child, depth + 1) for child in item)
+
+    if shape and plain(value, 0):
+        return np.array(value, dtype=np.float64)
+
     def fail(detail: str) -> None:
         raise ValueError(f"{where}: {field} must be {describe}; {detail}")
 

@@ -188,12 +188,13 @@ class MPIIDataset(LandmarkDataset):
                                   f"{MPII_NUM_JOINTS} joints [x, y] of numbers")
             flags = number_array(record["joints_vis"], (MPII_NUM_JOINTS,), where, "joints_vis",
                                  f"{MPII_NUM_JOINTS} joints_vis flags 0 or 1")
-            if not np.isin(flags, (0, 1)).all():
+            if not ((flags == 0) | (flags == 1)).all():
                 raise ValueError(f"{where}: 'joints_vis' must hold 0 or 1, got {record['joints_vis']}")
             visible = flags > 0
-            for joint in np.flatnonzero(visible):
-                require_finite(joints[joint], where, f"joints[{joint}] ({MPII_JOINT_NAMES[joint]}, joints_vis 1)",
-                               names=("x", "y"))
+            if not np.isfinite(joints[visible]).all():
+                for joint in np.flatnonzero(visible):
+                    require_finite(joints[joint], where, f"joints[{joint}] ({MPII_JOINT_NAMES[joint]}, joints_vis 1)",
+                                   names=("x", "y"))
             joints = np.where(visible[:, None], joints - 1, 0.0)
         return {"image": record["image"], "center": center - 1, "scale": scale,
                 "joints": joints, "visible": visible, "where": where}
