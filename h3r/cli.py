@@ -240,8 +240,9 @@ def run_eval(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw,
                                  decoder={"topk": args.topk, "topk_weights": args.topk_weights, "refine": args.refine})
     settings = result["settings"]
-    print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec, "
-          f"checkpoint epoch {settings['epoch']}{', flip test' if settings['flip_test'] else ''}:")
+    epoch = f", checkpoint epoch {settings['epoch']}" if settings.get("epoch") is not None else ""
+    print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec"
+          f"{epoch}{', flip test' if settings['flip_test'] else ''}:")
     print(markdown_table(result["metrics"], result["baseline"]).rstrip())
     print(f"wrote {result['paths']['markdown']} and {result['paths']['json']}")
     print(json.dumps(result["metrics"]))

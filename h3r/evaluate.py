@@ -299,17 +299,20 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     """
     from h3r.models.official import official_folder
 
-    if official_folder(checkpoint_path) is not None:
-        from h3r.official_eval import evaluate_official
-
-        return evaluate_official(official_folder(checkpoint_path), dataset=dataset, data_root=data_root, split=split,
-                                 options=options, flip_test=flip_test, device=device, batch_size=batch_size,
-                                 workers=workers, out=out, draw=draw, progress=progress)
-    checkpoint = load_checkpoint(checkpoint_path)
     decoder = {key: value for key, value in (decoder or {}).items() if value is not None}
     unknown = sorted(set(decoder) - set(DECODER_FIELDS))
     if unknown:
         raise ValueError(f"decoder: unknown setting(s) {', '.join(unknown)}; expected {', '.join(DECODER_FIELDS)}")
+    if official_folder(checkpoint_path) is not None:
+        from h3r.official_eval import evaluate_official
+
+        if decoder:
+            raise ValueError(f"decoder: {checkpoint_path} is one of the authors' models, decoded as they do "
+                             f"(top-k softmax of the foreground logits); {', '.join(decoder)} cannot be changed")
+        return evaluate_official(official_folder(checkpoint_path), dataset=dataset, data_root=data_root, split=split,
+                                 options=options, flip_test=flip_test, device=device, batch_size=batch_size,
+                                 workers=workers, out=out, draw=draw, progress=progress)
+    checkpoint = load_checkpoint(checkpoint_path)
     config = config_from_dict({**checkpoint["config"], **decoder}, source=f"{checkpoint['path']} configuration")
     same_data = (dataset is None or dataset == config.dataset) and (data_root is None or data_root == config.data_root)
     dataset_name = dataset or config.dataset

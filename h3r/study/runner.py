@@ -57,12 +57,9 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
-def train_cell(cell: Cell, argv: list[str], run_dir: Path, epochs: int, *, in_process: bool,
-               threads: int) -> dict[str, Any]:
-    """Train (or continue, or skip) one cell; returns ``{"status", "train_seconds", "error"}``."""
+def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int) -> dict[str, Any]:
+    """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``."""
     done = finished_epochs(run_dir)
-    if done is not None and done >= epochs:
-        return {"status": "skipped (finished earlier)", "train_seconds": None, "error": None}
     if done is not None:  # stopped part-way: continue with the stored settings
         runtime = [argv[i:i + 2] for i in range(len(argv)) if argv[i] in ("--device", "--workers")]
         argv = ["train", "--resume", str(run_dir / "last.pt"), "--no-progress", *sum(runtime, [])]
@@ -179,14 +176,14 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
         device = devices[index % len(devices)]
         run_dir = cell.run_dir(out)
         argv = train_argv(cell, preset, out, data_root=data_root, device=device, extra=tuple(extra))
-        if skip_training:
-            done = finished_epochs(run_dir)
-            outcome = ({"status": "skipped (finished earlier)", "train_seconds": None, "error": None}
-                       if done is not None and done >= preset.epochs else
-                       {"status": "not trained", "train_seconds": None, "error": None})
+        done = finished_epochs(run_dir)
+        if done is not None and done >= preset.epochs:
+            outcome = {"status": "skipped (finished earlier)", "train_seconds": None, "error": None}
+        elif skip_training:
+            outcome = {"status": "not trained", "train_seconds": None, "error": None}
         else:
             say(f"[{index + 1}/{len(grid)}] {cell.key}: training ({command_line(argv)})")
-            outcome = train_cell(cell, argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads)
+            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads)
         scores: dict[str, Any] = {}
         if outcome["status"] in ("trained", "skipped (finished earlier)"):
             try:
