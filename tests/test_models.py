@@ -161,7 +161,7 @@ def test_build_model_rejects_bad_arguments(arguments, message):
 
 
 @pytest.mark.parametrize(
-    ("shape", "message"), [((1, 3, 30, 32), "multiples of 4"), ((1, 1, 32, 32), r"\(B, 3, H, W\)"), ((3, 32, 32), r"\(B, 3, H, W\)")]
+    ("shape", "message"), [((1, 3, 30, 32), "multiples of the stride 4"), ((1, 1, 32, 32), r"\(B, 3, H, W\)"), ((3, 32, 32), r"\(B, 3, H, W\)")]
 )
 def test_forward_rejects_bad_images(shape, message):
     with pytest.raises(ValueError, match=message):
