@@ -50,9 +50,13 @@ def _scalar(value, integral: bool):
     0-d integer/floating torch tensors (``.item()``: a CUDA tensor costs a device sync). Booleans
     (``True``, ``numpy.bool_``, bool tensors) are not numbers here. Returns None when the type
     is not accepted (the caller names it); integral callers also get None for floating types.
+    Symbolic numbers (``torch.SymInt``/``SymFloat``, while ``torch.compile`` traces with a
+    dynamic seed) are returned as they are: the real op checks the concrete value at run time.
     """
     if isinstance(value, bool):
         return None
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return value if isinstance(value, torch.SymInt) or not integral else None
     if isinstance(value, torch.Tensor):
         if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
             return None
@@ -81,6 +85,8 @@ def as_sigma(sigma) -> float:
             f"sigma: expected a finite number >= 0 (int, float, a NumPy number or a 0-d tensor), "
             f"got {_type_name(sigma)} {sigma!r}"
         )
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return value
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"sigma: expected a finite number >= 0, got {value!r}")
     if 0 < value < MIN_SIGMA:
@@ -98,6 +104,8 @@ def as_seed(seed) -> Optional[int]:
     value = _scalar(seed, integral=True)
     if value is None:
         raise TypeError(f"seed: expected None or an integer in [0, 2**32), got {_type_name(seed)} {seed!r}")
+    if isinstance(value, torch.SymInt):
+        return value
     if not 0 <= value < 2**32:
         raise ValueError(f"seed: expected None or an integer in [0, 2**32), got {value!r}")
     return value

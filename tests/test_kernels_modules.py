@@ -125,3 +125,20 @@ def test_modules_compile_fullgraph(backend):
 def test_bad_options_fail_at_construction(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_with_a_seed_that_changes_between_calls(backend):
+    """A compiled step gets a new seed each call: after the first recompile torch.compile makes
+    the seed a symbolic integer, which the fake kernels' checks accept (the real op checks it)."""
+    criterion = h3r_kernels.HeatmapLoss(backend=backend)
+    encoder = h3r_kernels.HeatmapEncoder((5, 6), sigma=1.0, backend=backend)
+
+    def step(logits, keypoints, seed):
+        return criterion(logits, keypoints, seed=seed), encoder(keypoints, seed=seed)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    logits, keypoints = torch.randn(2, 3, 5, 6), _keypoints(2, 3, 5, 6) + 0.3
+    for seed in (1, 2, 3, 2**32 - 1):
+        got, want = compiled(logits, keypoints, seed), step(logits, keypoints, seed)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
