@@ -20,6 +20,7 @@ from h3r.models.hrnet import HRNet, hrnet_w18
 from h3r.models.mobilenetv2 import MobileNetV2
 from h3r.models.official import OfficialCrop, OfficialModel, load_official, official_folder
 from h3r.models.small import SmallNet
+from h3r.models.weights import state_dict_mismatches
 
 BACKBONES = {"hrnet_w18": hrnet_w18, "mobilenetv2": MobileNetV2, "small": SmallNet}
 
@@ -81,19 +82,7 @@ def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"checkpoint {path}: expected a state dict of tensors, or a dict with one under 'model'")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state))
-        if state[key].shape != expected[key].shape
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
-        if items:
-            shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
-            problems.append(f"{label}: {shown}")
+    problems = state_dict_mismatches(model.state_dict(), state, source="checkpoint")
     if problems:
         raise ValueError(f"checkpoint {path} does not fit the model; " + "; ".join(problems))
     model.load_state_dict(state)

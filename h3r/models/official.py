@@ -43,6 +43,7 @@ from h3r.models.head import HeatmapHead, LandmarkModel
 from h3r.models.hrnet import HRNet
 from h3r.models.mobilenetv2 import STAGES as MOBILENET_STAGES
 from h3r.models.mobilenetv2 import MobileNetV2
+from h3r.models.weights import state_dict_mismatches
 from h3r.transforms import IMAGENET_MEAN, IMAGENET_STD, flip_permutation
 
 CONFIG_FILE = "config.yaml"
@@ -370,15 +371,7 @@ def load_official_weights(model: nn.Module, path: str | Path) -> None:
         state["head.logits.weight"] = weight[half:] - weight[:half]
     if "head.logits.bias" in expected and "head.logits.bias" not in state:
         state["head.logits.bias"] = torch.zeros_like(expected["head.logits.bias"])
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{key}: official {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-                   for key in sorted(set(expected) & set(state)) if state[key].shape != expected[key].shape]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
-        if items:
-            shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
-            problems.append(f"{label}: {shown}")
+    problems = state_dict_mismatches(expected, state, source="official")
     if problems:
         raise ValueError(f"{path}: the authors' weights do not fit the model (h3r names); " + "; ".join(problems))
     model.load_state_dict(state)
