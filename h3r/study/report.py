@@ -167,6 +167,8 @@ def plot(record: dict[str, Any], path: Path) -> Path:
 
     settings = record["settings"]
     datasets = settings["datasets"]
+    palette = plt.get_cmap("tab10")
+    colour = {name: palette(index) for index, name in enumerate([*METHODS, "h3r-sampled-target"])}
     figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 4 * len(datasets)), squeeze=False)
     sides = sorted({settings["input_size"] // s for s in settings["strides"]})
     for row_axes, dataset in zip(axes, datasets):
@@ -178,7 +180,7 @@ def plot(record: dict[str, Any], path: Path) -> Path:
                             if row["method"] == method)
             if points:
                 x, y, error = zip(*points)
-                trained.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method)
+                trained.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method, color=colour[method])
         trained.set(xscale="log", xlabel="heatmap side (cells)", ylabel=f"test {metric}",
                     title=f"{dataset}: trained, {settings['backbone']}, {settings['input_size']} px input")
         trained.set_xticks(sides, [str(side) for side in sides])
@@ -190,7 +192,7 @@ def plot(record: dict[str, Any], path: Path) -> Path:
                             if row["method"] == method and row["mean_error_px"] is not None)
             if points:
                 x, y = zip(*points)
-                quantization.plot(x, y, marker="o", label=method,
+                quantization.plot(x, y, marker="o", label=method, color=colour[method],
                                   linestyle=":" if method == "h3r-sampled-target" else "-")
         theory = sorted((row["heatmap_size"], row["theory_mean_error_px"]) for row in part_a
                         if row["method"] == "argmax" and row.get("theory_mean_error_px") is not None)
@@ -198,7 +200,7 @@ def plot(record: dict[str, Any], path: Path) -> Path:
             x, y = zip(*theory)
             quantization.plot(x, y, color="grey", linestyle="--", label="0.383 × stride (uniform offsets)")
         quantization.set(xscale="log", xlabel="heatmap side (cells)", ylabel="mean 2-D error (input px)",
-                         title=f"{dataset}: quantization only (ground truth encoded, decoded)")
+                         title=f"{dataset}: quantization alone (truth encoded, decoded)")
         quantization.set_xticks(sides, [str(side) for side in sides])
         quantization.legend(fontsize=8)
     figure.tight_layout()
