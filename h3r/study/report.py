@@ -58,8 +58,9 @@ def markdown(record: dict[str, Any]) -> str:
              + (f"; synthetic sets {settings['synthetic_sizes'][0]} train / {settings['synthetic_sizes'][1]} test"
                 if settings.get("synthetic_sizes") else ""), ""]
     lines += ["## Methods", "", "| method | codec | decoder | what it is |", "|---|---|---|---|"]
-    lines += [f"| {name} | {METHODS[name].codec} | {METHODS[name].decoder or '–'} | {METHODS[name].label} |"
-              for name in settings["methods"]]
+    lines += [f"| {name} | {METHODS[name].codec} | "
+              f"{', '.join(f'{key}={value}' for key, value in METHODS[name].decoder.items()) or '–'} | "
+              f"{METHODS[name].label} |" for name in settings["methods"]]
     lines.append("")
     for dataset in settings["datasets"]:
         lines += _part_b_tables(record, dataset, settings)
