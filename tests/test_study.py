@@ -148,3 +148,14 @@ def test_a_cell_stopped_part_way_resumes(tmp_path):
     assert record["cells"][0]["status"] == "trained"
     assert load_checkpoint(cell.run_dir(tmp_path) / "last.pt")["epoch"] == 2
     assert "train --resume" in (cell.run_dir(tmp_path) / "train.log").read_text()
+
+
+def test_parallel_cells_run_as_subprocesses(tmp_path):
+    """--jobs 2: each cell is a 'python -m h3r train' subprocess; the results land the same way."""
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(4, 8))
+    record = run_study(preset, tmp_path, jobs=2, say=lambda message: None)
+    assert [row["status"] for row in record["cells"]] == ["trained", "trained"]
+    assert record["settings"]["jobs"] == 2
+    for row in record["cells"]:
+        log = (tmp_path / row["run_dir"] / "train.log").read_text()
+        assert "h3r train: synthetic-face" in log and math.isfinite(row["metrics"]["nme"])
