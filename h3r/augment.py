@@ -240,7 +240,9 @@ def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, imag
     bottom = p10 + (p11 - p10) * dx
     value = top + (bottom - top) * dy
     value = torch.where(inside.unsqueeze(-1), value.clamp_(0, 255), 0)
-    return value.to(torch.uint8).permute(0, 3, 1, 2)  # truncation, as (UINT8) v
+    # truncation, as (UINT8) v; NCHW-contiguous like the CPU batch (a channels-last input would change the
+    # convolution algorithms, hence the rounding, of the model)
+    return value.to(torch.uint8).permute(0, 3, 1, 2).contiguous()
 
 
 def jitter_colours(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,7 @@ def compare_batches(cpu: dict, device: dict, crop: CropConfig, exact: bool) -> d
     mean = torch.tensor(crop.mean).view(1, 3, 1, 1)
     std = torch.tensor(crop.std).view(1, 3, 1, 1)
     assert device["image"].shape == cpu["image"].shape and device["image"].dtype == torch.float32
+    assert device["image"].is_contiguous()  # as the CPU batch: a channels-last batch changes the model's rounding
     unit_cpu = cpu["image"] * std + mean  # [0, 1] units, as the jitter left them
     unit_device = device["image"].cpu() * std + mean
     error = (unit_device - unit_cpu).abs()
