@@ -50,6 +50,7 @@ __all__ = ["DeviceCropDataset", "DeviceAugment", "collate", "make_item", "plan_a
            "augment_from_seeds", "REGION_MARGIN"]
 
 REGION_MARGIN = 2  # pixels kept around the pre-image of the input, for float32 coordinates
+CHUNK_PIXELS = 1 << 22  # output pixels warped at once: bounds the temporaries (exact: ~100 MiB per (.., 3) float64)
 
 # ----------------------------------------------------------------------------------------------
 # Host side (DataLoader workers): draw the augmentation, cut the region the warp reads.
@@ -175,7 +176,7 @@ class DeviceCropDataset(Dataset):
 
 def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, image_size: Optional[torch.Tensor] = None,
                   origin: Optional[torch.Tensor] = None, region_size: Optional[torch.Tensor] = None,
-                  exact: bool = True) -> torch.Tensor:
+                  exact: bool = True, chunk_pixels: int = CHUNK_PIXELS) -> torch.Tensor:
     """Pillow's bilinear ``AFFINE`` transform of a batch, on ``pixels``' device: ``(B, 3, S, S)`` uint8.
 
     Args:
@@ -190,14 +191,30 @@ def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, imag
         origin: ``(B, 2)`` (x, y) of each region in its image (default 0).
         region_size: ``(B, 2)`` (w, h) of each region (default: ``(Wp, Hp)``).
         exact: float64 arithmetic in Pillow's order (bit-identical); False: float32.
+        chunk_pixels: at most this many output pixels (whole items, at least one) are warped
+            at once, to bound the memory of the temporaries.
     """
     if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"pixels must be (B, H, W, 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
+    batch = pixels.shape[0]
+    if pillow.shape != (batch, 6):
+        raise ValueError(f"pillow must be (B, 6) = ({batch}, 6), got {tuple(pillow.shape)}")
+    step = max(1, chunk_pixels // (size * size))
+    if batch > step:
+        def part(value, start):
+            return None if value is None or torch.as_tensor(value).dim() < 2 else value[start:start + step]
+
+        return torch.cat([warp_bilinear(pixels[start:start + step], pillow[start:start + step], size,
+                                        image_size=part(image_size, start), origin=part(origin, start),
+                                        region_size=part(region_size, start), exact=exact, chunk_pixels=chunk_pixels)
+                          for start in range(0, batch, step)])
+    return _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact)
+
+
+def _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact) -> torch.Tensor:
     batch, padded_height, padded_width = pixels.shape[:3]
     device = pixels.device
     dtype = torch.float64 if exact else torch.float32
-    if pillow.shape != (batch, 6):
-        raise ValueError(f"pillow must be (B, 6) = ({batch}, 6), got {tuple(pillow.shape)}")
 
     def per_item(value, default):
         value = torch.as_tensor(default if value is None else value, device=device)

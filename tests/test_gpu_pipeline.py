@@ -203,3 +203,16 @@ def test_items_check_their_inputs(faces):
                   None)
     with pytest.raises(ValueError, match=r"\(K, 2\)"):
         make_item(crops.transform, sample.image(), sample.box, sample.keypoints[:, :1], sample.visible, None)
+
+
+def test_warp_in_chunks_equals_one_pass():
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (5, 20, 30, 3), generator=generator, dtype=torch.uint8)
+    affines = [crop_affine((3, 2, 25, 17), 12, 1.25, rotation=float(angle), flip=angle > 0) for angle in range(-40, 60, 20)]
+    pillow = torch.tensor([_pillow_affine_data(affine) for affine in affines], dtype=torch.float64)
+    sizes = torch.tensor([[30, 20], [25, 18], [30, 20], [11, 9], [30, 20]])
+    whole = warp_bilinear(pixels, pillow, 12, region_size=sizes, image_size=sizes)
+    for chunk in (1, 144, 2 * 144, 3 * 144 + 5):
+        parts = warp_bilinear(pixels, pillow, 12, region_size=sizes, image_size=sizes, chunk_pixels=chunk)
+        assert torch.equal(parts, whole), chunk
+    assert whole.is_contiguous() and whole.shape == (5, 3, 12, 12)
