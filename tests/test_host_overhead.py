@@ -32,6 +32,7 @@ def test_section_rows_are_sane(section_report):
         assert row["note"] == "", row
         # tiny inputs: microseconds to a few tens of milliseconds on a loaded 2-core CI machine
         assert 1e-4 < row["cpu_ms"] < 100 and 1e-4 < row["wall_ms"] < 1000, row
+        assert 0 < row["cpu_ms_min"] <= row["cpu_ms"]
         assert row["x_bce"] == pytest.approx(row["cpu_ms"] / rows[("bce fwd+bwd", "plain PyTorch")]["cpu_ms"])
     # the op does strictly more than plain BCE and than its own backend called directly (generous margins: noise)
     loss = rows[("heatmap_loss fwd+bwd", "auto")]["cpu_ms"]
@@ -65,7 +66,7 @@ def test_section_in_json_and_markdown(section_report):
     page = (out / "report.md").read_text()
     assert "## Host overhead" in page and "### Where the time goes: heatmap_loss fwd+bwd (auto)" in page
     table = [line for line in page.splitlines() if line.startswith("| heatmap_loss fwd+bwd | auto |")]
-    assert len(table) == 1 and table[0].count("|") == 7
+    assert len(table) == 1 and table[0].count("|") == 8
 
 
 def test_categorise():

@@ -10,7 +10,8 @@ What is timed (``--host-overhead``), per call, over many back-to-back calls:
 * the floor: plain PyTorch ``F.binary_cross_entropy_with_logits`` forward + backward against
   a precomputed target, in the same run.
 
-Each figure is the median over ``rounds`` of (``time.process_time`` delta / ``calls``), the
+Each figure is the median over ``rounds`` interleaved rounds (every call's round r, then
+round r + 1) of (``time.process_time`` delta / ``calls``), the
 CPU time of this process per call (on CUDA, the GPU work of these tiny calls takes a few
 microseconds and is queued behind the host); the wall time per call is given beside it.
 
@@ -311,16 +312,27 @@ def measure_host_overhead(device: torch.device, shape: Sequence[int] = DEFAULT_S
 
 def _measure(device, shape, calls, rounds, profile_calls, log, started) -> dict:
     functions = _calls(shape, device)
-    rows = []
-    for (call, impl), fn in functions.items():
-        row = {"call": call, "impl": impl, "cpu_ms": None, "wall_ms": None, "note": ""}
-        try:
-            row.update(time_per_call(fn, device, calls, rounds))
-        except Exception as error:  # noqa: BLE001 - recorded, the section goes on
-            row["note"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:200]
-        rows.append(row)
-        log(f"host overhead: {call:22s} {impl:18s} {row['cpu_ms'] if row['cpu_ms'] is None else round(row['cpu_ms'], 4)}"
-            f" ms CPU/call {row['note']}")
+    rows = [{"call": call, "impl": impl, "cpu_ms": None, "wall_ms": None, "cpu_ms_min": None, "note": ""}
+            for call, impl in functions]
+    samples: dict[int, list[dict]] = {index: [] for index in range(len(rows))}
+    # Rounds are interleaved (round r of every call, then round r + 1): a busy spell of the host
+    # then slows every call alike instead of a few of them.
+    for _ in range(rounds):
+        for index, (row, fn) in enumerate(zip(rows, functions.values())):
+            if row["note"]:
+                continue
+            try:
+                samples[index].append(time_per_call(fn, device, calls, 1))
+            except Exception as error:  # noqa: BLE001 - recorded, the section goes on
+                text = str(error).strip()
+                row["note"] = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:200]
+    for index, row in enumerate(rows):
+        if samples[index] and not row["note"]:
+            row["cpu_ms"] = statistics.median(sample["cpu_ms"] for sample in samples[index])
+            row["wall_ms"] = statistics.median(sample["wall_ms"] for sample in samples[index])
+            row["cpu_ms_min"] = min(sample["cpu_ms"] for sample in samples[index])
+        shown = "—" if row["cpu_ms"] is None else f"{row['cpu_ms']:.4f}"
+        log(f"host overhead: {row['call']:22s} {row['impl']:40s} {shown} ms CPU/call {row['note']}")
     bce = next(row["cpu_ms"] for row in rows if row["call"].startswith("bce"))
     for row in rows:
         row["x_bce"] = row["cpu_ms"] / bce if row["cpu_ms"] and bce else None
@@ -351,17 +363,19 @@ def markdown_section(section: dict) -> str:
         "## Host overhead",
         "",
         f"CPU time to issue one call on B×K×H×W = {shape} ({section['device']}): `time.process_time` over "
-        f"{section['calls']} back-to-back calls, median of {section['rounds']} rounds, 1 intra-op thread. `direct` calls "
+        f"{section['calls']} back-to-back calls, median (and minimum) of {section['rounds']} interleaved rounds, "
+        "1 intra-op thread. `direct` calls "
         "the backend's functions without the op layer (checks, torch.library, autograd); `component` rows time "
         "pieces of the op layer alone. × BCE = CPU time / that of plain "
         "`F.binary_cross_entropy_with_logits` forward+backward in the same run.",
         "",
-        "| call | impl | CPU ms/call | wall ms/call | × BCE | note |",
-        "|---|---|---|---|---|---|",
+        "| call | impl | CPU ms/call | min | wall ms/call | × BCE | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in section["rows"]:
         ratio = "—" if row["x_bce"] is None else f"{row['x_bce']:.1f}×"
-        lines.append(f"| {row['call']} | {row['impl']} | {fmt_ms(row['cpu_ms'])} | {fmt_ms(row['wall_ms'])} | "
+        lines.append(f"| {row['call']} | {row['impl']} | {fmt_ms(row['cpu_ms'])} | {fmt_ms(row['cpu_ms_min'])} | "
+                     f"{fmt_ms(row['wall_ms'])} | "
                      f"{ratio} | {row['note'].replace('|', '/')} |")
     for name, profile in section["profiles"].items():
         lines += ["", f"### Where the time goes: {name}", "",
