@@ -83,7 +83,7 @@ def _calls(shape: Sequence[int], device: torch.device) -> dict[tuple[str, str], 
 
         def step():
             value, grad = module.heatmap_loss(plain, points, None, 0.0, "random", SEED, "bce", "mean", True, None)
-            return module.heatmap_loss_backward(grad, torch.ones((), device=device), "mean")
+            return _backward(module, grad, torch.ones((), device=device))
         return step
 
     def loss_op(backend: str):
@@ -107,7 +107,7 @@ def _calls(shape: Sequence[int], device: torch.device) -> dict[tuple[str, str], 
             @staticmethod
             def backward(ctx, grad_value):
                 (grad,) = ctx.saved_tensors
-                return module.heatmap_loss_backward(grad, grad_value, "mean"), None
+                return _backward(module, grad, grad_value), None
 
         def step():
             logits.grad = None
@@ -207,6 +207,14 @@ def _noops():
 
         _NOOPS.extend([noop, Noop])
     return _NOOPS[0], _NOOPS[1]
+
+
+def _backward(module, grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """The loss backward as the op runs it in eager mode: in place on CUDA (``scale_grad_``), a new tensor elsewhere."""
+    if grad.is_cuda:
+        module.scale_grad_(grad, grad_output, "mean")
+        return grad
+    return module.heatmap_loss_backward(grad, grad_output, "mean")
 
 
 def _sync(device: torch.device) -> None:
