@@ -1,6 +1,6 @@
 """The throughput report of the h3r_kernels ops: ``python -m h3r.benchmark [--device cuda|cpu]
-[--shapes ...] [--dtypes ...] [--ops ...] [--backends ...] [--out DIR] [--repeats N]``, also
-run by ``h3r bench``.
+[--shapes ...] [--dtypes ...] [--ops ...] [--backends ...] [--out DIR] [--repeats N]
+[--host-overhead [--skip-throughput]]``, also run by ``h3r bench``.
 
 For every op x implementation x shape x dtype it measures the median time of one call and
 derives the effective bandwidth (bytes the op must move / time), its share of the device's
@@ -26,6 +26,9 @@ Modules, one concern each:
 * :mod:`~h3r.benchmark.baselines`: the naive PyTorch implementations compared against;
 * :mod:`~h3r.benchmark.cpu_encoding`: per-sample NumPy targets in DataLoader workers;
 * :mod:`~h3r.benchmark.timing`: the timer and the copy bandwidth;
+* :mod:`~h3r.benchmark.host_overhead`: ``--host-overhead``, the CPU time to issue one
+  ``heatmap_loss`` forward+backward and one ``decode`` on tiny inputs against plain BCE, and
+  the profile of where it goes (checks, ``torch.library``, autograd, backend selection);
 * :mod:`~h3r.benchmark.measure`: the rows and their derived columns;
 * :mod:`~h3r.benchmark.facts`: device, versions, commit, date;
 * :mod:`~h3r.benchmark.markdown`: the Markdown table and page;

@@ -18,6 +18,7 @@ from h3r_kernels.backends import interpreting
 
 from .cases import (CPU_SHAPES, CPU_WORKERS, CUDA_SHAPES, DEFAULT_DTYPES, DTYPES, IMPLEMENTATIONS, KERNEL_BACKENDS,
                     NAIVE, OPS, shape_text)
+from .host_overhead import DEFAULT_SHAPE as HOST_SHAPE
 from .markdown import markdown_table
 from .report import run, write_report
 
@@ -83,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DataLoader workers for CPU encoding (default: os.cpu_count())")
     parser.add_argument("--cpu-rounds", type=_positive, default=2,
                         help="batches per worker for CPU encoding, >= 2; the first round is untimed (default 2)")
+    host = parser.add_argument_group("host overhead (its own section of the report)")
+    host.add_argument("--host-overhead", action="store_true",
+                      help="add the host-overhead section: CPU time per call of heatmap_loss fwd+bwd and decode on "
+                      "tiny inputs against plain BCE, with the profile of where it goes")
+    host.add_argument("--host-shape", type=_shapes, help="BxKxHxW of the host-overhead calls (default 2x4x8x8)")
+    host.add_argument("--host-calls", type=_positive, default=200, help="calls per timed round (default 200)")
+    host.add_argument("--host-rounds", type=_positive, default=5, help="timed rounds, the median is kept (default 5)")
+    host.add_argument("--skip-throughput", action="store_true",
+                      help="measure no throughput rows (e.g. with --host-overhead alone)")
     parser.add_argument("--commit", help="git commit to record (default: git rev-parse HEAD, else 'unknown'); "
                         "for runs on a copy of the tree without .git")
     return parser
@@ -100,6 +110,13 @@ def parse_settings(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     on_cuda = settings.device.type == "cuda"
     if settings.shapes is None:
         settings.shapes = list(CUDA_SHAPES if on_cuda else CPU_SHAPES)
+    if settings.host_shape is None:
+        settings.host_shape = [HOST_SHAPE]
+    if len(settings.host_shape) != 1:
+        parser.error("--host-shape: expected one shape BxKxHxW")
+    settings.host_shape = settings.host_shape[0]
+    if settings.skip_throughput and not settings.host_overhead:
+        parser.error("--skip-throughput: nothing left to measure without --host-overhead")
     if settings.copy_mib is None:
         settings.copy_mib = 1024 if on_cuda else 256
     if settings.cpu_rounds < 2:

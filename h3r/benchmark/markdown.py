@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .cases import CPU_WORKERS, IMPLEMENTATION_NOTES, OPS
+from .host_overhead import markdown_section
 
 
 def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -73,4 +74,6 @@ def markdown_report(report: dict) -> str:
               for s in OPS.values()]
     lines += ["", "## Implementations", ""]
     lines += [f"- **{name}**: {IMPLEMENTATION_NOTES[name]}" for name in settings["backends"]]
+    if "host_overhead" in report:
+        lines += ["", markdown_section(report["host_overhead"]).rstrip("\n")]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from h3r_kernels.backends import interpreting
 
 from .cases import CPU_WORKERS, GAUSSIAN_SIGMA, IMPLEMENTATION_NOTES, OPS, SEED, TOPK
 from .facts import git_commit, run_facts
+from .host_overhead import measure_host_overhead
 from .markdown import markdown_report
 from .measure import add_derived_columns, measure_cpu_encoding, measure_ops
 from .timing import Timer, copy_bandwidth
@@ -23,12 +24,17 @@ def run(settings: argparse.Namespace, log=print) -> dict:
     timer = Timer(device, settings.repeats, settings.warmup)
     copy = copy_bandwidth(timer, device, settings.copy_mib << 20)
     log(f"copy bandwidth: {copy['gbps']:.1f} GB/s")
-    rows = measure_ops(settings, timer, log)
-    if CPU_WORKERS in settings.backends:
+    throughput = not getattr(settings, "skip_throughput", False)
+    rows = measure_ops(settings, timer, log) if throughput else []
+    if throughput and CPU_WORKERS in settings.backends:
         rows += measure_cpu_encoding(settings, log)
     add_derived_columns(rows, copy["gbps"])
     on_cuda = device.type == "cuda"
-    return {
+    host_overhead = None
+    if getattr(settings, "host_overhead", False):
+        host_overhead = measure_host_overhead(device, settings.host_shape, settings.host_calls, settings.host_rounds,
+                                              log=log)
+    report = {
         "facts": run_facts(device, settings.commit or git_commit()),
         "settings": {
             "device": device.type,
@@ -44,6 +50,8 @@ def run(settings: argparse.Namespace, log=print) -> dict:
             "gaussian_sigma": GAUSSIAN_SIGMA,
             "topk": TOPK,
             "seed": SEED,
+            "host_overhead": bool(getattr(settings, "host_overhead", False)),
+            "skip_throughput": not throughput,
         },
         "performance_claim": on_cuda and not interpreting(),
         "copy_bandwidth": copy,
@@ -51,8 +59,11 @@ def run(settings: argparse.Namespace, log=print) -> dict:
                          "note": s.passes_note} for s in OPS.values()},
         "implementations": {name: IMPLEMENTATION_NOTES[name] for name in settings.backends},
         "rows": rows,
-        "elapsed_s": time.perf_counter() - started,
     }
+    if host_overhead is not None:
+        report["host_overhead"] = host_overhead
+    report["elapsed_s"] = time.perf_counter() - started
+    return report
 
 
 def write_report(report: dict, out: Path) -> tuple[Path, Path]:
