@@ -1,14 +1,9 @@
-"""Benchmarks of the h3r_kernels ops.
+"""The repository's benchmark suite (not installed: ``pip install`` ships only ``h3r`` and
+``h3r_kernels``).
 
-* ``python -m bench.report`` — the throughput report: op x implementation x shape x dtype
-  -> median time, effective GB/s, % of the copy bandwidth measured in the same run, and the
-  speed-ups over the reference backend, the naive PyTorch baselines and CPU encoding in
-  DataLoader workers. Writes ``report.json`` and ``report.md`` (``--out``, default
-  ``bench/out``). ``h3r bench`` forwards here.
-* ``python -m pytest bench/ --benchmark-only`` — the same cases as a pytest-benchmark suite
-  (not part of the test command, which collects ``tests/`` only).
-
-Modules: :mod:`bench.report` (the cases, the timer, the report), :mod:`bench.baselines`
-(naive PyTorch implementations), :mod:`bench.cpu_encoding` (per-sample NumPy targets in
-DataLoader workers).
+* ``python -m pytest bench/ --benchmark-only`` — the ops as a pytest-benchmark suite, the
+  same cases as the report (not part of the test command, which collects ``tests/`` only).
+* ``python -m h3r.benchmark`` (or ``h3r bench``) — the throughput report itself, shipped in
+  the package as :mod:`h3r.benchmark`; it writes ``bench/out/`` by default.
+* ``bench/RESULTS.md`` and ``bench/results/`` — reports recorded on GPUs.
 """

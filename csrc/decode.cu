@@ -78,10 +78,13 @@ __device__ __forceinline__ int slot_cell(int method, int s, int peak, int width,
     return (r >= 0 && r < height && c >= 0 && c < width) ? r * width + c : -1;
 }
 
-// The unnormalised weight of a selected value: exp(v - peak) (softmax) or max(v, 0) (linear).
+// The unnormalised weight of a selected value (h3r_kernels.reference._weights): softmax
+// exp(v - peak), taken as 1 when v == peak (so infinite peaks are limits: the cells equal to
+// the peak share the weight); linear max(v, 0), or [v == +inf] when the peak is +inf.
 template <typename A>
 __device__ __forceinline__ A weight_numerator(A v, A peak_value, int linear) {
-    return linear ? h3r::clamp_min_zero(v) : h3r::exp_(v - peak_value);
+    if (linear) return h3r::is_pos_inf(peak_value) ? (v == peak_value ? A(1) : A(0)) : h3r::clamp_min_zero(v);
+    return v == peak_value ? A(1) : h3r::exp_(v - peak_value);
 }
 
 }  // namespace
@@ -222,8 +225,9 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
             x = warp_sum(x);
             y = warp_sum(y);
             if (lane == 0) {
-                coords[2 * map] = x;
-                coords[2 * map + 1] = y;
+                // A map holding a NaN (its peak is NaN): NaN coordinates, whatever the weights made of it.
+                coords[2 * map] = peak_value != peak_value ? peak_value : x;
+                coords[2 * map + 1] = peak_value != peak_value ? peak_value : y;
                 scores[map] = peak_value;
             }
         }
@@ -279,7 +283,8 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_backward_kernel(
             const A v = Storage<T>::load(cells[cell]);
             const A direction = (static_cast<A>(cell % width) - x) * gx + (static_cast<A>(cell / width) - y) * gy;
             A g = A(0);
-            if (method != H3R_METHOD_ARGMAX) {
+            // argmax, and maps whose maximum is not finite: piecewise constant coordinates, no gradient.
+            if (method != H3R_METHOD_ARGMAX && is_finite(peak_value)) {
                 if (!linear)
                     g = weight_numerator(v, peak_value, 0) / total * direction;
                 else if (v > A(0) && total > A(0))

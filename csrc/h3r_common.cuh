@@ -108,6 +108,12 @@ __device__ __forceinline__ double log1p_(double x) { return log1p(x); }
 __device__ __forceinline__ float abs_(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_(double x) { return fabs(x); }
 
+// Whether x is +inf, and whether x is finite (false for NaN and +-inf); no math headers needed.
+__device__ __forceinline__ bool is_pos_inf(float x) { return x == __int_as_float(0x7f800000); }
+__device__ __forceinline__ bool is_pos_inf(double x) { return x == __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ bool is_finite(float x) { return fabsf(x) <= 3.40282346638528859812e38f; }
+__device__ __forceinline__ bool is_finite(double x) { return fabs(x) <= 1.79769313486231570815e308; }
+
 // max(x, 0) that keeps NaN, as torch.clamp(x, min=0) does (fmaxf would return 0).
 template <typename A>
 __device__ __forceinline__ A clamp_min_zero(A x) {

@@ -7,6 +7,11 @@
 // contributing keypoints on the device (loss_count_kernel; the scale is 1 / (count * H * W));
 // "sum" and "mean" then add the per-map sums in a fixed order (loss_reduce_kernel, in chunks),
 // so the value is deterministic.
+//
+// A map that does not contribute (invisible, target off the map, or weight 0: the launcher
+// folds weight != 0 into `visible`) is selected out, not multiplied by 0: its loss and
+// gradient are exactly 0 whatever its logits hold (NaN, inf). A contributing map's summed
+// loss is multiplied by its weight, its gradient by weight * scale.
 #include "h3r_common.cuh"
 
 #define H3R_LOSS_BCE 0
@@ -51,6 +56,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
     const unsigned long long* __restrict__ mean_count,  // () contributing keypoints ("mean"), or null: scale 1
     const float* __restrict__ keypoints,         // (num_maps, 2), (x, y) in heatmap pixels
     const unsigned char* __restrict__ visible,   // (num_maps,) bool, or null: all visible
+    const typename h3r::Storage<T>::acc* __restrict__ weight,  // (num_maps,) per-keypoint weight, or null: 1
     long long num_maps, int num_keypoints, int height, int width,
     int rounding, unsigned int seed, int gaussian, float gauss_scale,
     int loss, int threads_per_map,               // 32, 64, 128 or 256
@@ -59,7 +65,8 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
     typedef typename Storage<T>::acc A;
     extern __shared__ float profiles[];          // maps_per_block * (height + width) floats
     __shared__ MapTarget targets[H3R_BLOCK / 32];
-    __shared__ A mask[H3R_BLOCK / 32];           // 1 for a contributing map, else 0
+    __shared__ bool live_maps[H3R_BLOCK / 32];   // whether each map contributes
+    __shared__ A map_weights[H3R_BLOCK / 32];    // each map's weight (1 without weights)
     __shared__ A warp_sums[H3R_BLOCK / 32];
 
     const int maps_per_block = blockDim.x / threads_per_map;
@@ -79,7 +86,8 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
             bool contributes;
             targets[group] = map_target(keypoints, visible, map, num_keypoints, height, width, rounding, false,
                                         seed, &contributes);
-            mask[group] = contributes ? A(1) : A(0);
+            live_maps[group] = contributes;
+            map_weights[group] = weight == nullptr ? A(1) : weight[map];
         }
         __syncthreads();
         if (active) fill_profiles(my_profiles, targets[group], height, width, gaussian != 0, gauss_scale, rank,
@@ -88,10 +96,13 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
 
         A total = A(0);
         if (active) {
-            const A m = mask[group];
+            const bool live = live_maps[group];
+            // The gradient factor, as the reference: weight * scale (1 * scale without weights,
+            // weight * 1 without "mean"), exactly the reference's factor.
+            const A factor = map_weights[group] * scale;
             const T* z_map = logits + map * map_size;
             T* g_map = grad == nullptr ? nullptr : grad + map * map_size;
-            // One pixel: the reference's pixel_loss * mask and pixel_grad * mask * scale.
+            // One pixel: the reference's where(live, pixel_loss, 0) and where(live, pixel_grad * factor, 0).
             auto pixel = [&](T stored, int r, int c, T* out) {
                 const A z = Storage<T>::load(stored);
                 const A t = static_cast<A>(my_profiles[r] * my_profiles[height + c]);
@@ -106,8 +117,8 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
                     value = d * d;
                     slope = A(2) * d;
                 }
-                total += value * m;
-                if (out != nullptr) *out = Storage<T>::store(slope * m * scale);
+                total += live ? value : A(0);
+                if (out != nullptr) *out = Storage<T>::store(live ? slope * factor : A(0));
             };
             if (vectorised) {
                 const int vec = Pack<T>::size;
@@ -152,7 +163,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
         if (active && rank == 0) {
             A sum = A(0);
             for (int w = 0; w < threads_per_map / 32; ++w) sum += warp_sums[threadIdx.x / 32 + w];
-            per_map[map] = sum;
+            per_map[map] = weight == nullptr ? sum : (live_maps[group] ? sum * map_weights[group] : A(0));
         }
         __syncthreads();  // the next maps overwrite targets, profiles and warp_sums
     }
@@ -243,8 +254,8 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_backward_kernel(
 #ifdef H3R_EXPLICIT_INSTANTIATION  // for `nvcc -ptx` (tests/test_csrc_compile.py); NVRTC uses name expressions
 #define H3R_INSTANTIATE(T)                                                                                      \
     template __global__ void loss_kernel<T>(const T*, T*, h3r::Storage<T>::acc*, const unsigned long long*,     \
-                                            const float*, const unsigned char*, long long, int, int, int, int,  \
-                                            unsigned int, int, float, int, int, int);                         \
+                                            const float*, const unsigned char*, const h3r::Storage<T>::acc*,    \
+                                            long long, int, int, int, int, unsigned int, int, float, int, int, int); \
     template __global__ void loss_backward_kernel<T>(T*, const T*, const h3r::Storage<T>::acc*, long long, int, \
                                                      int, int, int);
 H3R_INSTANTIATE(float)

@@ -1,4 +1,4 @@
-"""The ``h3r`` command: ``h3r train``, ``h3r eval``, ``h3r bench``.
+"""The ``h3r`` command: ``h3r train``, ``h3r eval``, ``h3r study``, ``h3r bench``.
 
 ``h3r train`` with no options trains a small model on generated faces in a few minutes on
 a CPU and prints its learning curve. Settings come from, in order: ``TrainConfig``'s
@@ -11,13 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Optional, Sequence
 
+from h3r._compat import tomllib
 from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, SCHEDULES, SUPPORTED_STRIDES,
                          TOPK_WEIGHTS, config_from_dict, load_config)
 from h3r.data import DATASET_NAMES
+from h3r.study.cli import STUDY_DESCRIPTION, add_study_arguments, run_study
 
 TRAIN_DATASETS = ("wflw", "300w", "cofw", "aflw", "mpii", "coco", "synthetic-face", "synthetic-pose")
 
@@ -27,15 +28,30 @@ Heatmap regression via randomized rounding (H3R): train, evaluate and benchmark 
   h3r train                      a small model on generated faces (a few minutes on a CPU)
   h3r train --dataset wflw --data-root ~/data/WFLW --codec h3r
   h3r eval --checkpoint runs/<run>/last.pt
-  h3r bench                      kernel throughput report (python -m bench.report)
+  h3r study                      accuracy vs heatmap stride: H3R against the baselines (~15 min on a CPU)
+  h3r bench                      kernel throughput report (python -m h3r.benchmark)
 
 'h3r <command> --help' lists each command's options.
 """
 
 TRAIN_EPILOG = """\
 Each dataset has defaults in h3r/configs/<dataset>.toml; options given here override them.
-Coordinates: keypoints are divided by the stride (4) to reach the heatmap; heatmap cell i
-sits on input pixel 4*i. The run folder receives config.json, metrics.jsonl (one JSON line
+Coordinates: keypoints are divided by the stride (--stride, default 4) to reach the heatmap;
+heatmap cell i sits on input pixel stride*i. Every backbone computes stride-4 features; at
+strides 8, 16 and 32 they are average-pooled down (3x3, stride 2, centred) before the head.
+
+Codecs (each trains its own target and loss; --refine / --topk-weights pick the decoder):
+  h3r        randomized rounding: a binary target at one of the 4 neighbouring cells, drawn
+             every step with bilinear probabilities; BCE; top-k decoding (k=9; --topk-weights
+             softmax = the authors' decoder on raw logits, linear = probability-weighted mean)
+  gaussian   vanilla (HRNet/SimpleBaseline): Gaussian at the nearest cell; MSE; arg-max with
+             --refine none or quarter (default: a quarter cell towards the larger neighbour)
+  dark       DARK: the unbiased Gaussian at the continuous keypoint; MSE; arg-max + DARK's
+             Taylor step on the blurred log-heatmap (--refine dark, the default)
+  integral   integral regression (soft-argmax over the map) with an L1 loss on coordinates
+Gaussian sigma (--sigma, heatmap cells): by default the task's reference value at stride 4
+(faces 1.5, pose 2 cells on a 64-cell map; in proportion to the crop, at least 1), scaled by
+4/stride at coarser strides so that the target covers the same input area. The run folder receives config.json, metrics.jsonl (one JSON line
 per epoch), last.pt / best.pt, curve.png and eval-<dataset>-<split>/ (results.md,
 results.json, images/).
 
@@ -88,20 +104,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and codec")
     model.add_argument("--codec", choices=CODECS,
                        help="h3r: randomized-rounding binary target + BCE, top-k decoding; "
-                            "gaussian: Gaussian at the nearest cell + MSE, arg-max decoding")
+                            "gaussian: Gaussian at the nearest cell + MSE, arg-max decoding; "
+                            "dark: unbiased Gaussian + MSE, DARK refinement; "
+                            "integral: soft-argmax + L1 (see below)")
     model.add_argument("--backbone", choices=BACKBONES, help="network (small: CPU-sized)")
     model.add_argument("--head", choices=HEADS, help="binary (one logit per landmark) or two-class (the authors')")
-    model.add_argument("--pretrained", metavar="FILE", help="weights loaded into the model before training")
+    model.add_argument("--pretrained", metavar="FILE",
+                       help="weights loaded into the model before training: an h3r checkpoint, or one of the "
+                            "authors' released folders (config.yaml + model.pth; docs/OFFICIAL.md)")
     model.add_argument("--input-size", type=int, metavar="PX", help="side of the square network input, in pixels")
     model.add_argument("--stride", type=int, choices=SUPPORTED_STRIDES,
-                       help="input pixels per heatmap cell; every backbone here outputs stride 4, so change "
-                            "the heatmap resolution with --input-size")
+                       help="input pixels per heatmap cell (default 4): the heatmap is input-size/stride cells "
+                            "wide, with the same backbone and input")
     model.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder (default 9)")
     model.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r: decoder weights (default softmax)")
     model.add_argument("--sigma", type=float, metavar="CELLS",
-                       help="gaussian: sigma in heatmap cells (default 1.5 on a 64-cell map, in proportion on "
-                            "others, at least 1)")
-    model.add_argument("--refine", choices=REFINEMENTS, help="gaussian: sub-cell refinement (default quarter)")
+                       help="gaussian, dark: sigma in heatmap cells (default: see below)")
+    model.add_argument("--refine", choices=REFINEMENTS,
+                       help="gaussian, dark: sub-cell refinement after the arg-max (default quarter for gaussian, "
+                            "dark for dark)")
 
     optimisation = parser.add_argument_group("optimisation")
     optimisation.add_argument("--epochs", type=int, metavar="N")
@@ -140,7 +161,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="h3r", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,study,bench}")
 
     train_parser = commands.add_parser("train", help="train a model (default: small model, synthetic faces)",
                                        description="Train a landmark model and evaluate it after every epoch.",
@@ -151,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Evaluate a checkpoint written by 'h3r train' and write "
                                                   "results.json, results.md and images with drawn predictions.")
     eval_parser.add_argument("--checkpoint", required=True, metavar="FILE",
-                             help="last.pt / best.pt of a run (or the run folder)")
+                             help="last.pt / best.pt of a run (or the run folder), or one of the authors' "
+                                  "released folders (config.yaml + model.pth), evaluated with their protocol "
+                                  "(docs/OFFICIAL.md)")
     eval_parser.add_argument("--dataset", choices=DATASET_NAMES,
                              help="dataset to evaluate on (default: the one it was trained on)")
     eval_parser.add_argument("--data-root", metavar="DIR", help="dataset folder (default: the training one)")
@@ -167,11 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--out", metavar="DIR", help="report folder (default <run>/eval-<dataset>-<split>)")
     eval_parser.add_argument("--draw", type=counting_number(0), metavar="N",
                              help="images with drawn predictions (default 8)")
+    decoder = eval_parser.add_argument_group("decoder (default: the run's)")
+    decoder.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder")
+    decoder.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r: softmax (authors') or linear")
+    decoder.add_argument("--refine", choices=REFINEMENTS, help="gaussian, dark: sub-cell refinement")
 
-    commands.add_parser("bench", help="kernel benchmark report (forwards its arguments to python -m bench.report)",
-                        description="Runs 'python -m bench.report' with the arguments that follow; "
+    study_parser = commands.add_parser("study", help="accuracy vs heatmap stride, H3R against the baselines",
+                                       description=STUDY_DESCRIPTION,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_arguments(study_parser)
+
+    commands.add_parser("bench", help="kernel benchmark report (forwards its arguments to python -m h3r.benchmark)",
+                        description="Runs 'python -m h3r.benchmark' with the arguments that follow; "
                                     "'h3r bench --help' shows that report's own options.", add_help=False)
-    parser.set_defaults(command_parsers={"train": train_parser, "eval": eval_parser})
+    parser.set_defaults(command_parsers={"train": train_parser, "eval": eval_parser, "study": study_parser})
     return parser
 
 
@@ -221,10 +253,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                                  options=dict(args.option or []), flip_test=args.flip_test, device=args.device,
-                                 batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw)
+                                 batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw,
+                                 decoder={"topk": args.topk, "topk_weights": args.topk_weights, "refine": args.refine})
     settings = result["settings"]
-    print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec, "
-          f"checkpoint epoch {settings['epoch']}{', flip test' if settings['flip_test'] else ''}:")
+    epoch = f", checkpoint epoch {settings['epoch']}" if settings.get("epoch") is not None else ""
+    print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec"
+          f"{epoch}{', flip test' if settings['flip_test'] else ''}:")
     print(markdown_table(result["metrics"], result["baseline"]).rstrip())
     print(f"wrote {result['paths']['markdown']} and {result['paths']['json']}")
     print(json.dumps(result["metrics"]))
@@ -232,11 +266,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_bench(arguments: Sequence[str]) -> int:
-    """``python -m bench.report ARGUMENTS`` with the repository root on the module path."""
+    """``python -m h3r.benchmark ARGUMENTS``, with the folder holding this h3r package on the module path."""
     repository = Path(__file__).resolve().parent.parent
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repository), environment.get("PYTHONPATH")]))
-    return subprocess.call([sys.executable, "-m", "bench.report", *arguments], env=environment)
+    return subprocess.call([sys.executable, "-m", "h3r.benchmark", *arguments], env=environment)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -251,6 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "train":
             return run_train(args, args.command_parsers["train"])
+        if args.command == "study":
+            return run_study(args)
         return run_eval(args)
     except (ValueError, OSError) as error:  # user errors, unusable files, a full disk: one sentence
         print(f"h3r {args.command}: error: {error}", file=sys.stderr)

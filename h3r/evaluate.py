@@ -298,10 +298,16 @@ def check_eval_settings(batch_size: Optional[int], workers: Optional[int], draw:
 
 def model_and_codec(config: TrainConfig, num_keypoints: int):
     """The (untrained) model and the codec that ``config`` describes."""
-    model = build_model(config.backbone, num_keypoints, head=config.head)
-    codec = build_codec(config.codec, config.stride, input_size=config.input_size, k=config.topk,
+    model = build_model(config.backbone, num_keypoints, head=config.head, stride=config.stride)
+    codec = build_codec(config.codec, config.stride, input_size=config.input_size, task=config.task, k=config.topk,
                         weights=config.topk_weights, sigma=config.sigma, refine=config.refine)
     return model, codec
+
+
+# The decoder settings ``h3r eval`` may change: they act after the network, so one trained
+# model can be scored with several decoders (the study does: arg-max and quarter offset of
+# one Gaussian model, top-k softmax and linear of one H3R model).
+DECODER_FIELDS = ("topk", "topk_weights", "refine")
 
 
 def format_value(value: float) -> str:
@@ -407,17 +413,37 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
                         split: Optional[str] = None, options: Optional[dict[str, Any]] = None,
                         flip_test: Optional[bool] = None, device: str = "auto",
                         batch_size: Optional[int] = None, workers: Optional[int] = None, out: Optional[str] = None,
-                        draw: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+                        draw: Optional[int] = None, progress: bool = True,
+                        decoder: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Evaluate a checkpoint of ``h3r train`` and write the reports.
 
     Unset arguments come from the checkpoint's configuration: the test split of the
     training dataset (with the run's ``test_options``), its flip-test setting, and
     ``<run folder>/eval-<dataset>-<split>`` as ``out``. ``options`` are keyword arguments of
-    the dataset reader, merged over those.
+    the dataset reader, merged over those. ``decoder`` overrides the run's decoding settings
+    (:data:`DECODER_FIELDS`: ``topk``, ``topk_weights``, ``refine``).
     Returns ``{"metrics", "baseline", "settings", "paths"}``.
+
+    ``checkpoint_path`` may also be one of the authors' released folders (``config.yaml`` +
+    ``model.pth``): it is evaluated with their protocol (:mod:`h3r.official_eval`).
     """
+    from h3r.models.official import official_folder
+
+    decoder = {key: value for key, value in (decoder or {}).items() if value is not None}
+    unknown = sorted(set(decoder) - set(DECODER_FIELDS))
+    if unknown:
+        raise ValueError(f"decoder: unknown setting(s) {', '.join(unknown)}; expected {', '.join(DECODER_FIELDS)}")
+    if official_folder(checkpoint_path) is not None:
+        from h3r.official_eval import evaluate_official
+
+        if decoder:
+            raise ValueError(f"decoder: {checkpoint_path} is one of the authors' models, decoded as they do "
+                             f"(top-k softmax of the foreground logits); {', '.join(decoder)} cannot be changed")
+        return evaluate_official(official_folder(checkpoint_path), dataset=dataset, data_root=data_root, split=split,
+                                 options=options, flip_test=flip_test, device=device, batch_size=batch_size,
+                                 workers=workers, out=out, draw=draw, progress=progress)
     checkpoint = load_checkpoint(checkpoint_path)
-    config = config_from_dict(checkpoint["config"], source=f"{checkpoint['path']} configuration")
+    config = config_from_dict({**checkpoint["config"], **decoder}, source=f"{checkpoint['path']} configuration")
     same_data = (dataset is None or dataset == config.dataset) and (data_root is None or data_root == config.data_root)
     dataset_name = dataset or config.dataset
     root = data_root if data_root is not None else (config.data_root if dataset_name == config.dataset else None)
@@ -445,7 +471,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     shape = np.asarray(checkpoint["mean_shape"], dtype=np.float64)
     baseline = dataset_metrics(data, mean_shape_predictions(data, shape, crop))
     settings = {"dataset": dataset_name, "split": split, "items": len(data), "codec": config.codec,
-                "backbone": config.backbone, "input_size": config.input_size,
+                "decoder": repr(codec), "backbone": config.backbone, "input_size": config.input_size, "stride": config.stride,
                 "heatmap_size": config.heatmap_side, "flip_test": flip_test,
                 "checkpoint": checkpoint["path"], "epoch": checkpoint["epoch"]}
     out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"

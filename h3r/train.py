@@ -605,7 +605,8 @@ def final_report(config: TrainConfig, test_data, predictions, history, baseline,
     """Reports of the final model (``eval-<split>/``), the learning-curve plot and the closing lines."""
     metrics = history[-1]["test"]
     settings = {"dataset": config.dataset, "split": config.test_split, "items": len(test_data), "codec": config.codec,
-                "backbone": config.backbone, "input_size": config.input_size, "heatmap_size": config.heatmap_side,
+                "backbone": config.backbone, "input_size": config.input_size, "stride": config.stride,
+                "heatmap_size": config.heatmap_side,
                 "flip_test": config.flip_test, "checkpoint": str(out / "last.pt"), "epoch": history[-1]["epoch"]}
     eval_dir = out / f"eval-{config.dataset}-{config.test_split}"
     paths = write_report(eval_dir, metrics, settings, baseline)

@@ -5,15 +5,18 @@ Conventions, used by every op:
 * keypoints are ``(B, K, 2)`` tensors of ``(x, y)`` in **heatmap pixel units**; ``x`` is the
   column, ``y`` the row; the cell at row ``r``, column ``c`` has its centre at ``(x=c, y=r)``;
 * an input-pixel coordinate is the heatmap coordinate times the stride (no half-pixel offset);
-* ``visible`` is an optional ``(B, K)`` bool mask;
+* ``visible`` is an optional ``(B, K)`` mask: bool, or integer/floating with non-zero meaning
+  visible (NaN: invisible);
 * maps are ``(B, K, H, W)``, float32, float16 or bfloat16 (float64 for gradcheck), computed
   in float32.
 
-Ops: :func:`encode`, :func:`heatmap_loss`, :func:`decode`; :func:`backends` says which
-backends exist here (``reference``, ``triton``, ``cuda``) and why not.
+Ops: :func:`encode`, :func:`heatmap_loss`, :func:`decode`; their ``nn.Module`` forms
+:class:`HeatmapEncoder`, :class:`HeatmapLoss`, :class:`HeatmapDecoder`; :func:`backends` says
+which backends exist here (``reference``, ``triton``, ``cuda``) and why not.
 """
 from .api import decode, encode, heatmap_loss
 from .backends import backends
+from .modules import HeatmapDecoder, HeatmapEncoder, HeatmapLoss
 
-__all__ = ["encode", "heatmap_loss", "decode", "backends"]
+__all__ = ["encode", "heatmap_loss", "decode", "backends", "HeatmapEncoder", "HeatmapLoss", "HeatmapDecoder"]
 __version__ = "0.1.0"

@@ -8,7 +8,9 @@ import torch
 from . import checks, ops, rng
 
 
-def _seed(seed: Optional[int]) -> int:
+def _seed(seed) -> int:
+    """The seed as a Python int (any integer type), or a fresh one drawn for ``None``."""
+    seed = checks.as_seed(seed)
     return rng.draw_seed() if seed is None else seed
 
 
@@ -30,13 +32,16 @@ def encode(
         keypoints: ``(x, y)`` per keypoint, heatmap pixel units (input pixels / stride);
             the cell at row ``r``, column ``c`` has its centre at ``(x=c, y=r)``.
         heatmap_size: ``(H, W)``.
-        visible: optional ``(B, K)`` bool mask; invisible keypoints give all-zero maps.
+        visible: optional ``(B, K)`` mask, bool (used as is), integer or floating (converted:
+            non-zero is visible, NaN is invisible); invisible keypoints give all-zero maps.
         sigma: 0 for H3R's binary map (1 at the rounded cell); > 0 for an unnormalised
             Gaussian ``exp(-d^2 / 2 sigma^2)`` (peak 1, in cells) centred at the rounded cell.
+            Any real number type (Python, NumPy, a 0-d tensor; not bool); a positive sigma
+            must be >= ``checks.MIN_SIGMA`` (3.83e-20), below which -1/(2 sigma^2) overflows float32.
         rounding: ``"random"`` (H3R: ``floor(x) + [u < frac(x)]`` per axis, ``u`` uniform from a
             counter-based generator keyed by ``(seed, b, k)``), ``"nearest"``, ``"floor"``, or
             ``"none"`` (continuous centre; needs ``sigma > 0``).
-        seed: 32-bit seed; ``None`` draws one from torch's default generator.
+        seed: 32-bit seed (any integer type); ``None`` draws one from torch's default generator.
         expected: the expectation over the rounding instead of one sample (bilinear weights
             of the 4 neighbours, or the same mixture of 4 Gaussians).
         dtype: output dtype.
@@ -45,7 +50,8 @@ def encode(
     """
     height, width = checks.check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype)
     checks.check_backend(backend)
-    return ops.encode(keypoints, visible, height, width, float(sigma), rounding, _seed(seed), expected, dtype, backend)
+    sigma = checks.as_sigma(sigma)
+    return ops.encode(keypoints, visible, height, width, sigma, rounding, _seed(seed), bool(expected), dtype, backend)
 
 
 def heatmap_loss(
@@ -53,6 +59,7 @@ def heatmap_loss(
     keypoints: torch.Tensor,
     visible: Optional[torch.Tensor] = None,
     *,
+    weight: Optional[torch.Tensor] = None,
     sigma: float = 0.0,
     rounding: str = "random",
     seed: Optional[int] = None,
@@ -65,18 +72,42 @@ def heatmap_loss(
     The target is exactly the one :func:`encode` renders with the same arguments and seed.
     ``loss="bce"`` is per-pixel binary cross-entropy with logits (H3R's binary heatmap loss;
     the authors' 2-channel softmax head ``(z0, z1)`` is the same loss on ``z1 - z0``);
-    ``loss="mse"`` is the squared error (the vanilla Gaussian baseline). Keypoints that are
-    invisible or whose target cell is off the map contribute nothing.
+    ``loss="mse"`` is the squared error (the vanilla Gaussian baseline).
 
-    ``reduction``: ``"mean"`` divides the sum by (contributing keypoints) * H * W (0 if none
-    contribute); ``"sum"``; ``"none"`` returns ``(B, K)``, each keypoint's sum over its pixels.
-    The result is float32 (float64 for float64 logits); differentiable wrt ``logits``.
+    A keypoint *contributes* when it is visible (``visible`` as in :func:`encode`), its target
+    cell is on the map and, with ``weight``, its weight is not 0. Keypoints that do not
+    contribute are selected out: their loss and gradient are exactly 0 whatever their logits
+    hold (NaN and inf included), on every backend.
+
+    ``weight``: optional ``(B, K)`` floating tensor (mmpose's ``keypoint_weights``). Each
+    contributing keypoint's per-pixel loss and gradient are multiplied by its weight. Values
+    are used as given: a negative weight negates its keypoint's loss, a NaN or infinite one
+    makes the loss NaN or infinite (it is not hidden). It is a constant for autograd: no
+    gradient flows to it. ``weight`` of 1 everywhere gives the same bits as ``weight=None``.
+
+    ``reduction``: ``"mean"`` divides the (weighted) sum by (contributing keypoints) * H * W,
+    the same divisor as without weights (0 if none contribute); ``"sum"``; ``"none"`` returns
+    ``(B, K)``, each keypoint's weighted sum over its pixels. The result is float32 (float64
+    for float64 logits); differentiable wrt ``logits``.
+
+    mmpose's ``KeypointMSELoss(use_target_weight=True)`` (mmpose 1.x: the mean over all
+    ``B*K*H*W`` pixels of ``w * (z - t)^2``, times ``loss_weight``) is::
+
+        heatmap_loss(heatmaps, keypoints, weight=keypoint_weights, loss="mse", sigma=2.0,
+                     rounding="nearest", reduction="sum") / heatmaps.numel() * loss_weight
+
+    i.e. ``reduction="sum"`` divided by ``B*K*H*W`` (mmpose's mean also counts the masked
+    keypoints' pixels, so ``reduction="mean"`` differs from it when some weights are 0), with
+    the Gaussian target of mmpose's ``MSRAHeatmap`` codec (``rounding="nearest"``; use
+    ``"none"`` for its ``unbiased=True`` variant). mmpose 0.x squared the weight and halved
+    the loss: pass ``weight=w**2`` and multiply by 0.5.
     """
-    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction)
+    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight)
     checks.check_backend(backend)
+    sigma = checks.as_sigma(sigma)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     value, _ = ops.heatmap_loss(
-        logits, keypoints, visible, float(sigma), rounding, _seed(seed), loss, reduction, compute_grad, backend
+        logits, keypoints, visible, sigma, rounding, _seed(seed), loss, reduction, compute_grad, backend, weight
     )
     return value
 
@@ -101,12 +132,22 @@ def decode(
             ``"linear"``: ``max(v, 0)`` normalised to sum to one, the probability-weighted
             mean of the theory. Use it on probabilities, e.g. ``decode(logits.sigmoid(),
             weights="linear")``; if all selected values are <= 0 the peak cell is returned.
-        k: 1..32 (and at most H*W). ``window``: odd, >= 1.
+        k: 1..32 (and at most H*W). ``window``: odd, >= 1. Any integer type (not bool).
 
     ``scores`` is each map's maximum. Differentiable wrt ``heatmaps`` through the weights;
     the gradient is non-zero only on the selected cells (and the peak, through ``scores``).
+
+    Non-finite maps, the same for every method, weighting and backend: a map holding a NaN
+    anywhere decodes to NaN coordinates (x and y) and a NaN score. ``+inf`` and ``-inf`` are
+    weighed as the limits of finite values: when the maximum is ``+inf`` the weight is shared
+    equally by the selected ``+inf`` cells (softmax and linear; the score is ``+inf``);
+    ``-inf`` cells get weight 0, and a selection of only ``-inf`` cells gets equal softmax
+    weights (linear: the peak cell). A map whose maximum is not finite has no coordinate
+    gradient (only the score's, at the peak cell).
     """
     checks.check_decode(heatmaps, method, k, weights, window)
     checks.check_backend(backend)
+    k = checks.as_int("k", k, "an integer")
+    window = checks.as_int("window", window, "an integer")
     coords, scores, _ = ops.decode(heatmaps, method, k, weights, window, backend)
     return coords, scores

@@ -4,6 +4,8 @@ Every error names the argument, what was expected and what was given.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -17,10 +19,104 @@ BACKENDS = ("auto", "reference", "triton", "cuda")
 KEYPOINT_DTYPES = (torch.float32, torch.float64)
 MAP_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_K = 32
+# Masks: bool (the fast path), integer or floating; non-zero is visible (NaN is invisible).
+VISIBLE_DTYPES = (
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+)
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The smallest sigma > 0 whose Gaussian exponent factor -1/(2 sigma^2) is finite in float32
+# (below it the factor overflows to -inf and the peak becomes exp(0 * -inf) = NaN).
+FLOAT32_MAX = 3.4028234663852886e38
+MIN_SIGMA = math.sqrt(0.5 / FLOAT32_MAX)  # 3.8332e-20
 
 
 def _shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape)
+
+
+def _type_name(value) -> str:
+    """How an error names the type of ``value``: ``bool``, ``str``, ``numpy.bool``, ``a 1-d torch.float32 tensor``."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dim()}-d {value.dtype} tensor"
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+
+
+def _scalar(value, integral: bool):
+    """``value`` as a Python int (``integral``) or float if it is a real number of a numeric type.
+
+    Numeric types: Python ``int``/``float``, NumPy integer/floating scalars (and 0-d arrays),
+    0-d integer/floating torch tensors (``.item()``: a CUDA tensor costs a device sync). Booleans
+    (``True``, ``numpy.bool_``, bool tensors) are not numbers here. Returns None when the type
+    is not accepted (the caller names it); integral callers also get None for floating types.
+    Symbolic numbers (``torch.SymInt``/``SymFloat``, while ``torch.compile`` traces with a
+    dynamic seed) are returned as they are: the real op checks the concrete value at run time.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return value if isinstance(value, torch.SymInt) or not integral else None
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            return None
+        if integral and value.is_floating_point():
+            return None
+        value = value.item()
+    elif type(value).__module__ == "numpy":
+        if getattr(value, "shape", ()) != () or not hasattr(value, "item"):
+            return None
+        kind = getattr(getattr(value, "dtype", None), "kind", "")
+        if kind not in ("i", "u", "f") or (integral and kind == "f"):
+            return None
+        value = value.item()
+    if isinstance(value, bool):
+        return None
+    if integral:
+        return int(value) if isinstance(value, numbers.Integral) else None
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
+def as_sigma(sigma) -> float:
+    """``sigma`` as a Python float: a real number, 0 (binary target) or in [MIN_SIGMA, inf)."""
+    value = _scalar(sigma, integral=False)
+    if value is None:
+        raise TypeError(
+            f"sigma: expected a finite number >= 0 (int, float, a NumPy number or a 0-d tensor), "
+            f"got {_type_name(sigma)} {sigma!r}"
+        )
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return value
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"sigma: expected a finite number >= 0, got {value!r}")
+    if 0 < value < MIN_SIGMA:
+        raise ValueError(
+            f"sigma: expected 0 or a number >= {MIN_SIGMA:.4e} = sqrt(0.5 / float32 max), the smallest sigma whose "
+            f"Gaussian exponent -1/(2 sigma^2) is representable in float32; got {value!r}"
+        )
+    return value
+
+
+def as_seed(seed) -> Optional[int]:
+    """``seed`` as a Python int in [0, 2**32) (or None): an integer of any integer type."""
+    if seed is None:
+        return None
+    value = _scalar(seed, integral=True)
+    if value is None:
+        raise TypeError(f"seed: expected None or an integer in [0, 2**32), got {_type_name(seed)} {seed!r}")
+    if isinstance(value, torch.SymInt):
+        return value
+    if not 0 <= value < 2**32:
+        raise ValueError(f"seed: expected None or an integer in [0, 2**32), got {value!r}")
+    return value
+
+
+def as_int(name: str, value, requirement: str) -> int:
+    """An integer option (``k``, ``window``) as a Python int; ``requirement`` is said when rejecting."""
+    result = _scalar(value, integral=True)
+    if result is None:
+        raise TypeError(f"{name}: expected {requirement}, got {_type_name(value)} {value!r}")
+    return result
 
 
 def check_choice(name: str, value: str, choices: tuple) -> None:
@@ -28,41 +124,57 @@ def check_choice(name: str, value: str, choices: tuple) -> None:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def check_mask(name: str, mask, keypoints: torch.Tensor, dtypes: tuple, dtype_words: str) -> None:
+    """A ``(B, K)`` tensor on the keypoints' device, of one of ``dtypes``."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor or None, got {_type_name(mask)}")
+    if _shape(mask) != _shape(keypoints)[:2]:
+        raise ValueError(f"{name}: expected shape (B, K) = {_shape(keypoints)[:2]} to match keypoints, got {_shape(mask)}")
+    if mask.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype {dtype_words}, got {mask.dtype}")
+    if mask.device != keypoints.device:
+        raise ValueError(f"{name}: expected device {keypoints.device} (that of keypoints), got {mask.device}")
+
+
 def check_keypoints(keypoints: torch.Tensor, visible: Optional[torch.Tensor]) -> None:
     if not isinstance(keypoints, torch.Tensor):
-        raise TypeError(f"keypoints: expected a torch.Tensor, got {type(keypoints).__name__}")
+        raise TypeError(f"keypoints: expected a torch.Tensor, got {_type_name(keypoints)}")
     if keypoints.dim() != 3 or keypoints.shape[2] != 2:
         raise ValueError(f"keypoints: expected a (B, K, 2) tensor of (x, y), got shape {_shape(keypoints)}")
     if keypoints.dtype not in KEYPOINT_DTYPES:
         raise TypeError(f"keypoints: expected dtype float32 or float64, got {keypoints.dtype}")
     if visible is not None:
-        if not isinstance(visible, torch.Tensor):
-            raise TypeError(f"visible: expected a torch.Tensor or None, got {type(visible).__name__}")
-        if _shape(visible) != _shape(keypoints)[:2]:
-            raise ValueError(
-                f"visible: expected shape (B, K) = {_shape(keypoints)[:2]} to match keypoints, got {_shape(visible)}"
-            )
-        if visible.dtype != torch.bool:
-            raise TypeError(f"visible: expected dtype torch.bool, got {visible.dtype}")
-        if visible.device != keypoints.device:
-            raise ValueError(f"visible: expected device {keypoints.device} (that of keypoints), got {visible.device}")
+        check_mask("visible", visible, keypoints, VISIBLE_DTYPES, "bool, an integer or a floating dtype (non-zero: visible)")
 
 
-def check_target_options(sigma: float, rounding: str, seed: Optional[int]) -> None:
+def check_weight(weight: Optional[torch.Tensor], keypoints: torch.Tensor) -> None:
+    """``weight``: None or a ``(B, K)`` floating tensor on the keypoints' device (any values: see heatmap_loss)."""
+    if weight is not None:
+        check_mask("weight", weight, keypoints, WEIGHT_DTYPES, "float32, float64, float16 or bfloat16")
+
+
+def check_target_options(sigma, rounding: str, seed) -> None:
+    """``sigma`` and ``seed`` of any numeric type (see :func:`as_sigma`, :func:`as_seed`); ``rounding``."""
     check_choice("rounding", rounding, ROUNDINGS)
-    if not isinstance(sigma, (int, float)) or not sigma >= 0 or sigma == float("inf"):
-        raise ValueError(f"sigma: expected a finite number >= 0, got {sigma!r}")
+    sigma = as_sigma(sigma)
     if rounding == "none" and sigma == 0:
         raise ValueError("rounding: 'none' keeps the continuous centre and needs sigma > 0, got sigma=0")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32):
-        raise ValueError(f"seed: expected None or an integer in [0, 2**32), got {seed!r}")
+    as_seed(seed)
+
+
+def _size_ok(value) -> bool:
+    """An integral number of a numeric type (not a bool), or a symbolic size while tracing."""
+    if isinstance(value, torch.SymInt):
+        return True
+    number = _scalar(value, integral=False)
+    return number is not None and number.is_integer()
 
 
 def check_heatmap_size(heatmap_size) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in heatmap_size)
-        ok = all(isinstance(v, int) or float(v).is_integer() for v in heatmap_size)
-    except (TypeError, ValueError):
+        ok = all(_size_ok(v) for v in heatmap_size)
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok or height < 1 or width < 1:
         raise ValueError(f"heatmap_size: expected (H, W) with H, W >= 1, got {heatmap_size!r}")
@@ -88,9 +200,10 @@ def check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype)
     return check_heatmap_size(heatmap_size)
 
 
-def check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction) -> None:
+def check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight=None) -> None:
     check_maps("logits", logits)
     check_keypoints(keypoints, visible)
+    check_weight(weight, keypoints)
     check_target_options(sigma, rounding, seed)
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -106,11 +219,13 @@ def check_decode(heatmaps, method, k, weights, window) -> None:
     check_maps("heatmaps", heatmaps)
     check_choice("method", method, METHODS)
     check_choice("weights", weights, WEIGHTINGS)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+    k = as_int("k", k, f"an integer in [1, {MAX_K}]")
+    if not 1 <= k <= MAX_K:
         raise ValueError(f"k: expected an integer in [1, {MAX_K}], got {k!r}")
     if method == "topk" and k > heatmaps.shape[2] * heatmaps.shape[3]:
         raise ValueError(f"k: expected 1 <= k <= H*W = {heatmaps.shape[2] * heatmaps.shape[3]}, got {k}")
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1 or window % 2 == 0:
+    window = as_int("window", window, "an odd integer >= 1")
+    if window < 1 or window % 2 == 0:
         raise ValueError(f"window: expected an odd integer >= 1, got {window!r}")
     if window * window > 1024:
         raise ValueError(f"window: expected window*window <= 1024, got window={window}")

@@ -12,7 +12,7 @@ import torch
 
 from . import checks
 from .backends import select
-from .reference import compute_dtype
+from .reference import compute_dtype, visible_as_bool
 
 # --------------------------------------------------------------------------- encode
 
@@ -32,7 +32,7 @@ def encode(
 ) -> torch.Tensor:
     checks.check_encode(keypoints, (height, width), visible, sigma, rounding, seed, dtype)
     module = select("encode", keypoints.device, backend)
-    visible = None if visible is None else visible.contiguous()
+    visible = None if visible is None else visible_as_bool(visible).contiguous()
     return module.encode(keypoints.to(torch.float32).contiguous(), visible, height, width, sigma, rounding, seed, expected, dtype)
 
 
@@ -57,13 +57,16 @@ def heatmap_loss(
     reduction: str,
     compute_grad: bool,
     backend: str,
+    weight: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction)
+    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight)
     module = select("heatmap_loss", logits.device, backend, logits.dtype, logits.shape[2] * logits.shape[3])
-    visible = None if visible is None else visible.contiguous()
+    visible = None if visible is None else visible_as_bool(visible).contiguous()
+    if weight is not None:
+        weight = weight.to(compute_dtype(logits.dtype)).contiguous()
     return module.heatmap_loss(
         logits.contiguous(), keypoints.to(torch.float32).contiguous(), visible,
-        sigma, rounding, seed, loss, reduction, compute_grad,
+        sigma, rounding, seed, loss, reduction, compute_grad, weight,
     )
 
 
@@ -74,8 +77,8 @@ def _loss_value_like(logits: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 @heatmap_loss.register_fake
-def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend):
-    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction)
+def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight=None):
+    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
     return _loss_value_like(logits, reduction), grad
 
@@ -122,14 +125,17 @@ def _loss_backward(ctx, grad_value, grad_grad):
     A second backward through the same graph then fails in autograd's own check ("modified
     by an inplace operation"). On the CPU and while tracing (``torch.compile``) a new tensor
     is returned, so ``retain_graph`` and ``gradcheck`` work there.
+
+    ``weight`` is treated as a constant (like mmpose's target weights, which are data): no
+    gradient flows to it, even when it requires one.
     """
     if not ctx.compute_grad:
         raise RuntimeError("heatmap_loss: backward needs the op to be called with compute_grad=True")
     (grad,) = ctx.saved_tensors
     if not (grad.is_cuda and type(grad) is torch.Tensor):
-        return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend), *(None,) * 9
+        return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend), *(None,) * 10
     heatmap_loss_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
-    return grad, *(None,) * 9
+    return grad, *(None,) * 10
 
 
 heatmap_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context)

@@ -22,6 +22,29 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# --------------------------------------------------------------------------- masks
+
+
+def visible_as_bool(visible: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The ``visible`` mask as bool: non-zero is visible, and NaN is invisible.
+
+    A bool mask is returned as it is (no copy); integer masks give ``visible != 0``;
+    floating masks give ``(visible != 0) & ~isnan(visible)`` (written ``visible.abs() > 0``).
+    NaN is taken as "no annotation" rather than rejected, because rejecting it would need a
+    look at the data on the host (a device sync, impossible inside CUDA-graph capture).
+    """
+    if visible is None or visible.dtype == torch.bool:
+        return visible
+    if visible.is_floating_point():
+        return visible.abs() > 0
+    return visible != 0
+
+
+def contributing(contributes: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """``contributes`` (visible and on the map) and, with a weight, ``weight != 0`` (NaN weights contribute)."""
+    return contributes if weight is None else contributes & (weight != 0)
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -116,39 +139,52 @@ def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, d
 # --------------------------------------------------------------------------- fused loss
 
 
-def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
+def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=None):
     """Loss and its gradient with respect to ``logits`` (for an incoming gradient of 1).
 
     Per pixel: ``bce`` = ``max(z, 0) - z t + log(1 + exp(-|z|))`` (gradient ``sigmoid(z) - t``),
-    ``mse`` = ``(z - t)^2`` (gradient ``2 (z - t)``). Keypoints that do not contribute are
-    zero in both. ``none`` sums each keypoint's H*W pixels into ``(B, K)``; ``sum`` adds
-    everything; ``mean`` divides the sum by (contributing keypoints) * H * W, and is 0 when
-    no keypoint contributes.
+    ``mse`` = ``(z - t)^2`` (gradient ``2 (z - t)``). A keypoint contributes when it is
+    visible, its target cell is on the map and (with ``weight``, a ``(B, K)`` tensor in the
+    accumulation dtype) its weight is not 0. Keypoints that do not contribute are *selected
+    out* (``torch.where``, not multiplied by 0): their loss and gradient are exactly 0 whatever
+    their logits hold, NaN and inf included. A contributing keypoint's summed loss is
+    multiplied by its weight, and its gradient by ``weight * scale``. ``none`` gives each
+    keypoint's (weighted) sum over its H*W pixels, ``(B, K)``; ``sum`` adds everything;
+    ``mean`` multiplies the sum by ``scale = 1 / max(count * H * W, 1)`` with ``count`` the
+    number of contributing keypoints (0 when none contributes). ``weight=None`` and a weight
+    of 1 everywhere give the same bits.
     """
     height, width = logits.shape[-2:]
     acc = compute_dtype(logits.dtype)
     rows, cols, contributes = target_profiles(keypoints, visible, height, width, sigma, rounding, seed, False)
+    contributes = contributing(contributes, weight)
     target = (rows.unsqueeze(-1) * cols.unsqueeze(-2)).to(acc)
     z = logits.to(acc)
-    mask = contributes.to(acc)[..., None, None]
+    live = contributes[..., None, None]
     if loss == "bce":
         pixel_loss = torch.clamp(z, min=0) - z * target + torch.log1p(torch.exp(-z.abs()))
         pixel_grad = torch.sigmoid(z) - target
     else:
         pixel_loss = (z - target) ** 2
         pixel_grad = 2 * (z - target)
-    per_keypoint = (pixel_loss * mask).sum(dim=(-2, -1))
+    per_keypoint = torch.where(live, pixel_loss, torch.zeros_like(pixel_loss)).sum(dim=(-2, -1))
+    if weight is not None:
+        per_keypoint = torch.where(contributes, per_keypoint * weight, torch.zeros_like(per_keypoint))
     if reduction == "none":
-        value, scale = per_keypoint, 1.0
+        value, scale = per_keypoint, None
     elif reduction == "sum":
-        value, scale = per_keypoint.sum(), 1.0
+        value, scale = per_keypoint.sum(), None
     else:
         count = contributes.sum().to(acc) * (height * width)
         scale = 1.0 / torch.clamp(count, min=1)
         value = per_keypoint.sum() * scale
     if not compute_grad:
         return value, logits.new_empty(0)
-    return value, (pixel_grad * mask * scale).to(logits.dtype)
+    factor = weight if scale is None else (scale if weight is None else weight * scale)
+    if factor is not None:
+        pixel_grad = pixel_grad * (factor[..., None, None] if factor.dim() else factor)
+    grad = torch.where(live, pixel_grad, torch.zeros_like(pixel_grad))
+    return value, grad.to(logits.dtype)
 
 
 def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -190,13 +226,22 @@ def _selected_cells(flat: torch.Tensor, width: int, height: int, method: str, k:
 def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised weights over the selected slots, and for ``linear`` the normaliser (0: fallback).
 
-    ``softmax``: softmax of the raw values. ``linear``: ``max(v, 0) / sum``; when that sum is 0
-    all weight goes to the peak cell (slot 0, or the window centre for ``local``).
+    ``m`` is the peak value (slot ``peak_slot``: the map's maximum). ``softmax``: ``exp(v - m)``
+    normalised, with ``exp(v - m) = 1`` for ``v == m``, so that an infinite peak is the limit
+    of softmax: ``m = +inf`` shares the weight equally among the ``+inf`` cells (others 0), and
+    ``m = -inf`` (every selected cell ``-inf``) among all selected cells. ``linear``:
+    ``max(v, 0) / sum``, where for ``m = +inf`` the ``+inf`` cells count 1 and the others 0
+    (the same limit); when the sum is not > 0 all weight goes to the peak cell. A NaN peak
+    (the map holds a NaN) gives NaN or fallback weights; :func:`decode` makes its coordinates NaN.
     """
+    peak = values[..., peak_slot : peak_slot + 1]
     if weights == "softmax":
-        shifted = torch.where(valid, values, torch.full_like(values, float("-inf")))
+        shifted = torch.where(values == peak, torch.zeros_like(values), values - peak)
+        shifted = torch.where(valid, shifted, torch.full_like(values, float("-inf")))
         return torch.softmax(shifted, dim=-1), torch.ones_like(values[..., 0])
-    positive = torch.where(valid, torch.clamp(values, min=0), torch.zeros_like(values))
+    positive = torch.clamp(values, min=0)
+    positive = torch.where(peak == float("inf"), (values == peak).to(values.dtype), positive)
+    positive = torch.where(valid, positive, torch.zeros_like(values))
     total = positive.sum(-1)
     fallback = torch.zeros_like(values)
     fallback[..., peak_slot] = 1
@@ -206,7 +251,14 @@ def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot:
 
 
 def decode(heatmaps, method, k, weights, window):
-    """``(coords (B,K,2), scores (B,K), indices (B,K,S))``: weighted mean of the selected cells."""
+    """``(coords (B,K,2), scores (B,K), indices (B,K,S))``: weighted mean of the selected cells.
+
+    Non-finite maps, the same for every method and weighting: a map holding a NaN anywhere has
+    a NaN score and NaN coordinates (NaN ranks above every number, so its first NaN cell is
+    the peak and is selected first); ``+inf`` and ``-inf`` are ordinary extreme values, weighed
+    as limits (see :func:`_weights`): the coordinates of a map whose maximum is ``+inf`` are
+    the mean of the selected ``+inf`` cells (the cell itself for ``argmax``).
+    """
     batch, num, height, width = heatmaps.shape
     acc = compute_dtype(heatmaps.dtype)
     flat = heatmaps.reshape(batch, num, height * width).to(acc)
@@ -215,11 +267,17 @@ def decode(heatmaps, method, k, weights, window):
     valid = indices >= 0
     safe = torch.where(valid, indices, torch.zeros_like(indices))
     values = torch.gather(flat, -1, safe)
-    w, _ = _weights(values, valid, weights, (window * window) // 2 if method == "local" else 0)
+    w, _ = _weights(values, valid, weights, _peak_slot(method, indices.shape[-1]))
     x = (safe % width).to(acc)
     y = torch.div(safe, width, rounding_mode="floor").to(acc)
     coords = torch.stack([(w * x).sum(-1), (w * y).sum(-1)], dim=-1)
+    coords = torch.where(torch.isnan(scores).unsqueeze(-1), torch.full_like(coords, float("nan")), coords)
     return coords, scores, indices
+
+
+def _peak_slot(method: str, slots: int) -> int:
+    """The slot of the map's arg-max: the window centre for ``local``, else slot 0."""
+    return slots // 2 if method == "local" else 0
 
 
 def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights):
@@ -227,8 +285,9 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
 
     Coordinates: ``softmax`` gives ``w_j ((x_j - x) gx + (y_j - y) gy)``; ``linear`` gives
     ``[v_j > 0] ((x_j - x) gx + (y_j - y) gy) / sum`` (zero in the all-zero fallback);
-    ``argmax`` coordinates are piecewise constant. Scores (the maximum) send their
-    gradient to the peak cell.
+    ``argmax`` coordinates are piecewise constant, and so are the coordinates of a map whose
+    maximum is not finite (NaN or +-inf): their gradient is zero. Scores (the maximum) send
+    their gradient to the peak cell.
     """
     batch, num, height, width = heatmaps.shape
     acc = compute_dtype(heatmaps.dtype)
@@ -236,7 +295,7 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
     valid = indices >= 0
     safe = torch.where(valid, indices, torch.zeros_like(indices))
     values = torch.gather(flat, -1, safe)
-    peak = indices.shape[-1] // 2 if method == "local" else 0
+    peak = _peak_slot(method, indices.shape[-1])
     w, total = _weights(values, valid, weights, peak)
     x = (safe % width).to(acc)
     y = torch.div(safe, width, rounding_mode="floor").to(acc)
@@ -252,7 +311,8 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
         live = (values > 0) & valid & (total > 0).unsqueeze(-1)
         safe_total = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
         slot_grad = torch.where(live, direction / safe_total, torch.zeros_like(values))
-    slot_grad = torch.where(valid, slot_grad, torch.zeros_like(slot_grad))
+    finite_peak = torch.isfinite(values[..., peak : peak + 1])
+    slot_grad = torch.where(valid & finite_peak, slot_grad, torch.zeros_like(slot_grad))
     slot_grad[..., peak] += grad_scores.to(acc)
     grad = torch.zeros_like(flat).scatter_add_(-1, safe, slot_grad)
     return grad.reshape(heatmaps.shape).to(heatmaps.dtype)

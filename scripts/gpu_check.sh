@@ -1,13 +1,41 @@
 #!/usr/bin/env bash
-# One prepared GPU session: correctness of every GPU backend, then the benchmark report.
-# Run from the repository root on a CUDA machine with torch/triton/cupy preinstalled:
+# One prepared GPU session: correctness of every GPU backend and of the on-device augmentation,
+# the benchmark report, the host-overhead section, and the main job with and without
+# on-device augmentation. Run from the repository root on a CUDA machine with
+# torch/triton/cupy preinstalled:
 #   OUT=/some/folder bash scripts/gpu_check.sh [commit]
-# Writes facts.txt, gpu_tests.log, bench.log, bench/report.{json,md} and train.log under $OUT.
+# Writes under $OUT: facts.txt, gpu_tests.log, gpu_pipeline_tests.log, augment.log,
+# bench.log, bench/report.{json,md}, host.log, host/report.{json,md}, train.log,
+# train_gpu_augment.log and train_summary.txt.
+# Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
+# BUDGET seconds (default 470, under 8 minutes): a step gets at most what is left of it and is
+# skipped, with a message, when less than 15 s are left.
 set -u
 OUT=${OUT:-gpu_out}
 COMMIT=${1:-unknown}
+BUDGET=${BUDGET:-470}
+START=$SECONDS
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+# step_timeout WANTED: the timeout of the next step, what is left of the budget if that is less.
+step_timeout() {
+  local left=$(( BUDGET - (SECONDS - START) ))
+  if (( left < 15 )); then echo 0; elif (( $1 < left )); then echo "$1"; else echo "$left"; fi
+}
+# run_step NAME WANTED LOG COMMAND...: run COMMAND under the step's timeout, output to LOG, status to facts.txt.
+run_step() {
+  local name=$1 wanted=$2 log=$3; shift 3
+  local limit; limit=$(step_timeout "$wanted")
+  if (( limit == 0 )); then
+    echo "$name: skipped, the session budget of ${BUDGET} s is spent" | tee -a "$OUT/facts.txt"
+    return
+  fi
+  timeout "$limit" "$@" > "$log" 2>&1
+  local status=$?
+  echo "$name exit status: $status (limit ${limit} s, at $(( SECONDS - START )) s)" | tee -a "$OUT/facts.txt"
+}
+
 {
   date -u +%FT%TZ
   echo "commit $COMMIT"
@@ -17,20 +45,69 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   python3 -c "import h3r_kernels, json; print(json.dumps(h3r_kernels.backends(), indent=1))"
 } 2>&1 | tee "$OUT/facts.txt"
 
-timeout "${GPU_TEST_TIMEOUT:-140}" python3 -m pytest -q -n 8 -p no:cacheprovider -m gpu \
-  tests/test_gpu_ops.py tests/test_triton_encode_loss.py tests/test_triton_decode.py tests/test_cuda_backend.py \
-  > "$OUT/gpu_tests.log" 2>&1
-echo "gpu tests exit status: $?" | tee -a "$OUT/facts.txt"
-grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
+# 1. Correctness of the GPU backends.
+run_step "gpu tests" "${GPU_TEST_TIMEOUT:-140}" "$OUT/gpu_tests.log" \
+  python3 -m pytest -q -n 8 -p no:cacheprovider -m gpu \
+  tests/test_gpu_ops.py tests/test_triton_encode_loss.py tests/test_triton_decode.py tests/test_cuda_backend.py
+grep -E "passed|failed|error" "$OUT/gpu_tests.log" 2>/dev/null | tail -3
 
-timeout "${BENCH_TIMEOUT:-120}" python3 -m bench.report --device cuda --out "$OUT/bench" --commit "$COMMIT" \
-  > "$OUT/bench.log" 2>&1
-echo "bench exit status: $?" | tee -a "$OUT/facts.txt"
-tail -5 "$OUT/bench.log"
+# 2. On-device augmentation on CUDA: equivalence with the CPU path (Pillow), then the warp's
+#    max/mean error against Pillow (exact and float32 modes) and its throughput per batch.
+run_step "gpu pipeline tests" "${PIPELINE_TEST_TIMEOUT:-60}" "$OUT/gpu_pipeline_tests.log" \
+  python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/test_gpu_pipeline.py
+grep -E "passed|failed|error|exact|float32" "$OUT/gpu_pipeline_tests.log" 2>/dev/null | tail -8
+run_step "augment check" "${AUGMENT_TIMEOUT:-45}" "$OUT/augment.log" \
+  python3 -m h3r.augment --device cuda --cases 60 --batch 256 --size 256
+cat "$OUT/augment.log" 2>/dev/null
 
-# The main job on the GPU: low-resolution synthetic faces, bf16 (run folder outside $OUT: few files come back).
-timeout "${TRAIN_TIMEOUT:-90}" python3 -m h3r train --device cuda --amp bf16 --workers 8 --no-progress \
-  --out /tmp/h3r-gpu-train > "$OUT/train.log" 2>&1
-echo "train exit status: $?" | tee -a "$OUT/facts.txt"
+# 3. The throughput report.
+run_step "bench" "${BENCH_TIMEOUT:-120}" "$OUT/bench.log" \
+  python3 -m h3r.benchmark --device cuda --out "$OUT/bench" --commit "$COMMIT"
+tail -5 "$OUT/bench.log" 2>/dev/null
+
+# 4. Host overhead on CUDA: CPU time to issue heatmap_loss fwd+bwd and decode on tiny maps vs plain BCE.
+run_step "host overhead" "${HOST_TIMEOUT:-75}" "$OUT/host.log" \
+  python3 -m h3r.benchmark --device cuda --host-overhead --skip-throughput --copy-mib 64 \
+  --out "$OUT/host" --commit "$COMMIT"
+grep -E "^host overhead:" "$OUT/host.log" 2>/dev/null | head -30
+
+# 5. The main job on the GPU: low-resolution synthetic faces, bf16 (run folders outside $OUT:
+#    few files come back), with the CPU augmentation and then with the on-device one.
+TRAIN_ARGS=(--device cuda --amp bf16 --workers 8 --no-progress)
+rm -rf /tmp/h3r-gpu-train /tmp/h3r-gpu-train-augment
+run_step "train" "${TRAIN_TIMEOUT:-90}" "$OUT/train.log" \
+  python3 -m h3r train "${TRAIN_ARGS[@]}" --out /tmp/h3r-gpu-train
 cat /tmp/h3r-gpu-train/metrics.jsonl >> "$OUT/train.log" 2>/dev/null
-tail -4 "$OUT/train.log"
+tail -4 "$OUT/train.log" 2>/dev/null
+
+if python3 -m h3r train --help 2>/dev/null | grep -q -- "--gpu-augment"; then
+  run_step "train --gpu-augment" "${TRAIN_TIMEOUT:-90}" "$OUT/train_gpu_augment.log" \
+    python3 -m h3r train "${TRAIN_ARGS[@]}" --gpu-augment --out /tmp/h3r-gpu-train-augment
+  cat /tmp/h3r-gpu-train-augment/metrics.jsonl >> "$OUT/train_gpu_augment.log" 2>/dev/null
+  tail -4 "$OUT/train_gpu_augment.log" 2>/dev/null
+else
+  echo "train --gpu-augment: skipped, 'h3r train' has no --gpu-augment flag in this checkout" \
+    | tee -a "$OUT/facts.txt" "$OUT/train_gpu_augment.log"
+fi
+
+# Images/s and loader wait per run, epochs 2.. (epoch 1 includes start-up), side by side.
+python3 - "$OUT/train_summary.txt" <<'EOF' 2>&1 | tee -a "$OUT/facts.txt"
+import json, statistics, sys
+from pathlib import Path
+lines = []
+for name, folder in (("cpu augmentation", "/tmp/h3r-gpu-train"), ("--gpu-augment", "/tmp/h3r-gpu-train-augment")):
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        lines.append(f"{name}: no metrics.jsonl")
+        continue
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steady = records[1:] or records
+    rate = statistics.median(r["images_per_s"] for r in steady)
+    wait = statistics.mean(r["loader_wait_fraction"] for r in steady)
+    test = records[-1].get("test", {})
+    lines.append(f"{name}: {len(records)} epochs, median {rate:.0f} images/s, loader wait {100 * wait:.0f}% "
+                 f"(epochs 2..), final test {json.dumps(test)}")
+Path(sys.argv[1]).write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+echo "gpu_check.sh took $(( SECONDS - START )) s" | tee -a "$OUT/facts.txt"

@@ -9,7 +9,7 @@ import torch
 
 import h3r_kernels
 from h3r_kernels.backends import interpreting
-from bench import baselines, cpu_encoding, report
+from h3r.benchmark import baselines, cases, cli, cpu_encoding, markdown, measure
 
 SHAPE = (2, 3, 5, 7)  # B, K, H, W; H != W
 
@@ -19,7 +19,7 @@ def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--device", "cpu", "--shapes", "2x3x5x7", "--repeats", "2", "--warmup", "1",
             "--copy-mib", "4", "--cpu-workers", "2", "--commit", "abc123", "--out", str(out)]
-    returned = report.main(argv)
+    returned = cli.main(argv)
     return out, returned
 
 
@@ -36,7 +36,7 @@ def test_report_writes_json_and_markdown(tiny_report, capsys):
     assert written["settings"]["backends"] == ["reference", "naive", "cpu_workers"]
 
     rows = written["rows"]
-    expected = {(op, impl, dtype) for op in report.OPS for impl in ("reference", "naive")
+    expected = {(op, impl, dtype) for op in cases.OPS for impl in ("reference", "naive")
                 for dtype in ("float32", "bfloat16")}
     expected |= {("encode", "cpu_workers", "float32"), ("encode_gaussian", "cpu_workers", "float32")}
     assert {(r["op"], r["impl"], r["dtype"]) for r in rows} == expected
@@ -53,7 +53,7 @@ def test_report_derived_columns(tiny_report):
     by_key = {(r["op"], r["impl"], r["dtype"]): r for r in rows}
     copy_gbps = written["copy_bandwidth"]["gbps"]
     for row in rows:
-        spec = report.OPS[row["op"]]
+        spec = cases.OPS[row["op"]]
         itemsize = 2 if row["dtype"] == "bfloat16" else 4
         assert row["bytes"] == spec.counted_passes * math.prod(SHAPE) * itemsize
         assert row["op_bytes"] == spec.op_passes * math.prod(SHAPE) * itemsize
@@ -78,26 +78,26 @@ def test_report_derived_columns(tiny_report):
 
 def test_report_markdown(tiny_report):
     out, written = tiny_report
-    markdown = (out / "report.md").read_text()
-    assert "| " + " | ".join(report.TABLE_HEADER) + " |" in markdown
-    table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "×".join(map(str, SHAPE)) in line]
+    page = (out / "report.md").read_text()
+    assert "| " + " | ".join(markdown.TABLE_HEADER) + " |" in page
+    table_rows = [line for line in page.splitlines() if line.startswith("| ") and "×".join(map(str, SHAPE)) in line]
     assert len(table_rows) == len(written["rows"])
-    assert all(line.count("|") == len(report.TABLE_HEADER) + 1 for line in table_rows)
-    assert "not a performance claim" in markdown
-    assert f"{written['copy_bandwidth']['gbps']:.1f} GB/s" in markdown
-    for spec in report.OPS.values():
-        assert f"| {spec.name} | {spec.what} | {spec.counted_passes}·N | {spec.op_passes}·N |" in markdown
+    assert all(line.count("|") == len(markdown.TABLE_HEADER) + 1 for line in table_rows)
+    assert "not a performance claim" in page
+    assert f"{written['copy_bandwidth']['gbps']:.1f} GB/s" in page
+    for spec in cases.OPS.values():
+        assert f"| {spec.name} | {spec.what} | {spec.counted_passes}·N | {spec.op_passes}·N |" in page
 
 
 @pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (tests/conftest.py sets it without CUDA)")
 def test_report_marks_the_triton_interpreter(tmp_path, monkeypatch):
     """Rows run by the Triton interpreter are marked (the call is stubbed: this tests the report, not Triton)."""
-    make_call = report.make_call
-    monkeypatch.setattr(report, "make_call", lambda op, impl, *rest: (lambda: None) if impl == "triton"
+    make_call = cases.make_call
+    monkeypatch.setattr(measure, "make_call", lambda op, impl, *rest: (lambda: None) if impl == "triton"
                         else make_call(op, impl, *rest))
     argv = ["--device", "cpu", "--shapes", "2x3x5x7", "--ops", "encode", "--dtypes", "float32",
             "--backends", "reference,triton", "--repeats", "2", "--warmup", "1", "--copy-mib", "1", "--out", str(tmp_path)]
-    written = report.main(argv)
+    written = cli.main(argv)
     triton_row, = [r for r in written["rows"] if r["impl"] == "triton"]
     assert triton_row["median_ms"] > 0 and triton_row["note"] == "Triton interpreter: not a performance claim"
     reference_row, = [r for r in written["rows"] if r["impl"] == "reference"]
@@ -106,17 +106,17 @@ def test_report_marks_the_triton_interpreter(tmp_path, monkeypatch):
 
 
 def test_report_records_a_failing_implementation_and_goes_on(tmp_path, monkeypatch):
-    make_call = report.make_call
+    make_call = cases.make_call
 
     def failing_naive(op, impl, *rest):
         if impl == "naive":
             raise RuntimeError("boom\nsecond line")
         return make_call(op, impl, *rest)
 
-    monkeypatch.setattr(report, "make_call", failing_naive)
+    monkeypatch.setattr(measure, "make_call", failing_naive)
     argv = ["--device", "cpu", "--shapes", "2x3x5x7", "--ops", "decode", "--dtypes", "float32",
             "--backends", "reference,naive", "--repeats", "2", "--warmup", "1", "--copy-mib", "1", "--out", str(tmp_path)]
-    written = report.main(argv)
+    written = cli.main(argv)
     rows = {r["impl"]: r for r in written["rows"]}
     assert rows["naive"]["note"] == "RuntimeError: boom" and rows["naive"]["median_ms"] is None
     assert rows["naive"]["gbps"] is None and rows["naive"]["x_vs_reference"] is None
@@ -138,15 +138,15 @@ def test_report_records_a_failing_implementation_and_goes_on(tmp_path, monkeypat
 )
 def test_report_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
-        report.parse_settings(["--device", "cpu", *argv])
+        cli.parse_settings(["--device", "cpu", *argv])
     assert message in capsys.readouterr().err
 
 
 def test_make_call_rejects_unknown_op_and_impl():
     with pytest.raises(ValueError, match="op: expected one of encode"):
-        report.make_call("softmax", "reference", SHAPE, torch.float32, torch.device("cpu"))
+        cases.make_call("softmax", "reference", SHAPE, torch.float32, torch.device("cpu"))
     with pytest.raises(ValueError, match="impl: expected one of reference"):
-        report.make_call("encode", "cpu_workers", SHAPE, torch.float32, torch.device("cpu"))
+        cases.make_call("encode", "cpu_workers", SHAPE, torch.float32, torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------- the baselines match the ops

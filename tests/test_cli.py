@@ -41,7 +41,7 @@ def test_train_help_explains_the_options(capsys):
 @pytest.mark.parametrize("arguments, message", [
     (("train", "--codec", "dsnt"), "argument --codec: invalid choice: 'dsnt'"),
     (("train", "--dataset", "imagenet"), "argument --dataset: invalid choice: 'imagenet'"),
-    (("train", "--stride", "8"), "argument --stride: invalid choice: 8"),
+    (("train", "--stride", "6"), "argument --stride: invalid choice: 6"),
     (("train", "--epochs", "ten"), "argument --epochs: invalid int value: 'ten'"),
     (("train", "--train-option", "size"), "argument --train-option: expected KEY=VALUE"),
     (("eval",), "the following arguments are required: --checkpoint"),
@@ -116,5 +116,5 @@ def test_bench_forwards_its_arguments(monkeypatch):
     monkeypatch.setattr(cli.subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
     assert cli.main(["bench", "--quick", "--out", "report.md"]) == 0
     command, environment = calls[0]
-    assert command == [sys.executable, "-m", "bench.report", "--quick", "--out", "report.md"]
+    assert command == [sys.executable, "-m", "h3r.benchmark", "--quick", "--out", "report.md"]
     assert str(cli.Path(cli.__file__).resolve().parent.parent) in environment["PYTHONPATH"]

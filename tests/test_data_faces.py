@@ -100,6 +100,18 @@ def test_wflw_line_layout(wflw_root):
     assert fields[206] == "0--Parade/shared.jpg"
 
 
+def test_wflw_subset_files_have_the_official_197_fields(wflw_root):
+    """list_98pt_test/*.txt: 196 coordinates + image name (no rectangle, no flags), as the official files."""
+    root, _, test = wflw_root
+    folder = os.path.join(root, "WFLW_annotations", "list_98pt_test")
+    with open(os.path.join(folder, "list_98pt_test.txt")) as file:
+        lines = [line.split() for line in file]
+    assert len(lines) == 5 and all(len(fields) == 197 for fields in lines)
+    assert float(lines[2][1]) == pytest.approx(test[2].keypoints[0, 1], abs=1e-5)
+    with open(os.path.join(folder, "list_98pt_test_largepose.txt")) as file:
+        assert all(len(line.split()) == 197 for line in file)
+
+
 @pytest.mark.parametrize("subset", WFLW_ATTRIBUTES)
 def test_wflw_subsets(wflw_root, subset):
     root, _, test = wflw_root

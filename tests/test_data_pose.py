@@ -90,6 +90,8 @@ def test_mpii_box_follows_hrnet(tmp_path):
               "joints_vis": [0] * 16}
     (tmp_path / "annot").mkdir()
     (tmp_path / "annot" / "train.json").write_text(json.dumps([record]))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"")  # opening checks that it exists, without decoding it
     box = MPIIDataset(tmp_path, "train")[0].box
     # 0-based centre (100, 80) moved down by 15 * 1.5; side 200 * 1.5
     np.testing.assert_allclose(box, [100 - 150, 80 + 22.5 - 150, 100 + 150, 80 + 22.5 + 150])
@@ -160,9 +162,12 @@ def test_mpii_bad_record(mpii_root, field, value, message):
 
 
 def test_mpii_missing_files(mpii_root):
-    (mpii_root / "images" / "000000002.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="000000002.jpg"):
-        MPIIDataset(mpii_root, "train")[2].image()
+    image = mpii_root / "images" / "000000002.jpg"
+    content = image.read_bytes()
+    image.unlink()
+    with pytest.raises(FileNotFoundError, match=r"train.json: record 2 \(image 000000002.jpg\): image .*000000002.jpg not found"):
+        MPIIDataset(mpii_root, "train")  # when the dataset is opened, not mid-epoch
+    image.write_bytes(content)
     (mpii_root / "annot" / "gt_valid.mat").unlink()
     with pytest.raises(FileNotFoundError, match="gt_valid.mat"):
         MPIIDataset(mpii_root, "valid")
@@ -327,9 +332,12 @@ def test_coco_bad_annotation(coco_root, field, value, message):
 
 
 def test_coco_missing_files(coco_root):
-    (coco_root / "val2017" / "000000000009.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="000000000009.jpg"):
-        COCODataset(coco_root, "val")[2].image()
+    image = coco_root / "val2017" / "000000000009.jpg"
+    content = image.read_bytes()
+    image.unlink()
+    with pytest.raises(FileNotFoundError, match="image id 9: image .*000000000009.jpg not found"):
+        COCODataset(coco_root, "val")  # when the dataset is opened, not mid-epoch
+    image.write_bytes(content)
     with pytest.raises(FileNotFoundError, match="person_keypoints_train2017.json"):
         COCODataset(coco_root, "train")
     with pytest.raises(FileNotFoundError, match="missing.json"):

@@ -53,6 +53,56 @@ def test_loss_parity_and_inplace_backward(backend, shape, dtype, loss, sigma, re
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_weighted_loss_with_float_mask_and_poisoned_masked_maps(backend, shape, dtype, reduction):
+    """Weights, a floating mask (NaN: invisible) and NaN/inf logits in every masked map, at real
+    shapes (the vectorised paths): parity with the reference, finite, and blind to the poison."""
+    keypoints, visible, logits = _inputs(shape, dtype)
+    batch, num = shape[:2]
+    weight = torch.rand(batch, num, device="cuda") * 2
+    weight[torch.rand(batch, num, device="cuda") < 0.2] = 0.0
+    mask = torch.where(visible, torch.rand(batch, num, device="cuda") + 0.5, torch.tensor(float("nan"), device="cuda"))
+    masked = ~visible | (weight == 0)
+    poisoned = logits.clone()
+    poisoned[masked] = float("nan")
+    poisoned[..., 0, 0][masked] = float("inf")
+    results = []
+    for name, z in ((backend, poisoned), ("reference", logits)):
+        z = z.clone().requires_grad_()
+        value = h3r_kernels.heatmap_loss(z, keypoints, mask, weight=weight, seed=5, reduction=reduction, backend=name)
+        (value * 2.0).sum().backward()
+        results.append((value, z.grad))
+    (value, grad), (want_value, want_grad) = results
+    assert torch.isfinite(value).all() and torch.isfinite(grad.float()).all() and (grad[masked] == 0).all()
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(value, want_value, **tol)
+    torch.testing.assert_close(grad.float(), want_grad.float(), rtol=tol["rtol"], atol=tol["atol"] * float(want_grad.abs().max().clamp(min=1e-12)))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(4, 17, 64, 48), (8, 98, 16, 16)])
+@pytest.mark.parametrize("method,k,weights", [("topk", 9, "softmax"), ("topk", 9, "linear"), ("local", 1, "linear"), ("argmax", 1, "softmax")])
+def test_decode_non_finite_maps_parity(backend, shape, method, k, weights):
+    maps = torch.rand(shape, device="cuda")
+    special = torch.rand(shape[:2], device="cuda")
+    maps[special < 0.2] = float("-inf")
+    maps[..., 3, 5][special > 0.8] = float("nan")
+    maps[..., 7, 2][(special > 0.5) & (special <= 0.8)] = float("inf")
+    maps[..., 7, 3][(special > 0.6) & (special <= 0.8)] = float("inf")
+    results = []
+    for name in (backend, "reference"):
+        m = maps.clone().requires_grad_()
+        coords, scores = h3r_kernels.decode(m, method=method, k=k, weights=weights, backend=name)
+        (grad,) = torch.autograd.grad((coords, scores), m, (torch.ones_like(coords), torch.ones_like(scores)))
+        results.append((coords, scores, grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert torch.equal(torch.isnan(results[0][0]).all(-1), special > 0.8)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_second_backward_through_inplace_gradient_raises(backend):
     keypoints, visible, logits = _inputs((2, 3, 8, 8), torch.float32)
     logits.requires_grad_()

@@ -26,6 +26,30 @@ def test_output_shapes(backbone, size):
     assert logits.shape == (batch, 5, size // 4, size // 4)
 
 
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_coarser_strides_pool_the_same_backbone(stride):
+    model = build_model("small", num_keypoints=3, stride=stride).eval()
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        logits = model(images)
+    assert model.stride == stride and logits.shape == (2, 3, 64 // stride, 96 // stride)
+    assert sorted(model.state_dict()) == sorted(build_model("small", num_keypoints=3).state_dict())  # no new weights
+    with pytest.raises(ValueError, match=f"multiples of the stride {stride}"):
+        model(torch.randn(1, 3, 64 + 4, 64))
+    with pytest.raises(ValueError, match="stride: expected one of 4, 8, 16, 32"):
+        build_model("small", num_keypoints=3, stride=2)
+
+
+def test_pooling_keeps_cell_j_over_input_pixel_stride_j():
+    """A feature that marks stride-4 cell i stays centred on cell i/2 after each halving."""
+    model = build_model("small", num_keypoints=1, stride=16)
+    features = torch.zeros(1, 1, 16, 16)
+    features[0, 0, 8, 4] = 1.0  # stride-4 cell (x=4, y=8): input pixel (16, 32) -> stride-16 cell (1, 2)
+    pooled = model.pool(features)
+    assert pooled.shape == (1, 1, 4, 4)
+    assert pooled[0, 0].argmax().item() == 2 * 4 + 1
+
+
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "small"])
 def test_non_square_input_and_backward(backbone):
     model = build_model(backbone, num_keypoints=3, head="two-class")
@@ -137,7 +161,7 @@ def test_build_model_rejects_bad_arguments(arguments, message):
 
 
 @pytest.mark.parametrize(
-    ("shape", "message"), [((1, 3, 30, 32), "multiples of 4"), ((1, 1, 32, 32), r"\(B, 3, H, W\)"), ((3, 32, 32), r"\(B, 3, H, W\)")]
+    ("shape", "message"), [((1, 3, 30, 32), "multiples of the stride 4"), ((1, 1, 32, 32), r"\(B, 3, H, W\)"), ((3, 32, 32), r"\(B, 3, H, W\)")]
 )
 def test_forward_rejects_bad_images(shape, message):
     with pytest.raises(ValueError, match=message):

@@ -166,7 +166,7 @@ MAPS = torch.zeros(2, 3, 4, 5)
         (lambda: h3r_kernels.encode(KP, (4,)), r"heatmap_size: expected \(H, W\)"),
         (lambda: h3r_kernels.encode(KP, (0, 4)), r"heatmap_size: expected \(H, W\) with H, W >= 1"),
         (lambda: h3r_kernels.encode(KP, (4, 4), torch.ones(2, 4, dtype=torch.bool)), r"visible: expected shape \(B, K\)"),
-        (lambda: h3r_kernels.encode(KP, (4, 4), torch.ones(2, 3)), "visible: expected dtype torch.bool"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), torch.ones(2, 3, dtype=torch.complex64)), "visible: expected dtype bool, an integer or a floating"),
         (lambda: h3r_kernels.encode(KP, (4, 4), sigma=-1.0), "sigma: expected a finite number >= 0"),
         (lambda: h3r_kernels.encode(KP, (4, 4), sigma=float("nan")), "sigma: expected a finite number >= 0"),
         (lambda: h3r_kernels.encode(KP, (4, 4), rounding="ceil"), "rounding: expected one of"),

@@ -4,6 +4,8 @@ import io
 import re
 from pathlib import Path
 
+from h3r._compat import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -33,3 +35,11 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_main_command_runs_h3r_train():
     assert _block_after("<!-- main-command -->").endswith("h3r train")
+
+
+def test_readme_states_the_python_range_and_every_extra():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    floor = re.fullmatch(r">=\s*(\d+\.\d+)", project["requires-python"]).group(1)
+    assert f"(Python {floor} or later)" in README
+    for extra in project["optional-dependencies"]:
+        assert f"`{extra}`" in README, f"README.md does not mention the extra {extra!r}"

@@ -114,7 +114,8 @@ def test_sub_cell_offsets_on_borders_and_flat_maps():
 
 
 def test_build_codec_and_default_sigma():
-    assert default_gaussian_sigma(64) == 1.5 and default_gaussian_sigma(16) == 1.0
+    assert default_gaussian_sigma(256) == 1.5 and default_gaussian_sigma(64) == 1.0
+    assert default_gaussian_sigma(256, stride=8) == 0.75 and default_gaussian_sigma(256, 4, task="pose") == 2.0
     assert build_codec("gaussian", input_size=256).sigma == 1.5
     assert isinstance(build_codec("h3r"), H3RCodec)
     with pytest.raises(ValueError, match="codec: expected one of"):
@@ -140,8 +141,9 @@ def test_configuration_files_load_and_validate():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"stride": 8}, "only stride 4 is supported"),
+    ({"stride": 6}, "stride: expected one of 4, 8, 16, 32"),
     ({"input_size": 30}, "input_size: expected a multiple of the stride 4"),
+    ({"input_size": 16, "stride": 16}, "at least 2x2 cells"),
     ({"codec": "dsnt"}, "codec: expected one of h3r, gaussian"),
     ({"epochs": 0}, "epochs: expected a positive number"),
     ({"sigma": -1.0}, "sigma: expected a positive number"),

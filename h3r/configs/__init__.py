@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from h3r._compat import tomllib
+
 CONFIG_DIR = Path(__file__).parent
-CODECS = ("h3r", "gaussian")
+CODECS = ("h3r", "gaussian", "dark", "integral")
 BACKBONES = ("small", "mobilenetv2", "hrnet_w18")
 HEADS = ("binary", "two-class")
 OPTIMIZERS = ("adamw", "adam")
@@ -22,7 +23,8 @@ SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
 TOPK_WEIGHTS = ("softmax", "linear")
 REFINEMENTS = ("none", "quarter", "dark")
-SUPPORTED_STRIDES = (4,)
+SUPPORTED_STRIDES = (4, 8, 16, 32)
+POSE_DATASETS = ("mpii", "coco", "synthetic-pose")  # the rest are faces: they set the default Gaussian sigma
 
 
 @dataclass
@@ -30,7 +32,8 @@ class TrainConfig:
     """Everything a training run depends on.
 
     Sizes are pixels of the square network input; the heatmap is ``input_size / stride``
-    cells wide. ``batch_size`` is per process (a ``torchrun`` job with N processes sees N
+    cells wide, whatever the backbone (the model pools its stride-4 features down to
+    ``stride``; see :class:`h3r.models.LandmarkModel`). ``batch_size`` is per process (a ``torchrun`` job with N processes sees N
     times as many images per step).
     """
 
@@ -49,12 +52,12 @@ class TrainConfig:
     head: str = "binary"
     pretrained: Optional[str] = None  # weights loaded into the model before training
     input_size: int = 64
-    stride: int = 4
-    codec: str = "h3r"
+    stride: int = 4  # input pixels per heatmap cell: 4, 8, 16 or 32
+    codec: str = "h3r"  # h3r, gaussian (vanilla), dark (unbiased Gaussian + DARK), integral (soft-argmax + L1)
     topk: int = 9  # h3r: activations averaged by the decoder
     topk_weights: str = "softmax"  # h3r: "softmax" of the top-k logits (released decoder) or "linear" in probabilities
-    sigma: Optional[float] = None  # gaussian: sigma in heatmap cells (None: codecs.default_gaussian_sigma)
-    refine: str = "quarter"  # gaussian: sub-cell refinement after the arg-max
+    sigma: Optional[float] = None  # gaussian, dark: sigma in heatmap cells (None: codecs.default_gaussian_sigma)
+    refine: Optional[str] = None  # gaussian, dark: refinement after the arg-max (None: quarter / dark)
 
     # Crop and augmentation (see h3r.transforms.CropConfig).
     box_scale: float = 1.25
@@ -90,18 +93,17 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {"codec": CODECS, "backbone": BACKBONES, "head": HEADS, "optimizer": OPTIMIZERS,
-                   "schedule": SCHEDULES, "amp": AMP_MODES, "topk_weights": TOPK_WEIGHTS, "refine": REFINEMENTS}
+                   "schedule": SCHEDULES, "amp": AMP_MODES, "topk_weights": TOPK_WEIGHTS,
+                   "refine": REFINEMENTS + (None,)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                shown = ", ".join(str(choice) for choice in allowed)
+                raise ValueError(f"{name}: expected one of {shown}, got {getattr(self, name)!r}")
         if self.stride not in SUPPORTED_STRIDES:
-            raise ValueError(
-                f"stride: every backbone here outputs stride-4 heatmaps, so only stride 4 is supported, got "
-                f"{self.stride}; change the heatmap resolution with input_size (heatmap side = input_size / 4)"
-            )
-        if self.input_size < 8 or self.input_size % self.stride:
-            raise ValueError(f"input_size: expected a multiple of the stride {self.stride}, >= 8, "
-                             f"got {self.input_size}")
+            raise ValueError(f"stride: expected one of {', '.join(map(str, SUPPORTED_STRIDES))}, got {self.stride!r}")
+        if self.input_size < 2 * self.stride or self.input_size % self.stride:
+            raise ValueError(f"input_size: expected a multiple of the stride {self.stride} giving a heatmap of at "
+                             f"least 2x2 cells (>= {2 * self.stride}), got {self.input_size}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "eval_every": self.eval_every,
                     "box_scale": self.box_scale, "topk": self.topk}
         for name, value in positive.items():
@@ -124,6 +126,11 @@ class TrainConfig:
     @property
     def heatmap_side(self) -> int:
         return self.input_size // self.stride
+
+    @property
+    def task(self) -> str:
+        """``"pose"`` for human-pose datasets, else ``"face"`` (it picks the default Gaussian sigma)."""
+        return "pose" if self.dataset in POSE_DATASETS else "face"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
+from h3r.data.checks import verify_readable
 
 DATASET_NAMES = ("wflw", "300w", "pts", "cofw", "aflw", "mpii", "coco", "synthetic-face", "synthetic-pose")
 
@@ -77,4 +78,4 @@ def open_dataset(name: str, root: str | None = None, split: str = "train", **opt
     return COCODataset(root, split, **options)
 
 
-__all__ = ["DATASET_NAMES", "LandmarkDataset", "Sample", "landmark_box", "open_dataset"]
+__all__ = ["DATASET_NAMES", "LandmarkDataset", "Sample", "landmark_box", "open_dataset", "verify_readable"]

@@ -1,7 +1,8 @@
 """AFLW, 19-landmark benchmark protocol (datasets.md §4), from either source users have:
 
-``source="mat"``: ``root/AFLWinfo_release.mat`` (Zhu et al., CVPR'16; a pre-v7.3 MAT file read
-with ``scipy.io.loadmat``) and the AFLW images under ``root/flickr/`` (``image_dir``). Fields:
+``source="mat"``: ``root/AFLWinfo_release.mat`` (Zhu et al., CVPR'16; read with
+``scipy.io.loadmat``, or with h5py if the copy is MATLAB v7.3 / HDF5, as PIPNet's
+``hdf5storage.loadmat`` would) and the AFLW images under ``root/flickr/`` (``image_dir``). Fields:
 ``bbox`` N×4 ``[x1, x2, y1, y2]`` (note the order), ``data`` N×38 (19 x then 19 y),
 ``mask_new`` N×19 (1 = visible), ``nameList`` N×1 cell of paths relative to ``flickr/``
 (the extension is replaced by ``.jpg``, as SAN does), ``ra`` a 1-based permutation of the N
@@ -24,9 +25,11 @@ from __future__ import annotations
 import csv
 import os
 
+import h5py
 import numpy as np
 import scipy.io
 
+from h3r.data.checks import matlab_string, require_finite, require_images
 from h3r.data.faces import FaceDataset, require_file
 from h3r.data.images import image_loader
 
@@ -40,43 +43,86 @@ AFLW_CSV_COLUMNS = 5 + 2 * AFLW_NUM_KEYPOINTS
 AFLW_IMAGE_DIRS = {"mat": "flickr", "csv": "images"}
 
 
+def _load_mat73(path: str) -> dict[str, np.ndarray]:
+    """The variables of a MATLAB v7.3 (HDF5) file in MATLAB's orientation (h5py sees them
+    transposed); a cell becomes an object array of its decoded entries (char → ``str``)."""
+    def decode(file: h5py.File, item) -> object:
+        values = np.asarray(item)
+        kind = item.attrs.get("MATLAB_class", b"")
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if values.dtype == h5py.ref_dtype:
+            cell = np.empty(values.shape[::-1], dtype=object)
+            for index in np.ndindex(values.shape):
+                cell[index[::-1]] = decode(file, file[values[index]])
+            return cell
+        if kind == "char":
+            return "".join(chr(int(code)) for code in values.T.reshape(-1))
+        return values.T
+
+    with h5py.File(path, "r") as file:
+        return {name: decode(file, file[name]) for name in file if isinstance(file[name], h5py.Dataset)}
+
+
+def _load_mat(path: str) -> dict[str, np.ndarray]:
+    """``scipy.io.loadmat`` for MATLAB v5/v7 files, h5py for v7.3 (HDF5) ones; a damaged file
+    is a ``ValueError`` naming it."""
+    try:
+        if h5py.is_hdf5(path):
+            return _load_mat73(path)
+        return scipy.io.loadmat(path)
+    except Exception as error:  # scipy raises MatReadError, ValueError, TypeError, zlib.error ...; h5py OSError
+        raise ValueError(f"{path}: cannot read as a MATLAB .mat file (scipy.io.loadmat for v5/v7, h5py for "
+                         f"v7.3): {error}") from None
+
+
 def read_aflw_mat(path: str) -> dict[str, np.ndarray | list]:
     """All faces of ``AFLWinfo_release.mat`` in file order: ``keypoints (N, 19, 2)``,
     ``boxes (N, 4)`` as x1, y1, x2, y2, ``visible (N, 19)`` bool, ``names`` (N paths),
     ``order`` (the 0-based permutation ``ra − 1``)."""
     require_file(path, "AFLW annotation file")
-    try:
-        mat = scipy.io.loadmat(path)
-    except (scipy.io.matlab.MatReadError, ValueError, NotImplementedError, TypeError, OSError) as error:
-        raise ValueError(f"{path}: cannot read as a MATLAB .mat file with scipy.io.loadmat: {error}") from None
+    mat = _load_mat(path)
     for field in ("bbox", "data", "mask_new", "nameList", "ra"):
         if field not in mat:
             raise ValueError(f"{path}: field '{field}' missing (AFLWinfo_release.mat has bbox, data, mask_new, nameList, ra)")
-    data = np.asarray(mat["data"], dtype=np.float64)
+    arrays = {}
+    for field in ("data", "bbox", "mask_new", "ra"):
+        if np.asarray(mat[field]).dtype.kind not in "fiub":
+            raise ValueError(f"{path}: '{field}' must be a numeric matrix, got {np.asarray(mat[field]).dtype}")
+        arrays[field] = np.asarray(mat[field], dtype=np.float64)
+    data = arrays["data"]
     count = len(data)
     expected = {"data": (count, 2 * AFLW_NUM_KEYPOINTS), "bbox": (count, 4), "mask_new": (count, AFLW_NUM_KEYPOINTS)}
     for field, shape in expected.items():
         if np.shape(mat[field]) != shape:
             raise ValueError(f"{path}: '{field}' has shape {np.shape(mat[field])}, expected {shape}")
+    point_names = [f"{axis} of point {point + 1}" for axis in "xy" for point in range(AFLW_NUM_KEYPOINTS)]
+    for face in range(count):
+        require_finite(data[face], f"{path}: 'data' row {face + 1}", "landmarks", names=point_names)
+        require_finite(arrays["bbox"][face], f"{path}: 'bbox' row {face + 1}", "box", names=("x1", "x2", "y1", "y2"))
+    bad = np.argwhere(~np.isin(arrays["mask_new"], (0, 1)))
+    if bad.size:
+        face, point = bad[0]
+        raise ValueError(f"{path}: 'mask_new' row {face + 1}: visibility of point {point + 1} is "
+                         f"{arrays['mask_new'][face, point]}, expected 0 or 1")
     name_cell = np.asarray(mat["nameList"]).reshape(-1)
-    order = np.asarray(mat["ra"]).reshape(-1)
+    order = arrays["ra"].reshape(-1)
     if len(name_cell) != count:
         raise ValueError(f"{path}: 'nameList' has {len(name_cell)} entries for {count} faces")
     if sorted(order.tolist()) != list(range(1, count + 1)):
         raise ValueError(f"{path}: 'ra' must be a permutation of 1..{count} (1-based face indices)")
     names = []
     for index, entry in enumerate(name_cell):
-        text = np.asarray(entry).reshape(-1)
-        if text.size != 1 or not isinstance(text[0], str):
-            raise ValueError(f"{path}: nameList{{{index + 1}}} is not a string: {entry!r}")
-        names.append(os.path.splitext(text[0])[0] + ".jpg")
-    x1, x2, y1, y2 = np.asarray(mat["bbox"], dtype=np.float64).T
+        text = matlab_string(entry)
+        if not text:
+            raise ValueError(f"{path}: nameList{{{index + 1}}} is not a file name: {entry!r}")
+        names.append(os.path.splitext(text)[0] + ".jpg")
+    x1, x2, y1, y2 = arrays["bbox"].T
     return {
         "keypoints": np.stack([data[:, :AFLW_NUM_KEYPOINTS], data[:, AFLW_NUM_KEYPOINTS:]], axis=-1).astype(np.float32),
         "boxes": np.stack([x1, y1, x2, y2], axis=1).astype(np.float32),
-        "visible": np.asarray(mat["mask_new"]) != 0,
+        "visible": arrays["mask_new"] != 0,
         "names": names,
-        "order": order.astype(np.int64) - 1,
+        "order": np.rint(order).astype(np.int64) - 1,
     }
 
 
@@ -102,9 +148,11 @@ def read_aflw_csv(path: str) -> dict[str, np.ndarray | list]:
             if len(row) != AFLW_CSV_COLUMNS:
                 raise ValueError(f"{path}:{reader.line_num}: expected {AFLW_CSV_COLUMNS} columns, got {len(row)}")
             try:
-                rows.append(np.array(row[1:], dtype=np.float64))
+                values = np.array(row[1:], dtype=np.float64)
             except ValueError as error:
                 raise ValueError(f"{path}:{reader.line_num}: non-numeric value: {error}") from None
+            require_finite(values, f"{path}:{reader.line_num}", "values", names=header[1:])
+            rows.append(values)
             names.append(row[0])
             line_numbers.append(reader.line_num)
     if not rows:
@@ -164,9 +212,8 @@ class AFLW(FaceDataset):
         if split == "frontal":
             chosen, keypoints, boxes, visible = chosen[frontal], keypoints[frontal], boxes[frontal], visible[frontal]
         names = [table["names"][index] for index in chosen]
-        for index, name in zip(chosen, names):
-            if not os.path.isfile(os.path.join(image_root, name)):
-                raise FileNotFoundError(f"{path}: nameList{{{index + 1}}}: image {os.path.join(image_root, name)} not found")
+        require_images((os.path.join(image_root, name), f"{path}: nameList{{{index + 1}}}")
+                       for index, name in zip(chosen, names))
         width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         bad = np.flatnonzero(~((width > 0) & (height > 0)))
         if bad.size:
@@ -185,9 +232,8 @@ class AFLW(FaceDataset):
     def _init_from_csv(self, split: str, image_root: str) -> None:
         path = os.path.join(self.root, AFLW_CSV[split])
         table = read_aflw_csv(path)
-        for name, number in zip(table["names"], table["lines"]):
-            if not os.path.isfile(os.path.join(image_root, name)):
-                raise FileNotFoundError(f"{path}:{number}: image {os.path.join(image_root, name)} not found")
+        require_images((os.path.join(image_root, name), f"{path}:{number}")
+                       for name, number in zip(table["names"], table["lines"]))
         half = table["box_size"][:, None] / 2.0
         super().__init__(
             split=split,

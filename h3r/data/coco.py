@@ -17,9 +17,21 @@ Items are person instances (HRNet / mmpose top-down convention):
   its score.
 
 ``box`` is the annotation / detection ``bbox`` ``(x, y, w, h)`` as ``(x, y, x + w, y + h)``.
+
+Validation when the dataset is opened (errors name the file and ``images[i]``,
+``annotations[i] (id …)`` or detection ``entry i``): the ``images``, ``annotations`` and
+``categories`` lists exist, ``categories`` holds the person category (id 1); every image has an int ``id`` (unique), a ``file_name`` string and
+positive ``width``/``height``; every annotation has the fields pycocotools' ``COCOeval`` reads
+(``id`` unique, ``image_id`` of a listed image, ``category_id``, ``iscrowd`` 0/1,
+``num_keypoints``, ``area``, ``bbox`` of 4 finite numbers with ``w, h >= 0``, ``keypoints`` of
+51 numbers with ``v`` in {0, 1, 2} and finite ``x, y`` where ``v > 0``), crowd annotations
+included, so evaluation cannot fail later on a missing key; every detection has an int
+``image_id`` of a listed image, a ``bbox`` of 4 finite numbers and a finite ``score``; and the
+image file of every item exists (a ``stat``, no decoding).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -28,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
+from h3r.data.checks import is_number, number_array, require_finite, require_images
 from h3r.data.images import image_loader
 from h3r.metrics import coco_keypoint_ap
 
@@ -46,6 +59,8 @@ COCO_OKS_SIGMAS = np.array(
     [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
 ) / 10.0
 PERSON_CATEGORY_ID = 1
+# Fields of an annotation that pycocotools reads (COCO.createIndex, COCOeval._prepare / computeOks / evaluateImg).
+COCOEVAL_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "iscrowd", "num_keypoints", "area", "bbox", "keypoints")
 
 # Top-down rescoring and duplicate removal of HRNet / mmpose (datasets.md §6.1).
 KEYPOINT_SCORE_THRESHOLD = 0.2  # keypoint scores above this are averaged into the instance score
@@ -66,6 +81,13 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     except json.JSONDecodeError as error:
         raise ValueError(f"{what} {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
                          f"{error.msg}); truncated?") from None
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer (``int``, or a float with an integral value; not ``bool``)."""
+    if isinstance(value, bool) or not is_number(value):
+        return False
+    return float(value).is_integer()
 
 
 def xywh_to_xyxy(box: Sequence[float]) -> np.ndarray:
@@ -128,54 +150,168 @@ class COCODataset(LandmarkDataset):
         self.ground_truth = read_json(self.annotation_file, "COCO annotation file")
         self.image_dir = self._find_image_dir()
         self.images = self._index_images()
+        self._check_annotations()
         if detections is None:
             self.uses_detections = False
             self._items = self._ground_truth_items()
         else:
             self.uses_detections = True
             self._items = self._detection_items(detections, detection_threshold)
+        used = dict.fromkeys(item["image_id"] for item in self._items)
+        require_images((self.image_dir / self.images[image_id]["file_name"],
+                        f"{self.annotation_file}: image id {image_id}") for image_id in used)
 
     def _find_image_dir(self) -> Path:
         for candidate in (self.root / f"{self.split}2017", self.root / "images" / f"{self.split}2017"):
             if candidate.is_dir():
                 return candidate
-        return self.root / f"{self.split}2017"  # missing images then fail on load, naming the path
+        return self.root / f"{self.split}2017"  # missing images then fail when the dataset is opened, naming the path
 
     def _index_images(self) -> dict[int, dict]:
         if not isinstance(self.ground_truth, dict):
             raise ValueError(f"{self.annotation_file}: expected a JSON object with 'images' and 'annotations'")
-        for key in ("images", "annotations"):
+        for key in ("images", "annotations", "categories"):
             if not isinstance(self.ground_truth.get(key), list):
-                raise ValueError(f"{self.annotation_file}: missing the '{key}' list")
+                raise ValueError(f"{self.annotation_file}: missing the '{key}' list"
+                                 + (" needed by COCOeval" if key == "categories" else ""))
         images = {}
         for index, image in enumerate(self.ground_truth["images"]):
+            where = f"{self.annotation_file}: images[{index}]"
+            if not isinstance(image, dict):
+                raise ValueError(f"{where}: expected an object, got {type(image).__name__}")
             missing = {"id", "file_name", "width", "height"} - set(image)
             if missing:
-                raise ValueError(f"{self.annotation_file}: images[{index}] lacks {sorted(missing)}")
+                raise ValueError(f"{where} lacks {sorted(missing)}")
+            if not _is_int(image["id"]):
+                raise ValueError(f"{where}: id must be an integer, got {image['id']!r}")
+            where = f"{where} (id {image['id']})"
+            if image["id"] in images:
+                raise ValueError(f"{where}: duplicate image id")
+            if not isinstance(image["file_name"], str) or not image["file_name"]:
+                raise ValueError(f"{where}: file_name must be a file name, got {image['file_name']!r}")
+            for key in ("width", "height"):
+                if not is_number(image[key]) or not image[key] > 0 or not np.isfinite(image[key]):
+                    raise ValueError(f"{where}: {key} must be a positive number, got {image[key]!r}")
             images[image["id"]] = image
+        categories = set()
+        for index, category in enumerate(self.ground_truth["categories"]):
+            if not isinstance(category, dict) or not _is_int(category.get("id")):
+                raise ValueError(f"{self.annotation_file}: categories[{index}] must be an object with an integer "
+                                 f"'id' (COCOeval indexes categories by id), got {category!r}"[:300])
+            categories.add(category["id"])
+        if PERSON_CATEGORY_ID not in categories:
+            raise ValueError(f"{self.annotation_file}: 'categories' has no person category (id {PERSON_CATEGORY_ID}); "
+                             f"found ids {sorted(categories)}")
         return images
+
+    def _check_annotations(self) -> None:
+        """Every annotation, crowd or not, has what pycocotools reads (see the module docstring).
+
+        A vectorised pass accepts a well-formed file quickly (COCO train has 150k annotations);
+        if it finds anything wrong, the per-record checks run to name the first bad record.
+        Leaves ``self._keypoint_table`` ``(N, 17, 3)`` for :meth:`_ground_truth_items`.
+        """
+        annotations = self.ground_truth["annotations"]
+        table = self._fast_annotation_table(annotations)
+        if table is None:
+            self._check_annotation_records()  # raises, naming the record, for every fault the fast pass rejects
+            table = np.array([annotation["keypoints"] for annotation in annotations], dtype=np.float64)
+            table = table.reshape(len(annotations), COCO_NUM_KEYPOINTS, 3)
+        self._keypoint_table = table
+
+    def _fast_annotation_table(self, annotations: list) -> np.ndarray | None:
+        """The keypoints ``(N, 17, 3)`` if every annotation passes every check, else ``None``."""
+        count = len(annotations)
+        if not all(type(annotation) is dict for annotation in annotations):
+            return None
+        if not all(key in annotation for key in COCOEVAL_ANNOTATION_FIELDS for annotation in annotations):
+            return None
+        columns = {key: [annotation[key] for annotation in annotations]
+                   for key in ("id", "image_id", "category_id", "num_keypoints", "iscrowd", "area")}
+        for key in ("id", "image_id", "category_id", "num_keypoints", "iscrowd"):
+            if not set(map(type, columns[key])) <= {int}:
+                return None
+        if len(set(columns["id"])) != count or not set(columns["image_id"]) <= self.images.keys():
+            return None
+        if not set(columns["iscrowd"]) <= {0, 1} or min(columns["num_keypoints"], default=0) < 0:
+            return None
+        if not set(map(type, columns["area"])) <= {int, float}:
+            return None
+        areas = np.array(columns["area"], dtype=np.float64)
+        if not (np.isfinite(areas).all() and (areas >= 0).all()):
+            return None
+        boxes = [annotation["bbox"] for annotation in annotations]
+        keypoints = [annotation["keypoints"] for annotation in annotations]
+        for rows, width in ((boxes, 4), (keypoints, 3 * COCO_NUM_KEYPOINTS)):
+            if not all(type(row) is list and len(row) == width for row in rows):
+                return None
+            if not set(map(type, itertools.chain.from_iterable(rows))) <= {int, float}:
+                return None
+        boxes = np.array(boxes, dtype=np.float64).reshape(count, 4)
+        if not (np.isfinite(boxes).all() and (boxes[:, 2:] >= 0).all()):
+            return None
+        table = np.array(keypoints, dtype=np.float64).reshape(count, COCO_NUM_KEYPOINTS, 3)
+        flags = table[:, :, 2]
+        if not ((flags == 0) | (flags == 1) | (flags == 2)).all():
+            return None
+        if not np.isfinite(table[:, :, :2][flags > 0]).all():
+            return None
+        return table
+
+    def _check_annotation_records(self) -> None:
+        """The per-record checks: slow, but they name the first bad annotation and field."""
+        seen = set()
+        for index, annotation in enumerate(self.ground_truth["annotations"]):
+            where = f"{self.annotation_file}: annotations[{index}]"
+            if not isinstance(annotation, dict):
+                raise ValueError(f"{where}: expected an object, got {type(annotation).__name__}")
+            where = f"{where} (id {annotation.get('id')})"
+            missing = [key for key in COCOEVAL_ANNOTATION_FIELDS if key not in annotation]
+            if missing:
+                raise ValueError(f"{where} lacks {missing}; pycocotools' COCOeval reads "
+                                 f"{', '.join(COCOEVAL_ANNOTATION_FIELDS)} of every annotation")
+            for key in ("id", "image_id", "category_id", "num_keypoints"):
+                if not _is_int(annotation[key]):
+                    raise ValueError(f"{where}: {key} must be an integer, got {annotation[key]!r}")
+            if annotation["id"] in seen:
+                raise ValueError(f"{where}: duplicate annotation id")
+            seen.add(annotation["id"])
+            if annotation["image_id"] not in self.images:
+                raise ValueError(f"{where}: image_id {annotation['image_id']} is not in 'images'")
+            if annotation["iscrowd"] not in (0, 1) or not _is_int(annotation["iscrowd"]):
+                raise ValueError(f"{where}: iscrowd must be 0 or 1, got {annotation['iscrowd']!r}")
+            if annotation["num_keypoints"] < 0:
+                raise ValueError(f"{where}: num_keypoints must be >= 0, got {annotation['num_keypoints']}")
+            if not is_number(annotation["area"]) or not np.isfinite(annotation["area"]) or annotation["area"] < 0:
+                raise ValueError(f"{where}: area must be a finite number >= 0, got {annotation['area']!r}")
+            bbox = number_array(annotation["bbox"], (4,), where, "bbox", "[x, y, w, h], four numbers")
+            require_finite(bbox, where, "bbox", names=("x", "y", "w", "h"))
+            if bbox[2] < 0 or bbox[3] < 0:
+                raise ValueError(f"{where}: bbox [x, y, w, h] = {annotation['bbox']} has a negative size")
+            values = number_array(annotation["keypoints"], (3 * COCO_NUM_KEYPOINTS,), where, "keypoints",
+                                  f"{3 * COCO_NUM_KEYPOINTS} keypoint values (x, y, v) * 17")
+            triplets = values.reshape(COCO_NUM_KEYPOINTS, 3)
+            if not np.isin(triplets[:, 2], (0, 1, 2)).all():
+                raise ValueError(f"{where}: keypoint flags v must be 0, 1 or 2, got {triplets[:, 2].tolist()}")
+            labelled = triplets[:, 2] > 0
+            if not np.isfinite(triplets[labelled, :2]).all():
+                for joint in np.flatnonzero(labelled):
+                    require_finite(triplets[joint, :2], where,
+                                   f"keypoint {joint} ({COCO_KEYPOINT_NAMES[joint]}, v = {int(triplets[joint, 2])})",
+                                   names=("x", "y"))
 
     def _ground_truth_items(self) -> list[dict]:
         items = []
-        for index, annotation in enumerate(self.ground_truth["annotations"]):
-            where = f"{self.annotation_file}: annotations[{index}] (id {annotation.get('id')})"
-            missing = {"id", "image_id", "keypoints", "bbox", "area"} - set(annotation)
-            if missing:
-                raise ValueError(f"{where} lacks {sorted(missing)}")
-            if annotation.get("category_id", PERSON_CATEGORY_ID) != PERSON_CATEGORY_ID or annotation.get("iscrowd", 0):
+        for annotation, triplets in zip(self.ground_truth["annotations"], self._keypoint_table):  # validated
+            if annotation["category_id"] != PERSON_CATEGORY_ID or annotation["iscrowd"]:
                 continue
-            values = np.asarray(annotation["keypoints"], dtype=np.float64)
-            if values.shape != (3 * COCO_NUM_KEYPOINTS,):
-                raise ValueError(f"{where}: expected {3 * COCO_NUM_KEYPOINTS} keypoint values (x, y, v) * 17, "
-                                 f"got {values.size}")
-            if annotation["image_id"] not in self.images:
-                raise ValueError(f"{where}: image_id {annotation['image_id']} is not in 'images'")
-            triplets = values.reshape(COCO_NUM_KEYPOINTS, 3)
+            flags = triplets[:, 2].astype(np.int64)
             box = xywh_to_xyxy(annotation["bbox"])
-            if not (triplets[:, 2] > 0).any() or box[2] <= box[0] or box[3] <= box[1]:
+            if not (flags > 0).any() or box[2] <= box[0] or box[3] <= box[1]:
                 continue
-            items.append({"image_id": annotation["image_id"], "box": box, "keypoints": triplets[:, :2],
-                          "flags": triplets[:, 2].astype(np.int64), "area": float(annotation["area"]),
+            items.append({"image_id": annotation["image_id"], "box": box,
+                          "keypoints": np.where(flags[:, None] > 0, triplets[:, :2], 0.0),
+                          "flags": flags, "area": float(annotation["area"]),
                           "ann_id": annotation["id"], "detection_score": None})
         return items
 
@@ -188,15 +324,26 @@ class COCODataset(LandmarkDataset):
             raise ValueError(f"{source}: expected a JSON list of COCO detection results")
         items = []
         for index, detection in enumerate(detections):
+            where = f"{source}: entry {index}"
+            if not isinstance(detection, dict):
+                raise ValueError(f"{where}: expected an object, got {type(detection).__name__}")
             missing = {"image_id", "bbox", "score"} - set(detection)
             if missing:
-                raise ValueError(f"{source}: entry {index} lacks {sorted(missing)}")
+                raise ValueError(f"{where} lacks {sorted(missing)}")
+            if not _is_int(detection["image_id"]):
+                raise ValueError(f"{where}: image_id must be an integer, got {detection['image_id']!r}")
+            if "category_id" in detection and not _is_int(detection["category_id"]):
+                raise ValueError(f"{where}: category_id must be an integer, got {detection['category_id']!r}")
+            if not is_number(detection["score"]) or not np.isfinite(detection["score"]):
+                raise ValueError(f"{where}: score must be a finite number, got {detection['score']!r}")
+            bbox = number_array(detection["bbox"], (4,), where, "bbox", "[x, y, w, h], four numbers")
+            require_finite(bbox, where, "bbox", names=("x", "y", "w", "h"))
             if detection.get("category_id", PERSON_CATEGORY_ID) != PERSON_CATEGORY_ID or detection["score"] < threshold:
                 continue
             if detection["image_id"] not in self.images:
                 raise ValueError(f"{source}: entry {index} has image_id {detection['image_id']}, "
                                  f"not an image of {self.annotation_file}")
-            box = xywh_to_xyxy(detection["bbox"])
+            box = xywh_to_xyxy(bbox)
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue
             items.append({"image_id": detection["image_id"], "box": box,

@@ -8,6 +8,29 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# Pillow formats that only identify a file (stubs needing a plug-in or an external program)
+# or are not still images: a file with one of these extensions is not taken as an image.
+_NOT_IMAGES = {".bufr", ".grib", ".h5", ".hdf", ".mpeg", ".mpg", ".eps", ".ps", ".emf", ".wmf"}
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    Image.init()
+    registered = Image.registered_extensions()
+    return tuple(sorted(extension for extension, kind in registered.items()
+                        if kind in Image.OPEN and extension not in _NOT_IMAGES))
+
+
+# Lower-case extensions (with the dot) of every image format this Pillow decodes: .jpg, .png,
+# .bmp, .ppm, .pgm, .tif, .gif, .webp, ... Compare ``os.path.splitext(name)[1].lower()``.
+IMAGE_EXTENSIONS = _readable_extensions()
+# Preferred order when several images share a stem (the common formats first).
+COMMON_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".gif", ".webp")
+
+
+def is_image_name(name: str) -> bool:
+    """Whether ``name`` has the extension of an image format Pillow reads (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
 
 def as_rgb(image: np.ndarray, source: str = "image") -> np.ndarray:
     """Grey ``(H, W)`` or ``(H, W, 1)`` → ``(H, W, 3)``; RGBA → RGB; ``uint8`` out."""

@@ -17,6 +17,13 @@ the centre moves down by ``15 * scale`` px, the box is the square of side ``200 
 (16, N), ``headboxes_src`` (2, 2, N) head rectangles ``[[x1, y1], [x2, y2]]`` and
 ``dataset_joints`` (the joint names). :meth:`MPIIDataset.evaluate` is PCKh@0.5 against it
 (:func:`h3r.metrics.pckh`, head size = 0.6 × head-box diagonal, ``Mean@0.1`` at 0.10).
+
+Validation when the dataset is opened (errors name the file and the 0-based record index):
+``image`` a string naming an existing file under ``images/`` (a ``stat``, no decoding);
+``center`` two finite numbers; ``scale`` a finite positive number; ``joints`` 16 pairs of
+numbers; ``joints_vis`` 16 flags 0 or 1. A labelled joint (``joints_vis`` 1) must be finite;
+an unlabelled one (``joints_vis`` 0) is not read (its coordinates become 0, not visible).
+In ``gt_valid.mat`` every head box and every joint not flagged in ``jnt_missing`` must be finite.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import numpy as np
 import scipy.io
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
+from h3r.data.checks import is_number, matlab_string, number_array, require_finite, require_images
 from h3r.data.coco import read_json
 from h3r.data.images import image_loader
 from h3r.metrics import mpii_head_size, pckh
@@ -83,20 +91,33 @@ def read_gt_valid(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if missing_keys:
         raise ValueError(f"{path}: missing {sorted(missing_keys)}")
     joints, missing, boxes = mat["pos_gt_src"], mat["jnt_missing"], mat["headboxes_src"]
+    for key, value in (("pos_gt_src", joints), ("jnt_missing", missing), ("headboxes_src", boxes)):
+        if np.asarray(value).dtype.kind not in "fiub":
+            raise ValueError(f"{path}: '{key}' must be numeric, got {np.asarray(value).dtype}")
     count = missing.shape[-1] if missing.ndim == 2 else -1
     if missing.shape != (MPII_NUM_JOINTS, count) or joints.shape != (MPII_NUM_JOINTS, 2, count) \
             or boxes.shape != (2, 2, count):
         raise ValueError(f"{path}: expected jnt_missing (16, N), pos_gt_src (16, 2, N), headboxes_src (2, 2, N); "
                          f"got {missing.shape}, {joints.shape}, {boxes.shape}")
     if "dataset_joints" in mat:
-        names = [str(np.squeeze(name)) for name in np.ravel(mat["dataset_joints"])]
+        names = [matlab_string(name) for name in np.ravel(mat["dataset_joints"])]
         wrong = [i for i, name in enumerate(names)
                  if name in MPII_CHECKED_MAT_NAMES and name != MPII_MAT_JOINT_NAMES[i]]
         if len(names) != MPII_NUM_JOINTS or wrong:
             raise ValueError(f"{path}: dataset_joints {names} is not MPII's joint order {list(MPII_MAT_JOINT_NAMES)}")
-    return {"joints": joints.transpose(2, 0, 1).astype(np.float64) - 1,
-            "missing": missing.T.astype(bool),
-            "head_boxes": boxes.transpose(2, 0, 1).reshape(count, 4).astype(np.float64) - 1}
+    if not np.isin(missing, (0, 1)).all():
+        raise ValueError(f"{path}: 'jnt_missing' must hold 0 or 1 (1 = joint not annotated)")
+    joints = joints.transpose(2, 0, 1).astype(np.float64)
+    missing = missing.T.astype(bool)
+    boxes = boxes.transpose(2, 0, 1).reshape(count, 4).astype(np.float64)
+    for person in range(count):
+        require_finite(boxes[person], f"{path}: 'headboxes_src' person {person + 1}", "head box",
+                       names=("x1", "y1", "x2", "y2"))
+        labelled = ~missing[person]
+        require_finite(joints[person][labelled], f"{path}: 'pos_gt_src' person {person + 1}",
+                       "joints not flagged in jnt_missing")
+    joints = np.where(missing[:, :, None], 1.0, joints)  # unlabelled joints are never read: 0 after the shift
+    return {"joints": joints - 1, "missing": missing, "head_boxes": boxes - 1}
 
 
 class MPIIDataset(LandmarkDataset):
@@ -126,6 +147,7 @@ class MPIIDataset(LandmarkDataset):
         if not isinstance(records, list):
             raise ValueError(f"{self.annotation_file}: expected a JSON list of people, got {type(records).__name__}")
         self._people = [self._parse(index, record) for index, record in enumerate(records)]
+        require_images((self.image_dir / person["image"], person["where"]) for person in self._people)
         self.ground_truth = None
         if split == "valid":
             self.gt_file = self._first_existing(GT_FILES)
@@ -148,24 +170,34 @@ class MPIIDataset(LandmarkDataset):
         missing = required - set(record)
         if missing:
             raise ValueError(f"{where} (image {record.get('image')}) lacks {sorted(missing)}")
-        center = np.asarray(record["center"], dtype=np.float64)
-        if center.shape != (2,) or not np.isfinite(center).all():
-            raise ValueError(f"{where} (image {record['image']}): center must be [x, y], got {record['center']}")
-        scale = float(record["scale"])
-        if not scale > 0:
-            raise ValueError(f"{where} (image {record['image']}): scale must be positive, got {scale}")
+        if not isinstance(record["image"], str) or not record["image"]:
+            raise ValueError(f"{where}: 'image' must be a file name, got {record['image']!r}")
+        where = f"{where} (image {record['image']})"
+        center = number_array(record["center"], (2,), where, "center", "[x, y], two numbers")
+        require_finite(center, where, "center", names=("x", "y"))
+        scale = record["scale"]
+        if not is_number(scale):
+            raise ValueError(f"{where}: 'scale' must be a number (person size / 200 px), got {scale!r}")
+        scale = float(scale)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"{where}: scale must be positive and finite, got {scale}")
         joints = np.zeros((MPII_NUM_JOINTS, 2))
         visible = np.zeros(MPII_NUM_JOINTS, dtype=bool)
         if "joints" in record:
-            joints = np.asarray(record["joints"], dtype=np.float64)
-            flags = np.asarray(record.get("joints_vis", []), dtype=np.float64)
-            if joints.shape != (MPII_NUM_JOINTS, 2) or flags.shape != (MPII_NUM_JOINTS,):
-                raise ValueError(f"{where} (image {record['image']}): expected {MPII_NUM_JOINTS} joints [x, y] and "
-                                 f"{MPII_NUM_JOINTS} joints_vis, got {joints.shape} and {flags.shape}")
-            joints = joints - 1
+            joints = number_array(record["joints"], (MPII_NUM_JOINTS, 2), where, "joints",
+                                  f"{MPII_NUM_JOINTS} joints [x, y] of numbers")
+            flags = number_array(record["joints_vis"], (MPII_NUM_JOINTS,), where, "joints_vis",
+                                 f"{MPII_NUM_JOINTS} joints_vis flags 0 or 1")
+            if not ((flags == 0) | (flags == 1)).all():
+                raise ValueError(f"{where}: 'joints_vis' must hold 0 or 1, got {record['joints_vis']}")
             visible = flags > 0
-        return {"image": str(record["image"]), "center": center - 1, "scale": scale,
-                "joints": joints, "visible": visible}
+            if not np.isfinite(joints[visible]).all():
+                for joint in np.flatnonzero(visible):
+                    require_finite(joints[joint], where, f"joints[{joint}] ({MPII_JOINT_NAMES[joint]}, joints_vis 1)",
+                                   names=("x", "y"))
+            joints = np.where(visible[:, None], joints - 1, 0.0)
+        return {"image": record["image"], "center": center - 1, "scale": scale,
+                "joints": joints, "visible": visible, "where": where}
 
     def __len__(self) -> int:
         return len(self._people)

@@ -23,10 +23,9 @@ from h3r import metrics
 from h3r.data.base import landmark_box
 from h3r.data.cofw import COFW_FLIP_PAIRS, COFW_INTER_OCULAR, COFW_NUM_KEYPOINTS, COFW_PUPILS
 from h3r.data.faces import FaceDataset, require_file
-from h3r.data.images import image_loader
+from h3r.data.checks import require_finite
+from h3r.data.images import IMAGE_EXTENSIONS, image_loader
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 W300_NUM_KEYPOINTS = 68
 W300_FLIP_PAIRS = (
@@ -54,7 +53,8 @@ W300_SUBSETS = {
 def read_pts(path: str) -> np.ndarray:
     """Landmarks ``(n_points, 2)`` float32 of a ``.pts`` file, converted to 0-based pixels.
 
-    Raises ``ValueError`` naming ``path:line`` for a malformed file.
+    Raises ``ValueError`` naming ``path:line`` for a malformed file, including a non-finite
+    coordinate (``nan``, ``inf``).
     """
     with open(require_file(path, ".pts file")) as file:
         lines = [line.strip() for line in file]
@@ -66,6 +66,8 @@ def read_pts(path: str) -> np.ndarray:
         count = int(lines[1].split(":", 1)[1])
     except ValueError:
         raise ValueError(f"{path}:2: n_points is not an integer: {lines[1]!r}") from None
+    if count < 1:
+        raise ValueError(f"{path}:2: n_points must be positive, got {count}")
     if len(lines) != count + 4 or lines[-1] != "}":
         raise ValueError(f"{path}:{len(lines)}: expected {count} point lines between '{{' and '}}' (n_points: {count}), "
                          f"got {len(lines) - 4} lines and last line {lines[-1]!r}")
@@ -78,6 +80,7 @@ def read_pts(path: str) -> np.ndarray:
             points[offset] = [float(fields[0]), float(fields[1])]
         except ValueError as error:
             raise ValueError(f"{path}:{offset + 4}: {error}") from None
+        require_finite(points[offset], f"{path}:{offset + 4}", f"point {offset + 1}", names=("x", "y"))
     return (points - 1.0).astype(np.float32)
 
 
@@ -97,8 +100,11 @@ def write_pts(path: str, keypoints: np.ndarray) -> None:
 def find_annotated_images(folder: str, recursive: bool = False) -> list[tuple[str, str]]:
     """``(image path, .pts path)`` pairs, sorted, for every ``.pts`` under ``folder``.
 
-    Images without a ``.pts`` (e.g. the ``*_mirror.jpg`` of some 300W copies) are skipped; a
-    ``.pts`` without an image beside it (same stem, extension in ``IMAGE_EXTENSIONS``) is an error.
+    The image beside a ``.pts`` has the same stem and any extension of a format Pillow reads
+    (``IMAGE_EXTENSIONS``: .jpg, .png, .bmp, .ppm, .pgm, .tif/.tiff, .gif, .webp, ..., in any
+    case, e.g. ``.JPG``). Images without a ``.pts`` (e.g. the ``*_mirror.jpg`` of some 300W
+    copies) are skipped; a ``.pts`` without an image beside it, or with two (``a.jpg`` and
+    ``a.png``), is an error naming it.
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder of images and .pts files not found: {folder}")
@@ -106,19 +112,23 @@ def find_annotated_images(folder: str, recursive: bool = False) -> list[tuple[st
     pairs = []
     for directory, subdirectories, files in walk:
         subdirectories.sort()
-        images = {}
+        images: dict[str, list[str]] = {}
         for file in sorted(files):
             stem, extension = os.path.splitext(file)
-            if extension.lower() in IMAGE_EXTENSIONS:
-                images.setdefault(stem, file)
+            if extension.lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(directory, file)):
+                images.setdefault(stem, []).append(file)
         for file in sorted(files):
             stem, extension = os.path.splitext(file)
             if extension.lower() != ".pts":
                 continue
-            if stem not in images:
-                raise FileNotFoundError(f"{os.path.join(directory, file)}: no image "
-                                        f"{stem}{{{','.join(IMAGE_EXTENSIONS)}}} beside it")
-            pairs.append((os.path.join(directory, images[stem]), os.path.join(directory, file)))
+            candidates = images.get(stem, [])
+            if not candidates:
+                raise FileNotFoundError(f"{os.path.join(directory, file)}: no image {stem}.<ext> beside it "
+                                        "(any format Pillow reads: .jpg, .png, .bmp, .ppm, .pgm, .tif, .gif, .webp, ... in any case)")
+            if len(candidates) > 1:
+                raise ValueError(f"{os.path.join(directory, file)}: several images share its stem: "
+                                 f"{', '.join(candidates)}; keep one")
+            pairs.append((os.path.join(directory, candidates[0]), os.path.join(directory, file)))
     return pairs
 
 

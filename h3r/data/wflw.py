@@ -3,19 +3,27 @@
 Expected layout (``root`` = the ``WFLW`` folder)::
 
     WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_{train,test}.txt
-    WFLW_annotations/list_98pt_test/list_98pt_test_{largepose,expression,...}.txt   (test subsets)
+    WFLW_annotations/list_98pt_test/list_98pt_test.txt, list_98pt_test_{largepose,expression,...}.txt
     WFLW_images/<event>/<file>.jpg
 
-Each line holds 207 space-separated fields: 98 × (x, y) (196), the detection rectangle
-``x_min y_min x_max y_max`` (4), six 0/1 attribute flags ``pose expression illumination
-make-up occlusion blur`` (6), and the image path relative to ``WFLW_images/`` (1). The subset
-files repeat the test lines that carry the attribute. One image may appear on several lines
-(one per face).
+A line of ``list_98pt_rect_attr_{train,test}.txt`` holds **207** space-separated fields: 98 ×
+(x, y) (196), the detection rectangle ``x_min y_min x_max y_max`` (4), six 0/1 attribute flags
+``pose expression illumination make-up occlusion blur`` (6), and the image path relative to
+``WFLW_images/`` (1). One image may appear on several lines (one per face).
+
+A line of the files in ``list_98pt_test/`` (``list_98pt_test.txt`` and the six
+``list_98pt_test_<attribute>.txt``) holds **197** fields: the 196 coordinates and the image
+path only; no rectangle, no flags (the README of that folder says so). A subset is read from
+its own file and each of its lines is matched to the line of ``list_98pt_rect_attr_test.txt``
+with the same image path and the same landmarks, which gives the rectangle (P2) and the
+attribute flags; a subset line without such a match is an error naming it.
 
 Conventions: coordinates are used as written (0-based pixel centres, as HRNet, mmpose and
 H3R read them); ``Sample.box`` is the official rectangle (H3R's P2), ``Sample.box_p1`` the
 tight landmark box (P1); the NME normaliser is the inter-ocular distance between the outer
-eye corners 60 and 72, and ``nme_ip`` uses the pupils 96 and 97.
+eye corners 60 and 72, and ``nme_ip`` uses the pupils 96 and 97. Every value must be finite
+(a ``nan`` or ``inf`` token is an error naming ``file:line``) and the rectangle must have a
+positive width and height.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import os
 import numpy as np
 
 from h3r import metrics
+from h3r.data.checks import require_finite, require_images
 from h3r.data.faces import FaceDataset, require_file
 from h3r.data.images import image_loader
 
@@ -40,6 +49,9 @@ WFLW_PUPILS = (96, 97)
 # Attribute flags in file order; the names are those of the subset files.
 WFLW_ATTRIBUTES = ("largepose", "expression", "illumination", "makeup", "occlusion", "blur")
 WFLW_FIELDS = 2 * WFLW_NUM_KEYPOINTS + 4 + len(WFLW_ATTRIBUTES) + 1  # 207
+WFLW_SUBSET_FIELDS = 2 * WFLW_NUM_KEYPOINTS + 1  # 197: the list_98pt_test/ files
+# A subset line matches a test line with the same image whose landmarks differ by at most this (px).
+WFLW_MATCH_TOLERANCE = 1e-3
 
 LIST_DIR = os.path.join("WFLW_annotations", "list_98pt_rect_attr_train_test")
 SUBSET_DIR = os.path.join("WFLW_annotations", "list_98pt_test")
@@ -56,8 +68,16 @@ def subset_path(root: str, subset: str) -> str:
     return os.path.join(root, SUBSET_DIR, f"list_98pt_test_{subset}.txt")
 
 
+def _coordinates(fields: list[str], path: str, number: int, what: str) -> np.ndarray:
+    try:
+        values = np.array(fields, dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{path}:{number}: non-numeric {what}: {error}") from None
+    return values
+
+
 def read_wflw_list(path: str) -> dict[str, np.ndarray | list]:
-    """Parse one WFLW list file.
+    """Parse one 207-field WFLW list (``list_98pt_rect_attr_{train,test}.txt``).
 
     Returns ``keypoints (N, 98, 2)``, ``rects (N, 4)`` (x_min, y_min, x_max, y_max),
     ``attributes (N, 6)`` int8 and ``image_names`` (list of N paths relative to ``WFLW_images/``),
@@ -70,17 +90,23 @@ def read_wflw_list(path: str) -> dict[str, np.ndarray | list]:
             if not fields:
                 continue
             if len(fields) != WFLW_FIELDS:
+                hint = (" (197 fields is the layout of the list_98pt_test/ files: coordinates + image name)"
+                        if len(fields) == WFLW_SUBSET_FIELDS else "")
                 raise ValueError(
                     f"{path}:{number}: expected {WFLW_FIELDS} space-separated fields (196 coordinates, 4 rectangle "
-                    f"values, 6 attribute flags, image name), got {len(fields)}"
+                    f"values, 6 attribute flags, image name), got {len(fields)}{hint}"
                 )
-            try:
-                values = np.array(fields[:-1], dtype=np.float64)
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: non-numeric coordinate, rectangle or attribute: {error}") from None
+            values = _coordinates(fields[:-1], path, number, "coordinate, rectangle or attribute")
             flags = values[200:206]
             if not np.isin(flags, (0, 1)).all():
-                raise ValueError(f"{path}:{number}: attribute flags must be 0 or 1, got {flags.astype(int).tolist()}")
+                raise ValueError(f"{path}:{number}: attribute flags must be 0 or 1, got {fields[200:206]}")
+            require_finite(values[:196], f"{path}:{number}", "landmark coordinates")
+            require_finite(values[196:200], f"{path}:{number}", "rectangle",
+                           names=("x_min", "y_min", "x_max", "y_max"))
+            x_min, y_min, x_max, y_max = values[196:200]
+            if not (x_max > x_min and y_max > y_min):
+                raise ValueError(f"{path}:{number}: rectangle {fields[196:200]} (x_min y_min x_max y_max) "
+                                 f"has no area")
             keypoints.append(values[:196].reshape(WFLW_NUM_KEYPOINTS, 2))
             rects.append(values[196:200])
             attributes.append(flags)
@@ -97,11 +123,75 @@ def read_wflw_list(path: str) -> dict[str, np.ndarray | list]:
     }
 
 
+def read_wflw_subset_list(path: str) -> dict[str, np.ndarray | list]:
+    """Parse one 197-field file of ``list_98pt_test/`` (196 coordinates + image name).
+
+    Returns ``keypoints (N, 98, 2)`` float64 (as written), ``image_names`` and ``lines``.
+    Raises ``ValueError`` naming ``path:line`` for a malformed line.
+    """
+    keypoints, names, line_numbers = [], [], []
+    with open(require_file(path, "WFLW test subset list"), encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != WFLW_SUBSET_FIELDS:
+                raise ValueError(f"{path}:{number}: expected {WFLW_SUBSET_FIELDS} space-separated fields "
+                                 f"(196 coordinates, image name), as the official list_98pt_test files have; "
+                                 f"got {len(fields)}")
+            values = _coordinates(fields[:-1], path, number, "coordinate")
+            require_finite(values, f"{path}:{number}", "landmark coordinates")
+            keypoints.append(values.reshape(WFLW_NUM_KEYPOINTS, 2))
+            names.append(fields[-1])
+            line_numbers.append(number)
+    if not names:
+        raise ValueError(f"{path}: no annotation lines")
+    return {"keypoints": np.stack(keypoints), "image_names": names, "lines": line_numbers}
+
+
+def match_subset(subset: dict, subset_file: str, test: dict, test_file: str, column: int | None = None) -> np.ndarray:
+    """For each line of a 197-field subset list, the index of the line of the 207-field test
+    list with the same image and the same landmarks (within ``WFLW_MATCH_TOLERANCE`` px).
+    Among equal candidates (one face annotated twice), a line not matched yet whose attribute
+    flag ``column`` is 1 is preferred. ``ValueError`` naming ``subset_file:line`` when there is none."""
+    by_name: dict[str, list[int]] = {}
+    for index, name in enumerate(test["image_names"]):
+        by_name.setdefault(name, []).append(index)
+    test_points = test["keypoints"].astype(np.float64)
+    used: set[int] = set()
+    matches = []
+    for points, name, number in zip(subset["keypoints"], subset["image_names"], subset["lines"]):
+        candidates = by_name.get(name)
+        if not candidates:
+            raise ValueError(f"{subset_file}:{number}: image {name} is not in {test_file}; a subset line must "
+                             f"repeat a face of the test list")
+        differences = np.abs(test_points[candidates] - points).reshape(len(candidates), -1).max(axis=1)
+        # float32 storage of the test list: allow its rounding on top of the tolerance
+        allowed = WFLW_MATCH_TOLERANCE + 1e-6 * float(np.abs(points).max())
+        close = [position for position in range(len(candidates)) if differences[position] <= allowed]
+        if not close:
+            best = int(np.argmin(differences))
+            raise ValueError(f"{subset_file}:{number}: no face of {test_file} on image {name} has these landmarks "
+                             f"(the closest, line {test['lines'][candidates[best]]}, differs by "
+                             f"{differences[best]:.4g} px)")
+
+        def preference(position: int) -> tuple:
+            index = candidates[position]
+            flagged = column is not None and test["attributes"][index, column] == 1
+            return (index in used, not flagged, differences[position])
+
+        chosen = candidates[min(close, key=preference)]
+        used.add(chosen)
+        matches.append(chosen)
+    return np.array(matches, dtype=np.int64)
+
+
 class WFLW(FaceDataset):
     """WFLW ``split="train"`` (7,500 faces) or ``"test"`` (2,500), or one test ``subset``
     (``"largepose" | "expression" | "illumination" | "makeup" | "occlusion" | "blur"``) read
-    from its official list. Evaluating the full test split also reports each attribute subset
-    (``"largepose/nme"``, ...), selected by the attribute flags the subsets are built from.
+    from its official 197-field list and matched to the test list for its rectangle and flags.
+    Evaluating the full test split also reports each attribute subset (``"largepose/nme"``,
+    ...), selected by the attribute flags the subsets are built from.
     """
 
     name = "wflw"
@@ -116,16 +206,25 @@ class WFLW(FaceDataset):
                              f"got {subset!r} with split={split!r}")
         self.root = os.fspath(root)
         self.subset = subset
-        path = list_path(self.root, split) if subset is None else subset_path(self.root, subset)
+        path = list_path(self.root, split)
         table = read_wflw_list(path)
-        image_dir = os.path.join(self.root, IMAGE_DIR)
-        for name, number in zip(table["image_names"], table["lines"]):
-            if not os.path.isfile(os.path.join(image_dir, name)):
-                raise FileNotFoundError(f"{path}:{number}: image {os.path.join(image_dir, name)} not found")
+        annotations = [f"{path}:{number}" for number in table["lines"]]
+        origins = annotations  # the file:line that names each face's image
         keypoints = table["keypoints"]
+        if subset is not None:
+            subset_file = subset_path(self.root, subset)
+            members = read_wflw_subset_list(subset_file)
+            chosen = match_subset(members, subset_file, table, path, WFLW_ATTRIBUTES.index(subset))
+            keypoints = members["keypoints"].astype(np.float32)
+            table = {"rects": table["rects"][chosen], "attributes": table["attributes"][chosen],
+                     "image_names": members["image_names"]}
+            origins = [f"{subset_file}:{number}" for number in members["lines"]]
+            annotations = [f"{origin} (= {annotations[index]})" for origin, index in zip(origins, chosen)]
+        image_dir = os.path.join(self.root, IMAGE_DIR)
+        require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["image_names"], origins))
         metas = [
-            {"image_path": name, "attributes": dict(zip(WFLW_ATTRIBUTES, flags.tolist())), "annotation": f"{path}:{number}"}
-            for name, flags, number in zip(table["image_names"], table["attributes"], table["lines"])
+            {"image_path": name, "attributes": dict(zip(WFLW_ATTRIBUTES, flags.tolist())), "annotation": where}
+            for name, flags, where in zip(table["image_names"], table["attributes"], annotations)
         ]
         subsets = {}
         if split == "test" and subset is None:

@@ -49,25 +49,28 @@ def write_wflw(root: str, split: str, samples: Sequence[Sample]) -> str:
     """Write ``WFLW_annotations/list_98pt_rect_attr_<split>.txt`` and the images under ``WFLW_images/``;
     for ``split="test"`` also ``list_98pt_test/list_98pt_test.txt`` and one list per attribute subset.
 
-    Each line: 98 × (x, y), the rectangle from ``sample.box``, the six flags from
-    ``meta["attributes"]`` (a dict by name, or a sequence in file order; default all 0), the image path.
-    Returns the list file's path.
+    A line of the main list has 207 fields: 98 × (x, y), the rectangle from ``sample.box``, the
+    six flags from ``meta["attributes"]`` (a dict by name, or a sequence in file order; default
+    all 0), the image path. A line of the ``list_98pt_test/`` files has 197 fields, as the
+    official ones: the same 196 coordinates and the image path (a subset file holds the faces
+    whose flag is 1). Returns the main list's path.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     _check_keypoints(samples, WFLW_NUM_KEYPOINTS, "WFLW")
-    names, lines, flags = [], [], []
+    names, lines, subset_lines, flags = [], [], [], []
     for index, sample in enumerate(samples):
         name = sample.meta.get("image_path", f"0--Generated/{split}_{index:05d}.jpg")
         attributes = sample.meta.get("attributes", {})
         if isinstance(attributes, dict):
             attributes = [attributes.get(attribute, 0) for attribute in WFLW_ATTRIBUTES]
-        fields = [f"{value:.6f}" for value in np.asarray(sample.keypoints, dtype=np.float64).reshape(-1)]
-        fields += [_number(value) for value in np.asarray(sample.box, dtype=np.float64)]
+        coordinates = [f"{value:.6f}" for value in np.asarray(sample.keypoints, dtype=np.float64).reshape(-1)]
+        fields = coordinates + [_number(value) for value in np.asarray(sample.box, dtype=np.float64)]
         fields += [str(int(flag)) for flag in attributes]
         fields.append(name)
         names.append(name)
         lines.append(" ".join(fields) + "\n")
+        subset_lines.append(" ".join(coordinates + [name]) + "\n")
         flags.append([int(flag) for flag in attributes])
     path = list_path(root, split)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -76,10 +79,10 @@ def write_wflw(root: str, split: str, samples: Sequence[Sample]) -> str:
     if split == "test":
         os.makedirs(os.path.join(root, SUBSET_DIR), exist_ok=True)
         with open(os.path.join(root, SUBSET_DIR, "list_98pt_test.txt"), "w") as file:
-            file.writelines(lines)
+            file.writelines(subset_lines)
         for column, attribute in enumerate(WFLW_ATTRIBUTES):
             with open(subset_path(root, attribute), "w") as file:
-                file.writelines(line for line, line_flags in zip(lines, flags) if line_flags[column])
+                file.writelines(line for line, line_flags in zip(subset_lines, flags) if line_flags[column])
     _write_images(os.path.join(root, IMAGE_DIR), names, samples)
     return path
 

@@ -8,6 +8,9 @@ HRNetV2-W18 as used for face alignment and by H3R:
   that exchanges information between all branches;
 - output: the 4 branches bilinearly upsampled (``align_corners=False``) to stride 4 and
   concatenated: 15W channels (270 for W = 18) at stride 4.
+
+Module for module the authors' ``torchalign`` HRNet (HRNet-Image-Classification layout);
+:mod:`h3r.models.official` maps their parameter names onto these modules.
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ A 32-channel stride-2 stem followed by the inverted-residual stages
 (6,64,4,2), (6,96,3,1); the 160/320 stages are dropped. The stride-4 (24 ch), stride-8
 (32 ch) and stride-16 (96 ch) features are bilinearly upsampled (``align_corners=False``)
 to stride 4 and concatenated: 152 channels at stride 4.
+
+Module for module the authors' ``torchalign`` MobileNetV2; :mod:`h3r.models.official` maps
+their parameter names (``features.<n>.conv.<i>``) onto these modules.
 """
 from __future__ import annotations
 

@@ -12,7 +12,10 @@ LOSSES = {"bce": 0, "mse": 1}
 REDUCE_CHUNK = 16 * _module.BLOCK  # values one block of loss_reduce_kernel adds (H3R_REDUCE_CHUNK)
 
 
-def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
+def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=None):
+    """``(value, grad)`` as :func:`h3r_kernels.reference.heatmap_loss`; ``weight``: None or ``(B, K)``
+    in the accumulation dtype. A weight of 0 is folded into ``visible`` (one tiny elementwise op),
+    so the kernels' "contributes" (and the "mean" count) includes it."""
     _module.require_cuda("logits", logits)
     batch, num, height, width = logits.shape
     device = logits.device
@@ -25,6 +28,10 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
         return torch.zeros(shape, dtype=acc, device=device), grad
     logits = logits.contiguous()
     keypoints = keypoints.to(torch.float32).contiguous()
+    if weight is not None:
+        weight = weight.to(acc).contiguous()
+        nonzero = weight != 0
+        visible = nonzero if visible is None else visible & nonzero
     visible = None if visible is None else visible.contiguous()
     rounding_code = np.int32(_module.ROUNDINGS[rounding])
 
@@ -69,6 +76,7 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
             _module.pointer(count),
             _module.pointer(keypoints),
             _module.pointer(visible),
+            _module.pointer(weight),
             np.int64(num_maps),
             np.int32(num),
             np.int32(height),

@@ -28,12 +28,14 @@ flat index (``torch.sort(stable=True)``'s and ``torch.argmax``'s tie-break). flo
 (accumulated in float64) use the 64-bit integer alone and a second ``min`` reduction over the
 cells of the maximal rank. float16/bfloat16 maps are upcast to float32.
 
-NaN: every NaN ranks above ``+inf`` and NaNs tie with each other, as in ``torch.sort``,
-``torch.argmax`` and ``torch.amax``. A map holding a NaN therefore gets score NaN and its
-first NaN cell as the peak; with ``softmax`` weights its coordinates are NaN, with
-``linear`` weights the sum is NaN, so all weight falls back to the peak cell (the
-reference's behaviour in both cases). ``+inf`` peaks give NaN softmax coordinates (as
-``torch.softmax``).
+Non-finite maps (the reference's rule, for every method and weighting): every NaN ranks
+above ``+inf`` and NaNs tie with each other, as in ``torch.sort``, ``torch.argmax`` and
+``torch.amax``. A map holding a NaN therefore gets score NaN, its first NaN cell as the
+peak, and NaN coordinates (stored as such whatever the weights gave). ``+-inf`` are extreme
+values weighed as limits: a ``+inf`` peak shares the weight among the selected ``+inf``
+cells (softmax and linear alike), a ``-inf`` peak (all selected cells ``-inf``) among all
+selected cells for softmax, and falls back to the peak for linear. The backward gives no
+coordinate gradient to a map whose maximum is not finite.
 
 Backward: one program per map writes zeros over the whole map, waits at a block barrier,
 then writes the gradient of the (at most ``window**2``) selected cells, so every output
@@ -45,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulates_in_fp64, device_guard
+from ._common import accumulates_in_fp64, as_mask, device_guard
 
 # Forward tiling (see _plan): maps of up to MIN_GROUPS cells are one chunk; larger maps are
 # streamed in up to MAX_CHUNKS chunks of GROUPS cells, MIN_GROUPS <= GROUPS <= MAX_GROUPS.
@@ -167,20 +169,35 @@ def _positive(values, valid):
 
 
 @triton.jit
-def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexpr):
-    """Normalised weights of the slots.
+def _peak_value(values, slots, PEAK_SLOT: tl.constexpr):
+    """The value in slot ``PEAK_SLOT`` (the map's maximum), as a scalar."""
+    return tl.sum(tl.where(slots == PEAK_SLOT, values, 0.0), axis=0)
 
-    ``softmax`` (``WEIGHTS == 0``): ``exp(v - v_peak)`` normalised (the peak slot holds the
-    maximum); ``linear``: ``max(v, 0) / sum``, or all weight on ``PEAK_SLOT`` when the sum is
+
+@triton.jit
+def _is_finite(value):
+    """Whether ``value`` is a finite number (False for NaN and +-inf), as a plain boolean."""
+    return as_mask(tl.abs(value) < float("inf"))
+
+
+@triton.jit
+def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexpr):
+    """Normalised weights of the slots, as :func:`h3r_kernels.reference._weights`.
+
+    ``softmax`` (``WEIGHTS == 0``): ``exp(v - m)`` normalised, ``m`` the peak slot's value (the
+    maximum), with ``exp(v - m) = 1`` for ``v == m`` (infinite peaks are limits: the weight is
+    shared by the cells equal to the peak); ``linear``: ``max(v, 0) / sum`` (for ``m = +inf``
+    the ``+inf`` cells count 1, the others 0), or all weight on ``PEAK_SLOT`` when the sum is
     not > 0 (NaN included).
     """
     peak = slots == PEAK_SLOT
+    shift = _peak_value(values, slots, PEAK_SLOT)
     if WEIGHTS == 0:
-        shift = tl.sum(tl.where(peak, values, 0.0), axis=0)
-        exps = tl.where(valid, tl.exp(values - shift), 0.0)
+        exps = tl.where(valid, tl.where(values == shift, 1.0, tl.exp(values - shift)), 0.0)
         weights = exps / tl.sum(exps, axis=0)
     else:
         positive = _positive(values, valid)
+        positive = tl.where(shift == float("inf"), tl.where(valid & as_mask(values == shift), 1.0, 0.0), positive)
         total = tl.sum(positive, axis=0)
         weights = tl.where(total > 0, positive / tl.where(total > 0, total, 1.0), tl.where(peak, 1.0, 0.0))
     return weights
@@ -262,8 +279,11 @@ def _decode_kernel(
     safe = tl.where(valid, selected, 0)
     x = (safe % WIDTH).to(values.dtype)
     y = (safe // WIDTH).to(values.dtype)
-    tl.store(coords_ptr + map_index * 2, tl.sum(tl.where(valid, weights * x, 0.0), axis=0))
-    tl.store(coords_ptr + map_index * 2 + 1, tl.sum(tl.where(valid, weights * y, 0.0), axis=0))
+    centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=0)
+    centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=0)
+    # A map holding a NaN (its score is NaN): NaN coordinates, whatever the weights made of it.
+    tl.store(coords_ptr + map_index * 2, tl.where(score != score, score, centre_x))
+    tl.store(coords_ptr + map_index * 2 + 1, tl.where(score != score, score, centre_y))
     tl.store(scores_ptr + map_index, score)
     tl.store(indices_ptr + map_index * N_SLOTS + slots, selected.to(tl.int64), mask=slots < N_SLOTS)
 
@@ -356,7 +376,9 @@ def _decode_backward_kernel(
         total = tl.sum(_positive(values, valid), axis=0)
         slot_grad = tl.where(values > 0, direction / tl.where(total > 0, total, 1.0), 0.0)
         slot_grad = tl.where(total > 0, slot_grad, 0.0)  # the peak fallback is piecewise constant
-    slot_grad = tl.where(valid, slot_grad, 0.0) + tl.where(slots == PEAK_SLOT, grad_score, 0.0)
+    # A non-finite maximum (NaN, +-inf) makes the coordinates piecewise constant: no gradient.
+    live = valid & _is_finite(_peak_value(values, slots, PEAK_SLOT))
+    slot_grad = tl.where(live, slot_grad, 0.0) + tl.where(slots == PEAK_SLOT, grad_score, 0.0)
     tl.store(grad_map_ptr + safe, slot_grad.to(grad_ptr.dtype.element_ty), mask=valid)
 
 

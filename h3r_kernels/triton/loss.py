@@ -5,7 +5,10 @@ renders the target in registers (:func:`h3r_kernels.triton.encode.tile_target`, 
 exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
 ``compute_grad`` is False) and stores each map's partial loss sum in a ``(B*K, tiles_per_map)``
 buffer that torch then sums in a fixed order: no float atomics, the value is reproducible run
-to run. Maps whose keypoint does not contribute read nothing and get a zero gradient.
+to run. Maps whose keypoint does not contribute (invisible, target off the map, or weight 0)
+read nothing and get a zero gradient, so nothing in their logits (NaN, inf) can leak out.
+With a per-keypoint ``weight`` a map's partial sums are multiplied by its weight and its
+gradient by ``weight * scale``.
 
 For ``reduction="mean"`` a small kernel first counts the contributing keypoints into a device
 integer (exact integer atomics); the main kernel turns it into the gradient scale
@@ -46,8 +49,8 @@ def _log1p_unit(e, TERMS: tl.constexpr):
 
 @triton.jit(do_not_specialize=["seed"])
 def _count_kernel(
-    count_ptr, keypoints_ptr, visible_ptr, seed, num_maps, num_keypoints, height, width,
-    ROUNDING: tl.constexpr, HAS_VISIBLE: tl.constexpr, BLOCK: tl.constexpr,
+    count_ptr, keypoints_ptr, visible_ptr, weight_ptr, seed, num_maps, num_keypoints, height, width,
+    ROUNDING: tl.constexpr, HAS_VISIBLE: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Adds the number of contributing keypoints among ``BLOCK`` of them to ``count_ptr`` (int32).
 
@@ -62,14 +65,16 @@ def _count_kernel(
     contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, False) & valid
     if HAS_VISIBLE:
         contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
+    if HAS_WEIGHT:
+        contributes = as_mask(contributes & as_mask(tl.load(weight_ptr + bk, mask=valid, other=0.0) != 0))
     tl.atomic_add(count_ptr, tl.sum(contributes.to(tl.int32), axis=0))
 
 
 @triton.jit(do_not_specialize=["seed"])
 def _loss_kernel(
-    logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, keypoints_ptr, visible_ptr,
+    logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, keypoints_ptr, visible_ptr, weight_ptr,
     seed, num_maps, num_keypoints, height, width, tiles_per_map, gauss_scale,
-    ROUNDING: tl.constexpr, BINARY: tl.constexpr, HAS_VISIBLE: tl.constexpr,
+    ROUNDING: tl.constexpr, BINARY: tl.constexpr, HAS_VISIBLE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     MSE: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
@@ -78,7 +83,9 @@ def _loss_kernel(
     Per pixel, as the reference: ``bce = max(z, 0) - z t + log(1 + exp(-|z|))`` with gradient
     ``sigmoid(z) - t``; ``mse = (z - t)^2`` with gradient ``2 (z - t)``. With ``MEAN`` the
     gradient is multiplied by ``scale = 1 / max(count * H * W, 1)`` from the contributing
-    keypoint count at ``count_ptr``, which program 0 also stores at ``scale_ptr``.
+    keypoint count at ``count_ptr``, which program 0 also stores at ``scale_ptr``. With
+    ``HAS_WEIGHT`` a keypoint of weight 0 does not contribute, and the others' partial sums
+    are multiplied by their weight and their gradient by ``weight`` (times ``scale``).
     """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
@@ -87,6 +94,9 @@ def _loss_kernel(
         keypoints_ptr, visible_ptr, bk, num_maps, num_keypoints, seed, height, width, row_start, gauss_scale,
         ROUNDING, BINARY, False, HAS_VISIBLE, BLOCK_H, BLOCK_W,
     )
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + bk, mask=bk < num_maps, other=0.0).to(acc_dtype)
+        contributes = as_mask(contributes & (weight != 0))
     live = inside & contributes[:, None, None]
     z = tl.load(logits_ptr + offsets, mask=live, other=0.0).to(acc_dtype)
     t = target.to(acc_dtype)
@@ -101,13 +111,20 @@ def _loss_kernel(
         pixel_grad = tl.where(z >= 0, inverse, e * inverse) - t  # sigmoid(z) - t
     pixel_loss = tl.where(live, pixel_loss, 0.0)
     per_map = tl.sum(tl.sum(pixel_loss, axis=2), axis=1)
+    if HAS_WEIGHT:
+        per_map = tl.where(contributes, per_map * weight, 0.0)
     tile = pid % tiles_per_map
     tl.store(partial_ptr + bk * tiles_per_map + tile, per_map, mask=bk < num_maps)
     if MEAN:
         count = tl.load(count_ptr).to(acc_dtype) * tl.cast(height * width, acc_dtype)
         scale = 1.0 / tl.maximum(count, 1.0)
         tl.store(scale_ptr, scale, mask=pid == 0)
-        pixel_grad = pixel_grad * scale
+        if HAS_WEIGHT:
+            pixel_grad = pixel_grad * (weight * scale)[:, None, None]
+        else:
+            pixel_grad = pixel_grad * scale
+    elif HAS_WEIGHT:
+        pixel_grad = pixel_grad * weight[:, None, None]
     if WRITE_GRAD:
         pixel_grad = tl.where(live, pixel_grad, 0.0)
         tl.store(grad_ptr + offsets, pixel_grad.to(grad_ptr.dtype.element_ty), mask=inside)
@@ -148,8 +165,12 @@ def launch_heatmap_loss(
     compute_grad: bool,
     block_rows: Optional[int] = None,
     block_maps: Optional[int] = None,
+    weight: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`heatmap_loss` with optional overrides of the tile (rows and maps per program; for tests)."""
+    """:func:`heatmap_loss` with optional overrides of the tile (rows and maps per program; for tests).
+
+    ``weight``: None or a contiguous ``(B, K)`` tensor in the accumulation dtype.
+    """
     batch, num, height, width = logits.shape
     fp64 = accumulates_in_fp64(logits.dtype)
     acc_dtype = torch.float64 if fp64 else torch.float32
@@ -160,6 +181,7 @@ def launch_heatmap_loss(
 
     tiling = map_tiling(batch * num, height, width, block_rows, block_maps)
     visible_arg = keypoints if visible is None else visible.view(torch.uint8)
+    weight_arg = keypoints if weight is None else weight
     seed_arg = _rng.seed_as_int32(seed)
     code = ROUNDING_CODES[rounding]
     partials = torch.empty((batch, num, tiling.tiles_per_map), dtype=acc_dtype, device=logits.device)
@@ -169,13 +191,14 @@ def launch_heatmap_loss(
     with device_guard(logits):
         if mean:
             _count_kernel[(triton.cdiv(batch * num, COUNT_BLOCK),)](
-                count, keypoints, visible_arg, seed_arg, batch * num, num, height, width,
-                ROUNDING=code, HAS_VISIBLE=visible is not None, BLOCK=COUNT_BLOCK,
+                count, keypoints, visible_arg, weight_arg, seed_arg, batch * num, num, height, width,
+                ROUNDING=code, HAS_VISIBLE=visible is not None, HAS_WEIGHT=weight is not None, BLOCK=COUNT_BLOCK,
             )
         _loss_kernel[(tiling.grid,)](
-            logits, grad if compute_grad else logits, partials, count, scale, keypoints, visible_arg,
+            logits, grad if compute_grad else logits, partials, count, scale, keypoints, visible_arg, weight_arg,
             seed_arg, batch * num, num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
-            ROUNDING=code, BINARY=sigma == 0, HAS_VISIBLE=visible is not None, MSE=loss == "mse",
+            ROUNDING=code, BINARY=sigma == 0, HAS_VISIBLE=visible is not None, HAS_WEIGHT=weight is not None,
+            MSE=loss == "mse",
             MEAN=mean, WRITE_GRAD=compute_grad, ACC_FP64=fp64,
             BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
         )
@@ -187,13 +210,15 @@ def launch_heatmap_loss(
     return per_keypoint.sum() * scale, grad
 
 
-def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad):
+def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=None):
     """``(value, grad)``; same contract as :func:`h3r_kernels.reference.heatmap_loss`.
 
     ``value``: float32 (float64 for float64 logits), a scalar or ``(B, K)`` for "none";
     ``grad``: d value / d logits in the logits dtype, or an empty tensor without ``compute_grad``.
     """
-    return launch_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad)
+    return launch_heatmap_loss(
+        logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=weight
+    )
 
 
 def _launch_scale_grad(out: torch.Tensor, grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:

@@ -1,0 +1,449 @@
+"""On-device augmentation: the DataLoader decodes, the training device warps.
+
+The CPU path (:class:`h3r.transforms.TopDownTransform`) draws the augmentation, warps the
+image with Pillow and jitters the colours, all in a DataLoader worker. Here the work is split:
+
+* **in the worker** (:class:`DeviceCropDataset`): decode the image, draw the *same*
+  augmentation from the *same* generator (``np.random.default_rng([seed, epoch, index])``,
+  as :class:`h3r.evaluate.CropDataset`), build the *same* affine
+  (:func:`h3r.transforms.crop_affine`), and cut from the image the smallest axis-aligned
+  region the warp reads (the pre-image of the ``S x S`` input, plus a margin). Items are
+  uint8 regions; :func:`collate` pads them to one batch.
+* **on the device** (:class:`DeviceAugment`): one batched bilinear warp of the uint8
+  regions, the same colour jitter, the same normalisation; keypoints moved by the same
+  affines; the visibility and flip rules of the CPU path.
+
+Sampling semantics matched (Pillow's ``Image.transform(..., AFFINE, resample=BILINEAR)``,
+``libImaging/Geometry.c``: ``affine_transform`` + ``bilinear_filter32RGB`` in
+``ImagingGenericTransform`` with ``fill=1``): for output pixel ``(i, j)`` (column, row) the
+source position in pixel-*corner* coordinates is
+``xin = a0 * (i + 0.5) + a1 * (j + 0.5) + a2`` (same for ``yin`` with ``a3..a5``), where
+``a`` are the coefficients :func:`h3r.transforms._pillow_affine_data` passes to Pillow;
+
+* outside the image (``xin < 0 or xin >= W or yin < 0 or yin >= H``): all channels 0;
+* otherwise ``x = floor(xin - 0.5)``, ``dx = xin - 0.5 - x`` (same for y): the 4 neighbours
+  ``x, x + 1`` / ``y, y + 1`` are *clamped* to the image (edge pixels repeat within the
+  half-pixel border), interpolated as ``a + (b - a) * d`` along x, then along y;
+* the result is *truncated* to uint8 (``(UINT8) v``, not rounded).
+
+With ``exact=True`` (the default) the coordinates and the interpolation are computed in
+float64 in the same operation order as Pillow, so the warp is bit-identical to the CPU
+path; ``exact=False`` computes in float32 (half the memory traffic), which moves a pixel by
+one level (1/255) where float32 rounding crosses an integer.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from h3r.data.base import LandmarkDataset
+from h3r.transforms import (GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, apply_affine,
+                            crop_affine, flip_permutation)
+
+__all__ = ["DeviceCropDataset", "DeviceAugment", "collate", "make_item", "plan_augmentation", "warp_bilinear",
+           "augment_from_seeds", "REGION_MARGIN"]
+
+REGION_MARGIN = 2  # pixels kept around the pre-image of the input, for float32 coordinates
+CHUNK_PIXELS = 1 << 22  # output pixels warped at once: bounds the temporaries (exact: ~100 MiB per (.., 3) float64)
+
+# ----------------------------------------------------------------------------------------------
+# Host side (DataLoader workers): draw the augmentation, cut the region the warp reads.
+
+
+def plan_augmentation(transform: TopDownTransform, box, rng: Optional[np.random.Generator]) -> dict[str, Any]:
+    """The random draws of one item, in the CPU path's order: rotation, scale, shift, flip
+    (:meth:`TopDownTransform.sample_augmentation`), then the 3 colour factors.
+
+    Returns ``affine`` (2, 3) float64 image -> input (:func:`crop_affine`), ``flip`` and
+    ``jitter`` (brightness, contrast, saturation) or None when the CPU path does not jitter.
+    """
+    config = transform.config
+    augmentation = transform.sample_augmentation(rng)
+    affine = crop_affine(box, config.input_size, config.box_scale, **augmentation)
+    jitter = None
+    if rng is not None and config.colour_jitter > 0:
+        jitter = rng.uniform(1 - config.colour_jitter, 1 + config.colour_jitter, size=3)
+    return {"affine": affine, "flip": augmentation["flip"], "jitter": jitter}
+
+
+def read_region(pillow: Sequence[float], size: int, width: int, height: int,
+                margin: int = REGION_MARGIN) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` (inclusive) of the pixels that the warp with Pillow coefficients
+    ``pillow`` onto ``size x size`` reads from a ``width x height`` image, plus ``margin``,
+    clipped to the image (at least one pixel)."""
+    a0, a1, a2, a3, a4, a5 = (float(v) for v in pillow)
+    corners = [(i + 0.5, j + 0.5) for i in (0, size - 1) for j in (0, size - 1)]
+    xs = [a0 * u + a1 * v + a2 for u, v in corners]
+    ys = [a3 * u + a4 * v + a5 for u, v in corners]
+
+    def span(values: list[float], extent: int) -> tuple[int, int]:
+        low = math.floor(min(values) - 0.5) - margin
+        high = math.floor(max(values) - 0.5) + 1 + margin
+        low, high = min(max(low, 0), extent - 1), min(max(high, 0), extent - 1)
+        return low, max(low, high)
+
+    (x0, x1), (y0, y1) = span(xs, width), span(ys, height)
+    return x0, y0, x1, y1
+
+
+def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, visible,
+              rng: Optional[np.random.Generator]) -> dict[str, Any]:
+    """One item for :class:`DeviceAugment`: the uint8 region the warp reads and the draws.
+
+    ``image`` is the decoded ``(H, W, 3)`` uint8 RGB image, ``keypoints`` ``(K, 2)`` and
+    ``visible`` ``(K,)`` in image pixels, ``rng`` the item's generator (None: the plain crop).
+    """
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    visible = np.asarray(visible, dtype=bool)
+    if keypoints.ndim != 2 or keypoints.shape[1] != 2 or visible.shape != (keypoints.shape[0],):
+        raise ValueError(f"sample keypoints must be (K, 2) and visible (K,), got {keypoints.shape} and {visible.shape}")
+    plan = plan_augmentation(transform, box, rng)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"sample image must be (H, W, 3) uint8 RGB, got shape {image.shape} and dtype {image.dtype}")
+    height, width = image.shape[:2]
+    pillow = _pillow_affine_data(plan["affine"])
+    x0, y0, x1, y1 = read_region(pillow, transform.config.input_size, width, height)
+    region = np.ascontiguousarray(image[y0:y1 + 1, x0:x1 + 1])
+    jitter = plan["jitter"]
+    return {
+        "pixels": torch.from_numpy(region),
+        "origin": torch.tensor([x0, y0], dtype=torch.int64),
+        "image_size": torch.tensor([width, height], dtype=torch.int64),
+        "pillow": torch.tensor(pillow, dtype=torch.float64),
+        "affine": torch.from_numpy(plan["affine"]),
+        "jitter": torch.tensor(jitter if jitter is not None else (1.0, 1.0, 1.0), dtype=torch.float32),
+        "jittered": jitter is not None,
+        "image_keypoints": torch.from_numpy(keypoints),
+        "image_visible": torch.from_numpy(visible),
+        "flipped": plan["flip"],
+    }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch items of :func:`make_item`: regions zero-padded to the largest, ``region_size`` (w, h) kept."""
+    height = max(item["pixels"].shape[0] for item in items)
+    width = max(item["pixels"].shape[1] for item in items)
+    pixels = torch.zeros((len(items), height, width, 3), dtype=torch.uint8)
+    for row, item in enumerate(items):
+        region = item["pixels"]
+        pixels[row, :region.shape[0], :region.shape[1]] = region
+    sizes = torch.tensor([[item["pixels"].shape[1], item["pixels"].shape[0]] for item in items], dtype=torch.int64)
+    batch = default_collate([{key: value for key, value in item.items() if key != "pixels"} for item in items])
+    batch["pixels"], batch["region_size"] = pixels, sizes
+    return batch
+
+
+class DeviceCropDataset(Dataset):
+    """:class:`h3r.evaluate.CropDataset` with the warp left to the device (:class:`DeviceAugment`).
+
+    Same seeding (item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``; set
+    ``epoch`` as for ``CropDataset``), same draws, same affines; items are
+    :func:`make_item` dicts plus ``index``. Use ``collate_fn=DeviceCropDataset.collate``.
+    """
+
+    collate = staticmethod(collate)
+
+    def __init__(self, dataset: LandmarkDataset, crop: CropConfig, seed: Optional[int] = None,
+                 indices: Optional[Sequence[int]] = None):
+        self.dataset = dataset
+        self.transform = TopDownTransform(crop, dataset.flip_pairs)
+        self.seed = seed
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = int(self.indices[position])
+        rng = None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
+        sample = self.dataset[index]
+        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible, rng)
+        item["index"] = index
+        return item
+
+
+# ----------------------------------------------------------------------------------------------
+# Device side: the warp, the colour jitter, the normalisation, the keypoints.
+
+
+def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, image_size: Optional[torch.Tensor] = None,
+                  origin: Optional[torch.Tensor] = None, region_size: Optional[torch.Tensor] = None,
+                  exact: bool = True, chunk_pixels: int = CHUNK_PIXELS) -> torch.Tensor:
+    """Pillow's bilinear ``AFFINE`` transform of a batch, on ``pixels``' device: ``(B, 3, S, S)`` uint8.
+
+    Args:
+        pixels: ``(B, Hp, Wp, 3)`` uint8, item ``b`` holding (in its top-left corner) the
+            region of its image that starts at image pixel ``origin[b]`` and is
+            ``region_size[b]`` = (w, h) pixels large.
+        pillow: ``(B, 6)`` float64 Pillow coefficients (output corner -> image corner
+            coordinates), as :func:`h3r.transforms._pillow_affine_data` gives.
+        size: S.
+        image_size: ``(B, 2)`` (W, H) of the whole images (default: the regions' size),
+            which decides the zero fill and the edge clamping.
+        origin: ``(B, 2)`` (x, y) of each region in its image (default 0).
+        region_size: ``(B, 2)`` (w, h) of each region (default: ``(Wp, Hp)``).
+        exact: float64 arithmetic in Pillow's order (bit-identical); False: float32.
+        chunk_pixels: at most this many output pixels (whole items, at least one) are warped
+            at once, to bound the memory of the temporaries.
+    """
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"pixels must be (B, H, W, 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
+    batch = pixels.shape[0]
+    if pillow.shape != (batch, 6):
+        raise ValueError(f"pillow must be (B, 6) = ({batch}, 6), got {tuple(pillow.shape)}")
+    step = max(1, chunk_pixels // (size * size))
+    if batch > step:
+        def part(value, start):
+            return None if value is None or torch.as_tensor(value).dim() < 2 else value[start:start + step]
+
+        return torch.cat([warp_bilinear(pixels[start:start + step], pillow[start:start + step], size,
+                                        image_size=part(image_size, start), origin=part(origin, start),
+                                        region_size=part(region_size, start), exact=exact, chunk_pixels=chunk_pixels)
+                          for start in range(0, batch, step)])
+    return _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact)
+
+
+def _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact) -> torch.Tensor:
+    batch, padded_height, padded_width = pixels.shape[:3]
+    device = pixels.device
+    dtype = torch.float64 if exact else torch.float32
+
+    def per_item(value, default):
+        value = torch.as_tensor(default if value is None else value, device=device)
+        return value.to(torch.int64).expand(batch, 2).unsqueeze(-1).unsqueeze(-1)  # (B, 2, 1, 1)
+
+    region = per_item(region_size, [padded_width, padded_height])
+    whole = region if image_size is None else per_item(image_size, None)
+    start = per_item(origin, [0, 0])
+    a = pillow.to(device=device, dtype=dtype).view(batch, 6, 1, 1)
+    centres = torch.arange(size, device=device, dtype=dtype) + 0.5
+    u, v = centres.view(1, 1, size), centres.view(1, size, 1)
+    xin = (a[:, 0] * u + a[:, 1] * v) + a[:, 2]  # (B, S, S), Pillow's affine_transform
+    yin = (a[:, 3] * u + a[:, 4] * v) + a[:, 5]
+    width, height = whole[:, 0].to(dtype), whole[:, 1].to(dtype)
+    inside = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
+    xin, yin = xin - 0.5, yin - 0.5
+    x_floor, y_floor = torch.floor(xin), torch.floor(yin)
+    dx, dy = (xin - x_floor).unsqueeze(-1), (yin - y_floor).unsqueeze(-1)
+    # Pillow clamps neighbours to the image; the region holds every pixel an inside sample reads.
+    x_low, y_low = (x_floor.clamp(-2, 2**30).to(torch.int64), y_floor.clamp(-2, 2**30).to(torch.int64))
+
+    def column(x):
+        x = torch.minimum(x.clamp_min(0), whole[:, 0] - 1) - start[:, 0]
+        return torch.minimum(x.clamp_min(0), region[:, 0] - 1)
+
+    def row(y):
+        y = torch.minimum(y.clamp_min(0), whole[:, 1] - 1) - start[:, 1]
+        return torch.minimum(y.clamp_min(0), region[:, 1] - 1)
+
+    x0, x1, y0, y1 = column(x_low), column(x_low + 1), row(y_low), row(y_low + 1)
+    base = (torch.arange(batch, device=device) * (padded_height * padded_width)).view(batch, 1, 1)
+    flat = pixels.reshape(-1, 3)
+
+    def gather(y, x):
+        return flat[base + y * padded_width + x].to(dtype)  # (B, S, S, 3)
+
+    p00, p01 = gather(y0, x0), gather(y0, x1)
+    top = p00 + (p01 - p00) * dx
+    p10, p11 = gather(y1, x0), gather(y1, x1)
+    bottom = p10 + (p11 - p10) * dx
+    value = top + (bottom - top) * dy
+    value = torch.where(inside.unsqueeze(-1), value.clamp_(0, 255), 0)
+    # truncation, as (UINT8) v; NCHW-contiguous like the CPU batch (a channels-last input would change the
+    # convolution algorithms, hence the rounding, of the model)
+    return value.to(torch.uint8).permute(0, 3, 1, 2).contiguous()
+
+
+def jitter_colours(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Batched :func:`h3r.transforms._jitter_colours`: ``(B, 3, S, S)`` in [0, 1], ``factors`` ``(B, 3)``
+    (brightness, contrast, saturation), float32, same formula and order."""
+    weights = GREY_WEIGHTS
+    brightness, contrast, saturation = (factors[:, i].to(images.dtype).view(-1, 1, 1, 1) for i in range(3))
+
+    def grey(image):
+        return (image[:, 0:1] * weights[0] + image[:, 1:2] * weights[1]) + image[:, 2:3] * weights[2]
+
+    images = images * brightness
+    mean_grey = grey(images).mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean_grey) * contrast + mean_grey
+    luma = grey(images)
+    images = (images - luma) * saturation + luma
+    return images.clamp_(0.0, 1.0)
+
+
+class DeviceAugment:
+    """The device half of the augmentation: a :func:`collate` batch in, the CPU path's batch out.
+
+    ``augment(batch)`` returns ``image`` (B, 3, S, S) float32 normalised as
+    :class:`TopDownTransform` does, ``keypoints`` (B, K, 2) float32 in input pixels,
+    ``visible`` (B, K) bool (visible and inside ``[0, S - 1]``, flip pairs swapped),
+    ``affine`` (B, 2, 3) float64 image -> input, ``flipped`` (B,) bool, and ``index`` when
+    the batch has it; all on ``device``.
+    """
+
+    def __init__(self, crop: CropConfig, flip_pairs: Sequence[tuple[int, int]] = (), device="cpu", *,
+                 exact: bool = True):
+        self.config = crop
+        self.flip_pairs = [tuple(pair) for pair in flip_pairs]
+        self.device = torch.device(device)
+        self.exact = exact
+        self.mean = torch.tensor(crop.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(crop.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, num_keypoints: int) -> torch.Tensor:
+        if num_keypoints not in self._permutations:
+            permutation = flip_permutation(num_keypoints, self.flip_pairs)
+            self._permutations[num_keypoints] = torch.from_numpy(permutation).to(self.device)
+        return self._permutations[num_keypoints]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        def put(name):
+            return batch[name].to(self.device, non_blocking=True)
+
+        size = self.config.input_size
+        crops = warp_bilinear(put("pixels"), put("pillow"), size, image_size=put("image_size"),
+                              origin=put("origin"), region_size=put("region_size"), exact=self.exact)
+        images = crops.float().mul_(1 / 255)
+        jittered = put("jittered")
+        if bool(batch["jittered"].any()):
+            changed = jitter_colours(images, put("jitter"))
+            images = torch.where(jittered.view(-1, 1, 1, 1), changed, images)
+        images = images.sub_(self.mean).div_(self.std)
+
+        affine = put("affine")
+        moved = apply_affine(put("image_keypoints").to(torch.float64), affine)
+        inside = (torch.isfinite(moved) & (moved >= 0) & (moved <= size - 1)).all(dim=-1)
+        visible = put("image_visible") & inside
+        flipped = put("flipped")
+        if bool(batch["flipped"].any()):
+            permutation = self._permutation(moved.shape[1])
+            moved = torch.where(flipped.view(-1, 1, 1), moved[:, permutation], moved)
+            visible = torch.where(flipped.view(-1, 1), visible[:, permutation], visible)
+        out = {"image": images, "keypoints": moved.to(torch.float32), "visible": visible, "affine": affine,
+               "flipped": flipped}
+        if "index" in batch:
+            out["index"] = batch["index"]
+        return out
+
+
+def augment_from_seeds(augment: DeviceAugment, images: Sequence[np.ndarray], boxes, keypoints, visible,
+                       seeds: Sequence[Any]) -> dict[str, Any]:
+    """Augment items given as arrays, each with its own seed (anything ``np.random.default_rng``
+    takes, e.g. ``[seed, epoch, index]`` as the training loader uses; None: the plain crop).
+
+    The draws run on the host (microseconds per item), the warp on ``augment.device``.
+    """
+    transform = TopDownTransform(augment.config, augment.flip_pairs)
+    items = [make_item(transform, image, box, points, mask, None if seed is None else np.random.default_rng(seed))
+             for image, box, points, mask, seed in zip(images, boxes, keypoints, visible, seeds)]
+    return augment(collate(items))
+
+
+# ----------------------------------------------------------------------------------------------
+# ``python -m h3r.augment``: equivalence with the CPU path and throughput, on one device.
+
+
+def _random_affine_cases(count: int, seed: int = 0):
+    """Random images, boxes and augmentations (rotation, scale, shift, flip), some boxes past the edges."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        height, width = (int(v) for v in rng.integers(8, 200, size=2))
+        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        if rng.random() < 0.5:  # smooth content too: flat regions test exact integer results
+            image = np.repeat(np.repeat(image[::8, ::8], 8, axis=0), 8, axis=1)[:height, :width].copy()
+        centre = rng.uniform(-0.2, 1.2, size=2) * (width, height)
+        half = rng.uniform(2, 0.8 * max(width, height), size=2)
+        box = (*(centre - half), *(centre + half))
+        config = dict(rotation=float(rng.uniform(-180, 180)), scale=float(rng.uniform(0.5, 1.5)),
+                      shift=tuple(rng.uniform(-0.3, 0.3, size=2)), flip=bool(rng.random() < 0.5))
+        size = int(rng.choice([16, 33, 64, 96]))
+        yield image, box, size, config
+
+
+def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed: int = 0) -> dict[str, float]:
+    """Warp ``count`` random cases with Pillow and with :func:`warp_bilinear` on ``device``;
+    the max and mean absolute difference in levels (1 level = 1/255) and the share of pixels that differ."""
+    from PIL import Image
+
+    worst, total, differing, pixels = 0, 0.0, 0, 0
+    for image, box, size, augmentation in _random_affine_cases(count, seed):
+        affine = crop_affine(box, size, 1.25, **augmentation)
+        pillow = _pillow_affine_data(affine)
+        expected = np.array(Image.fromarray(image).transform((size, size), Image.Transform.AFFINE, pillow,
+                                                             resample=Image.Resampling.BILINEAR))
+        x0, y0, x1, y1 = read_region(pillow, size, image.shape[1], image.shape[0])
+        region = torch.from_numpy(np.ascontiguousarray(image[y0:y1 + 1, x0:x1 + 1]))[None].to(device)
+        got = warp_bilinear(region, torch.tensor([pillow], dtype=torch.float64), size,
+                            image_size=torch.tensor([[image.shape[1], image.shape[0]]]),
+                            origin=torch.tensor([[x0, y0]]), exact=exact)
+        error = np.abs(got[0].permute(1, 2, 0).cpu().numpy().astype(np.int64) - expected.astype(np.int64))
+        worst, total = max(worst, int(error.max())), total + float(error.sum())
+        differing, pixels = differing + int((error > 0).sum()), pixels + error.size
+    return {"max_levels": worst, "mean_levels": total / pixels, "differing_fraction": differing / pixels,
+            "values": pixels, "cases": count}
+
+
+def measure_throughput(device="cpu", batch: int = 256, size: int = 256, region: int = 320, exact: bool = True,
+                       repeats: int = 10) -> dict[str, float]:
+    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints)."""
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    crop = CropConfig(input_size=size, colour_jitter=0.2, flip_prob=0.5)
+    augment = DeviceAugment(crop, [(0, 1)], device, exact=exact)
+    items = []
+    rng = np.random.default_rng(0)
+    transform = TopDownTransform(crop, [(0, 1)])
+    image = torch.randint(0, 256, (region, region, 3), generator=generator, dtype=torch.uint8).numpy()
+    for _ in range(batch):
+        box = (region * 0.2, region * 0.2, region * 0.8, region * 0.8)
+        items.append(make_item(transform, image, box, rng.uniform(0, region, size=(17, 2)), np.ones(17, bool), rng))
+    host = collate(items)
+    if device.type == "cuda":
+        host = {key: value.pin_memory() if isinstance(value, torch.Tensor) else value for key, value in host.items()}
+    augment(host)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        augment(host)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    median = times[len(times) // 2]
+    return {"batch": batch, "input_size": size, "padded_region": list(host["pixels"].shape[1:3]), "exact": exact,
+            "median_ms": median, "images_per_s": batch * 1e3 / median}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m h3r.augment",
+                                     description="On-device warp vs Pillow (the CPU path), and its throughput.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cases", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    results = {}
+    for exact in (True, False):
+        name = "exact" if exact else "float32"
+        results[f"equivalence_{name}"] = measure_equivalence(args.device, exact, args.cases)
+        print(f"{args.device} {name:7s} warp vs Pillow: {results[f'equivalence_{name}']}", flush=True)
+        results[f"throughput_{name}"] = measure_throughput(args.device, args.batch, args.size, exact=exact,
+                                                          repeats=args.repeats)
+        print(f"{args.device} {name:7s} throughput: {results[f'throughput_{name}']}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The study's outputs: ``study.json`` (everything), ``study.md`` (tables), ``study.png`` (two panels per dataset)."""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from h3r.study.presets import METHODS
+
+
+def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± standard deviation over seeds of each ``(dataset, method, stride)`` (finished seeds only)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in cells:
+        groups[(row["dataset"], row["method"], row["stride"])].append(row)
+    summary = []
+    for (dataset, method, stride), rows in groups.items():
+        scored = [row for row in rows if row["metrics"] and row["metric"] in row["metrics"]]
+        values = [row["metrics"][row["metric"]] for row in scored]
+        finite = [value for value in values if math.isfinite(value)]
+        summary.append({
+            "dataset": dataset, "method": method, "stride": stride, "heatmap_size": rows[0]["heatmap_size"],
+            "metric": scored[0]["metric"] if scored else None, "seeds": len(finite), "seeds_planned": len(rows),
+            "mean": float(np.mean(finite)) if finite else None,
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None),
+            "images_per_s": _mean([row["images_per_s"] for row in scored]),
+            "head_decode_ms": _mean([row["head_decode_ms"] for row in scored]),
+        })
+    return summary
+
+
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    values = [value for value in values if value is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _format(value: Optional[float], digits: int = 4) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    settings = record["settings"]
+    lines = [f"# h3r study: preset '{settings['preset']}'", "",
+             f"{settings['description']}.", "",
+             f"- command: `{settings['command']}`" if settings.get("command") else "- command: (Python API)",
+             f"- commit: {settings['commit']}; started {settings['started']}; wall time "
+             f"{settings['wall_seconds']:.0f} s",
+             f"- machine: {settings['machine'].get('cpu', settings['machine']['processor'])}, "
+             f"{settings['machine']['cpu_count']} cores; torch {settings['machine']['torch']}"
+             + (f"; GPU {settings['machine']['cuda']}" if settings['machine'].get('cuda') else ""),
+             f"- grid: {', '.join(settings['datasets'])}; backbone {settings['backbone']}, input "
+             f"{settings['input_size']} px; strides {settings['strides']}; seeds {settings['seeds']}; "
+             f"{settings['epochs']} epochs of batch {settings['batch_size']}"
+             + (f"; synthetic sets {settings['synthetic_sizes'][0]} train / {settings['synthetic_sizes'][1]} test"
+                if settings.get("synthetic_sizes") else ""), ""]
+    lines += ["## Methods", "", "| method | codec | decoder | what it is |", "|---|---|---|---|"]
+    lines += [f"| {name} | {METHODS[name].codec} | "
+              f"{', '.join(f'{key}={value}' for key, value in METHODS[name].decoder.items()) or '–'} | "
+              f"{METHODS[name].label} |" for name in settings["methods"]]
+    lines.append("")
+    for dataset in settings["datasets"]:
+        lines += _part_b_tables(record, dataset, settings)
+        lines += _part_a_tables(record, dataset, settings)
+    if record["failed_cells"]:
+        lines += ["## Failed cells", ""]
+        for row in record["cells"]:
+            if row["status"] == "failed" and row["method"] == next(
+                    name for name in settings["methods"] if METHODS[name].codec == row["codec"]):
+                lines += [f"- `{row['run_dir']}`: " + (row["error"] or "").splitlines()[0]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _part_b_tables(record, dataset, settings) -> list[str]:
+    summary = [row for row in record["summary"] if row["dataset"] == dataset]
+    strides = settings["strides"]
+    metric = next((row["metric"] for row in summary if row["metric"]), "metric")
+    header = " | ".join(f"stride {s} ({settings['input_size'] // s}×{settings['input_size'] // s})" for s in strides)
+    lines = [f"## {dataset}: trained (part B), test {metric}, mean ± std over seeds", "",
+             f"| method | {header} |", "|---|" + "---:|" * len(strides)]
+    by_key = {(row["method"], row["stride"]): row for row in summary}
+    for method in settings["methods"]:
+        cells = []
+        for stride in strides:
+            row = by_key.get((method, stride))
+            if row is None or row["mean"] is None:
+                cells.append("–")
+            else:
+                cells.append(f"{row['mean']:.4f} ± {row['std']:.4f}"
+                             + (f" ({row['seeds']}/{row['seeds_planned']} seeds)" if row["seeds"] < row["seeds_planned"]
+                                else ""))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", f"### {dataset}: cost", "",
+              "Training images/s (whole step, mean over epochs and seeds) and milliseconds of pooling + head + "
+              "decoding for a batch of 32 on the study's device (the part of the network that changes with the "
+              "stride).", "",
+              f"| method | {' | '.join(f'stride {s}: img/s, head+decode ms' for s in strides)} |",
+              "|---|" + "---:|" * len(strides)]
+    for method in settings["methods"]:
+        cells = []
+        for stride in strides:
+            row = by_key.get((method, stride))
+            cells.append("–" if row is None or row["images_per_s"] is None else
+                         f"{row['images_per_s']:.0f}, {_format(row['head_decode_ms'], 2)}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _part_a_tables(record, dataset, settings) -> list[str]:
+    rows = [row for row in record["quantization"] if row["dataset"] == dataset]
+    strides = settings["strides"]
+    lines = []
+    for points in ("ground truth", "uniform"):
+        chosen = {(row["method"], row["stride"]): row for row in rows if row["points"] == points}
+        if not chosen:
+            continue
+        counts = ", ".join(f"stride {s}: {chosen[next(iter(k for k in chosen if k[1] == s))]['keypoints']} "
+                           f"on the map, {chosen[next(iter(k for k in chosen if k[1] == s))]['outside_map']} beyond it"
+                           for s in strides if any(k[1] == s for k in chosen))
+        lines += [f"## {dataset}: quantization only (part A), {points} keypoints, mean (max) 2-D error in input "
+                  f"pixels", "", f"Keypoints: {counts}.", "",
+                  "| method | " + " | ".join(f"stride {s}" for s in strides) + " |", "|---|" + "---:|" * len(strides)]
+        methods = [name for name in settings["methods"]] + ["h3r-sampled-target"]
+        for method in methods:
+            cells = []
+            for stride in strides:
+                row = chosen.get((method, stride))
+                if row is None:
+                    cells.append("–")
+                elif not row["applicable"]:
+                    cells.append("n/a")
+                else:
+                    cell = f"{_format(row['mean_error_px'], 3)} ({_format(row['max_error_px'], 2)})"
+                    if row.get("theory_mean_error_px") is not None:
+                        cell += f"; theory {row['theory_mean_error_px']:.3f}"
+                    if row.get("interior_mean_error_px") is not None:
+                        cell += f"; interior {row['interior_mean_error_px']:.3f}"
+                    cells.append(cell)
+            if any(cell != "–" for cell in cells):
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        sampled = [chosen[("h3r-sampled-target", s)] for s in strides if ("h3r-sampled-target", s) in chosen]
+        if sampled:
+            lines += ["", "The sampled H3R target (one randomized rounding, read by arg-max): mean error vector "
+                          "(± its standard error) and per-axis RMS against the theory "
+                          "`s·sqrt(mean ε(1−ε))`, input pixels:", "",
+                      "| stride | mean error (x, y) | ± | RMS (x, y) | theory RMS (x, y) |", "|---:|---|---|---|---|"]
+            for row in sampled:
+                lines.append(f"| {row['stride']} | ({row['mean_vector_px'][0]:+.3f}, {row['mean_vector_px'][1]:+.3f}) "
+                             f"| ({row['mean_vector_standard_error_px'][0]:.3f}, "
+                             f"{row['mean_vector_standard_error_px'][1]:.3f}) | ({row['rms_axis_px'][0]:.3f}, "
+                             f"{row['rms_axis_px'][1]:.3f}) | ({row['theory_rms_axis_px'][0]:.3f}, "
+                             f"{row['theory_rms_axis_px'][1]:.3f}) |")
+        lines.append("")
+    return lines
+
+
+def plot(record: dict[str, Any], path: Path) -> Path:
+    """Per dataset: the trained metric against heatmap side (error bars: std over seeds), and part A's error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = record["settings"]
+    datasets = settings["datasets"]
+    palette = plt.get_cmap("tab10")
+    colour = {name: palette(index) for index, name in enumerate([*METHODS, "h3r-sampled-target"])}
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 4 * len(datasets)), squeeze=False)
+    sides = sorted({settings["input_size"] // s for s in settings["strides"]})
+    for row_axes, dataset in zip(axes, datasets):
+        trained, quantization = row_axes
+        summary = [row for row in record["summary"] if row["dataset"] == dataset and row["mean"] is not None]
+        metric = summary[0]["metric"] if summary else "metric"
+        for method in settings["methods"]:
+            points = sorted((row["heatmap_size"], row["mean"], row["std"]) for row in summary
+                            if row["method"] == method)
+            if points:
+                x, y, error = zip(*points)
+                trained.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method, color=colour[method])
+        trained.set(xscale="log", xlabel="heatmap side (cells)", ylabel=f"test {metric}",
+                    title=f"{dataset}: trained, {settings['backbone']}, {settings['input_size']} px input")
+        trained.set_xticks(sides, [str(side) for side in sides])
+        trained.legend(fontsize=8)
+        part_a = [row for row in record["quantization"]
+                  if row["dataset"] == dataset and row["points"] == "ground truth" and row["applicable"]]
+        for method in [*settings["methods"], "h3r-sampled-target"]:
+            points = sorted((row["heatmap_size"], row["mean_error_px"]) for row in part_a
+                            if row["method"] == method and row["mean_error_px"] is not None)
+            if points:
+                x, y = zip(*points)
+                quantization.plot(x, y, marker="o", label=method, color=colour[method],
+                                  linestyle=":" if method == "h3r-sampled-target" else "-")
+        theory = sorted((row["heatmap_size"], row["theory_mean_error_px"]) for row in part_a
+                        if row["method"] == "argmax" and row.get("theory_mean_error_px") is not None)
+        if theory:
+            x, y = zip(*theory)
+            quantization.plot(x, y, color="grey", linestyle="--", label="0.383 × stride (uniform offsets)")
+        quantization.set(xscale="log", xlabel="heatmap side (cells)", ylabel="mean 2-D error (input px)",
+                         title=f"{dataset}: quantization alone (truth encoded, decoded)")
+        quantization.set_xticks(sides, [str(side) for side in sides])
+        quantization.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_outputs(record: dict[str, Any], out: Path) -> list[Path]:
+    out = Path(out)
+    json_path, markdown_path, png_path = out / "study.json", out / "study.md", out / "study.png"
+    json_path.write_text(json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
+    markdown_path.write_text(markdown(record) + "\n")
+    plot(record, png_path)
+    return [json_path, markdown_path, png_path]
+
+
+def _finite(value):
+    """``value`` with non-finite floats as None (strict JSON) and tuples as lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,266 @@
+"""Part B: train every cell (resumable), score it with each of its methods, and write the results.
+
+A cell is *finished* when its run folder's ``last.pt`` holds the last epoch; re-running the
+study skips it (and re-reads its scores from ``study-<method>.json`` when present). A cell
+stopped part-way continues with ``h3r train --resume``. A cell that fails is recorded with
+the end of its log and the study goes on.
+
+``jobs == 1`` trains in this process (``h3r.cli.main`` with the cell's arguments, output
+to the cell's ``train.log``); ``jobs > 1`` runs ``python -m h3r train`` subprocesses, each
+with ``cores / jobs`` threads, cells placed round-robin on ``devices``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from h3r.study.grid import Cell, cells, command_line, train_argv
+from h3r.study.presets import Preset
+
+SCHEMA = "h3r-study/1"
+LOG_TAIL_LINES = 15
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def finished_epochs(run_dir: Path) -> Optional[int]:
+    """The epoch stored in ``run_dir/last.pt``, or None when there is none (or it cannot be read)."""
+    from h3r.evaluate import load_checkpoint
+
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return None
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except (ValueError, RuntimeError, OSError, KeyError, EOFError):
+        return None
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+    except OSError:
+        return ""
+
+
+def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int) -> dict[str, Any]:
+    """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``."""
+    done = finished_epochs(run_dir)
+    if done is not None:  # stopped part-way: continue with the stored settings
+        runtime = [argv[i:i + 2] for i in range(len(argv)) if argv[i] in ("--device", "--workers")]
+        argv = ["train", "--resume", str(run_dir / "last.pt"), "--no-progress", *sum(runtime, [])]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "train.log"
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"$ {command_line(argv)}\n")
+        log.flush()
+        if in_process:
+            from h3r.cli import main
+
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    code = main(argv)
+            except Exception as error:  # noqa: BLE001 - a failed cell is reported, not fatal
+                log.write(f"{type(error).__name__}: {error}\n")
+                code = 1
+        else:
+            environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            code = subprocess.call([sys.executable, "-m", "h3r", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                   env=environment)
+    seconds = time.perf_counter() - start
+    done = finished_epochs(run_dir)
+    if code != 0 or done is None or done < epochs:
+        return {"status": "failed", "train_seconds": seconds,
+                "error": f"h3r train exited with {code}; end of {log_path}:\n{_log_tail(log_path)}"}
+    return {"status": "trained", "train_seconds": seconds, "error": None}
+
+
+def head_and_decode_ms(model, codec, input_size: int, device: torch.device, batch: int = 32,
+                       repeats: int = 10) -> float:
+    """Median milliseconds of pooling + head + decoding for a batch (the part that changes with the stride)."""
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(batch, 3, input_size, input_size, device=device))
+        times = []
+        for _ in range(repeats + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            codec.decode(model.head(model.pool(features)))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times[2:]))
+
+
+def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
+    """Each method of the cell on the final model: ``{method: {"metrics", "head_decode_ms"}}`` (cached on disk)."""
+    from h3r.configs import config_from_dict
+    from h3r.evaluate import evaluate_checkpoint, load_checkpoint, model_and_codec, resolve_device
+
+    scores = {}
+    checkpoint = None
+    for method in cell.methods(preset):
+        cache = run_dir / f"study-{method.name}.json"
+        if cache.is_file() and not rescore:
+            scores[method.name] = json.loads(cache.read_text())
+            continue
+        result = evaluate_checkpoint(run_dir / "last.pt", out=str(run_dir / f"eval-{method.name}"), draw=0,
+                                     workers=0, progress=False, device=device, decoder=method.decoder)
+        if checkpoint is None:
+            checkpoint = load_checkpoint(run_dir / "last.pt")
+        config = config_from_dict({**checkpoint["config"], **method.decoder})
+        model, codec = model_and_codec(config, checkpoint["num_keypoints"])
+        model.load_state_dict(checkpoint["model"])
+        torch_device = resolve_device(device)
+        milliseconds = head_and_decode_ms(model.to(torch_device), codec, config.input_size, torch_device)
+        history = checkpoint["history"]
+        scores[method.name] = {
+            "metrics": result["metrics"], "metric": config.metric, "higher_is_better": config.higher_is_better,
+            "head_decode_ms": milliseconds, "batch": 32,
+            "images_per_s": float(np.mean([record["images_per_s"] for record in history])) if history else None,
+            "epochs": checkpoint["epoch"],
+        }
+        cache.write_text(json.dumps(scores[method.name], indent=2) + "\n")
+    return scores
+
+
+def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = None, jobs: int = 1,
+              devices: Sequence[str] = (), extra: Sequence[str] = (), skip_training: bool = False,
+              rescore: bool = False, command: Optional[str] = None,
+              say: Callable[[str], None] = progress) -> dict[str, Any]:
+    """Run Part A and Part B of ``preset`` into ``out`` and write ``study.json``, ``study.md``, ``study.png``.
+
+    Returns the study record (the content of ``study.json``). ``skip_training`` only
+    collects finished cells (and runs Part A). ``rescore`` re-evaluates finished cells.
+    """
+    from h3r.study.quantization import quantization_rows
+    from h3r.study.report import summarise, write_outputs
+
+    preset.check()
+    if jobs < 1:
+        raise ValueError(f"jobs: expected a positive number of parallel cells, got {jobs}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, wall_start = datetime.now(timezone.utc), time.perf_counter()
+    say(f"h3r study '{preset.name}': {len(preset.datasets)} dataset(s) x {len(preset.methods)} methods "
+        f"({len(preset.codecs)} codecs to train) x strides {list(preset.strides)} x seeds {list(preset.seeds)}; "
+        f"{preset.backbone}, {preset.input_size} px input, {preset.epochs} epochs -> {out}")
+
+    say("part A, quantization only: encode the ground truth, decode it back ...")
+    part_a_start = time.perf_counter()
+    quantization = quantization_rows(preset, data_root=data_root)
+    say(f"part A done in {time.perf_counter() - part_a_start:.1f} s")
+
+    grid = cells(preset)
+    devices = list(devices) or [None]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: list[dict[str, Any]] = []
+
+    def run_one(index: int, cell: Cell) -> list[dict[str, Any]]:
+        device = devices[index % len(devices)]
+        run_dir = cell.run_dir(out)
+        argv = train_argv(cell, preset, out, data_root=data_root, device=device, extra=tuple(extra))
+        done = finished_epochs(run_dir)
+        if done is not None and done >= preset.epochs:
+            outcome = {"status": "skipped (finished earlier)", "train_seconds": None, "error": None}
+        elif skip_training:
+            outcome = {"status": "not trained", "train_seconds": None, "error": None}
+        else:
+            say(f"[{index + 1}/{len(grid)}] {cell.key}: training ({command_line(argv)})")
+            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads)
+        scores: dict[str, Any] = {}
+        if outcome["status"] in ("trained", "skipped (finished earlier)"):
+            try:
+                scores = score_cell(cell, preset, run_dir, device or "auto", rescore)
+            except Exception as error:  # noqa: BLE001 - reported, not fatal
+                outcome = {**outcome, "status": "failed", "error": f"scoring: {type(error).__name__}: {error}"}
+        rows = []
+        for method in cell.methods(preset):
+            score = scores.get(method.name, {})
+            rows.append({"dataset": cell.dataset, "method": method.name, "codec": cell.codec, "stride": cell.stride,
+                         "heatmap_size": preset.input_size // cell.stride, "seed": cell.seed,
+                         "status": outcome["status"], "metrics": score.get("metrics"), "metric": score.get("metric"),
+                         "images_per_s": score.get("images_per_s"), "head_decode_ms": score.get("head_decode_ms"),
+                         "train_seconds": outcome["train_seconds"], "run_dir": str(run_dir),
+                         "command": command_line(argv), "error": outcome["error"]})
+        shown = ", ".join(f"{row['method']} {row['metric']} {row['metrics'][row['metric']]:.4f}"
+                          for row in rows if row["metrics"] and row["metric"] in row["metrics"])
+        say(f"[{index + 1}/{len(grid)}] {cell.key}: {outcome['status']}" + (f"; {shown}" if shown else "")
+            + (f"\n{outcome['error']}" if outcome["error"] else ""))
+        return rows
+
+    if jobs == 1:
+        for index, cell in enumerate(grid):
+            results += run_one(index, cell)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for rows in pool.map(lambda pair: run_one(*pair), enumerate(grid)):
+                results += rows
+
+    failed = sorted({row["run_dir"] for row in results if row["status"] == "failed"})
+    record = {
+        "schema": SCHEMA,
+        "settings": {
+            "preset": preset.name, "description": preset.description, "datasets": list(preset.datasets),
+            "methods": list(preset.methods), "strides": list(preset.strides), "seeds": list(preset.seeds),
+            "backbone": preset.backbone, "input_size": preset.input_size, "epochs": preset.epochs,
+            "batch_size": preset.batch_size, "synthetic_sizes": preset.synthetic_sizes,
+            "synthetic_image_size": preset.synthetic_image_size, "train_args": [*preset.train_args, *extra],
+            "data_root": data_root, "jobs": jobs, "devices": [d for d in devices if d], "command": command,
+            "commit": _commit(), "machine": _machine(), "started": started.isoformat(timespec="seconds"),
+            "wall_seconds": None,
+        },
+        "quantization": quantization,
+        "cells": results,
+        "summary": summarise(results),
+        "failed_cells": failed,
+    }
+    record["settings"]["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
+    paths = write_outputs(record, out)
+    say(f"wrote {', '.join(str(path) for path in paths)} in {record['settings']['wall_seconds']:.0f} s"
+        + (f"; {len(failed)} cell(s) failed: {', '.join(failed)}" if failed else ""))
+    return record
+
+
+def _commit() -> Optional[str]:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def _machine() -> dict[str, Any]:
+    facts = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+             "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return facts

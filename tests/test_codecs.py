@@ -1,0 +1,97 @@
+"""The study's codecs: DARK (both halves, border guards), integral regression, sigma defaults, ideal outputs."""
+import math
+
+import pytest
+import torch
+
+from h3r.codecs import (CODEC_NAMES, GaussianCodec, H3RCodec, IntegralCodec, build_codec, dark_blur_radius,
+                        default_gaussian_sigma, soft_argmax)
+
+
+def grid_of_keypoints(side: int, per_cell: int = 8) -> torch.Tensor:
+    """(1, M, 2) keypoints covering the map's cell-centre square [0, side - 1]² at 1/per_cell steps."""
+    axis = torch.linspace(0, side - 1, per_cell * (side - 1) + 1)
+    return torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 2)
+
+
+@pytest.mark.parametrize("side, per_cell", [(5, 8), (8, 8), (16, 6), (32, 3)])
+@pytest.mark.parametrize("sigma", [0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
+def test_dark_is_never_worse_than_argmax_on_unbiased_gaussians(side, per_cell, sigma):
+    """Everywhere on the map, and within 0.05 cells where the Taylor step applies (σ >= 0.5)."""
+    keypoints = grid_of_keypoints(side, per_cell)
+    dark = GaussianCodec(stride=1, sigma=sigma, refine="dark", rounding="none")
+    argmax = GaussianCodec(stride=1, sigma=sigma, refine="none", rounding="none")
+    for chunk in keypoints.split(2048, dim=1):
+        maps = dark.targets(chunk, (side, side))
+        dark_error = (dark.decode(maps)[0] - chunk).norm(dim=-1)
+        argmax_error = (argmax.decode(maps)[0] - chunk).norm(dim=-1)
+        assert (dark_error <= argmax_error + 1e-5).all(), float((dark_error - argmax_error).max())
+        interior = ((chunk > 1.5) & (chunk < side - 2.5)).all(dim=-1)  # the peak has its ±2 neighbours
+        if sigma >= 0.5 and interior.any():
+            assert dark_error[interior].max() < 0.05
+
+
+def test_dark_keeps_the_argmax_at_the_border():
+    """The example of the bug report: a Gaussian at x = 1.3 decoded to 0.0 with replicate padding."""
+    codec = build_codec("dark", stride=1, sigma=2.0)
+    maps = codec.targets(torch.tensor([[[1.3, 7.0], [7.4, 7.7]]]), (16, 16))
+    coords, _ = codec.decode(maps)
+    assert coords[0, 0].tolist() == [1.0, 7.0]  # no ±2 neighbour on the left: the arg-max stands
+    torch.testing.assert_close(coords[0, 1], torch.tensor([7.4, 7.7]), atol=0.01, rtol=0)
+
+
+def test_dark_blur_kernel_follows_the_opencv_rule():
+    assert dark_blur_radius(2.0) == 5 and dark_blur_radius(3.0) == 8  # kernel 11 for σ = 2, 17 for σ = 3
+    assert dark_blur_radius(0.25) == 1
+
+
+def test_codec_names_and_their_parts():
+    assert CODEC_NAMES == ("h3r", "gaussian", "dark", "integral")
+    vanilla, dark = build_codec("gaussian", 8, input_size=64), build_codec("dark", 8, input_size=64)
+    assert (vanilla.rounding, vanilla.refine, vanilla.name) == ("nearest", "quarter", "gaussian")
+    assert (dark.rounding, dark.refine, dark.name) == ("none", "dark", "dark")
+    assert build_codec("gaussian", 8, input_size=64, refine="none").refine == "none"
+    assert isinstance(build_codec("integral", 8), IntegralCodec)
+    with pytest.raises(ValueError, match="rounding: expected one of nearest, none"):
+        GaussianCodec(rounding="random")
+
+
+def test_default_sigma_covers_the_same_input_area_at_every_stride():
+    for task, reference in (("face", 1.5), ("pose", 2.0)):
+        pixels = [default_gaussian_sigma(256, stride, task) * stride for stride in (4, 8, 16, 32)]
+        assert pixels == [4 * reference] * 4
+    assert default_gaussian_sigma(64, 4) == 1.0 and default_gaussian_sigma(64, 16) == 0.25  # at least 1 cell at 4
+    with pytest.raises(ValueError, match="task: expected one of face, pose"):
+        default_gaussian_sigma(64, 4, task="hand")
+
+
+def test_soft_argmax_and_the_integral_codec():
+    logits = torch.full((1, 2, 4, 6), -30.0)
+    logits[0, 0, 1, 2] = 30.0  # all mass on cell (x=2, y=1)
+    logits[0, 1, 3, 4] = logits[0, 1, 3, 5] = 30.0  # half on (4, 3), half on (5, 3)
+    torch.testing.assert_close(soft_argmax(logits), torch.tensor([[[2.0, 1.0], [4.5, 3.0]]]))
+    codec = IntegralCodec(stride=8)
+    coords, scores = codec.decode(logits)
+    torch.testing.assert_close(coords, torch.tensor([[[16.0, 8.0], [36.0, 24.0]]]))
+    torch.testing.assert_close(scores, torch.tensor([[1.0, 0.5]]))
+    keypoints = torch.tensor([[[16.0, 8.0], [36.0, 24.0]]])
+    assert codec.loss(logits, keypoints).item() < 1e-6
+    uniform = torch.zeros(1, 2, 4, 6, requires_grad=True)
+    loss = codec.loss(uniform, keypoints, torch.tensor([[True, False]]))  # centre (2.5, 1.5) vs (2, 1)
+    assert math.isclose(loss.item(), (0.5 / 6 + 0.5 / 4) / 2, rel_tol=1e-5)
+    loss.backward()
+    assert uniform.grad[0, 1].abs().sum() == 0 and uniform.grad[0, 0].abs().sum() > 0
+    assert codec.loss(uniform, keypoints, torch.tensor([[False, False]])).item() == 0.0
+
+
+def test_ideal_outputs_measure_each_codecs_own_error():
+    """Decoding the Bayes-optimal output: lossless for H3R with probability weights, 0.383 s for vanilla."""
+    keypoints = torch.rand(1, 4000, 2, generator=torch.Generator().manual_seed(0)) * 15 * 4  # 16-cell map, stride 4
+    linear = H3RCodec(stride=4, weights="linear")
+    coords, _ = linear.decode(linear.ideal_output(keypoints, (16, 16)))
+    assert (coords - keypoints).abs().max() < 1e-3
+    vanilla = build_codec("gaussian", 4, input_size=64, refine="none")
+    coords, _ = vanilla.decode(vanilla.ideal_output(keypoints, (16, 16)))
+    mean_error = (coords - keypoints).norm(dim=-1).mean().item()
+    closed_form = 4 * (math.sqrt(2) + math.log(1 + math.sqrt(2))) / 6
+    assert abs(mean_error / closed_form - 1) < 0.03

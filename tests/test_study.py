@@ -1,0 +1,161 @@
+"""The stride option end to end, and ``h3r study``: part A's closed forms, resume/skip, failures, JSON schema."""
+import json
+import math
+import shlex
+
+import pytest
+
+from h3r.cli import build_parser, main
+from h3r.evaluate import evaluate_checkpoint, load_checkpoint
+from h3r.study import PRESETS, run_study
+from h3r.study.grid import cells, train_argv
+from h3r.study.quantization import VANILLA_MEAN_ERROR, quantization_rows
+
+TINY = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--draw", "0", "--no-progress",
+        "--train-option", "size=16", "--test-option", "size=8"]
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_stride_end_to_end(tmp_path, capsys, stride):
+    """train -> checkpoint -> eval at a coarse stride: the heatmap is input/stride cells and everything follows."""
+    run = tmp_path / "run"
+    assert main(["train", "--codec", "gaussian", "--stride", str(stride), "--input-size", "64", "--out", str(run),
+                 *TINY]) == 0
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["config"]["stride"] == stride
+    assert f"heatmap {64 // stride}x{64 // stride}" in capsys.readouterr().out
+    result = evaluate_checkpoint(run, out=str(tmp_path / "eval"), draw=0, workers=0, progress=False,
+                                 decoder={"refine": "none"})
+    assert result["settings"]["stride"] == stride and result["settings"]["heatmap_size"] == 64 // stride
+    assert "refine='none'" in result["settings"]["decoder"] and math.isfinite(result["metrics"]["nme"])
+    assert main(["eval", "--checkpoint", str(run), "--refine", "dark", "--draw", "0", "--workers", "0",
+                 "--out", str(tmp_path / "eval-dark")]) == 0
+    assert json.loads((tmp_path / "eval-dark" / "results.json").read_text())["settings"]["stride"] == stride
+
+
+def test_part_a_matches_the_closed_forms():
+    rows = quantization_rows(PRESETS["smoke"].with_overrides(strides=(4, 8)))
+    uniform = {(row["method"], row["stride"]): row for row in rows if row["points"] == "uniform"}
+    for stride in (4, 8):
+        vanilla = uniform["argmax", stride]
+        assert vanilla["theory_mean_error_px"] == pytest.approx(VANILLA_MEAN_ERROR * stride)
+        assert abs(vanilla["mean_error_px"] / vanilla["theory_mean_error_px"] - 1) < 0.03
+        assert uniform["h3r-linear", stride]["max_error_px"] < 1e-3 * stride  # lossless
+        sampled = uniform["h3r-sampled-target", stride]
+        for axis in range(2):  # unbiased within 4 standard errors, spread as the theory says within 3 %
+            assert abs(sampled["mean_vector_px"][axis]) < 4 * sampled["mean_vector_standard_error_px"][axis]
+            assert abs(sampled["rms_axis_px"][axis] / sampled["theory_rms_axis_px"][axis] - 1) < 0.03
+        assert uniform["integral", stride]["applicable"] is False
+    assert VANILLA_MEAN_ERROR == pytest.approx(0.3826, abs=1e-4)
+
+
+SCHEMA_CELL_KEYS = {"dataset", "method", "codec", "stride", "heatmap_size", "seed", "status", "metrics", "metric",
+                    "images_per_s", "head_decode_ms", "train_seconds", "run_dir", "command", "error"}
+
+
+def check_schema(record):
+    assert record["schema"] == "h3r-study/1"
+    assert {"preset", "datasets", "methods", "strides", "seeds", "commit", "machine", "wall_seconds"} <= set(
+        record["settings"])
+    for row in record["cells"]:
+        assert set(row) == SCHEMA_CELL_KEYS
+        assert isinstance(row["stride"], int) and row["heatmap_size"] == record["settings"]["input_size"] // row["stride"]
+        if row["status"] != "failed":
+            assert isinstance(row["metrics"][row["metric"]], float) and row["head_decode_ms"] > 0
+    for row in record["quantization"]:
+        assert {"dataset", "points", "method", "stride", "heatmap_size", "keypoints", "outside_map",
+                "applicable"} <= set(row)
+    for row in record["summary"]:
+        assert {"dataset", "method", "stride", "heatmap_size", "metric", "mean", "std", "seeds"} <= set(row)
+
+
+def test_study_writes_its_outputs_resumes_and_reports_failures(tmp_path, monkeypatch):
+    preset = PRESETS["smoke"].with_overrides(strides=(8,), input_size=32)
+    out = tmp_path / "study"
+    messages = []
+    record = run_study(preset, out, say=messages.append)
+    for name in ("study.json", "study.md", "study.png"):
+        assert (out / name).stat().st_size > 0
+    on_disk = json.loads((out / "study.json").read_text())
+    check_schema(on_disk)
+    assert {row["method"] for row in on_disk["cells"]} == set(preset.methods)
+    assert {row["status"] for row in on_disk["cells"]} == {"trained"} and not on_disk["failed_cells"]
+    assert len(on_disk["summary"]) == len(preset.methods)
+    markdown = (out / "study.md").read_text()
+    assert "quantization only" in markdown and "h3r-linear" in markdown and "stride 8 (4×4)" in markdown
+
+    # Re-running skips every finished cell and reuses its scores.
+    messages.clear()
+    again = run_study(preset, out, say=messages.append)
+    assert {row["status"] for row in again["cells"]} == {"skipped (finished earlier)"}
+    assert [row["metrics"] for row in again["cells"]] == [row["metrics"] for row in record["cells"]]
+    assert not any("training (" in message for message in messages)
+
+    # A cell that fails is reported with its log, the others still run, the outputs are written.
+    import h3r.cli
+
+    real_main = h3r.cli.main
+
+    def failing_main(argv):
+        if "integral" in argv:
+            raise RuntimeError("injected failure")
+        return real_main(argv)
+
+    monkeypatch.setattr(h3r.cli, "main", failing_main)
+    broken = run_study(preset.with_overrides(seeds=(1,)), tmp_path / "broken", say=messages.append)
+    failed = [row for row in broken["cells"] if row["status"] == "failed"]
+    assert [row["codec"] for row in failed] == ["integral"] and "injected failure" in failed[0]["error"]
+    assert all(row["status"] == "trained" for row in broken["cells"] if row["codec"] != "integral")
+    assert broken["failed_cells"] == [failed[0]["run_dir"]]
+    assert "Failed cells" in (tmp_path / "broken" / "study.md").read_text()
+
+
+def test_print_commands_gives_one_valid_train_command_per_cell(capsys):
+    assert main(["study", "--preset", "quick", "--devices", "cuda:0,cuda:1", "--print-commands", "--", "--lr",
+                 "0.002"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    preset = PRESETS["quick"]
+    assert len(lines) == len(cells(preset)) == len(preset.codecs) * len(preset.strides) * len(preset.seeds)
+    parser = build_parser()
+    devices = set()
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:2] == ["h3r", "train"]
+        args = parser.parse_args(words[1:])
+        assert args.lr == 0.002 and args.stride in preset.strides and args.codec in preset.codecs
+        devices.add(args.device)
+    assert devices == {"cuda:0", "cuda:1"}
+    assert train_argv(cells(preset)[0], preset, "out")[:2] == ["train", "--dataset"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--strides", "4,6"), "strides: [6] not supported"),
+    (("--methods", "h3r,dsnt"), "methods: unknown dsnt"),
+    (("--input-size", "40", "--strides", "16"), "not a multiple of stride 16"),
+    (("--seeds", "0,0"), "seeds: repeated values"),
+])
+def test_bad_study_options_are_named(capsys, arguments, message):
+    assert main(["study", "--print-commands", *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_cell_stopped_part_way_resumes(tmp_path):
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(8,), epochs=2)
+    cell = cells(preset)[0]
+    assert main([*train_argv(cell, preset, tmp_path), "--stop-after", "1"]) == 0
+    assert load_checkpoint(cell.run_dir(tmp_path) / "last.pt")["epoch"] == 1
+    record = run_study(preset, tmp_path, say=lambda message: None)
+    assert record["cells"][0]["status"] == "trained"
+    assert load_checkpoint(cell.run_dir(tmp_path) / "last.pt")["epoch"] == 2
+    assert "train --resume" in (cell.run_dir(tmp_path) / "train.log").read_text()
+
+
+def test_parallel_cells_run_as_subprocesses(tmp_path):
+    """--jobs 2: each cell is a 'python -m h3r train' subprocess; the results land the same way."""
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(4, 8))
+    record = run_study(preset, tmp_path, jobs=2, say=lambda message: None)
+    assert [row["status"] for row in record["cells"]] == ["trained", "trained"]
+    assert record["settings"]["jobs"] == 2
+    for row in record["cells"]:
+        log = (tmp_path / row["run_dir"] / "train.log").read_text()
+        assert "h3r train: synthetic-face" in log and math.isfinite(row["metrics"]["nme"])
