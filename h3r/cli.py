@@ -149,9 +149,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--draw", type=int, metavar="N", help="images with drawn predictions in the final report")
     running.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                          help="no progress bar")
+    running.add_argument("--gpu-augment", action=argparse.BooleanOptionalAction, default=None,
+                         help="warp and colour-jitter the training crops on the training device (h3r/augment.py); "
+                              "loader workers only decode and cut the region read; the same crops as without it")
     running.add_argument("--resume", metavar="CHECKPOINT",
                          help="continue a run from its last.pt (or run folder) with its stored settings; "
-                              "only --device, --workers, --draw and --no-progress may be given with it")
+                              "only --device, --workers, --draw, --no-progress and --gpu-augment may be given with it")
     running.add_argument("--stop-after", type=counting_number(1), metavar="EPOCHS",
                          help="stop after this many epochs (continue later with --resume)")
     running.add_argument("--data-only", action="store_true",
@@ -210,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_OPTION_FIELDS = ("dataset", "data_root", "train_split", "test_split", "codec", "backbone", "head", "pretrained",
                        "input_size", "stride", "topk", "topk_weights", "sigma", "refine", "epochs", "batch_size", "lr",
                        "optimizer", "weight_decay", "warmup_epochs", "schedule", "step_epochs", "grad_clip", "amp",
-                       "seed", "device", "workers", "out", "eval_every", "flip_test", "draw", "progress")
-RESUME_OPTION_FIELDS = ("device", "workers", "draw", "progress")
+                       "seed", "device", "workers", "out", "eval_every", "flip_test", "draw", "progress", "gpu_augment")
+RESUME_OPTION_FIELDS = ("device", "workers", "draw", "progress", "gpu_augment")
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -228,7 +231,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if forbidden:
             options = ", ".join("--" + name.replace("_", "-") for name in forbidden)
             parser.error(f"--resume continues the run with its stored settings; remove {options} "
-                         f"(only --device, --workers, --draw, --no-progress may change)")
+                         f"(only --device, --workers, --draw, --no-progress, --gpu-augment may change)")
         runtime = {name: given[name] for name in RESUME_OPTION_FIELDS if name in given}
         config = config_from_dict({**checkpoint["config"], **runtime}, source=f"{checkpoint['path']} configuration")
     else:

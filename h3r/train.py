@@ -35,8 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from h3r.augment import DeviceAugment, DeviceCropDataset
 from h3r.configs import TrainConfig, config_from_dict
-from h3r.data import open_dataset
+from h3r.data import open_dataset, verify_readable
 from h3r.evaluate import (CHECKPOINT_FORMAT, CheckpointError, CropDataset, autocast, check_output_folder,
                           check_reader_options, checkpoint_checksum, dataset_metrics, draw_predictions, eval_crop,
                           load_checkpoint, mean_shape, mean_shape_predictions, model_and_codec, predict,
@@ -47,7 +48,7 @@ from h3r.transforms import CropConfig
 __all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS", "TrainingDiverged", "CheckpointWriteError"]
 
 # Settings that may differ between a run and its resumption: they do not change the result.
-RUNTIME_FIELDS = ("device", "workers", "progress", "draw")
+RUNTIME_FIELDS = ("device", "workers", "progress", "draw", "gpu_augment")
 
 # The divergence guard reads its on-device flag (one host sync) every this many steps and at the end of an epoch.
 FINITE_CHECK_EVERY = 100
@@ -281,9 +282,15 @@ def train_crop(config: TrainConfig) -> CropConfig:
 
 
 def open_splits(config: TrainConfig):
-    """``(train dataset, test dataset)`` as the configuration names them."""
+    """``(train dataset, test dataset)`` as the configuration names them.
+
+    Opening checks that every image file exists; the first image of each split is also
+    decoded here, so that an unreadable format fails in seconds rather than mid-epoch.
+    """
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
     test_data = open_dataset(config.dataset, root=config.data_root, split=config.test_split, **config.test_options)
+    verify_readable(train_data)
+    verify_readable(test_data)
     return train_data, test_data
 
 
@@ -293,7 +300,7 @@ def train_loader(config: TrainConfig, crops: CropDataset, processes: Processes, 
                                  seed=config.seed, drop_last=True)
     loader = DataLoader(crops, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         drop_last=len(sampler) >= config.batch_size, pin_memory=device.type == "cuda",
-                        worker_init_fn=seed_worker)
+                        worker_init_fn=seed_worker, collate_fn=getattr(crops, "collate", None))
     if len(loader) == 0:
         raise ValueError(f"{config.dataset} {config.train_split}: {len(crops)} items give no batch "
                          f"for {processes.world_size} process(es)")
@@ -331,7 +338,7 @@ def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]
     check_reader_options(config.dataset, config.train_options, "train_options")
     seed_everything(config.seed)
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
-    crops = CropDataset(train_data, train_crop(config), seed=config.seed)
+    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, train_crop(config), seed=config.seed)
     _, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
     if len(loader) < 2:
         raise ValueError(f"data-only: {len(crops)} items make {len(loader)} batch of {config.batch_size}; "
@@ -340,7 +347,7 @@ def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]
     next(iterator)  # the first batch includes starting the workers
     images, start = 0, time.perf_counter()
     for _ in range(min(batches, len(loader) - 1)):
-        images += len(next(iterator)["image"])
+        images += len(next(iterator)["index"])
     elapsed = time.perf_counter() - start
     return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
             "workers": config.workers, "batch_size": config.batch_size}
@@ -426,7 +433,9 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
                 raise CheckpointError(f"pretrained: {config.pretrained} cannot be read: it is truncated or corrupted "
                                       f"({type(error).__name__})") from None
     model.to(device)
-    crops = CropDataset(train_data, train_crop(config), seed=config.seed)
+    # --gpu-augment: workers decode and cut the region the warp reads; the device warps and jitters (same crops).
+    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, train_crop(config), seed=config.seed)
+    augment = DeviceAugment(train_crop(config), train_data.flip_pairs, device) if config.gpu_augment else None
     sampler, loader = train_loader(config, crops, processes, device)
     optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, len(loader)))
@@ -480,7 +489,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
         crops.epoch = epoch
         try:
             stats, global_step = train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config,
-                                                 device, processes, epoch, global_step)
+                                                 device, processes, epoch, global_step, augment)
         except NonFiniteTraining as problem:
             kept = f"{out / 'last.pt'} still holds epoch {epoch}" if epoch > 0 else "no checkpoint was written"
             raise TrainingDiverged(f"training diverged: {problem} (epoch {epoch + 1}); stopped without saving this "
@@ -535,7 +544,8 @@ def is_better(value: Optional[float], best: Optional[float], higher_is_better: b
 
 
 def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config: TrainConfig, device: torch.device,
-                    processes: Processes, epoch: int, global_step: int) -> tuple[dict[str, float], int]:
+                    processes: Processes, epoch: int, global_step: int,
+                    augment: Optional[DeviceAugment] = None) -> tuple[dict[str, float], int]:
     """One pass over this process's share of the training set; returns its statistics and the new global step."""
     network.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -552,6 +562,8 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
         before = time.perf_counter()
         batch = next(iterator)
         waiting += time.perf_counter() - before
+        if augment is not None:
+            batch = augment(batch)  # on the device: warp, colour jitter, normalisation, keypoints
         images = batch["image"].to(device, non_blocking=True)
         keypoints = batch["keypoints"].to(device, non_blocking=True)
         visible = batch["visible"].to(device, non_blocking=True)

@@ -385,3 +385,20 @@ def test_require_finite_message():
     require_finite(np.array([1.0, 2.0]), "f:3", "pair")
     with pytest.raises(ValueError, match=r"f:3: pair: b is inf; non-finite annotation values are rejected"):
         require_finite(np.array([1.0, np.inf]), "f:3", "pair", names=("a", "b"))
+
+
+def test_training_decodes_one_image_per_split_before_the_first_step(tmp_path, capsys):
+    """An image that exists but cannot be decoded stops 'h3r train' before any step, naming the file."""
+    from h3r.cli import main
+
+    root = tmp_path / "data"
+    write_wflw(str(root), "train", faces(3, 98))
+    write_wflw(str(root), "test", faces(2, 98))
+    first = sorted((root / "WFLW_images").rglob("train_*.jpg"))[0]
+    with open(first, "r+b") as file:
+        file.truncate(40)
+    code = main(["train", "--dataset", "wflw", "--data-root", str(root), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--workers", "0"])
+    assert code == 2
+    assert f"{first.name}: cannot decode" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -330,7 +330,7 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(value, resumed_state["model"][key]), key
     assert without_timings(straight["history"]) == without_timings(resumed["history"])
     assert len((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()) == 2
-    with pytest.raises(ValueError, match=r"only device, workers, progress, draw may change.*lr \(0.003 -> 0.1\)"):
+    with pytest.raises(ValueError, match=r"only device, workers, progress, draw, gpu_augment may change.*lr \(0.003 -> 0.1\)"):
         train(tiny_config(tmp_path / "b", epochs=2, eval_every=2, lr=0.1), resume=str(tmp_path / "b" / "run"),
               log=quiet)
 
@@ -457,3 +457,11 @@ def test_dataset_metrics_passes_keypoint_scores_where_accepted():
 
     predictions = Predictions(coords=np.zeros((2, 2, 2)), scores=np.ones((2, 2)), indices=np.array([0, 2]))
     assert dataset_metrics(Scored(), predictions) == {"rows": 2.0, "indices": 2.0, "score": 4.0, "non_finite": 0}
+
+
+def test_gpu_augment_gives_the_same_run(tmp_path):
+    """--gpu-augment moves the warp and the colour jitter to the device: the same crops, so the same losses."""
+    plain = train(tiny_config(tmp_path / "plain", epochs=1), log=quiet)
+    moved = train(tiny_config(tmp_path / "moved", epochs=1, gpu_augment=True), log=quiet)
+    assert moved["history"][0]["train_loss"] == plain["history"][0]["train_loss"]
+    assert moved["history"][0]["test"] == plain["history"][0]["test"]

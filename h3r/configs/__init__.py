@@ -90,6 +90,7 @@ class TrainConfig:
     flip_test: bool = False  # average the prediction of the flipped crop
     draw: int = 8  # images with drawn predictions written by the final evaluation
     progress: bool = True  # tqdm progress bar
+    gpu_augment: bool = False  # warp + colour jitter on the training device (h3r/augment.py); workers only decode
 
     def __post_init__(self):
         choices = {"codec": CODECS, "backbone": BACKBONES, "head": HEADS, "optimizer": OPTIMIZERS,
