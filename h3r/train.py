@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import random
 import shutil
 import time
@@ -425,13 +424,8 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
         if config.pretrained:
             try:
                 load_checkpoint_weights(model, config.pretrained)
-            except pickle.UnpicklingError:  # torch's message advises an unsafe way out: not shown
-                raise CheckpointError(f"pretrained: {config.pretrained} cannot be read: it holds something "
-                                      f"other than tensors and plain values, so it is corrupted or not a weights "
-                                      f"file") from None
-            except (RuntimeError, EOFError) as error:
-                raise CheckpointError(f"pretrained: {config.pretrained} cannot be read: it is truncated or corrupted "
-                                      f"({type(error).__name__})") from None
+            except ValueError as error:
+                raise CheckpointError(f"pretrained: {error}") from None
     model.to(device)
     # --gpu-augment: workers decode and cut the region the warp reads; the device warps and jitters (same crops).
     crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, train_crop(config), seed=config.seed)

@@ -166,3 +166,20 @@ def test_build_model_rejects_bad_arguments(arguments, message):
 def test_forward_rejects_bad_images(shape, message):
     with pytest.raises(ValueError, match=message):
         build_model("small", 2)(torch.randn(*shape))
+
+
+def test_any_damaged_weights_file_is_one_value_error_naming_it(tmp_path):
+    """Random bytes make torch.load fail in many ways (UnpicklingError, IndexError, RuntimeError ...): one error."""
+    import random
+
+    model = build_model("small", num_keypoints=2)
+    generator = random.Random(0)
+    for trial in range(40):
+        path = tmp_path / f"damaged{trial}.pt"
+        path.write_bytes(bytes(generator.randrange(256) for _ in range(generator.randrange(1, 4096))))
+        with pytest.raises(ValueError, match=f"damaged{trial}.pt cannot be read") as caught:
+            load_checkpoint_weights(model, path)
+        assert "weights_only" not in str(caught.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt cannot be read: it is empty"):
+        load_checkpoint_weights(model, tmp_path / "empty.pt")

@@ -20,7 +20,7 @@ from h3r.models.hrnet import HRNet, hrnet_w18
 from h3r.models.mobilenetv2 import MobileNetV2
 from h3r.models.official import OfficialCrop, OfficialModel, load_official, official_folder
 from h3r.models.small import SmallNet
-from h3r.models.weights import state_dict_mismatches
+from h3r.models.weights import read_weights_file, state_dict_mismatches
 
 BACKBONES = {"hrnet_w18": hrnet_w18, "mobilenetv2": MobileNetV2, "small": SmallNet}
 
@@ -64,8 +64,9 @@ def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
     """Load weights saved by ``torch.save`` into ``model`` (in place).
 
     Accepts a raw state dict or a dict holding it under ``"model"``. Loads with
-    ``weights_only=True`` (no arbitrary code is unpickled). Raises ``ValueError`` naming
-    missing, unexpected and wrongly shaped entries when the checkpoint does not fit.
+    ``weights_only=True`` (no arbitrary code is unpickled). Raises ``ValueError`` naming the
+    file when it cannot be read, and the missing, unexpected and wrongly shaped entries when
+    the checkpoint does not fit.
 
     ``path`` may also be one of the authors' released folders (``config.yaml`` +
     ``model.pth``) or its ``model.pth``: their parameter names are mapped to h3r's
@@ -78,7 +79,7 @@ def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
         return load_official_weights(model, path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_weights_file(path)
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ValueError(f"checkpoint {path}: expected a state dict of tensors, or a dict with one under 'model'")

@@ -43,7 +43,7 @@ from h3r.models.head import HeatmapHead, LandmarkModel
 from h3r.models.hrnet import HRNet
 from h3r.models.mobilenetv2 import STAGES as MOBILENET_STAGES
 from h3r.models.mobilenetv2 import MobileNetV2
-from h3r.models.weights import state_dict_mismatches
+from h3r.models.weights import read_weights_file, state_dict_mismatches
 from h3r.transforms import IMAGENET_MEAN, IMAGENET_STD, flip_permutation
 
 CONFIG_FILE = "config.yaml"
@@ -327,10 +327,7 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
     if head.startswith(b"version https://git-lfs"):
         raise ValueError(f"{path}: a Git LFS pointer, not the weights; download the real model.pth "
                          f"(git lfs pull, or the authors' Google Drive bundle)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{path}: cannot read the weights: {error}") from None
+    state = read_weights_file(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
