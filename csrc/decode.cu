@@ -11,9 +11,10 @@
 // the selected cells (softmax or linear) and writes the outputs.
 #include "h3r_common.cuh"
 
-#define H3R_METHOD_TOPK 0
-#define H3R_METHOD_LOCAL 1
-#define H3R_METHOD_ARGMAX 2
+#if !defined(H3R_METHOD_TOPK) || !defined(H3R_METHOD_LOCAL) || !defined(H3R_METHOD_ARGMAX) || \
+    !defined(H3R_WEIGHTING_SOFTMAX) || !defined(H3R_WEIGHTING_LINEAR)
+#error "compile with the -D defines of h3r_kernels.spec.c_defines() (H3R_METHOD_*, H3R_WEIGHTING_*)"
+#endif
 
 namespace {
 
@@ -87,6 +88,39 @@ __device__ __forceinline__ A weight_numerator(A v, A peak_value, int linear) {
     return v == peak_value ? A(1) : h3r::exp_(v - peak_value);
 }
 
+// The weighted mean (x, y) of the selected cells' centres, as reference.decode, by one warp:
+// lane `lane` weighs the slots s = lane, lane + 32, ... < slots whose cell (cell_of(s); -1:
+// empty) is on the map, then the warp adds up. Returns the normaliser, the warp's sum of
+// weight_numerator; with linear weights and a sum that is not > 0, all weight goes to slot
+// peak_slot (the fallback). Shared by decode_kernel and decode_backward_kernel.
+template <typename T, typename CellOf>
+__device__ __forceinline__ typename h3r::Storage<T>::acc weighted_mean(
+    const T* cells, int slots, int peak_slot, int width, typename h3r::Storage<T>::acc peak_value, int linear,
+    int lane, CellOf&& cell_of, typename h3r::Storage<T>::acc& x, typename h3r::Storage<T>::acc& y) {
+    using namespace h3r;
+    typedef typename Storage<T>::acc A;
+    A total = A(0);
+    for (int s = lane; s < slots; s += 32) {
+        const int cell = cell_of(s);
+        if (cell >= 0) total += weight_numerator(Storage<T>::load(cells[cell]), peak_value, linear);
+    }
+    total = warp_sum(total);
+    const bool fallback = linear && !(total > A(0));  // all weight to the peak slot
+    x = A(0);
+    y = A(0);
+    for (int s = lane; s < slots; s += 32) {
+        const int cell = cell_of(s);
+        if (cell < 0) continue;
+        const A w = fallback ? (s == peak_slot ? A(1) : A(0))
+                             : weight_numerator(Storage<T>::load(cells[cell]), peak_value, linear) / total;
+        x += w * static_cast<A>(cell % width);
+        y += w * static_cast<A>(cell / width);
+    }
+    x = warp_sum(x);
+    y = warp_sum(y);
+    return total;
+}
+
 }  // namespace
 
 template <typename T>
@@ -96,7 +130,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
     typename h3r::Storage<T>::acc* __restrict__ scores,  // (num_maps,) out, each map's maximum
     long long* __restrict__ indices,             // (num_maps, slots) out, flat cells, -1: empty
     long long num_maps, int height, int width,
-    int method, int k, int linear, int window,   // linear: 1 for weights="linear", 0 for "softmax"
+    int method, int k, int weighting, int window,  // H3R_METHOD_*, H3R_WEIGHTING_*
     int threads_per_map,                         // 32, 64, 128 or 256
     int vectorised) {                            // heatmaps 16-byte aligned and H*W*sizeof(T) % 16 == 0
     using namespace h3r;
@@ -115,6 +149,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
     const int list_size = method == H3R_METHOD_TOPK ? k : 1;
     const int slots = method == H3R_METHOD_TOPK ? k : (method == H3R_METHOD_LOCAL ? window * window : 1);
     const int peak_slot = method == H3R_METHOD_LOCAL ? slots / 2 : 0;
+    const int linear = weighting == H3R_WEIGHTING_LINEAR;
 
     for (long long first_map = static_cast<long long>(blockIdx.x) * maps_per_block; first_map < num_maps;
          first_map += static_cast<long long>(gridDim.x) * maps_per_block) {
@@ -158,23 +193,10 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
             }
         } else if (active) {
             if (vectorised) {
-                const int packs = map_size / vec;
-                for (int base = rank; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
-                    Pack<T> in[H3R_LOADS_IN_FLIGHT];
+                for_each_pack(cells, map_size / vec, rank, threads_per_map, [&](int i, const Pack<T>& in) {
 #pragma unroll
-                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
-                        const int i = base + u * threads_per_map;
-                        if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(cells + i * vec);
-                    }
-#pragma unroll
-                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
-                        const int i = base + u * threads_per_map;
-                        if (i >= packs) break;
-#pragma unroll
-                        for (int j = 0; j < vec; ++j)
-                            keep_best(value, index, Storage<T>::load(in[u].v[j]), i * vec + j);
-                    }
-                }
+                    for (int j = 0; j < vec; ++j) keep_best(value, index, Storage<T>::load(in.v[j]), i * vec + j);
+                });
             } else {
                 for (int e = rank; e < map_size; e += threads_per_map)
                     keep_best(value, index, Storage<T>::load(cells[e]), e);
@@ -205,25 +227,10 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_kernel(
             // 3. Weights over the selected slots, coordinates, scores and indices.
             const A peak_value = __shfl_sync(H3R_FULL_MASK, value, 0);
             const int peak = __shfl_sync(H3R_FULL_MASK, index, 0);
-            A total = A(0);
-            for (int s = lane; s < slots; s += 32) {
-                const int cell = slot_cell(method, s, peak, width, height, window, index);
-                indices[map * slots + s] = cell;
-                if (cell >= 0) total += weight_numerator(Storage<T>::load(cells[cell]), peak_value, linear);
-            }
-            total = warp_sum(total);
-            const bool fallback = linear && !(total > A(0));  // all weight to the peak slot
-            A x = A(0), y = A(0);
-            for (int s = lane; s < slots; s += 32) {
-                const int cell = slot_cell(method, s, peak, width, height, window, index);
-                if (cell < 0) continue;
-                const A w = fallback ? (s == peak_slot ? A(1) : A(0))
-                                     : weight_numerator(Storage<T>::load(cells[cell]), peak_value, linear) / total;
-                x += w * static_cast<A>(cell % width);
-                y += w * static_cast<A>(cell / width);
-            }
-            x = warp_sum(x);
-            y = warp_sum(y);
+            auto cell_of = [&](int s) { return slot_cell(method, s, peak, width, height, window, index); };
+            for (int s = lane; s < slots; s += 32) indices[map * slots + s] = cell_of(s);
+            A x, y;
+            weighted_mean(cells, slots, peak_slot, width, peak_value, linear, lane, cell_of, x, y);
             if (lane == 0) {
                 // A map holding a NaN (its peak is NaN): NaN coordinates, whatever the weights made of it.
                 coords[2 * map] = peak_value != peak_value ? peak_value : x;
@@ -244,37 +251,24 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_backward_kernel(
     const long long* __restrict__ indices,       // (num_maps, slots) from decode, -1: empty
     const typename h3r::Storage<T>::acc* __restrict__ grad_coords,  // (num_maps, 2)
     const typename h3r::Storage<T>::acc* __restrict__ grad_scores,  // (num_maps,)
-    long long num_maps, int height, int width, int slots, int method, int linear) {
+    long long num_maps, int height, int width, int slots, int method, int weighting) {
     using namespace h3r;
     typedef typename Storage<T>::acc A;
     const int lane = threadIdx.x & 31;
     const int warps_per_block = blockDim.x / 32;
     const int map_size = height * width;
     const int peak_slot = method == H3R_METHOD_LOCAL ? slots / 2 : 0;
+    const int linear = weighting == H3R_WEIGHTING_LINEAR;
 
     for (long long map = static_cast<long long>(blockIdx.x) * warps_per_block + threadIdx.x / 32; map < num_maps;
          map += static_cast<long long>(gridDim.x) * warps_per_block) {
         const T* __restrict__ cells = heatmaps + map * map_size;
         const long long* __restrict__ selected = indices + map * slots;
         const A peak_value = Storage<T>::load(cells[selected[peak_slot]]);
-        A total = A(0);
-        for (int s = lane; s < slots; s += 32) {
-            const long long cell = selected[s];
-            if (cell >= 0) total += weight_numerator(Storage<T>::load(cells[cell]), peak_value, linear);
-        }
-        total = warp_sum(total);
-        const bool fallback = linear && !(total > A(0));
-        A x = A(0), y = A(0);
-        for (int s = lane; s < slots; s += 32) {
-            const int cell = static_cast<int>(selected[s]);
-            if (cell < 0) continue;
-            const A w = fallback ? (s == peak_slot ? A(1) : A(0))
-                                 : weight_numerator(Storage<T>::load(cells[cell]), peak_value, linear) / total;
-            x += w * static_cast<A>(cell % width);
-            y += w * static_cast<A>(cell / width);
-        }
-        x = warp_sum(x);
-        y = warp_sum(y);
+        // Cells are flat indices < 2^31 (or -1): int holds them exactly.
+        A x, y;
+        const A total = weighted_mean(cells, slots, peak_slot, width, peak_value, linear, lane,
+                                      [&](int s) { return static_cast<int>(selected[s]); }, x, y);
         const A gx = grad_coords[2 * map];
         const A gy = grad_coords[2 * map + 1];
         for (int s = lane; s < slots; s += 32) {

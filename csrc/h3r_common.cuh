@@ -12,16 +12,19 @@
 //   * "map" indexes the flattened (B, K) pair: map = b * K + k.
 #pragma once
 
-// Keypoint roundings, in the order of h3r_kernels/cuda/_module.py ROUNDINGS.
-#define H3R_ROUNDING_RANDOM 0
-#define H3R_ROUNDING_NEAREST 1
-#define H3R_ROUNDING_FLOOR 2
-#define H3R_ROUNDING_NONE 3
-
-// Threads per block of every kernel, and the most maps one encode block renders at once
-// (the launchers in h3r_kernels/cuda/ use the same numbers).
-#define H3R_BLOCK 256
-#define H3R_MAX_MAPS_PER_BLOCK 256
+// The option codes and shared constants are not written here: they come from the spec,
+// h3r_kernels/spec.py, as -D defines (h3r_kernels.spec.c_defines(); the CuPy loader and the
+// nvcc compile test pass the same ones):
+//   H3R_ROUNDING_{RANDOM,NEAREST,FLOOR,NONE}, H3R_LOSS_{BCE,MSE}, H3R_REDUCTION_{MEAN,SUM,NONE},
+//   H3R_METHOD_{TOPK,LOCAL,ARGMAX}, H3R_WEIGHTING_{SOFTMAX,LINEAR};
+//   H3R_BLOCK (threads per block of every kernel), H3R_MAX_MAPS_PER_BLOCK (the most maps one
+//   encode block renders at once), H3R_REDUCE_CHUNK (values one loss_reduce_kernel block adds),
+//   H3R_LOADS_IN_FLIGHT (16-byte packs each thread loads before using any).
+#if !defined(H3R_BLOCK) || !defined(H3R_MAX_MAPS_PER_BLOCK) || !defined(H3R_REDUCE_CHUNK) || \
+    !defined(H3R_LOADS_IN_FLIGHT) || !defined(H3R_ROUNDING_RANDOM) || !defined(H3R_ROUNDING_NEAREST) || \
+    !defined(H3R_ROUNDING_FLOOR) || !defined(H3R_ROUNDING_NONE)
+#error "compile with the -D defines of h3r_kernels.spec.c_defines() (h3r_kernels/cuda/_module.py passes them)"
+#endif
 
 #define H3R_FULL_MASK 0xffffffffu
 
@@ -96,8 +99,27 @@ struct alignas(16) Pack {
     T v[16 / sizeof(T)];
 };
 
-// Packs each thread loads before using any, so that several reads are in flight per thread.
-#define H3R_LOADS_IN_FLIGHT 4
+// for_each_pack: visit(i, pack) for the 16-byte packs i = first, first + stride, ... < packs of
+// `data` (which must be 16-byte aligned), in that order. Each thread loads H3R_LOADS_IN_FLIGHT
+// packs before it uses any, so that several reads are in flight per thread. `data` is not
+// __restrict__: visit may write to it (loss_backward_kernel scales in place).
+template <typename T, typename Visit>
+__device__ __forceinline__ void for_each_pack(const T* data, int packs, int first, int stride, Visit&& visit) {
+    for (int base = first; base < packs; base += H3R_LOADS_IN_FLIGHT * stride) {
+        Pack<T> in[H3R_LOADS_IN_FLIGHT];
+#pragma unroll
+        for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+            const int i = base + u * stride;
+            if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(data + i * Pack<T>::size);
+        }
+#pragma unroll
+        for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
+            const int i = base + u * stride;
+            if (i >= packs) break;
+            visit(i, in[u]);
+        }
+    }
+}
 
 // --------------------------------------------------------------------------- math
 

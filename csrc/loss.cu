@@ -14,8 +14,9 @@
 // loss is multiplied by its weight, its gradient by weight * scale.
 #include "h3r_common.cuh"
 
-#define H3R_LOSS_BCE 0
-#define H3R_LOSS_MSE 1
+#if !defined(H3R_LOSS_BCE) || !defined(H3R_LOSS_MSE)
+#error "compile with the -D defines of h3r_kernels.spec.c_defines() (H3R_LOSS_*)"
+#endif
 
 // reduction="mean": adds the number of contributing keypoints to *count (zeroed by the caller).
 // Integer atomics, one per block: the total does not depend on the order of the blocks.
@@ -122,32 +123,20 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
             };
             if (vectorised) {
                 const int vec = Pack<T>::size;
-                const int packs = map_size / vec;
-                for (int base = rank; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
-                    Pack<T> in[H3R_LOADS_IN_FLIGHT];
+                for_each_pack(z_map, map_size / vec, rank, threads_per_map, [&](int i, const Pack<T>& in) {
+                    Pack<T> out;
+                    int r = (i * vec) / width;
+                    int c = i * vec - r * width;
 #pragma unroll
-                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
-                        const int i = base + u * threads_per_map;
-                        if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(z_map + i * vec);
-                    }
-#pragma unroll
-                    for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
-                        const int i = base + u * threads_per_map;
-                        if (i >= packs) break;
-                        Pack<T> out;
-                        int r = (i * vec) / width;
-                        int c = i * vec - r * width;
-#pragma unroll
-                        for (int j = 0; j < vec; ++j) {
-                            pixel(in[u].v[j], r, c, &out.v[j]);
-                            if (++c == width) {
-                                c = 0;
-                                ++r;
-                            }
+                    for (int j = 0; j < vec; ++j) {
+                        pixel(in.v[j], r, c, &out.v[j]);
+                        if (++c == width) {
+                            c = 0;
+                            ++r;
                         }
-                        if (g_map != nullptr) *reinterpret_cast<Pack<T>*>(g_map + i * vec) = out;
                     }
-                }
+                    if (g_map != nullptr) *reinterpret_cast<Pack<T>*>(g_map + i * vec) = out;
+                });
             } else {
                 for (int e = rank; e < map_size; e += threads_per_map) {
                     const int r = e / width;
@@ -172,7 +161,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_kernel(
 // Sums of H3R_REDUCE_CHUNK consecutive values, one per block: out[b] = sum(in[b * CHUNK ..]),
 // times the "mean" scale when mean_count is not null. The launcher repeats it until one value
 // is left; the partition is fixed, so the value does not depend on the device or the timing.
-#define H3R_REDUCE_CHUNK (16 * H3R_BLOCK)
+static_assert(H3R_REDUCE_CHUNK % H3R_BLOCK == 0, "H3R_REDUCE_CHUNK: a whole number of values per thread");
 
 template <typename A>
 __global__ void __launch_bounds__(H3R_BLOCK) loss_reduce_kernel(
@@ -226,25 +215,13 @@ __global__ void __launch_bounds__(H3R_BLOCK) loss_backward_kernel(
         const T* g = grad + map * map_size;
         T* o = out + map * map_size;
         if (vectorised) {
-            const int packs = map_size / vec;
-            for (int base = rank; base < packs; base += H3R_LOADS_IN_FLIGHT * threads_per_map) {
-                Pack<T> in[H3R_LOADS_IN_FLIGHT];
+            // In place (o == g) each pack is written after it was loaded, as before the helper.
+            for_each_pack(g, map_size / vec, rank, threads_per_map, [&](int i, const Pack<T>& in) {
+                Pack<T> result;
 #pragma unroll
-                for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
-                    const int i = base + u * threads_per_map;
-                    if (i < packs) in[u] = *reinterpret_cast<const Pack<T>*>(g + i * vec);
-                }
-#pragma unroll
-                for (int u = 0; u < H3R_LOADS_IN_FLIGHT; ++u) {
-                    const int i = base + u * threads_per_map;
-                    if (i >= packs) break;
-                    Pack<T> result;
-#pragma unroll
-                    for (int j = 0; j < vec; ++j)
-                        result.v[j] = Storage<T>::store(Storage<T>::load(in[u].v[j]) * factor);
-                    *reinterpret_cast<Pack<T>*>(o + i * vec) = result;
-                }
-            }
+                for (int j = 0; j < vec; ++j) result.v[j] = Storage<T>::store(Storage<T>::load(in.v[j]) * factor);
+                *reinterpret_cast<Pack<T>*>(o + i * vec) = result;
+            });
         } else {
             for (int e = rank; e < map_size; e += threads_per_map) o[e] = Storage<T>::store(Storage<T>::load(g[e]) * factor);
         }

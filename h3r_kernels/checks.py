@@ -10,15 +10,18 @@ from typing import Optional
 
 import torch
 
-ROUNDINGS = ("random", "nearest", "floor", "none")
-LOSSES = ("bce", "mse")
-REDUCTIONS = ("mean", "sum", "none")
-METHODS = ("topk", "local", "argmax")
-WEIGHTINGS = ("softmax", "linear")
+from . import spec
+
+# The strings of each option, from the spec (h3r_kernels/spec.py), in the order of their codes.
+ROUNDINGS = spec.names(spec.Rounding)
+LOSSES = spec.names(spec.Loss)
+REDUCTIONS = spec.names(spec.Reduction)
+METHODS = spec.names(spec.Method)
+WEIGHTINGS = spec.names(spec.Weighting)
 BACKENDS = ("auto", "reference", "triton", "cuda")
 KEYPOINT_DTYPES = (torch.float32, torch.float64)
 MAP_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-MAX_K = 32
+MAX_K = spec.MAX_K
 # Masks: bool (the fast path), integer or floating; non-zero is visible (NaN is invisible).
 VISIBLE_DTYPES = (
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -227,8 +230,8 @@ def check_decode(heatmaps, method, k, weights, window) -> None:
     window = as_int("window", window, "an odd integer >= 1")
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window: expected an odd integer >= 1, got {window!r}")
-    if window * window > 1024:
-        raise ValueError(f"window: expected window*window <= 1024, got window={window}")
+    if window * window > spec.MAX_WINDOW_CELLS:
+        raise ValueError(f"window: expected window*window <= {spec.MAX_WINDOW_CELLS}, got window={window}")
 
 
 def check_backend(backend: str) -> None:

@@ -10,9 +10,10 @@ from typing import Optional
 
 import torch
 
-from . import checks
+from . import checks, spec
 from .backends import select
-from .reference import compute_dtype, visible_as_bool
+from .reference import visible_as_bool
+from .spec import compute_dtype
 
 # --------------------------------------------------------------------------- encode
 
@@ -144,10 +145,6 @@ heatmap_loss.register_autograd(_loss_backward, setup_context=_loss_setup_context
 # --------------------------------------------------------------------------- decode
 
 
-def _slots(method: str, k: int, window: int) -> int:
-    return {"topk": k, "local": window * window, "argmax": 1}[method]
-
-
 @torch.library.custom_op("h3r::decode", mutates_args=())
 def decode(
     heatmaps: torch.Tensor, method: str, k: int, weights: str, window: int, backend: str
@@ -164,7 +161,7 @@ def _(heatmaps, method, k, weights, window, backend):
     dtype = compute_dtype(heatmaps.dtype)
     coords = heatmaps.new_empty((batch, num, 2), dtype=dtype)
     scores = heatmaps.new_empty((batch, num), dtype=dtype)
-    indices = heatmaps.new_empty((batch, num, _slots(method, k, window)), dtype=torch.int64)
+    indices = heatmaps.new_empty((batch, num, spec.slots(method, k, window)), dtype=torch.int64)
     return coords, scores, indices
 
 

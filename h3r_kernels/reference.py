@@ -14,12 +14,13 @@ from typing import Optional
 
 import torch
 
-from . import rng
+from . import rng, spec
+from .spec import compute_dtype  # noqa: F401  (re-exported: the backends' compute dtype)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Reduced-precision maps are computed in float32; float64 stays float64 (for gradcheck)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _unknown(argument: str, value: str):
+    """A spec option (h3r_kernels/spec.py) this file does not implement: fail, never fall back."""
+    return NotImplementedError(f"reference: {argument}={value!r} is declared in h3r_kernels.spec but not implemented")
 
 
 # --------------------------------------------------------------------------- masks
@@ -64,7 +65,9 @@ def rounded_cells(keypoints: torch.Tensor, rounding: str, seed: int) -> torch.Te
         return floor + (u < points - floor).to(torch.float32)
     if rounding == "floor":
         return torch.floor(points)
-    return torch.floor(points + 0.5)  # "nearest" and "none"
+    if rounding in ("nearest", "none"):
+        return torch.floor(points + 0.5)
+    raise _unknown("rounding", rounding)
 
 
 def _on_map(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -78,7 +81,7 @@ def _kernel(distance: torch.Tensor, sigma: float) -> torch.Tensor:
     """1-D profile of a unit-peak target at ``distance`` cells: a Kronecker delta, or a Gaussian."""
     if sigma == 0:
         return (distance == 0).to(torch.float32)
-    return torch.exp(distance * distance * (-0.5 / (sigma * sigma)))
+    return torch.exp(distance * distance * spec.gaussian_scale(sigma))
 
 
 def target_profiles(
@@ -164,9 +167,11 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
     if loss == "bce":
         pixel_loss = torch.clamp(z, min=0) - z * target + torch.log1p(torch.exp(-z.abs()))
         pixel_grad = torch.sigmoid(z) - target
-    else:
+    elif loss == "mse":
         pixel_loss = (z - target) ** 2
         pixel_grad = 2 * (z - target)
+    else:
+        raise _unknown("loss", loss)
     per_keypoint = torch.where(live, pixel_loss, torch.zeros_like(pixel_loss)).sum(dim=(-2, -1))
     if weight is not None:
         per_keypoint = torch.where(contributes, per_keypoint * weight, torch.zeros_like(per_keypoint))
@@ -213,6 +218,8 @@ def _selected_cells(flat: torch.Tensor, width: int, height: int, method: str, k:
     peak = torch.argmax(flat, dim=-1, keepdim=True)
     if method == "argmax":
         return peak
+    if method != "local":
+        raise _unknown("method", method)
     half = window // 2
     offsets = torch.arange(-half, half + 1, device=flat.device)
     dy = offsets.repeat_interleave(window)
@@ -239,6 +246,8 @@ def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot:
         shifted = torch.where(values == peak, torch.zeros_like(values), values - peak)
         shifted = torch.where(valid, shifted, torch.full_like(values, float("-inf")))
         return torch.softmax(shifted, dim=-1), torch.ones_like(values[..., 0])
+    if weights != "linear":
+        raise _unknown("weights", weights)
     positive = torch.clamp(values, min=0)
     positive = torch.where(peak == float("inf"), (values == peak).to(values.dtype), positive)
     positive = torch.where(valid, positive, torch.zeros_like(values))
@@ -267,17 +276,12 @@ def decode(heatmaps, method, k, weights, window):
     valid = indices >= 0
     safe = torch.where(valid, indices, torch.zeros_like(indices))
     values = torch.gather(flat, -1, safe)
-    w, _ = _weights(values, valid, weights, _peak_slot(method, indices.shape[-1]))
+    w, _ = _weights(values, valid, weights, spec.peak_slot(method, indices.shape[-1]))
     x = (safe % width).to(acc)
     y = torch.div(safe, width, rounding_mode="floor").to(acc)
     coords = torch.stack([(w * x).sum(-1), (w * y).sum(-1)], dim=-1)
     coords = torch.where(torch.isnan(scores).unsqueeze(-1), torch.full_like(coords, float("nan")), coords)
     return coords, scores, indices
-
-
-def _peak_slot(method: str, slots: int) -> int:
-    """The slot of the map's arg-max: the window centre for ``local``, else slot 0."""
-    return slots // 2 if method == "local" else 0
 
 
 def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights):
@@ -295,7 +299,7 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
     valid = indices >= 0
     safe = torch.where(valid, indices, torch.zeros_like(indices))
     values = torch.gather(flat, -1, safe)
-    peak = _peak_slot(method, indices.shape[-1])
+    peak = spec.peak_slot(method, indices.shape[-1])
     w, total = _weights(values, valid, weights, peak)
     x = (safe % width).to(acc)
     y = torch.div(safe, width, rounding_mode="floor").to(acc)

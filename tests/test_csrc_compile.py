@@ -1,7 +1,8 @@
 """The CUDA C sources compile for Ampere and Hopper, and instantiate exactly the kernels the CuPy
 launchers ask NVRTC for. Needs ``nvcc`` (no GPU): every ``csrc/*.cu`` goes through
 ``nvcc -ptx -std=c++17 -arch=sm_XX`` with ``-DH3R_EXPLICIT_INSTANTIATION``, which turns on the
-explicit instantiation lines at the end of each file, so every template instance is compiled.
+explicit instantiation lines at the end of each file, so every template instance is compiled,
+and with the same spec defines (``h3r_kernels.spec.c_define_options()``) the CuPy loader passes.
 """
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from h3r_kernels import spec
 from h3r_kernels.cuda import _module
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
@@ -46,7 +48,7 @@ def ptx_files(tmp_path_factory):
             target = out / f"{source}.{arch}.ptx"
             command = [
                 NVCC, "-ptx", "-std=c++17", f"-arch={arch}", "-DH3R_EXPLICIT_INSTANTIATION",
-                f"-I{CSRC}", "--Werror", "all-warnings", str(CSRC / source), "-o", str(target),
+                *spec.c_define_options(), f"-I{CSRC}", "--Werror", "all-warnings", str(CSRC / source), "-o", str(target),
             ]
             run = subprocess.run(command, capture_output=True, text=True)
             results[source, arch] = (run.returncode, run.stderr, target.read_text() if target.exists() else "")
@@ -83,20 +85,39 @@ def test_kernel_names_reads_mangled_entries():
     assert kernel_names(ptx) == {"encode_kernel<h3r::Half>", "my_fname<double>", "count"}
 
 
-def _defines(*files: str) -> dict[str, int]:
-    text = "".join((CSRC / name).read_text() for name in files)
-    return {name: int(value) for name, value in re.findall(r"#define (H3R_\w+) (\d+)\n", text)}
+def _sources_text() -> str:
+    return "".join((CSRC / name).read_text() for name in (_module.HEADER, *_module.SOURCES))
 
 
-def test_launcher_constants_match_the_sources():
-    from h3r_kernels.cuda import decode, loss
+def test_the_sources_take_the_spec_constants_from_the_loader():
+    """No spec constant is (re)defined in csrc/; every one the sources use is in spec.c_defines(),
+    which the loader passes to NVRTC, and the launchers' constants are the spec's."""
+    text = _sources_text()
+    defines = spec.c_defines()
+    written = set(re.findall(r"#define (H3R_\w+)", text))
+    assert not written & set(defines), f"defined in csrc/ instead of h3r_kernels/spec.py: {written & set(defines)}"
+    used = set(re.findall(r"\b(H3R_(?:ROUNDING|LOSS|REDUCTION|METHOD|WEIGHTING)_\w+|H3R_BLOCK|H3R_MAX_MAPS_PER_BLOCK"
+                          r"|H3R_REDUCE_CHUNK|H3R_LOADS_IN_FLIGHT)\b", text))
+    assert used <= set(defines), f"used in csrc/ but not declared by the spec: {used - set(defines)}"
+    options = _module.compile_options(CSRC)
+    assert all(f"-D{name}={value}" in options for name, value in defines.items())
+    from h3r_kernels.cuda import loss
 
-    defines = _defines(_module.HEADER, "loss.cu", "decode.cu")
-    assert defines["H3R_BLOCK"] == _module.BLOCK
-    assert defines["H3R_MAX_MAPS_PER_BLOCK"] == _module.MAX_MAPS_PER_BLOCK
-    chunk = re.search(r"#define H3R_REDUCE_CHUNK \((\d+) \* H3R_BLOCK\)", (CSRC / "loss.cu").read_text())
-    assert chunk and int(chunk.group(1)) * _module.BLOCK == loss.REDUCE_CHUNK
-    for table, prefix in ((_module.ROUNDINGS, "ROUNDING"), (loss.LOSSES, "LOSS"), (decode.METHODS, "METHOD")):
-        assert {f"H3R_{prefix}_{name.upper()}": code for name, code in table.items()} == {
-            name: code for name, code in defines.items() if name.startswith(f"H3R_{prefix}_")
-        }
+    assert (_module.BLOCK, _module.MAX_MAPS_PER_BLOCK, loss.REDUCE_CHUNK) == (
+        spec.BLOCK, spec.MAX_MAPS_PER_BLOCK, spec.REDUCE_CHUNK)
+
+
+# Options the launchers handle before the kernels (reduction: which sums are added, and how scaled).
+NOT_IN_KERNELS = {spec.Reduction}
+# Codes the kernels handle in the final `else` of a test for the others (not named there).
+ELSE_BRANCHES = {(spec.Rounding, "NEAREST"), (spec.Loss, "MSE"), (spec.Weighting, "SOFTMAX")}
+
+
+@pytest.mark.parametrize("option", [o for o in spec.OPTIONS.values() if o not in NOT_IN_KERNELS], ids=lambda o: o.__name__)
+def test_every_spec_option_is_implemented_in_the_sources(option):
+    """A member added to a spec enum fails here until the CUDA C kernels test for its code."""
+    text = re.sub(r"#if !defined.*?#endif", "", _sources_text(), flags=re.S)  # the guards do not count
+    prefix = f"H3R_{option.__name__.upper()}_"
+    missing = [member.name for member in option if not re.search(rf"\b{prefix}{member.name}\b", text)]
+    missing = [name for name in missing if (option, name) not in ELSE_BRANCHES]
+    assert not missing, f"csrc/ does not implement {option.__name__} {missing}"

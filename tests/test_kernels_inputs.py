@@ -191,7 +191,7 @@ def test_bad_weights_are_named(weight, match):
                                    "mean", False, "reference", fake_weight)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_weight_on_another_device_is_named():
     with pytest.raises(ValueError, match="weight: expected device cuda"):
         h3r_kernels.heatmap_loss(torch.zeros(2, 4, 6, 7, device="cuda"), _keypoints(), weight=torch.ones(2, 4))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import h3r_kernels
+from conftest import DEVICE, assert_close, loss_keys, target_key
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -17,7 +18,6 @@ from hypothesis import strategies as st  # noqa: E402
 if not h3r_kernels.backends()["triton"]["available"]:
     pytest.skip("triton backend unavailable", allow_module_level=True)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),  # the interpreter's numpy
     pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
@@ -30,14 +30,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 MAP_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-# Value tolerances per map dtype (the reference and the kernels sum in different orders;
-# gradients are stored in the map dtype).
-TOLERANCE = {
-    torch.float32: dict(rtol=1e-5, atol=1e-5),
-    torch.float64: dict(rtol=1e-5, atol=1e-6),  # the target is float32 in both
-    torch.float16: dict(rtol=2e-3, atol=1e-4),
-    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-3),
-}
 
 
 @st.composite
@@ -82,7 +74,7 @@ def test_encode_matches_reference(problem, options, expected, dtype):
     if options["sigma"] == 0 and not expected:
         assert torch.equal(got, want)  # binary targets: bit-exact
     else:
-        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+        assert_close(got, want, target_key(dtype))
 
 
 @SETTINGS
@@ -105,10 +97,9 @@ def test_heatmap_loss_matches_reference(problem, options, dtype, loss, reduction
         (grad,) = torch.autograd.grad(value.sum(), z)
         results.append((value, grad))
     (value, grad), (want_value, want_grad) = results
-    scale = max(1.0, want_value.abs().max().item()) if want_value.numel() else 1.0
-    tolerance = TOLERANCE[dtype]
-    torch.testing.assert_close(value, want_value, rtol=tolerance["rtol"], atol=tolerance["atol"] * scale)
-    torch.testing.assert_close(grad, want_grad, **tolerance)
+    value_key, grad_key = loss_keys(dtype, options["sigma"])
+    assert_close(value, want_value, value_key)
+    assert_close(grad, want_grad, grad_key)
 
 
 @st.composite

@@ -1,66 +1,67 @@
-"""The op contract: registration (opcheck), gradients (gradcheck), torch.compile, layouts,
-empty batches, backend selection and the error for each bad input."""
+"""The op contract, on every backend and device (``backend``, ``device``: conftest.py; the CUDA
+pairs are collected and skipped without a GPU): registration (opcheck), gradients (gradcheck),
+torch.compile, layouts, empty batches; then backend selection and the error for each bad input."""
 import pytest
 import torch
 
 import h3r_kernels
-from conftest import available_backends
-
-BACKENDS = available_backends("cpu")
 
 
-def _keypoints(batch=2, num=3, height=6, width=7):
-    return torch.rand(batch, num, 2) * torch.tensor([width - 1.0, height - 1.0])
+def _keypoints(batch=2, num=3, height=6, width=7, device="cpu"):
+    return (torch.rand(batch, num, 2) * torch.tensor([width - 1.0, height - 1.0])).to(device)
 
 
-def _separated_maps(batch, num, height, width, dtype=torch.float64):
-    """Maps whose values are far apart, so a small perturbation never changes the selection."""
+def _separated_maps(batch, num, height, width, dtype=torch.float64, device="cpu"):
+    """Maps whose values are 0.37 apart, all > 0: a finite-difference step changes neither the
+    selection nor a ``max(v, 0)``."""
     perm = torch.stack([torch.randperm(height * width) for _ in range(batch * num)])
-    return (perm.to(dtype) * 0.37).reshape(batch, num, height, width)
+    return (perm.to(dtype) * 0.37 + 0.1).reshape(batch, num, height, width).to(device)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck_encode(backend):
-    kp = _keypoints()
-    visible = torch.rand(2, 3) > 0.3
+def test_opcheck_encode(backend, device):
+    kp = _keypoints(device=device)
+    visible = (torch.rand(2, 3) > 0.3).to(device)
     for sigma, rounding, expected in ((0.0, "random", False), (1.5, "nearest", True), (2.0, "none", False)):
         args = (kp, visible, 6, 7, sigma, rounding, 3, expected, torch.float32, backend)
         torch.library.opcheck(torch.ops.h3r.encode.default, args)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("loss,sigma", [("bce", 0.0), ("mse", 1.0)])
-def test_opcheck_heatmap_loss(backend, reduction, loss, sigma):
-    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
-    args = (logits, _keypoints(), None, sigma, "random", 3, loss, reduction, True, backend)
+def test_opcheck_heatmap_loss(backend, device, reduction, loss, sigma):
+    logits = torch.randn(2, 3, 6, 7, device=device, requires_grad=True)
+    args = (logits, _keypoints(device=device), None, sigma, "random", 3, loss, reduction, True, backend)
     torch.library.opcheck(torch.ops.h3r.heatmap_loss.default, args)
-    grad = torch.randn(2, 3, 6, 7)
-    grad_output = torch.randn(2, 3) if reduction == "none" else torch.tensor(1.7)
+    grad = torch.randn(2, 3, 6, 7, device=device)
+    grad_output = torch.randn(2, 3, device=device) if reduction == "none" else torch.tensor(1.7, device=device)
     torch.library.opcheck(torch.ops.h3r.heatmap_loss_backward.default, (grad, grad_output, reduction, backend))
     torch.library.opcheck(torch.ops.h3r.heatmap_loss_scale_grad_.default, (grad, grad_output, reduction, backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("topk", "linear"), ("local", "softmax"), ("argmax", "linear")])
-def test_opcheck_decode(backend, method, weights):
-    maps = _separated_maps(2, 3, 5, 6, torch.float32).requires_grad_()
-    torch.library.opcheck(torch.ops.h3r.decode.default, (maps, method, 4, weights, 3, backend))
+@pytest.mark.parametrize(
+    "method,weights,window", [("topk", "softmax", 3), ("topk", "linear", 3), ("local", "softmax", 3), ("local", "linear", 5), ("argmax", "linear", 3)]
+)
+def test_opcheck_decode(backend, device, method, weights, window):
+    maps = _separated_maps(2, 3, 5, 6, torch.float32, device=device).requires_grad_()
+    torch.library.opcheck(torch.ops.h3r.decode.default, (maps, method, 4, weights, window, backend))
+    indices = torch.ops.h3r.decode.default(maps.detach(), method, 4, weights, window, backend)[2]
+    grads = (torch.randn(2, 3, 2, device=device), torch.randn(2, 3, device=device))
+    torch.library.opcheck(torch.ops.h3r.decode_backward.default, (maps.detach(), indices, *grads, method, weights, backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("loss,sigma,reduction", [("bce", 0.0, "mean"), ("mse", 1.5, "sum"), ("bce", 0.0, "none")])
-def test_gradcheck_heatmap_loss(backend, loss, sigma, reduction):
-    logits = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
-    kp = _keypoints(2, 2, 4, 5)
+def test_gradcheck_heatmap_loss(backend, device, loss, sigma, reduction):
+    logits = torch.randn(2, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    kp = _keypoints(2, 2, 4, 5, device=device)
     fn = lambda z: h3r_kernels.heatmap_loss(z, kp, sigma=sigma, seed=4, loss=loss, reduction=reduction, backend=backend)
     assert torch.autograd.gradcheck(fn, (logits,))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("topk", "linear"), ("local", "softmax"), ("local", "linear")])
-def test_gradcheck_decode(backend, method, weights):
-    maps = _separated_maps(2, 2, 5, 6).requires_grad_()
+@pytest.mark.parametrize(
+    "method,weights", [("topk", "softmax"), ("topk", "linear"), ("local", "softmax"), ("local", "linear"), ("argmax", "softmax")]
+)
+def test_gradcheck_decode(backend, device, method, weights):
+    maps = _separated_maps(1, 2, 4, 5, device=device).requires_grad_()  # 40 inputs: the interpreter pays per call
     fn = lambda m: h3r_kernels.decode(m / 10, method=method, k=5, weights=weights, backend=backend)
     assert torch.autograd.gradcheck(fn, (maps,))
 
@@ -73,17 +74,17 @@ def test_decode_argmax_gradient_reaches_only_the_peak_through_scores():
     assert (flat.sum(-1) == 1).all() and ((flat != 0).sum(-1) == 1).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_fullgraph(backend):
+def test_compile_fullgraph(backend, device):
     def step(logits, keypoints):
         loss = h3r_kernels.heatmap_loss(logits, keypoints, seed=5, backend=backend)
         target = h3r_kernels.encode(keypoints, (6, 7), seed=5, backend=backend)
         coords, _ = h3r_kernels.decode(logits.sigmoid(), weights="linear", backend=backend)
         return loss, target, coords
 
-    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
-    kp = _keypoints()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    logits = torch.randn(2, 3, 6, 7, device=device, requires_grad=True)
+    kp = _keypoints(device=device)
+    # On the CPU aot_eager (the ops' registration: fakes, autograd) spares Inductor's C++ build.
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
     got = compiled(logits, kp)
     want = step(logits, kp)
     for a, b in zip(got, want):
@@ -92,12 +93,12 @@ def test_compile_fullgraph(backend):
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["permuted", "sliced"])
-def test_non_contiguous_inputs(backend, layout):
+def test_non_contiguous_inputs(backend, device, layout):
     base = torch.randn(2, 3, 7, 6) if layout == "permuted" else torch.randn(2, 3, 6, 14)
+    base = base.to(device)
     logits = base.transpose(-1, -2) if layout == "permuted" else base[..., ::2]
-    kp_base = torch.rand(3, 2, 2) * 5
+    kp_base = (torch.rand(3, 2, 2) * 5).to(device)
     kp = kp_base.transpose(0, 1)
     assert not logits.is_contiguous() and not kp.is_contiguous()
     logits.requires_grad_()
@@ -113,17 +114,24 @@ def test_non_contiguous_inputs(backend, layout):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("batch,num", [(0, 3), (2, 0)])
-def test_empty_batches(backend, batch, num):
-    kp = torch.zeros(batch, num, 2)
-    assert h3r_kernels.encode(kp, (4, 5), backend=backend).shape == (batch, num, 4, 5)
-    logits = torch.zeros(batch, num, 4, 5, requires_grad=True)
-    value = h3r_kernels.heatmap_loss(logits, kp, backend=backend)
-    value.backward()
-    assert value.item() == 0 and logits.grad.shape == logits.shape
-    coords, scores = h3r_kernels.decode(logits.detach(), backend=backend)
-    assert coords.shape == (batch, num, 2) and scores.shape == (batch, num)
+@pytest.mark.parametrize("batch,num", [(0, 3), (2, 0), (0, 0)])
+def test_empty_batches(backend, device, batch, num):
+    kp = torch.zeros(batch, num, 2, device=device)
+    for dtype in (torch.float32, torch.float16):
+        maps = h3r_kernels.encode(kp, (4, 5), sigma=1.0, seed=0, dtype=dtype, backend=backend)
+        assert maps.shape == (batch, num, 4, 5) and maps.dtype == dtype
+    for reduction, shape in (("mean", ()), ("sum", ()), ("none", (batch, num))):
+        logits = torch.zeros(batch, num, 4, 5, device=device, requires_grad=True)
+        value = h3r_kernels.heatmap_loss(logits, kp, seed=0, reduction=reduction, backend=backend)
+        value.sum().backward()
+        assert value.shape == shape and torch.equal(value, torch.zeros(shape, device=device))
+        assert logits.grad.shape == logits.shape
+    for method, slots in (("topk", 4), ("local", 9), ("argmax", 1)):
+        maps = torch.zeros(batch, num, 4, 5, device=device, requires_grad=True)
+        coords, scores, indices = torch.ops.h3r.decode(maps, method, 4, "softmax", 3, backend)
+        assert coords.shape == (batch, num, 2) and scores.shape == (batch, num) and indices.shape == (batch, num, slots)
+        (coords.sum() + scores.sum()).backward()
+        assert maps.grad.shape == maps.shape
 
 
 def test_backends_report():
@@ -198,7 +206,7 @@ def test_bad_input_is_named(call, match):
         call()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+@pytest.mark.gpu
 def test_mixed_devices_are_named():
     with pytest.raises(ValueError, match="keypoints: expected device"):
         h3r_kernels.heatmap_loss(MAPS.cuda(), KP)

@@ -2,7 +2,8 @@
 
 Without a GPU the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set by
 ``conftest.py``), which costs about a millisecond per operation of each program: shapes and
-batches stay tiny. The ``gpu`` tests at the end use real shapes, CUDA graphs and streams.
+batches stay tiny. The ``gpu`` test at the end uses real shapes. opcheck, gradcheck, empty and
+non-contiguous inputs are in test_ops.py; CUDA graphs and streams in test_gpu_ops.py (every backend).
 """
 import pytest
 import torch
@@ -178,103 +179,12 @@ def test_expanded_incoming_gradient(method, weights):
     torch.testing.assert_close(grads[0], grads[1], **_grad_tolerance(maps))
 
 
-def test_non_contiguous_maps():
-    base = _maps((2, 2, 5, 8), "softmax")
-    maps = base.transpose(-1, -2)
-    got = h3r_kernels.decode(maps, backend="triton")
-    want = h3r_kernels.decode(maps.contiguous(), backend="reference")
-    torch.testing.assert_close(got, want, **VALUE_TOLERANCE[torch.float32])
-
-
-@pytest.mark.parametrize("batch,num", [(0, 3), (2, 0)])
-@pytest.mark.parametrize("method", ["topk", "local", "argmax"])
-def test_empty_batches(batch, num, method):
-    maps = torch.zeros(batch, num, 4, 5, device=DEVICE, requires_grad=True)
-    coords, scores, indices = torch.ops.h3r.decode(maps, method, 4, "softmax", 3, "triton")
-    slots = {"topk": 4, "local": 9, "argmax": 1}[method]
-    assert coords.shape == (batch, num, 2) and scores.shape == (batch, num) and indices.shape == (batch, num, slots)
-    (coords.sum() + scores.sum()).backward()
-    assert maps.grad.shape == maps.shape
-
-
-def _separated_maps(batch, num, height, width):
-    """float64 maps with values 0.37 apart, all > 0: a finite-difference step changes neither
-    the selection nor a ``max(v, 0)``."""
-    perm = torch.stack([torch.randperm(height * width) for _ in range(batch * num)])
-    return (perm.to(torch.float64) * 0.37 + 0.1).reshape(batch, num, height, width).to(DEVICE)
-
-
-@pytest.mark.parametrize("method,k,weights", [("topk", 4, "softmax"), ("topk", 4, "linear"), ("local", 9, "softmax"), ("local", 9, "linear"), ("argmax", 1, "softmax")])
-def test_gradcheck_float64(method, k, weights):
-    maps = _separated_maps(1, 2, 3, 5).requires_grad_()
-    fn = lambda m: h3r_kernels.decode(m / 4, method=method, k=k, weights=weights, backend="triton")
-    assert torch.autograd.gradcheck(fn, (maps,))
-
-
-@pytest.mark.parametrize("method,k,weights,window", [("topk", 4, "softmax", 3), ("local", 9, "linear", 5), ("argmax", 1, "linear", 3)])
-def test_opcheck(method, k, weights, window):
-    maps = _separated_maps(2, 1, 4, 5).float().requires_grad_()
-    torch.library.opcheck(torch.ops.h3r.decode.default, (maps, method, k, weights, window, "triton"))
-
-
 # --------------------------------------------------------------------------- GPU only
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(), reason="needs CUDA (compiled Triton)")
-
-
 @pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize("shape", [(4, 17, 64, 64), (2, 3, 256, 256), (3, 5, 64, 48), (2, 4, 128, 96)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("method,k,weights,window", [("topk", 9, "softmax", 3), ("topk", 32, "linear", 3), ("local", 9, "softmax", 5), ("argmax", 1, "linear", 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_large_maps_match_reference(shape, method, k, weights, window, dtype):
     _assert_matches_reference(_maps(shape, weights, dtype), method, k, weights, window)
     _assert_matches_reference(_maps(shape, weights, dtype, kind="ties"), method, k, weights, window)
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("method,weights", [("topk", "softmax"), ("local", "linear")])
-def test_gpu_cuda_graph_capture_and_replay(method, weights):
-    static_maps = _maps((8, 17, 64, 48), weights).requires_grad_()
-    grad_coords = torch.randn(8, 17, 2, device="cuda")
-    grad_scores = torch.randn(8, 17, device="cuda")
-
-    def step():
-        coords, scores, indices = torch.ops.h3r.decode(static_maps, method, 9, weights, 3, "triton")
-        (grad,) = torch.autograd.grad((coords, scores), static_maps, (grad_coords, grad_scores))
-        return coords, scores, indices, grad
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()  # compile before capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = step()
-    for _ in range(2):
-        with torch.no_grad():
-            static_maps.copy_(_maps(static_maps.shape, weights))
-        graph.replay()
-        torch.cuda.synchronize()
-        want = _decode_with_grads(static_maps, "reference", method, 9, weights, 3, grad_coords, grad_scores)
-        assert torch.equal(outputs[2], want[2])
-        for got, expected in zip(outputs[:2] + outputs[3:], want[:2] + want[3:]):
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.gpu
-@gpu
-def test_gpu_non_default_stream():
-    maps = _maps((16, 98, 64, 64), "softmax")
-    want = torch.ops.h3r.decode(maps, "topk", 9, "softmax", 3, "reference")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        torch.cuda._sleep(10_000_000)  # keep the side stream busy: a launch on another stream would race
-        source = maps * 1.0  # produced on the side stream, after the sleep
-        got = torch.ops.h3r.decode(source, "topk", 9, "softmax", 3, "triton")
-    torch.cuda.current_stream().wait_stream(stream)
-    assert torch.equal(got[2], want[2])
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)

@@ -4,7 +4,8 @@
   ``h3r_common.cuh``: ``h3r_kernels/_csrc/`` in an installed wheel (setup.py copies ``csrc/``
   there), else ``<repo>/csrc/`` in a source checkout.
 * Compilation: one ``cupy.RawModule`` per (device, source file), built lazily on first use
-  (``functools.lru_cache``) with ``name_expressions`` for the template instantiations; shapes
+  (``functools.lru_cache``) with ``name_expressions`` for the template instantiations and the
+  ``-D`` defines of :func:`h3r_kernels.spec.c_defines` (option codes, block constants); shapes
   are kernel arguments, so nothing is recompiled per shape. CuPy keeps compiled kernels on
   disk: set ``H3R_CUPY_CACHE_DIR`` to choose the folder (it becomes ``CUPY_CACHE_DIR``, which
   CuPy reads once, when it is first imported).
@@ -24,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .. import spec
 
 CACHE_DIR_ENV = "H3R_CUPY_CACHE_DIR"
 HEADER = "h3r_common.cuh"
@@ -54,11 +57,15 @@ SOURCES = {
     ),
 }
 
-# Kernel-side constants (csrc/h3r_common.cuh), and the codes of the string options.
-BLOCK = 256
-MAX_MAPS_PER_BLOCK = 256
+# Kernel-side constants, from the spec (the sources get them as -D defines: compile_options()).
+BLOCK = spec.BLOCK
+MAX_MAPS_PER_BLOCK = spec.MAX_MAPS_PER_BLOCK
 MAX_DYNAMIC_SHARED_MEMORY = 32 * 1024  # of the 48 KiB a block may use without opting in (the rest: static arrays)
-ROUNDINGS = {"random": 0, "nearest": 1, "floor": 2, "none": 3}
+
+
+def compile_options(folder: Path) -> tuple[str, ...]:
+    """NVRTC options: C++17, the header folder, and every define of :func:`h3r_kernels.spec.c_defines`."""
+    return ("-std=c++17", f"-I{folder}", *spec.c_define_options())
 
 
 def name_expressions(source: str) -> tuple[str, ...]:
@@ -126,7 +133,7 @@ def _module(device_index: int, source: str):
     folder = find_source_dir()
     return cupy.RawModule(
         code=_source_text(folder, source),
-        options=("-std=c++17", f"-I{folder}"),
+        options=compile_options(folder),
         name_expressions=name_expressions(source),
     )
 

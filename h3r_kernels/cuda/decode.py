@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..reference import compute_dtype
+from .. import spec
+from ..spec import compute_dtype
 from . import _module
-
-METHODS = {"topk": 0, "local": 1, "argmax": 2}
 
 
 def decode(heatmaps, method, k, weights, window):
@@ -15,7 +14,7 @@ def decode(heatmaps, method, k, weights, window):
     batch, num, height, width = heatmaps.shape
     device = heatmaps.device
     acc = compute_dtype(heatmaps.dtype)
-    slots = {"topk": k, "local": window * window, "argmax": 1}[method]
+    slots = spec.slots(method, k, window)
     coords = torch.empty((batch, num, 2), dtype=acc, device=device)
     scores = torch.empty((batch, num), dtype=acc, device=device)
     indices = torch.empty((batch, num, slots), dtype=torch.int64, device=device)
@@ -39,9 +38,9 @@ def decode(heatmaps, method, k, weights, window):
             np.int64(num_maps),
             np.int32(height),
             np.int32(width),
-            np.int32(METHODS[method]),
+            np.int32(spec.code(spec.Method, method)),
             np.int32(k),
-            np.int32(weights == "linear"),
+            np.int32(spec.code(spec.Weighting, weights)),
             np.int32(window),
             np.int32(threads),
             np.int32(vectorised),
@@ -78,8 +77,8 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
             np.int32(height),
             np.int32(width),
             np.int32(indices.shape[-1]),
-            np.int32(METHODS[method]),
-            np.int32(weights == "linear"),
+            np.int32(spec.code(spec.Method, method)),
+            np.int32(spec.code(spec.Weighting, weights)),
         ),
     )
     return grad

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import spec
 from . import _module
 
 # Cells one block renders per group of maps (small maps are grouped, up to MAX_MAPS_PER_BLOCK).
@@ -11,8 +12,8 @@ CELLS_PER_BLOCK = 8192
 
 
 def gauss_scale(sigma: float) -> np.float32:
-    """``float32(-0.5 / sigma^2)``, rounded from double as the reference does (0 for sigma = 0)."""
-    return np.float32(-0.5 / (sigma * sigma)) if sigma > 0 else np.float32(0.0)
+    """:func:`h3r_kernels.spec.gaussian_scale` as the kernels' float32, rounded once from double as the reference does."""
+    return np.float32(spec.gaussian_scale(sigma))
 
 
 def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype) -> torch.Tensor:
@@ -34,7 +35,7 @@ def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, d
         np.int32(num),
         np.int32(height),
         np.int32(width),
-        np.int32(_module.ROUNDINGS[rounding]),
+        np.int32(spec.code(spec.Rounding, rounding)),
         np.int32(bool(expected)),
         np.uint32(seed),
         np.int32(sigma > 0),

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..reference import compute_dtype
+from .. import spec
+from ..spec import compute_dtype
 from . import _module
 from .encode import gauss_scale
 
-LOSSES = {"bce": 0, "mse": 1}
-REDUCE_CHUNK = 16 * _module.BLOCK  # values one block of loss_reduce_kernel adds (H3R_REDUCE_CHUNK)
+REDUCE_CHUNK = spec.REDUCE_CHUNK  # values one block of loss_reduce_kernel adds (H3R_REDUCE_CHUNK)
 
 
 def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=None):
@@ -33,7 +33,7 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
         nonzero = weight != 0
         visible = nonzero if visible is None else visible & nonzero
     visible = None if visible is None else visible.contiguous()
-    rounding_code = np.int32(_module.ROUNDINGS[rounding])
+    rounding_code = np.int32(spec.code(spec.Rounding, rounding))
 
     value = torch.empty((batch, num) if reduction == "none" else (), dtype=acc, device=device)
     per_map = value if reduction == "none" else torch.empty(num_maps, dtype=acc, device=device)
@@ -85,7 +85,7 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
             np.uint32(seed),
             np.int32(sigma > 0),
             gauss_scale(sigma),
-            np.int32(LOSSES[loss]),
+            np.int32(spec.code(spec.Loss, loss)),
             np.int32(threads),
             np.int32(vectorised),
         ),

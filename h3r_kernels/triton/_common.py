@@ -9,7 +9,22 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import spec
 from ..backends import interpreting
+
+# The option codes of h3r_kernels.spec as constexpr globals the kernels compare their
+# constexpr arguments with (ROUNDING == ROUNDING_RANDOM ...).
+ROUNDING_RANDOM = tl.constexpr(int(spec.Rounding.RANDOM))
+ROUNDING_NEAREST = tl.constexpr(int(spec.Rounding.NEAREST))
+ROUNDING_FLOOR = tl.constexpr(int(spec.Rounding.FLOOR))
+ROUNDING_NONE = tl.constexpr(int(spec.Rounding.NONE))
+LOSS_BCE = tl.constexpr(int(spec.Loss.BCE))
+LOSS_MSE = tl.constexpr(int(spec.Loss.MSE))
+METHOD_TOPK = tl.constexpr(int(spec.Method.TOPK))
+METHOD_LOCAL = tl.constexpr(int(spec.Method.LOCAL))
+METHOD_ARGMAX = tl.constexpr(int(spec.Method.ARGMAX))
+WEIGHTING_SOFTMAX = tl.constexpr(int(spec.Weighting.SOFTMAX))
+WEIGHTING_LINEAR = tl.constexpr(int(spec.Weighting.LINEAR))
 
 # Elements per program over (B, K, H, W) maps, and per thread. On the GPU 8192 elements in
 # 8 warps (32 per thread: eight 16-byte float32 accesses) amortise each thread's fixed work
@@ -36,8 +51,8 @@ def device_guard(tensor: torch.Tensor):
 
 
 def accumulates_in_fp64(dtype: torch.dtype) -> bool:
-    """float64 maps accumulate in float64 (for gradcheck); every other dtype in float32."""
-    return dtype == torch.float64
+    """Whether maps of ``dtype`` are computed in float64 (:func:`h3r_kernels.spec.compute_dtype`)."""
+    return spec.compute_dtype(dtype) == torch.float64
 
 
 @dataclass(frozen=True)

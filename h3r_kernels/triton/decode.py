@@ -47,7 +47,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulates_in_fp64, as_mask, device_guard
+from .. import spec
+from ._common import (
+    METHOD_ARGMAX, METHOD_LOCAL, METHOD_TOPK, WEIGHTING_LINEAR, WEIGHTING_SOFTMAX, accumulates_in_fp64, as_mask,
+    device_guard,
+)
 
 # Forward tiling (see _plan): maps of up to MIN_GROUPS cells are one chunk; larger maps are
 # streamed in up to MAX_CHUNKS chunks of GROUPS cells, MIN_GROUPS <= GROUPS <= MAX_GROUPS.
@@ -62,19 +66,6 @@ MAX_BLOCK = 4096
 _EMPTY_RANK = tl.constexpr(-(2**63))
 _INT32_MIN = tl.constexpr(-(2**31))
 _INT32_MAX = tl.constexpr(2**31 - 1)
-
-_METHODS = {"topk": 0, "local": 1, "argmax": 2}
-_WEIGHTINGS = {"softmax": 0, "linear": 1}
-
-
-def _slots(method: str, k: int, window: int) -> int:
-    return {"topk": k, "local": window * window, "argmax": 1}[method]
-
-
-def _peak_slot(method: str, n_slots: int) -> int:
-    """The slot of the map's arg-max: the window centre for ``local``, else slot 0."""
-    return n_slots // 2 if method == "local" else 0
-
 
 def _backward_num_warps(block: int) -> int:
     """Warps of the backward: 1 up to 16x16 maps, 8 for 64x64 (16 cells cleared per thread)."""
@@ -184,7 +175,7 @@ def _is_finite(value):
 def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexpr):
     """Normalised weights of the slots, as :func:`h3r_kernels.reference._weights`.
 
-    ``softmax`` (``WEIGHTS == 0``): ``exp(v - m)`` normalised, ``m`` the peak slot's value (the
+    ``softmax`` (``WEIGHTS == WEIGHTING_SOFTMAX``): ``exp(v - m)`` normalised, ``m`` the peak slot's value (the
     maximum), with ``exp(v - m) = 1`` for ``v == m`` (infinite peaks are limits: the weight is
     shared by the cells equal to the peak); ``linear``: ``max(v, 0) / sum`` (for ``m = +inf``
     the ``+inf`` cells count 1, the others 0), or all weight on ``PEAK_SLOT`` when the sum is
@@ -192,10 +183,11 @@ def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexp
     """
     peak = slots == PEAK_SLOT
     shift = _peak_value(values, slots, PEAK_SLOT)
-    if WEIGHTS == 0:
+    if WEIGHTS == WEIGHTING_SOFTMAX:
         exps = tl.where(valid, tl.where(values == shift, 1.0, tl.exp(values - shift)), 0.0)
         weights = exps / tl.sum(exps, axis=0)
     else:
+        tl.static_assert(WEIGHTS == WEIGHTING_LINEAR)
         positive = _positive(values, valid)
         positive = tl.where(shift == float("inf"), tl.where(valid & as_mask(values == shift), 1.0, 0.0), positive)
         total = tl.sum(positive, axis=0)
@@ -246,7 +238,7 @@ def _decode_kernel(
 
     # Phase 3 (topk over several chunks): reload the cells of those groups (cache hits)
     # and select among them.
-    if METHOD == 0 and CHUNKS > 1:
+    if METHOD == METHOD_TOPK and CHUNKS > 1:
         candidates = (top_cells % GROUPS)[:, None] + (tl.arange(0, CHUNK_SLOTS) * GROUPS)[None, :]
         inside = (top_slots < K)[:, None] & (candidates < N_CELLS)
         raw = tl.load(map_ptr + candidates, mask=inside, other=0.0)
@@ -256,13 +248,13 @@ def _decode_kernel(
 
     score = _rank_value(tl.max(top_ranks), IS_F64)
     slots = tl.arange(0, SLOTS)
-    if METHOD == 0:
+    if METHOD == METHOD_TOPK:
         valid = slots < K
         selected = top_cells
         values = _rank_value(top_ranks, IS_F64)
     else:
         peak = tl.max(top_cells)
-        if METHOD == 1:
+        if METHOD == METHOD_LOCAL:
             half: tl.constexpr = WINDOW // 2
             row = peak // WIDTH + slots // WINDOW - half
             col = peak % WIDTH + slots % WINDOW - half
@@ -271,6 +263,7 @@ def _decode_kernel(
             raw = tl.load(map_ptr + tl.where(valid, selected, 0), mask=valid, other=0.0)
             values = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
         else:
+            tl.static_assert(METHOD == METHOD_ARGMAX)
             valid = slots < 1
             selected = tl.where(valid, peak, -1)
             values = tl.where(valid, score, 0.0)
@@ -308,7 +301,7 @@ def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: in
     batch, num, height, width = heatmaps.shape
     in_fp64 = accumulates_in_fp64(heatmaps.dtype)
     acc = torch.float64 if in_fp64 else torch.float32
-    n_slots = _slots(method, k, window)
+    n_slots = spec.slots(method, k, window)
     coords = heatmaps.new_empty((batch, num, 2), dtype=acc)
     scores = heatmaps.new_empty((batch, num), dtype=acc)
     indices = heatmaps.new_empty((batch, num, n_slots), dtype=torch.int64)
@@ -323,8 +316,8 @@ def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: in
         _decode_kernel[(batch * num,)](
             heatmaps, coords, scores, indices,
             N_CELLS=n_cells, WIDTH=width, HEIGHT=height, N_SLOTS=n_slots,
-            METHOD=_METHODS[method], WEIGHTS=_WEIGHTINGS[weights], K=k, WINDOW=window,
-            PEAK_SLOT=_peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots),
+            METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights), K=k, WINDOW=window,
+            PEAK_SLOT=spec.peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots),
             TOP=top, TOP_SLOTS=triton.next_power_of_2(top), GROUPS=groups, CHUNKS=chunks,
             CHUNK_SLOTS=triton.next_power_of_2(chunks), IS_F64=in_fp64, num_warps=num_warps,
         )
@@ -368,9 +361,9 @@ def _decode_backward_kernel(
     centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=0)
     centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=0)
     direction = (x - centre_x) * grad_x + (y - centre_y) * grad_y
-    if METHOD == 2:
+    if METHOD == METHOD_ARGMAX:
         slot_grad = tl.zeros([SLOTS], values.dtype)
-    elif WEIGHTS == 0:
+    elif WEIGHTS == WEIGHTING_SOFTMAX:
         slot_grad = weights * direction
     else:
         total = tl.sum(_positive(values, valid), axis=0)
@@ -395,8 +388,8 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
         _decode_backward_kernel[(batch * num,)](
             heatmaps, indices, grad_coords, grad_scores, grad,
             N_CELLS=n_cells, WIDTH=width, N_SLOTS=n_slots,
-            METHOD=_METHODS[method], WEIGHTS=_WEIGHTINGS[weights],
-            PEAK_SLOT=_peak_slot(method, n_slots),
+            METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights),
+            PEAK_SLOT=spec.peak_slot(method, n_slots),
             SLOTS=triton.next_power_of_2(n_slots), BLOCK=block, CHUNKS=triton.cdiv(n_cells, block),
             IS_F64=accumulates_in_fp64(heatmaps.dtype), num_warps=_backward_num_warps(block),
         )

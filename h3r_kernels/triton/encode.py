@@ -16,15 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import spec
+from ..spec import gaussian_scale
 from . import _rng
-from ._common import as_mask, device_guard, map_tiling
-
-ROUNDING_CODES = {"random": 0, "nearest": 1, "floor": 2, "none": 3}
-
-
-def gaussian_scale(sigma: float) -> float:
-    """``-1 / (2 sigma^2)``, the exponent factor of the Gaussian profile (0 for the binary target)."""
-    return -0.5 / (sigma * sigma) if sigma > 0 else 0.0
+from ._common import (
+    ROUNDING_FLOOR, ROUNDING_NEAREST, ROUNDING_NONE, ROUNDING_RANDOM, as_mask, device_guard, map_tiling,
+)
 
 
 @triton.jit
@@ -63,12 +60,13 @@ def _expected_live(coord, size):
 @triton.jit
 def _rounded(coord, key, b, k, AXIS: tl.constexpr, ROUNDING: tl.constexpr):
     """The activation cell of one coordinate (float32 integer); ``none`` decides on-map by the nearest cell."""
-    if ROUNDING == 0:
+    if ROUNDING == ROUNDING_RANDOM:
         low = tl.floor(coord)
         return low + (_rng.uniform(key, b, k, AXIS) < coord - low).to(tl.float32)
-    elif ROUNDING == 2:
+    elif ROUNDING == ROUNDING_FLOOR:
         return tl.floor(coord)
     else:
+        tl.static_assert((ROUNDING == ROUNDING_NEAREST) or (ROUNDING == ROUNDING_NONE))
         return tl.floor(coord + 0.5)
 
 
@@ -119,7 +117,7 @@ def tile_target(
         row_profile = _expected_profile(y[:, None], rows, height, gauss_scale, BINARY)
     else:
         cell_x, cell_y, contributes = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
-        if ROUNDING == 3:
+        if ROUNDING == ROUNDING_NONE:
             cell_x = x
             cell_y = y
         cell_x = tl.where(contributes, cell_x, 0.0)
@@ -192,7 +190,8 @@ def launch_encode(
         _encode_kernel[(tiling.grid,)](
             out, keypoints, visible_arg, _rng.seed_as_int32(seed), batch * num, num, height, width,
             tiling.tiles_per_map, gaussian_scale(sigma),
-            ROUNDING=ROUNDING_CODES[rounding], BINARY=sigma == 0, EXPECTED=bool(expected and rounding == "random"),
+            ROUNDING=spec.code(spec.Rounding, rounding), BINARY=sigma == 0,
+            EXPECTED=bool(expected and rounding == "random"),
             HAS_VISIBLE=visible is not None, BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w,
             num_warps=tiling.num_warps,
         )

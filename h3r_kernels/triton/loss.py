@@ -22,9 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import spec
+from ..spec import gaussian_scale
 from . import _rng
-from ._common import accumulates_in_fp64, as_mask, device_guard, map_tiling
-from .encode import ROUNDING_CODES, gaussian_scale, keypoint_contributes, map_tile, tile_target
+from ._common import LOSS_BCE, LOSS_MSE, accumulates_in_fp64, as_mask, device_guard, map_tiling
+from .encode import keypoint_contributes, map_tile, tile_target
 
 # Keypoints per program of the counting kernel ("mean").
 COUNT_BLOCK = 1024
@@ -75,7 +77,7 @@ def _loss_kernel(
     logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, keypoints_ptr, visible_ptr, weight_ptr,
     seed, num_maps, num_keypoints, height, width, tiles_per_map, gauss_scale,
     ROUNDING: tl.constexpr, BINARY: tl.constexpr, HAS_VISIBLE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    MSE: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr,
+    LOSS: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """Each map's loss over one tile into ``partial_ptr[bk, tile]`` and, if ``WRITE_GRAD``, the gradient.
@@ -100,11 +102,12 @@ def _loss_kernel(
     live = inside & contributes[:, None, None]
     z = tl.load(logits_ptr + offsets, mask=live, other=0.0).to(acc_dtype)
     t = target.to(acc_dtype)
-    if MSE:
+    if LOSS == LOSS_MSE:
         diff = z - t
         pixel_loss = diff * diff
         pixel_grad = 2.0 * diff
     else:
+        tl.static_assert(LOSS == LOSS_BCE)
         e = tl.exp(-tl.abs(z))
         pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p_unit(e, 16 if ACC_FP64 else 7)
         inverse = 1.0 / (1.0 + e)
@@ -183,7 +186,7 @@ def launch_heatmap_loss(
     visible_arg = keypoints if visible is None else visible.view(torch.uint8)
     weight_arg = keypoints if weight is None else weight
     seed_arg = _rng.seed_as_int32(seed)
-    code = ROUNDING_CODES[rounding]
+    code = spec.code(spec.Rounding, rounding)
     partials = torch.empty((batch, num, tiling.tiles_per_map), dtype=acc_dtype, device=logits.device)
     mean = reduction == "mean"
     count = torch.zeros((), dtype=torch.int32, device=logits.device) if mean else partials
@@ -198,7 +201,7 @@ def launch_heatmap_loss(
             logits, grad if compute_grad else logits, partials, count, scale, keypoints, visible_arg, weight_arg,
             seed_arg, batch * num, num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
             ROUNDING=code, BINARY=sigma == 0, HAS_VISIBLE=visible is not None, HAS_WEIGHT=weight is not None,
-            MSE=loss == "mse",
+            LOSS=spec.code(spec.Loss, loss),
             MEAN=mean, WRITE_GRAD=compute_grad, ACC_FP64=fp64,
             BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
         )
