@@ -50,8 +50,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--workers", type=int, metavar="N", help="data-loading processes per cell")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="cells trained at once (default 1, in this process; >1: subprocesses with "
-                             "cores/N threads each; default with --devices: one per device)")
+                        help="cells trained at once: 1 trains in this process; more run subprocesses with cores/N "
+                             "threads each (default: the preset's, 2 for quick; with --devices, one per device)")
     parser.add_argument("--devices", type=_names, metavar="DEV,...",
                         help="e.g. cuda:0,cuda:1: cells are placed round-robin on these devices")
     parser.add_argument("--print-commands", action="store_true",
@@ -77,7 +77,7 @@ def run_study(args: argparse.Namespace) -> int:
     extra = tuple(args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args)
     out = args.out or f"runs/study-{preset.name}"
     devices = tuple(args.devices or ())
-    jobs = args.jobs if args.jobs is not None else max(1, len(devices))
+    jobs = args.jobs if args.jobs is not None else (len(devices) if devices else preset.jobs)
     if args.print_commands:
         for index, cell in enumerate(cells(preset)):
             device = devices[index % len(devices)] if devices else None

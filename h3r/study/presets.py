@@ -59,6 +59,7 @@ class Preset:
     synthetic_image_size: Optional[int] = None  # side of the generated images (default: the dataset's)
     workers: int = 1
     uniform_points: int = 20000  # part A: keypoints drawn uniformly over the map, per stride
+    jobs: int = 1  # cells trained at once by default (1: in this process; more: subprocesses of 1/jobs of the cores)
     train_args: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -102,9 +103,9 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
            datasets=("synthetic-face",), strides=(4, 8), seeds=(0,), backbone="small", input_size=32, epochs=1,
            batch_size=16, synthetic_sizes=(32, 16), workers=0, uniform_points=2000),
     Preset("quick", "the default, about 15 minutes on an idle 2-core CPU: synthetic faces, 64-px input, "
-                    "strides 4, 8, 16 (16x16, 8x8, 4x4 heatmaps), 2 seeds, 8 epochs of 1000 faces",
-           datasets=("synthetic-face",), strides=(4, 8, 16), seeds=(0, 1), backbone="small", input_size=64, epochs=8,
-           batch_size=32, synthetic_sizes=(1000, 300), workers=1),
+                    "strides 4, 8, 16 (16x16, 8x8, 4x4 heatmaps), 2 seeds, 6 epochs of 1000 faces, 2 cells at a time",
+           datasets=("synthetic-face",), strides=(4, 8, 16), seeds=(0, 1), backbone="small", input_size=64, epochs=6,
+           batch_size=32, synthetic_sizes=(1000, 300), workers=1, jobs=2),
     Preset("full", "for a GPU: synthetic faces and people, 256-px input, strides 4 to 32 (64x64 to 8x8), "
                    "3 seeds, 40 epochs",
            datasets=("synthetic-face", "synthetic-pose"), strides=(4, 8, 16, 32), seeds=(0, 1, 2),

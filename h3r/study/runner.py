@@ -108,13 +108,24 @@ def head_and_decode_ms(model, codec, input_size: int, device: torch.device, batc
     return 1000 * float(np.median(times[2:]))
 
 
-def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
-    """Each method of the cell on the final model: ``{method: {"metrics", "head_decode_ms"}}`` (cached on disk)."""
+def _method_model(run_dir: Path, method, device: str):
+    """``(model on its device, codec, config, checkpoint)`` of a finished cell, read with ``method``'s decoder."""
     from h3r.configs import config_from_dict
-    from h3r.evaluate import evaluate_checkpoint, load_checkpoint, model_and_codec, resolve_device
+    from h3r.evaluate import load_checkpoint, model_and_codec, resolve_device
+
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    config = config_from_dict({**checkpoint["config"], **method.decoder})
+    model, codec = model_and_codec(config, checkpoint["num_keypoints"])
+    model.load_state_dict(checkpoint["model"])
+    torch_device = resolve_device(device)
+    return model.to(torch_device), codec, config, checkpoint, torch_device
+
+
+def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
+    """Each method of the cell on the final model: ``{method: {"metrics", ...}}`` (cached in ``study-<method>.json``)."""
+    from h3r.evaluate import evaluate_checkpoint
 
     scores = {}
-    checkpoint = None
     for method in cell.methods(preset):
         cache = run_dir / f"study-{method.name}.json"
         if cache.is_file() and not rescore:
@@ -122,17 +133,11 @@ def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: 
             continue
         result = evaluate_checkpoint(run_dir / "last.pt", out=str(run_dir / f"eval-{method.name}"), draw=0,
                                      workers=0, progress=False, device=device, decoder=method.decoder)
-        if checkpoint is None:
-            checkpoint = load_checkpoint(run_dir / "last.pt")
-        config = config_from_dict({**checkpoint["config"], **method.decoder})
-        model, codec = model_and_codec(config, checkpoint["num_keypoints"])
-        model.load_state_dict(checkpoint["model"])
-        torch_device = resolve_device(device)
-        milliseconds = head_and_decode_ms(model.to(torch_device), codec, config.input_size, torch_device)
+        _, _, config, checkpoint, _ = _method_model(run_dir, method, device)
         history = checkpoint["history"]
         scores[method.name] = {
             "metrics": result["metrics"], "metric": config.metric, "higher_is_better": config.higher_is_better,
-            "head_decode_ms": milliseconds, "batch": 32,
+            "head_decode_ms": None, "batch": 32,
             "images_per_s": float(np.mean([record["images_per_s"] for record in history])) if history else None,
             "epochs": checkpoint["epoch"],
         }
@@ -140,7 +145,23 @@ def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: 
     return scores
 
 
-def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = None, jobs: int = 1,
+def time_heads(rows: list[dict[str, Any]], devices: dict[str, Optional[str]]) -> None:
+    """Fill ``head_decode_ms`` of every scored row, one cell at a time (nothing else running), cached on disk."""
+    from h3r.study.presets import METHODS
+
+    for row in rows:
+        if row["metrics"] is None or row["head_decode_ms"] is not None:
+            continue
+        run_dir = Path(row["run_dir"])
+        device = devices.get(row["run_dir"]) or "auto"
+        model, codec, config, _, torch_device = _method_model(run_dir, METHODS[row["method"]], device)
+        row["head_decode_ms"] = head_and_decode_ms(model, codec, config.input_size, torch_device)
+        cache = run_dir / f"study-{row['method']}.json"
+        cached = json.loads(cache.read_text())
+        cache.write_text(json.dumps({**cached, "head_decode_ms": row["head_decode_ms"]}, indent=2) + "\n")
+
+
+def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = None, jobs: Optional[int] = None,
               devices: Sequence[str] = (), extra: Sequence[str] = (), skip_training: bool = False,
               rescore: bool = False, command: Optional[str] = None,
               say: Callable[[str], None] = progress) -> dict[str, Any]:
@@ -153,6 +174,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     from h3r.study.report import summarise, write_outputs
 
     preset.check()
+    jobs = preset.jobs if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs: expected a positive number of parallel cells, got {jobs}")
     out = Path(out)
@@ -212,6 +234,8 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for rows in pool.map(lambda pair: run_one(*pair), enumerate(grid)):
                 results += rows
+    say("timing pooling + head + decoding of each finished cell, one at a time ...")
+    time_heads(results, {str(cell.run_dir(out)): devices[index % len(devices)] for index, cell in enumerate(grid)})
 
     failed = sorted({row["run_dir"] for row in results if row["status"] == "failed"})
     record = {
