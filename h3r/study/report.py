@@ -184,7 +184,8 @@ def plot(record: dict[str, Any], path: Path) -> Path:
                 trained.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method, color=colour[method])
         trained.set(xscale="log", xlabel="heatmap side (cells)", ylabel=f"test {metric}",
                     title=f"{dataset}: trained, {settings['backbone']}, {settings['input_size']} px input")
-        trained.set_xticks(sides, [str(side) for side in sides])
+        trained.set_xticks(sides, [str(side) for side in sides], minor=False)
+        trained.set_xticks([], minor=True)
         trained.legend(fontsize=8)
         part_a = [row for row in record["quantization"]
                   if row["dataset"] == dataset and row["points"] == "ground truth" and row["applicable"]]
@@ -202,7 +203,8 @@ def plot(record: dict[str, Any], path: Path) -> Path:
             quantization.plot(x, y, color="grey", linestyle="--", label="0.383 × stride (uniform offsets)")
         quantization.set(xscale="log", xlabel="heatmap side (cells)", ylabel="mean 2-D error (input px)",
                          title=f"{dataset}: quantization alone (truth encoded, decoded)")
-        quantization.set_xticks(sides, [str(side) for side in sides])
+        quantization.set_xticks(sides, [str(side) for side in sides], minor=False)
+        quantization.set_xticks([], minor=True)
         quantization.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
