@@ -51,9 +51,10 @@ Codecs (each trains its own target and loss; --refine / --topk-weights pick the 
   integral   integral regression (soft-argmax over the map) with an L1 loss on coordinates
 Gaussian sigma (--sigma, heatmap cells): by default the task's reference value at stride 4
 (faces 1.5, pose 2 cells on a 64-cell map; in proportion to the crop, at least 1), scaled by
-4/stride at coarser strides so that the target covers the same input area. The run folder receives config.json, metrics.jsonl (one JSON line
-per epoch), last.pt / best.pt, curve.png and eval-<dataset>-<split>/ (results.md,
-results.json, images/).
+4/stride at coarser strides so that the target covers the same input area.
+
+The run folder receives config.json, metrics.jsonl (one JSON line per epoch), last.pt /
+best.pt, curve.png and eval-<dataset>-<split>/ (results.md, results.json, images/).
 
 Several processes: torchrun --nproc_per_node 2 -m h3r train ...  (--batch-size is per process)
 """

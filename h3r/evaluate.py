@@ -471,7 +471,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     shape = np.asarray(checkpoint["mean_shape"], dtype=np.float64)
     baseline = dataset_metrics(data, mean_shape_predictions(data, shape, crop))
     settings = {"dataset": dataset_name, "split": split, "items": len(data), "codec": config.codec,
-                "decoder": repr(codec), "backbone": config.backbone, "input_size": config.input_size, "stride": config.stride,
+                "decoder": repr(codec), "backbone": config.backbone, "input_size": config.input_size,
+                "stride": config.stride,
                 "heatmap_size": config.heatmap_side, "flip_test": flip_test,
                 "checkpoint": checkpoint["path"], "epoch": checkpoint["epoch"]}
     out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"

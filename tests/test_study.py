@@ -59,7 +59,8 @@ def check_schema(record):
         record["settings"])
     for row in record["cells"]:
         assert set(row) == SCHEMA_CELL_KEYS
-        assert isinstance(row["stride"], int) and row["heatmap_size"] == record["settings"]["input_size"] // row["stride"]
+        assert isinstance(row["stride"], int)
+        assert row["heatmap_size"] == record["settings"]["input_size"] // row["stride"]
         if row["status"] != "failed":
             assert isinstance(row["metrics"][row["metric"]], float) and row["head_decode_ms"] > 0
     for row in record["quantization"]:

@@ -33,8 +33,8 @@ class TrainConfig:
 
     Sizes are pixels of the square network input; the heatmap is ``input_size / stride``
     cells wide, whatever the backbone (the model pools its stride-4 features down to
-    ``stride``; see :class:`h3r.models.LandmarkModel`). ``batch_size`` is per process (a ``torchrun`` job with N processes sees N
-    times as many images per step).
+    ``stride``; see :class:`h3r.models.LandmarkModel`). ``batch_size`` is per process (a
+    ``torchrun`` job with N processes sees N times as many images per step).
     """
 
     # Data: the dataset, its two splits and extra keyword arguments of ``h3r.data.open_dataset``.

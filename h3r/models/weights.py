@@ -21,7 +21,7 @@ def read_weights_file(path: Path) -> Any:
     except pickle.UnpicklingError:
         raise ValueError(f"{path} cannot be read: it holds something other than tensors and plain values, so it "
                          f"is corrupted or not a weights file") from None
-    except Exception as error:  # noqa: BLE001 - damaged archives fail in many ways (RuntimeError, EOFError, IndexError ...)
+    except Exception as error:  # noqa: BLE001 - damaged archives fail in many ways (RuntimeError, IndexError ...)
         raise ValueError(f"{path} cannot be read: it is truncated or corrupted ({type(error).__name__})") from None
 
 

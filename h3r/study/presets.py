@@ -109,5 +109,6 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset("full", "for a GPU: synthetic faces and people, 256-px input, strides 4 to 32 (64x64 to 8x8), "
                    "3 seeds, 40 epochs",
            datasets=("synthetic-face", "synthetic-pose"), strides=(4, 8, 16, 32), seeds=(0, 1, 2),
-           backbone="hrnet_w18", input_size=256, epochs=40, batch_size=32, synthetic_sizes=(6000, 1000), synthetic_image_size=320, workers=8),
+           backbone="hrnet_w18", input_size=256, epochs=40, batch_size=32, synthetic_sizes=(6000, 1000),
+           synthetic_image_size=320, workers=8),
 )}

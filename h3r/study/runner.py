@@ -109,7 +109,7 @@ def head_and_decode_ms(model, codec, input_size: int, device: torch.device, batc
 
 
 def _method_model(run_dir: Path, method, device: str):
-    """``(model on its device, codec, config, checkpoint)`` of a finished cell, read with ``method``'s decoder."""
+    """``(model on its device, codec, config, checkpoint, device)`` of a finished cell, read with ``method``'s decoder."""
     from h3r.configs import config_from_dict
     from h3r.evaluate import load_checkpoint, model_and_codec, resolve_device
 
@@ -122,7 +122,7 @@ def _method_model(run_dir: Path, method, device: str):
 
 
 def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
-    """Each method of the cell on the final model: ``{method: {"metrics", ...}}`` (cached in ``study-<method>.json``)."""
+    """Each method of the cell on the final model: ``{method: {"metrics", ...}}``, cached in ``study-<method>.json``."""
     from h3r.evaluate import evaluate_checkpoint
 
     scores = {}
