@@ -40,9 +40,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
-from h3r.data.base import LandmarkDataset
+from h3r.evaluate import CropDataset
 from h3r.transforms import (GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, apply_affine,
                             crop_affine, flip_permutation)
 
@@ -140,7 +140,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class DeviceCropDataset(Dataset):
+class DeviceCropDataset(CropDataset):
     """:class:`h3r.evaluate.CropDataset` with the warp left to the device (:class:`DeviceAugment`).
 
     Same seeding (item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``; set
@@ -150,22 +150,11 @@ class DeviceCropDataset(Dataset):
 
     collate = staticmethod(collate)
 
-    def __init__(self, dataset: LandmarkDataset, crop: CropConfig, seed: Optional[int] = None,
-                 indices: Optional[Sequence[int]] = None):
-        self.dataset = dataset
-        self.transform = TopDownTransform(crop, dataset.flip_pairs)
-        self.seed = seed
-        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def __getitem__(self, position: int) -> dict[str, Any]:
         index = int(self.indices[position])
-        rng = None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
         sample = self.dataset[index]
-        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible, rng)
+        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible,
+                         self.generator(index))
         item["index"] = index
         return item
 

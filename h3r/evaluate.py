@@ -72,10 +72,13 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def generator(self, index: int) -> Optional[np.random.Generator]:
+        """The augmentation draws of dataset item ``index`` in the current epoch (None: the plain crop)."""
+        return None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
+
     def __getitem__(self, position: int) -> dict[str, Any]:
         index = int(self.indices[position])
-        rng = None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
-        item = self.transform(self.dataset[index], rng)
+        item = self.transform(self.dataset[index], self.generator(index))
         item["index"] = index
         return item
 
