@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from h3r._compat import tomllib
-from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, SCHEDULES, SUPPORTED_STRIDES,
-                         TOPK_WEIGHTS, config_from_dict, load_config)
+from h3r.configs import (AMP_MODES, BACKBONES, CODECS, FIELD_NAMES, HEADS, OPTIMIZERS, REFINEMENTS, RUNTIME_FIELDS,
+                         SCHEDULES, SUPPORTED_STRIDES, TOPK_WEIGHTS, config_from_dict, load_config)
 from h3r.data import DATASET_NAMES
 from h3r.study.cli import STUDY_DESCRIPTION, add_study_arguments, run_study
 
@@ -155,7 +155,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                               "loader workers only decode and cut the region read; the same crops as without it")
     running.add_argument("--resume", metavar="CHECKPOINT",
                          help="continue a run from its last.pt (or run folder) with its stored settings; "
-                              "only --device, --workers, --draw, --no-progress and --gpu-augment may be given with it")
+                              f"only {resume_flags()} may be given with it")
     running.add_argument("--stop-after", type=counting_number(1), metavar="EPOCHS",
                          help="stop after this many epochs (continue later with --resume)")
     running.add_argument("--data-only", action="store_true",
@@ -211,29 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAIN_OPTION_FIELDS = ("dataset", "data_root", "train_split", "test_split", "codec", "backbone", "head", "pretrained",
-                       "input_size", "stride", "topk", "topk_weights", "sigma", "refine", "epochs", "batch_size", "lr",
-                       "optimizer", "weight_decay", "warmup_epochs", "schedule", "step_epochs", "grad_clip", "amp",
-                       "seed", "device", "workers", "out", "eval_every", "flip_test", "draw", "progress", "gpu_augment")
-RESUME_OPTION_FIELDS = ("device", "workers", "draw", "progress", "gpu_augment")
+def resume_flags() -> str:
+    """The options ``--resume`` accepts (:data:`h3r.configs.RUNTIME_FIELDS`), as typed."""
+    return ", ".join("--no-progress" if name == "progress" else "--" + name.replace("_", "-")
+                     for name in RUNTIME_FIELDS)
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from h3r.evaluate import load_checkpoint
     from h3r.train import benchmark_loader, train
 
-    given = {name: getattr(args, name) for name in TRAIN_OPTION_FIELDS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
     for option, field_name in (("train_option", "train_options"), ("test_option", "test_options")):
         if getattr(args, option):
             given[field_name] = dict(getattr(args, option))
     if args.resume:
         checkpoint = load_checkpoint(args.resume)
-        forbidden = sorted(set(given) - set(RESUME_OPTION_FIELDS))
+        forbidden = sorted(set(given) - set(RUNTIME_FIELDS))
         if forbidden:
             options = ", ".join("--" + name.replace("_", "-") for name in forbidden)
             parser.error(f"--resume continues the run with its stored settings; remove {options} "
-                         f"(only --device, --workers, --draw, --no-progress, --gpu-augment may change)")
-        runtime = {name: given[name] for name in RESUME_OPTION_FIELDS if name in given}
+                         f"(only {resume_flags()} may change)")
+        runtime = {name: given[name] for name in RUNTIME_FIELDS if name in given}
         config = config_from_dict({**checkpoint["config"], **runtime}, source=f"{checkpoint['path']} configuration")
     else:
         config = load_config(given.pop("dataset", "synthetic-face"), **given)

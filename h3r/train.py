@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from h3r.augment import DeviceAugment, DeviceCropDataset
-from h3r.configs import TrainConfig, config_from_dict
+from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict
 from h3r.data import open_dataset, verify_readable
 from h3r.evaluate import (CHECKPOINT_FORMAT, CheckpointError, CropDataset, autocast, check_output_folder,
                           check_reader_options, checkpoint_checksum, dataset_metrics, draw_predictions, eval_crop,
@@ -46,8 +46,6 @@ from h3r.transforms import CropConfig
 
 __all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS", "TrainingDiverged", "CheckpointWriteError"]
 
-# Settings that may differ between a run and its resumption: they do not change the result.
-RUNTIME_FIELDS = ("device", "workers", "progress", "draw", "gpu_augment")
 
 # The divergence guard reads its on-device flag (one host sync) every this many steps and at the end of an epoch.
 FINITE_CHECK_EVERY = 100

@@ -139,7 +139,7 @@ def _oldest_python() -> tuple[str, str | None]:
 
 
 def test_sources_suit_the_oldest_supported_python():
-    """On ``requires-python``'s floor every source file compiles, and the configs load through the
+    """On ``requires-python``'s floor every source file compiles, and the config files parse through the
     ``tomli`` fallback (pip's vendored copy stands in for ``tomli`` where it is not installed)."""
     floor, python = _oldest_python()
     if python is None:
@@ -165,11 +165,12 @@ if sys.version_info < (3, 11):
     except ImportError:
         from pip._vendor import tomli
         sys.modules["tomli"] = tomli
+import pathlib
 from h3r._compat import tomllib
-from h3r.configs import CONFIG_DIR, load_config
 assert tomllib.__name__.split(".")[-1] == ("tomllib" if sys.version_info >= (3, 11) else "tomli"), tomllib
-names = sorted(path.stem for path in CONFIG_DIR.glob("*.toml"))
-print(len([load_config(name) for name in names]), len(names))
+paths = sorted(pathlib.Path("h3r/configs").glob("*.toml"))  # h3r.configs itself needs torch: read the files
+loaded = [tomllib.loads(path.read_text(encoding="utf-8")) for path in paths]
+print(len([values for values in loaded if "dataset" in values or "input_size" in values]), len(paths))
 """
     counts = _run([python, "-c", configs], cwd=ROOT).stdout.split()
     assert counts[0] == counts[1] and int(counts[0]) > 0

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 from h3r._compat import tomllib
+from h3r.codecs import CODEC_NAMES as CODECS
+from h3r.codecs import GAUSSIAN_REFINEMENTS as REFINEMENTS
+from h3r.codecs import TOPK_WEIGHTS
+from h3r.models import BACKBONES as BACKBONE_BUILDERS
+from h3r.models import HEAD_KINDS as HEADS
+from h3r.models import STRIDES as SUPPORTED_STRIDES
 
+# The vocabularies of the settings: the codec's and the model's own names (above), and these.
 CONFIG_DIR = Path(__file__).parent
-CODECS = ("h3r", "gaussian", "dark", "integral")
-BACKBONES = ("small", "mobilenetv2", "hrnet_w18")
-HEADS = ("binary", "two-class")
+BACKBONES = tuple(BACKBONE_BUILDERS)
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
-TOPK_WEIGHTS = ("softmax", "linear")
-REFINEMENTS = ("none", "quarter", "dark")
-SUPPORTED_STRIDES = (4, 8, 16, 32)
+# Settings that may differ between a run and its resumption: they do not change the result.
+RUNTIME_FIELDS = ("device", "workers", "progress", "draw", "gpu_augment")
 POSE_DATASETS = ("mpii", "coco", "synthetic-pose")  # the rest are faces: they set the default Gaussian sigma
 
 
