@@ -5,7 +5,7 @@ image with Pillow and jitters the colours, all in a DataLoader worker. Here the 
 
 * **in the worker** (:class:`DeviceCropDataset`): decode the image, draw the *same*
   augmentation from the *same* generator (``np.random.default_rng([seed, epoch, index])``,
-  as :class:`h3r.evaluate.CropDataset`), build the *same* affine
+  as :class:`h3r.crops.CropDataset`), build the *same* affine
   (:func:`h3r.transforms.crop_affine`), and cut from the image the smallest axis-aligned
   region the warp reads (the pre-image of the ``S x S`` input, plus a margin). Items are
   uint8 regions; :func:`collate` pads them to one batch.
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from h3r.evaluate import CropDataset
+from h3r.crops import CropDataset
 from h3r.transforms import (GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, apply_affine,
                             crop_affine, flip_permutation)
 
@@ -141,7 +141,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class DeviceCropDataset(CropDataset):
-    """:class:`h3r.evaluate.CropDataset` with the warp left to the device (:class:`DeviceAugment`).
+    """:class:`h3r.crops.CropDataset` with the warp left to the device (:class:`DeviceAugment`).
 
     Same seeding (item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``; set
     ``epoch`` as for ``CropDataset``), same draws, same affines; items are

@@ -12,13 +12,11 @@ PNGs of predictions drawn over the images.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,18 +24,19 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+# The checkpoint format, the crops and the device live in their own modules; their names stay importable from here.
+from h3r.checkpoints import CHECKPOINT_FORMAT, CheckpointError, checkpoint_checksum, load_checkpoint
 from h3r.codecs import build_codec
 from h3r.configs import TrainConfig, config_from_dict
+from h3r.crops import CropDataset, eval_crop
 from h3r.data import open_dataset
 from h3r.data.base import LandmarkDataset
 from h3r.models import build_model
-from h3r.transforms import (CropConfig, TopDownTransform, apply_affine, crop_affine, flip_keypoints, flip_permutation,
-                            invert_affine)
-
-CHECKPOINT_FORMAT = "h3r-checkpoint-1"
+from h3r.runtime import autocast, resolve_device
+from h3r.transforms import CropConfig, apply_affine, crop_affine, flip_keypoints, flip_permutation, invert_affine
 
 # The class behind each name of ``h3r.data.open_dataset``: its signature lists the reader options.
 READER_CLASSES = {"wflw": ("h3r.data.wflw", "WFLW"), "300w": ("h3r.data.pts", "W300"),
@@ -45,47 +44,6 @@ READER_CLASSES = {"wflw": ("h3r.data.wflw", "WFLW"), "300w": ("h3r.data.pts", "W
                   "aflw": ("h3r.data.aflw", "AFLW"), "mpii": ("h3r.data.mpii", "MPIIDataset"),
                   "coco": ("h3r.data.coco", "COCODataset"), "synthetic-face": ("h3r.data.synthetic", "SyntheticFaces"),
                   "synthetic-pose": ("h3r.data.synthetic", "SyntheticPeople")}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: empty, truncated, corrupted or not written by ``h3r train``."""
-
-
-class CropDataset(Dataset):
-    """The network inputs of a :class:`LandmarkDataset`: each item is cropped around its box.
-
-    With ``seed`` set, item ``i`` is augmented with a generator seeded by
-    ``(seed, epoch, i)``: the augmentation depends on neither the worker that loads it nor
-    the order, so runs (and resumed runs) are reproducible. ``seed=None`` gives the plain
-    crop (evaluation). Items are dicts: ``image``, ``keypoints`` (input pixels),
-    ``visible``, ``affine`` (image -> input), ``flipped`` and ``index`` (into ``dataset``).
-    """
-
-    def __init__(self, dataset: LandmarkDataset, crop: CropConfig, seed: Optional[int] = None,
-                 indices: Optional[Sequence[int]] = None):
-        self.dataset = dataset
-        self.transform = TopDownTransform(crop, dataset.flip_pairs)
-        self.seed = seed
-        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def generator(self, index: int) -> Optional[np.random.Generator]:
-        """The augmentation draws of dataset item ``index`` in the current epoch (None: the plain crop)."""
-        return None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        index = int(self.indices[position])
-        item = self.transform(self.dataset[index], self.generator(index))
-        item["index"] = index
-        return item
-
-
-def eval_crop(config: TrainConfig) -> CropConfig:
-    """The un-augmented crop of ``config`` (what evaluation sees)."""
-    return CropConfig(input_size=config.input_size, box_scale=config.box_scale)
 
 
 @dataclass
@@ -135,12 +93,6 @@ def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropC
     )
 
 
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on CUDA; a no-op context otherwise."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None and device.type == "cuda")
-
-
 def dataset_metrics(dataset: LandmarkDataset, predictions: Predictions) -> dict[str, float]:
     """``dataset.evaluate`` of the predictions; datasets that rank instances by keypoint
     confidence (COCO: ``keypoint_scores``) also get the decoded scores."""
@@ -188,75 +140,7 @@ def mean_shape_predictions(dataset: LandmarkDataset, shape: np.ndarray, crop: Cr
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints and reports.
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by ``h3r train`` (``last.pt``, ``best.pt``), loaded on the CPU."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (give a .pt file or a run folder holding last.pt)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message advises an unsafe way out: not shown
-        raise CheckpointError(f"checkpoint {path} cannot be read: it holds something other than tensors and plain "
-                              f"values, so it is corrupted or was not written by h3r train") from None
-    except Exception as error:  # truncated or damaged archives fail in many ways (RuntimeError, EOFError, ...)
-        raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or corrupted "
-                              f"({_load_failure(error)})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint written by h3r train (no format '{CHECKPOINT_FORMAT}')")
-    stored = checkpoint.pop("checksum", None)  # checkpoints written before checksums have none
-    if stored is not None and stored != checkpoint_checksum(checkpoint):
-        raise CheckpointError(f"checkpoint {path} is corrupted: its contents differ from the checksum stored when "
-                              f"it was written")
-    checkpoint["path"] = str(path)
-    return checkpoint
-
-
-def _load_failure(error: BaseException) -> str:
-    """A short reason for a failed ``torch.load``: the error's type and first line, no advice about its options."""
-    first_sentence = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")[:160]
-    if not first_sentence or "weights_only" in first_sentence:
-        return type(error).__name__
-    return f"{type(error).__name__}: {first_sentence}"
-
-
-def checkpoint_checksum(payload: Any) -> dict[str, str]:
-    """SHA-256 over every tensor's bytes (with dtype and shape) and every plain value of a checkpoint.
-
-    Written into the checkpoint by ``h3r train`` and compared by :func:`load_checkpoint`, so
-    damage that still unpickles (flipped bytes inside tensor data) is detected. Lists and
-    tuples hash alike; mapping keys in a fixed order.
-    """
-    digest = hashlib.sha256()
-
-    def feed(value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            data = value.detach().cpu().contiguous()
-            digest.update(f"tensor {data.dtype} {tuple(data.shape)}:".encode())
-            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(value, dict):
-            digest.update(b"{")
-            for key in sorted(value, key=repr):
-                digest.update(repr(key).encode() + b":")
-                feed(value[key])
-            digest.update(b"}")
-        elif isinstance(value, (list, tuple)):
-            digest.update(b"[")
-            for item in value:
-                feed(item)
-                digest.update(b",")
-            digest.update(b"]")
-        else:
-            digest.update(repr(value).encode() + b";")
-
-    feed({key: value for key, value in payload.items() if key not in ("checksum", "path")})
-    return {"algorithm": "sha256", "value": digest.hexdigest()}
+# Settings checks, the model and reports.
 
 
 def check_reader_options(dataset: str, options: dict[str, Any], what: str = "options") -> None:
@@ -384,32 +268,6 @@ def draw_predictions(dataset: LandmarkDataset, predictions: Predictions, out_dir
 def _enlarged(point: Sequence[float], zoom: int) -> tuple[float, float]:
     """Where the pixel-centre coordinate ``point`` lands in the image enlarged ``zoom`` times."""
     return (point[0] + 0.5) * zoom - 0.5, (point[1] + 0.5) * zoom - 0.5
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else the CPU; other names as ``torch.device``.
-
-    A CUDA device always gets an index (``"cuda"`` → ``cuda:<current device>``), which
-    ``torch.cuda.set_device`` needs.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device: {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device: {name!r} is not supported here; use auto, cpu, cuda, cuda:N or mps")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device: {name!r} requested but MPS is not available here (use --device cpu)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available here (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s)")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] = None, data_root: Optional[str] = None,

@@ -1,6 +1,6 @@
 """Training: one plain loop over crops, the codec's loss, AdamW, warm-up + cosine (or step) decay.
 
-What happens in an iteration: a batch of crops (``h3r.evaluate.CropDataset``) goes
+What happens in an iteration: a batch of crops (``h3r.crops.CropDataset``) goes
 through the model, ``codec.loss`` builds the target heatmaps from the keypoints on the
 model's device and returns the loss (see ``h3r.codecs``), and the optimiser steps.
 
@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import shutil
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -35,13 +31,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from h3r.augment import DeviceAugment, DeviceCropDataset
+from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWriteError, checkpoint_checksum,
+                             load_checkpoint, reconcile_run_folder, save_atomic, write_atomic)
 from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict
+from h3r.crops import CropDataset, eval_crop
 from h3r.data import open_dataset, verify_readable
-from h3r.evaluate import (CHECKPOINT_FORMAT, CheckpointError, CropDataset, autocast, check_output_folder,
-                          check_reader_options, checkpoint_checksum, dataset_metrics, draw_predictions, eval_crop,
-                          load_checkpoint, mean_shape, mean_shape_predictions, model_and_codec, predict,
-                          resolve_device, write_report)
+from h3r.evaluate import (check_output_folder, check_reader_options, dataset_metrics, draw_predictions, mean_shape,
+                          mean_shape_predictions, model_and_codec, predict, write_report)
 from h3r.models import load_checkpoint_weights
+from h3r.runtime import (Processes, autocast, join_process_group, process_device, resolve_device, restore_rng_state,
+                         rng_state, rounding_seed, seed_everything, seed_worker)
 from h3r.transforms import CropConfig
 
 __all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS", "TrainingDiverged", "CheckpointWriteError"]
@@ -55,179 +54,14 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; the run stopped without saving that epoch."""
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, ...); the previous file is unchanged, no temporary file is left."""
-
-
 # ----------------------------------------------------------------------------------------------
-# Processes
-
-
-@dataclass
-class Processes:
-    """Where this process sits in a ``torchrun`` job (a single process: rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    started_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def join_process_group(device: torch.device) -> Processes:
-    """Join the process group that ``torchrun`` (or a test's spawner) describes in the environment."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Processes()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-    started = False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started = True
-    return Processes(rank=rank, world_size=world_size, local_rank=local_rank, started_group=started)
-
-
-def process_device(config: TrainConfig, processes: Processes) -> torch.device:
-    device = resolve_device(config.device)
-    if device.type == "cuda" and processes.world_size > 1:
-        device = torch.device("cuda", processes.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if config.amp != "none" and device.type != "cuda":
-        raise ValueError(f"amp: mixed precision ({config.amp}) needs a CUDA device; this run uses {device}")
-    return device
-
-
-# ----------------------------------------------------------------------------------------------
-# Seeds, RNG states and atomic checkpoints
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: numpy and ``random`` follow torch's per-worker seed.
-
-    torch seeds worker ``w`` with ``base_seed + w``, ``base_seed`` drawn from the (seeded)
-    main-process generator, so worker seeds are reproducible; the augmentation itself does
-    not use them (it is seeded per item).
-    """
-    worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
-
-
-def rounding_seed(seed: int, step: int, rank: int) -> int:
-    """The 32-bit seed of the randomized rounding at global ``step`` on process ``rank``."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def rng_state() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and Python ``random`` states, in types ``torch.load(weights_only=True)`` reads."""
-    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"algorithm": algorithm, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["algorithm"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def save_atomic(payload: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one (:func:`write_atomic`)."""
-    write_atomic(path, lambda handle: torch.save(payload, handle))
-
-
-def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    """``write(handle)`` into ``path`` so that a crash leaves either the old file or the new one.
-
-    Writes a temporary file in the same folder, flushes and fsyncs it, renames it over
-    ``path`` (``os.replace`` is atomic) and fsyncs the folder. On any failure the temporary
-    file is removed; an ``OSError`` (disk full, ...) becomes one :class:`CheckpointWriteError`
-    sentence that says the previous file is unchanged.
-    """
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        temporary.unlink(missing_ok=True)  # a partial file would keep filling the disk
-        if not isinstance(error, OSError):
-            raise
-        previous = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
-        failure = CheckpointWriteError(f"could not write {path}: {error.strerror or error}; {previous}")
-        failure.errno = error.errno
-        raise failure from None
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+# The run folder (the checkpoint format and its atomic writer: h3r.checkpoints)
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one epoch's line to ``metrics.jsonl``."""
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
-
-
-def reconcile_run_folder(out: Path, checkpoint: Optional[dict[str, Any]], say: Callable[[str], None]) -> None:
-    """Make the run folder agree with the checkpoint a run (re)starts from; process 0, before training.
-
-    An epoch ends with three writes, in this order: ``last.pt`` (the record of the run: its
-    ``history`` and ``best``), ``best.pt`` when the epoch improved (a copy of that state),
-    then the epoch's line in ``metrics.jsonl``. A crash between two of them leaves a folder
-    that this repairs: ``metrics.jsonl`` is rewritten from the checkpoint's history (no
-    duplicated, missing or torn lines), and when the checkpoint names its own epoch as the
-    best, ``best.pt`` becomes a copy of it. A fresh run (no checkpoint) starts an empty
-    ``metrics.jsonl``.
-    """
-    history = checkpoint["history"] if checkpoint is not None else []
-    lines = "".join(json.dumps(record) + "\n" for record in history)
-    write_atomic(out / "metrics.jsonl", lambda handle: handle.write(lines.encode()))
-    if checkpoint is None or checkpoint["best"]["epoch"] is None:
-        return
-    best_epoch, source, best_path = checkpoint["best"]["epoch"], Path(checkpoint["path"]), out / "best.pt"
-    if best_path.exists() and best_path.resolve() == source.resolve():
-        return
-    try:
-        stored = load_checkpoint(best_path)["epoch"] if best_path.exists() else None
-    except CheckpointError:
-        stored = None
-    if stored == best_epoch:
-        return
-    if best_epoch == checkpoint["epoch"]:  # the crash came between last.pt and best.pt: last.pt is the best state
-        with open(source, "rb") as original:
-            write_atomic(best_path, lambda handle: shutil.copyfileobj(original, handle))
-        say(f"repaired {best_path}: it now holds epoch {best_epoch}, the best epoch that {source.name} records")
-    else:
-        say(f"warning: {best_path} {'is missing or unreadable' if stored is None else f'holds epoch {stored}'} but "
-            f"{source.name} records epoch {best_epoch} as the best; the next improvement rewrites it")
 
 
 def check_run(config: TrainConfig, resume: Optional[str], stop_after_epochs: Optional[int]) -> None:

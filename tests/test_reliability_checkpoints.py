@@ -13,6 +13,7 @@ import pickle
 import pytest
 import torch
 
+import h3r.checkpoints as checkpoints_module
 import h3r.train as train_module
 from h3r import cli
 from h3r.evaluate import CheckpointError, load_checkpoint
@@ -68,7 +69,7 @@ def script_run(monkeypatch, kill_at=None, torn=False):
             raise Killed()
         events["count"] += 1
 
-    real_write, real_append, real_epoch = train_module.write_atomic, train_module.append_record, \
+    real_write, real_append, real_epoch = checkpoints_module.write_atomic, train_module.append_record, \
         train_module.train_one_epoch
 
     def write_atomic(path, write):
@@ -92,7 +93,8 @@ def script_run(monkeypatch, kill_at=None, torn=False):
         return real_epoch(*arguments)
 
     real_final_report = train_module.final_report
-    monkeypatch.setattr(train_module, "write_atomic", write_atomic)
+    # save_atomic and reconcile_run_folder (h3r.checkpoints) write through it.
+    monkeypatch.setattr(checkpoints_module, "write_atomic", write_atomic)
     monkeypatch.setattr(train_module, "append_record", append_record)
     monkeypatch.setattr(train_module, "final_report", final_report)
     monkeypatch.setattr(train_module, "train_one_epoch", train_one_epoch)
