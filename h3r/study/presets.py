@@ -99,7 +99,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
-    Preset("smoke", "seconds, for tests: 2 strides, 1 seed, tiny synthetic sets",
+    Preset("smoke", "about a minute, for tests: 2 strides, 1 seed, tiny synthetic sets",
            datasets=("synthetic-face",), strides=(4, 8), seeds=(0,), backbone="small", input_size=32, epochs=1,
            batch_size=16, synthetic_sizes=(32, 16), workers=0, uniform_points=2000),
     Preset("quick", "the default, about 15 minutes on an idle 2-core CPU: synthetic faces, 64-px input, "
