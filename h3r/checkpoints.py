@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+
+from h3r.models.weights import read_weights_file
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "CheckpointWriteError", "load_checkpoint", "checkpoint_checksum",
            "save_atomic", "write_atomic", "reconcile_run_folder"]
@@ -42,16 +43,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (give a .pt file or a run folder holding last.pt)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message advises an unsafe way out: not shown
-        raise CheckpointError(f"checkpoint {path} cannot be read: it holds something other than tensors and plain "
-                              f"values, so it is corrupted or was not written by h3r train") from None
-    except Exception as error:  # truncated or damaged archives fail in many ways (RuntimeError, EOFError, ...)
-        raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or corrupted "
-                              f"({_load_failure(error)})") from None
+        checkpoint = read_weights_file(path)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint written by h3r train (no format '{CHECKPOINT_FORMAT}')")
     stored = checkpoint.pop("checksum", None)  # checkpoints written before checksums have none
@@ -60,14 +55,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                               f"it was written")
     checkpoint["path"] = str(path)
     return checkpoint
-
-
-def _load_failure(error: BaseException) -> str:
-    """A short reason for a failed ``torch.load``: the error's type and first line, no advice about its options."""
-    first_sentence = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")[:160]
-    if not first_sentence or "weights_only" in first_sentence:
-        return type(error).__name__
-    return f"{type(error).__name__}: {first_sentence}"
 
 
 def checkpoint_checksum(payload: Any) -> dict[str, str]:
