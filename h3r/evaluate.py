@@ -12,7 +12,6 @@ PNGs of predictions drawn over the images.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import math
@@ -32,18 +31,12 @@ from h3r.checkpoints import CHECKPOINT_FORMAT, CheckpointError, checkpoint_check
 from h3r.codecs import build_codec
 from h3r.configs import TrainConfig, config_from_dict
 from h3r.crops import CropDataset, eval_crop
-from h3r.data import open_dataset
+from h3r.data import check_reader_options, open_dataset
 from h3r.data.base import LandmarkDataset
 from h3r.models import build_model
 from h3r.runtime import autocast, resolve_device
 from h3r.transforms import CropConfig, apply_affine, crop_affine, flip_keypoints, flip_permutation, invert_affine
 
-# The class behind each name of ``h3r.data.open_dataset``: its signature lists the reader options.
-READER_CLASSES = {"wflw": ("h3r.data.wflw", "WFLW"), "300w": ("h3r.data.pts", "W300"),
-                  "pts": ("h3r.data.pts", "PtsFolder"), "cofw": ("h3r.data.cofw", "COFW"),
-                  "aflw": ("h3r.data.aflw", "AFLW"), "mpii": ("h3r.data.mpii", "MPIIDataset"),
-                  "coco": ("h3r.data.coco", "COCODataset"), "synthetic-face": ("h3r.data.synthetic", "SyntheticFaces"),
-                  "synthetic-pose": ("h3r.data.synthetic", "SyntheticPeople")}
 
 
 @dataclass
@@ -141,27 +134,6 @@ def mean_shape_predictions(dataset: LandmarkDataset, shape: np.ndarray, crop: Cr
 
 # ----------------------------------------------------------------------------------------------
 # Settings checks, the model and reports.
-
-
-def check_reader_options(dataset: str, options: dict[str, Any], what: str = "options") -> None:
-    """Refuse ``options`` that the reader of ``dataset`` does not take, listing the ones it does."""
-    if not options or dataset not in READER_CLASSES:
-        return
-    module, name = READER_CLASSES[dataset]
-    try:
-        reader = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):  # opening the dataset reports a missing dependency itself
-        return
-    parameters = inspect.signature(reader).parameters.values()
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        return
-    accepted = [parameter.name for parameter in parameters if parameter.name not in ("self", "root", "split")
-                and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{what}: the {dataset} reader ({name}) takes no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(accepted) or 'none'}"
-                         f"{' (root and split have their own settings)' if {'root', 'split'} & set(unknown) else ''}")
 
 
 def check_output_folder(folder: str | Path, what: str = "out") -> None:

@@ -35,8 +35,8 @@ from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWrite
                              load_checkpoint, reconcile_run_folder, save_atomic, write_atomic)
 from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict
 from h3r.crops import CropDataset, eval_crop
-from h3r.data import open_dataset, verify_readable
-from h3r.evaluate import (check_output_folder, check_reader_options, dataset_metrics, draw_predictions, mean_shape,
+from h3r.data import check_reader_options, open_dataset, verify_readable
+from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, mean_shape,
                           mean_shape_predictions, model_and_codec, predict, write_report)
 from h3r.models import load_checkpoint_weights
 from h3r.runtime import (Processes, autocast, join_process_group, process_device, resolve_device, restore_rng_state,

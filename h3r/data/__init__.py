@@ -7,12 +7,14 @@ does not break the others.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+from typing import Any
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
 from h3r.data.checks import verify_readable
 
-DATASET_NAMES = ("wflw", "300w", "pts", "cofw", "aflw", "mpii", "coco", "synthetic-face", "synthetic-pose")
 
 # What ``root`` must hold, shown when it is missing.
 EXPECTED_LAYOUT = {
@@ -24,6 +26,21 @@ EXPECTED_LAYOUT = {
     "mpii": "annot/{train,valid,test}.json, annot/gt_valid.mat and images/",
     "coco": "annotations/person_keypoints_{train,val}2017.json and {train,val}2017/",
 }
+
+
+# The reader class behind each dataset name (imported when first used: some need h5py or pycocotools).
+READERS = {"wflw": ("h3r.data.wflw", "WFLW"), "300w": ("h3r.data.pts", "W300"), "pts": ("h3r.data.pts", "PtsFolder"),
+           "cofw": ("h3r.data.cofw", "COFW"), "aflw": ("h3r.data.aflw", "AFLW"),
+           "mpii": ("h3r.data.mpii", "MPIIDataset"), "coco": ("h3r.data.coco", "COCODataset"),
+           "synthetic-face": ("h3r.data.synthetic", "SyntheticFaces"),
+           "synthetic-pose": ("h3r.data.synthetic", "SyntheticPeople")}
+DATASET_NAMES = tuple(READERS)
+
+
+def reader_class(name: str) -> type:
+    """The class that reads dataset ``name`` (one of ``DATASET_NAMES``)."""
+    module, class_name = READERS[name]
+    return getattr(importlib.import_module(module), class_name)
 
 
 def open_dataset(name: str, root: str | None = None, split: str = "train", **options) -> LandmarkDataset:
@@ -38,44 +55,37 @@ def open_dataset(name: str, root: str | None = None, split: str = "train", **opt
     if name.startswith("synthetic-"):
         if root is not None:
             raise ValueError(f"{name} is generated in memory and takes no root (got root={root!r})")
-        if name == "synthetic-face":
-            from h3r.data.synthetic import SyntheticFaces
-
-            return SyntheticFaces(split=split, **options)
-        from h3r.data.synthetic import SyntheticPeople
-
-        return SyntheticPeople(split=split, **options)
+        return reader_class(name)(split=split, **options)
     if root is None:
         raise ValueError(f"{name}: root is required: the folder holding {EXPECTED_LAYOUT[name]}")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{name}: data root {root} is not a folder; expected the folder holding {EXPECTED_LAYOUT[name]}")
-    if name == "wflw":
-        from h3r.data.wflw import WFLW
-
-        return WFLW(root, split, **options)
-    if name == "300w":
-        from h3r.data.pts import W300
-
-        return W300(root, split, **options)
-    if name == "pts":
-        from h3r.data.pts import PtsFolder
-
-        return PtsFolder(root, split, **options)
-    if name == "cofw":
-        from h3r.data.cofw import COFW
-
-        return COFW(root, split, **options)
-    if name == "aflw":
-        from h3r.data.aflw import AFLW
-
-        return AFLW(root, split, **options)
-    if name == "mpii":
-        from h3r.data.mpii import MPIIDataset
-
-        return MPIIDataset(root, split, **options)
-    from h3r.data.coco import COCODataset
-
-    return COCODataset(root, split, **options)
+    return reader_class(name)(root, split, **options)
 
 
-__all__ = ["DATASET_NAMES", "LandmarkDataset", "Sample", "landmark_box", "open_dataset", "verify_readable"]
+def check_reader_options(dataset: str, options: dict[str, Any], what: str = "options") -> None:
+    """Refuse ``options`` that the reader of ``dataset`` does not take, listing the ones it does.
+
+    Called before anything is written (``h3r train``, ``h3r eval``), so a typo in
+    ``--train-option`` is one sentence rather than a ``TypeError`` from the reader.
+    """
+    if not options or dataset not in READERS:
+        return
+    try:
+        reader = reader_class(dataset)
+    except (ImportError, AttributeError):  # opening the dataset reports a missing dependency itself
+        return
+    parameters = inspect.signature(reader).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    accepted = [parameter.name for parameter in parameters if parameter.name not in ("self", "root", "split")
+                and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{what}: the {dataset} reader ({reader.__name__}) takes no option "
+                         f"{', '.join(map(repr, unknown))}; its options: {', '.join(accepted) or 'none'}"
+                         f"{' (root and split have their own settings)' if {'root', 'split'} & set(unknown) else ''}")
+
+
+__all__ = ["DATASET_NAMES", "READERS", "LandmarkDataset", "Sample", "check_reader_options", "landmark_box",
+           "open_dataset", "reader_class", "verify_readable"]
