@@ -8,9 +8,12 @@ of global step ``t`` on process ``r`` by :func:`rounding_seed`; :func:`rng_state
 from __future__ import annotations
 
 import os
+import platform
 import random
+import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -149,3 +152,45 @@ def restore_rng_state(state: dict[str, Any]) -> None:
                          numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+# ----------------------------------------------------------------------------------------------
+# Facts recorded with results (the benchmark report, the study)
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository, when h3r runs from a source checkout
+
+
+def command_output(command: Sequence[str], cwd: Optional[Path] = None) -> Optional[str]:
+    """The stripped standard output of ``command``, or None when it fails or prints nothing."""
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def git_commit(short: bool = False, mark_dirty: bool = False) -> str:
+    """``git rev-parse HEAD`` of the source checkout h3r runs from, or ``"unknown"`` (no git, a copy
+    without ``.git``, or an installed wheel, whose folder may sit inside some other repository).
+
+    ``mark_dirty`` appends ``-dirty`` when tracked files differ from that commit.
+    """
+    if not (CHECKOUT / ".git").exists():
+        return "unknown"
+    commit = command_output(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=CHECKOUT)
+    if commit is None:
+        return "unknown"
+    if mark_dirty and command_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CHECKOUT):
+        commit += "-dirty"
+    return commit
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

@@ -5,14 +5,13 @@ import datetime
 import importlib.metadata
 import os
 import platform
-import subprocess
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 
 import h3r_kernels
+from h3r.runtime import command_output, cpu_name, git_commit  # noqa: F401 (git_commit: re-exported)
 from h3r_kernels.backends import interpreting
 
 
@@ -25,42 +24,13 @@ def _version(*distributions: str) -> Optional[str]:
     return None
 
 
-def _command_output(command: Sequence[str], cwd: Optional[Path] = None) -> Optional[str]:
-    try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-CHECKOUT = Path(__file__).resolve().parents[2]  # the repository, when h3r runs from a source checkout
-
-
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the source checkout h3r runs from, or ``"unknown"`` (no git, a copy
-    without ``.git``, or an installed wheel, whose folder may sit inside some other repository)."""
-    if not (CHECKOUT / ".git").exists():
-        return "unknown"
-    return _command_output(["git", "rev-parse", "HEAD"], cwd=CHECKOUT) or "unknown"
-
-
 def run_facts(device: torch.device, commit: str) -> dict:
     """Device, driver, library versions, git commit, date."""
     facts = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit,
         "device": device.type,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -76,7 +46,7 @@ def run_facts(device: torch.device, commit: str) -> dict:
         index = device.index if device.index is not None else torch.cuda.current_device()
         facts["device_name"] = torch.cuda.get_device_name(index)
         query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", str(index)]
-        facts["driver"] = _command_output(query) or "unknown"
+        facts["driver"] = command_output(query) or "unknown"
     else:
         facts["device_name"] = facts["cpu"]
         facts["driver"] = "n/a"

@@ -49,7 +49,7 @@ def markdown(record: dict[str, Any]) -> str:
              f"- command: `{settings['command']}`" if settings.get("command") else "- command: (Python API)",
              f"- commit: {settings['commit']}; started {settings['started']}; wall time "
              f"{settings['wall_seconds']:.0f} s",
-             f"- machine: {settings['machine'].get('cpu', settings['machine']['processor'])}, "
+             f"- machine: {settings['machine']['cpu']}, "
              f"{settings['machine']['cpu_count']} cores; torch {settings['machine']['torch']}"
              + (f"; GPU {settings['machine']['cuda']}" if settings['machine'].get('cuda') else ""),
              f"- grid: {', '.join(settings['datasets'])}; backbone {settings['backbone']}, input "

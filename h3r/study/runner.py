@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from h3r.runtime import cpu_name, git_commit
 from h3r.study.grid import Cell, cells, command_line, train_argv
 from h3r.study.presets import Preset
 
@@ -247,7 +248,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
             "batch_size": preset.batch_size, "synthetic_sizes": preset.synthetic_sizes,
             "synthetic_image_size": preset.synthetic_image_size, "train_args": [*preset.train_args, *extra],
             "data_root": data_root, "jobs": jobs, "devices": [d for d in devices if d], "command": command,
-            "commit": _commit(), "machine": _machine(), "started": started.isoformat(timespec="seconds"),
+            "commit": git_commit(short=True, mark_dirty=True), "machine": _machine(), "started": started.isoformat(timespec="seconds"),
             "wall_seconds": None,
         },
         "quantization": quantization,
@@ -262,29 +263,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     return record
 
 
-def _commit() -> Optional[str]:
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("-dirty" if dirty else "")) or None
-
-
 def _machine() -> dict[str, Any]:
-    facts = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-             "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return facts
+    return {"cpu": cpu_name(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
