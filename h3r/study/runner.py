@@ -124,9 +124,11 @@ def _method_model(run_dir: Path, method, device: str):
 
 def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
     """Each method of the cell on the final model: ``{method: {"metrics", ...}}``, cached in ``study-<method>.json``."""
-    from h3r.evaluate import evaluate_checkpoint
+    from h3r.configs import config_from_dict
+    from h3r.evaluate import evaluate_checkpoint, load_checkpoint
 
     scores = {}
+    checkpoint = None
     for method in cell.methods(preset):
         cache = run_dir / f"study-{method.name}.json"
         if cache.is_file() and not rescore:
@@ -134,7 +136,8 @@ def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: 
             continue
         result = evaluate_checkpoint(run_dir / "last.pt", out=str(run_dir / f"eval-{method.name}"), draw=0,
                                      workers=0, progress=False, device=device, decoder=method.decoder)
-        _, _, config, checkpoint, _ = _method_model(run_dir, method, device)
+        checkpoint = checkpoint or load_checkpoint(run_dir / "last.pt")  # the run's metric and history
+        config = config_from_dict(checkpoint["config"])
         history = checkpoint["history"]
         scores[method.name] = {
             "metrics": result["metrics"], "metric": config.metric, "higher_is_better": config.higher_is_better,
