@@ -1,11 +1,12 @@
-"""The public functions: argument checks, seed drawing, then the registered ``torch.ops.h3r`` ops."""
+"""The public functions: argument checks, seed drawing, then the op: the eager fast path
+(:mod:`h3r_kernels.eager`) for plain eager calls, the registered ``torch.ops.h3r`` op otherwise."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
 
-from . import checks, ops, rng
+from . import checks, eager, ops, rng
 
 
 def _seed(seed) -> int:
@@ -51,7 +52,8 @@ def encode(
     height, width = checks.check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype)
     checks.check_backend(backend)
     sigma = checks.as_sigma(sigma)
-    return ops.encode(keypoints, visible, height, width, sigma, rounding, _seed(seed), bool(expected), dtype, backend)
+    op = eager.encode if eager.takes_fast_path(keypoints, visible) else ops.encode
+    return op(keypoints, visible, height, width, sigma, rounding, _seed(seed), bool(expected), dtype, backend)
 
 
 def heatmap_loss(
@@ -106,9 +108,10 @@ def heatmap_loss(
     checks.check_backend(backend)
     sigma = checks.as_sigma(sigma)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
-    value, _ = ops.heatmap_loss(
-        logits, keypoints, visible, sigma, rounding, _seed(seed), loss, reduction, compute_grad, backend, weight
-    )
+    seed = _seed(seed)
+    if eager.takes_fast_path(logits, keypoints, visible, weight):
+        return eager.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
+    value, _ = ops.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
     return value
 
 
@@ -149,5 +152,7 @@ def decode(
     checks.check_backend(backend)
     k = checks.as_int("k", k, "an integer")
     window = checks.as_int("window", window, "an integer")
+    if eager.takes_fast_path(heatmaps):
+        return eager.decode(heatmaps, method, k, weights, window, backend)
     coords, scores, _ = ops.decode(heatmaps, method, k, weights, window, backend)
     return coords, scores

@@ -73,7 +73,9 @@ def backends() -> dict[str, dict[str, object]]:
 _OP_FILES = {"encode": "encode", "heatmap_loss": "loss", "decode": "decode"}
 
 
+@functools.lru_cache(maxsize=None)
 def _module(name: str, op: str) -> ModuleType:
+    """The module of backend ``name`` that implements ``op`` (cached: it runs on every call)."""
     if name == "reference":
         return importlib.import_module(".reference", __package__)
     return importlib.import_module(f".{name}.{_OP_FILES[op]}", __package__)

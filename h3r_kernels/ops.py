@@ -1,8 +1,10 @@
 """The one place that registers the ops with ``torch.library`` (namespace ``h3r``).
 
-Each op is a ``custom_op`` whose body picks a backend (:func:`h3r_kernels.backends.select`),
-with a fake kernel that runs the same input checks, and, where differentiable, a backward
-that is an op of its own. Public, documented wrappers live in :mod:`h3r_kernels.api`.
+Each op is a ``custom_op`` whose body is the call of :mod:`h3r_kernels.dispatch` (backend
+selection, layouts, the backend's function), with a fake kernel that runs the same input
+checks, and, where differentiable, a backward that is an op of its own. Public, documented
+wrappers live in :mod:`h3r_kernels.api`; in plain eager calls they take the fast path of
+:mod:`h3r_kernels.eager` to the same bodies.
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Optional
 import torch
 
 from . import checks, spec
-from .backends import select
-from .reference import visible_as_bool
+from .dispatch import (
+    decode_output_grads, run_decode, run_decode_backward, run_encode, run_heatmap_loss, run_heatmap_loss_backward,
+    run_scale_grad_, scales_in_place,
+)
 from .spec import compute_dtype
 
 # --------------------------------------------------------------------------- encode
@@ -32,9 +36,7 @@ def encode(
     backend: str,
 ) -> torch.Tensor:
     checks.check_encode(keypoints, (height, width), visible, sigma, rounding, seed, dtype)
-    module = select("encode", keypoints.device, backend)
-    visible = None if visible is None else visible_as_bool(visible).contiguous()
-    return module.encode(keypoints.to(torch.float32).contiguous(), visible, height, width, sigma, rounding, seed, expected, dtype)
+    return run_encode(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype, backend)
 
 
 @encode.register_fake
@@ -61,14 +63,7 @@ def heatmap_loss(
     weight: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight)
-    module = select("heatmap_loss", logits.device, backend, logits.dtype, logits.shape[2] * logits.shape[3])
-    visible = None if visible is None else visible_as_bool(visible).contiguous()
-    if weight is not None:
-        weight = weight.to(compute_dtype(logits.dtype)).contiguous()
-    return module.heatmap_loss(
-        logits.contiguous(), keypoints.to(torch.float32).contiguous(), visible,
-        sigma, rounding, seed, loss, reduction, compute_grad, weight,
-    )
+    return run_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
 
 
 def _loss_value_like(logits: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -84,15 +79,10 @@ def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, comput
     return _loss_value_like(logits, reduction), grad
 
 
-def _loss_module_for(grad: torch.Tensor, backend: str):
-    """The backend of the forward that saved ``grad`` (same device, dtype and map size)."""
-    return select("heatmap_loss", grad.device, backend, grad.dtype, grad.shape[-2] * grad.shape[-1] if grad.dim() == 4 else 0)
-
-
 @torch.library.custom_op("h3r::heatmap_loss_backward", mutates_args=())
 def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> torch.Tensor:
     """The backward of ``heatmap_loss``: the gradient saved by the forward times the incoming one."""
-    return _loss_module_for(grad, backend).heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
+    return run_heatmap_loss_backward(grad, grad_output, reduction, backend)
 
 
 @heatmap_loss_backward.register_fake
@@ -103,7 +93,7 @@ def _(grad, grad_output, reduction, backend):
 @torch.library.custom_op("h3r::heatmap_loss_scale_grad_", mutates_args=("grad",))
 def heatmap_loss_scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> None:
     """:func:`heatmap_loss_backward` in place: no pass over the gradient when the incoming one is 1."""
-    _loss_module_for(grad, backend).scale_grad_(grad, grad_output.contiguous(), reduction)
+    run_scale_grad_(grad, grad_output, reduction, backend)
 
 
 @heatmap_loss_scale_grad_.register_fake
@@ -133,7 +123,7 @@ def _loss_backward(ctx, grad_value, grad_grad):
     if not ctx.compute_grad:
         raise RuntimeError("heatmap_loss: backward needs the op to be called with compute_grad=True")
     (grad,) = ctx.saved_tensors
-    if not (grad.is_cuda and type(grad) is torch.Tensor):
+    if not scales_in_place(grad):
         return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend), *(None,) * 10
     heatmap_loss_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
     return grad, *(None,) * 10
@@ -150,8 +140,7 @@ def decode(
     heatmaps: torch.Tensor, method: str, k: int, weights: str, window: int, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     checks.check_decode(heatmaps, method, k, weights, window)
-    module = select("decode", heatmaps.device, backend)
-    return module.decode(heatmaps.contiguous(), method, k, weights, window)
+    return run_decode(heatmaps, method, k, weights, window, backend)
 
 
 @decode.register_fake
@@ -175,10 +164,7 @@ def decode_backward(
     weights: str,
     backend: str,
 ) -> torch.Tensor:
-    module = select("decode", heatmaps.device, backend)
-    return module.decode_backward(
-        heatmaps.contiguous(), indices.contiguous(), grad_coords.contiguous(), grad_scores.contiguous(), method, weights
-    )
+    return run_decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights, backend)
 
 
 @decode_backward.register_fake
@@ -194,12 +180,7 @@ def _decode_setup_context(ctx, inputs, output):
 
 def _decode_backward(ctx, grad_coords, grad_scores, grad_indices):
     heatmaps, indices = ctx.saved_tensors
-    batch, num = heatmaps.shape[:2]
-    dtype = compute_dtype(heatmaps.dtype)
-    if grad_coords is None:
-        grad_coords = heatmaps.new_zeros((batch, num, 2), dtype=dtype)
-    if grad_scores is None:
-        grad_scores = heatmaps.new_zeros((batch, num), dtype=dtype)
+    grad_coords, grad_scores = decode_output_grads(heatmaps, grad_coords, grad_scores)
     grad = decode_backward(heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights, ctx.backend)
     return grad, *(None,) * 5
 

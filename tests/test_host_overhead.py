@@ -23,7 +23,8 @@ def test_section_rows_are_sane(section_report):
     assert report["rows"] == [] and report["settings"]["host_overhead"] is True
     assert section["device"] == "cpu" and section["shape"] == list(host_overhead.DEFAULT_SHAPE)
     rows = {(row["call"], row["impl"]): row for row in section["rows"]}
-    for key in [("heatmap_loss fwd+bwd", "auto"), ("heatmap_loss fwd+bwd", "reference"),
+    for key in [("heatmap_loss fwd+bwd", "auto"), ("heatmap_loss fwd+bwd", host_overhead.REGISTERED),
+                ("decode fwd", host_overhead.REGISTERED), ("heatmap_loss fwd+bwd", "reference"),
                 ("heatmap_loss fwd+bwd", "reference, direct"), ("heatmap_loss fwd+bwd", "reference, autograd.Function"),
                 ("heatmap_loss fwd+bwd", "reference, torch.ops.h3r (no api.py)"), ("decode fwd", "auto"),
                 ("decode fwd", "reference, direct"), ("bce fwd+bwd", "plain PyTorch")]:
@@ -43,7 +44,8 @@ def test_section_rows_are_sane(section_report):
 def test_profiles_add_up(section_report):
     _, report = section_report
     profiles = report["host_overhead"]["profiles"]
-    assert set(profiles) == {"heatmap_loss fwd+bwd (auto)", "decode fwd (auto)", "bce fwd+bwd (plain PyTorch)"}
+    registered = f"heatmap_loss fwd+bwd ({host_overhead.REGISTERED})"
+    assert set(profiles) == {"heatmap_loss fwd+bwd (auto)", registered, "decode fwd (auto)", "bce fwd+bwd (plain PyTorch)"}
     known = {name for name, _ in host_overhead.CATEGORIES} | {host_overhead.OTHER}
     for name, profile in profiles.items():
         shares = [entry["share"] for entry in profile["categories"]]
@@ -51,12 +53,14 @@ def test_profiles_add_up(section_report):
         assert all(entry["category"] in known for entry in profile["categories"])
         assert profile["top_functions"] and profile["torch_profiler"]
         assert profile["python_function_calls_per_call"] > 0
+    dispatch = "torch.library dispatch (torch/_library, torch/_ops.py)"
     loss = {entry["category"]: entry for entry in profiles["heatmap_loss fwd+bwd (auto)"]["categories"]}
-    # the op layer shows up where it should
+    # the op layer shows up where it should: the fast path never enters torch.library, the registered op does
     assert "input checks (h3r_kernels/checks.py)" in loss
-    assert "torch.library dispatch (torch/_library, torch/_ops.py)" in loss
-    ops = {row["op"] for row in profiles["heatmap_loss fwd+bwd (auto)"]["torch_profiler"]}
-    assert any("h3r" in op for op in ops)
+    assert dispatch not in loss
+    assert dispatch in {entry["category"] for entry in profiles[registered]["categories"]}
+    for name in ("heatmap_loss fwd+bwd (auto)", registered):  # both named after the op in torch.profiler
+        assert "h3r::heatmap_loss" in {row["op"] for row in profiles[name]["torch_profiler"]}, name
 
 
 def test_section_in_json_and_markdown(section_report):
@@ -71,6 +75,8 @@ def test_section_in_json_and_markdown(section_report):
 
 def test_categorise():
     assert host_overhead.categorise("/x/h3r_kernels/checks.py").startswith("input checks")
+    for name in ("api", "eager", "ops", "dispatch"):
+        assert host_overhead.categorise(f"/x/h3r_kernels/{name}.py").startswith("op layer"), name
     assert host_overhead.categorise("/x/site-packages/torch/_library/custom_ops.py").startswith("torch.library")
     assert host_overhead.categorise("/x/site-packages/torch/autograd/function.py").startswith("autograd")
     assert host_overhead.categorise("~").startswith("C++")

@@ -3,8 +3,11 @@
 What is timed (``--host-overhead``), per call, over many back-to-back calls:
 
 * ``heatmap_loss`` forward + backward, ``decode`` forward (top-9 softmax) through the public
-  ``h3r_kernels`` functions (checks, ``torch.library`` dispatch, autograd, backend selection,
-  the backend's body), once with ``backend="auto"`` and once per available kernel backend;
+  ``h3r_kernels`` functions (checks, the eager fast path of :mod:`h3r_kernels.eager`, autograd,
+  backend selection, the backend's body), once with ``backend="auto"`` and once per available
+  kernel backend; and once more with ``backend="auto"`` inside ``eager.fast_path(False)``: the
+  registered ``torch.ops.h3r`` op, the path of ``torch.compile`` and tensor subclasses (and of
+  every call before the fast path existed), i.e. the before/after of the fast path in one run;
 * the same backend functions called directly (``h3r_kernels.<backend>``: no checks, no
   ``torch.library``, no autograd): what the op layer costs is the difference;
 * the floor: plain PyTorch ``F.binary_cross_entropy_with_logits`` forward + backward against
@@ -34,18 +37,22 @@ import torch
 import torch.nn.functional as F
 
 import h3r_kernels
+from h3r_kernels import eager
 from h3r_kernels.backends import _module, interpreting
 
 from .cases import SEED, TOPK
 
 DEFAULT_SHAPE = (2, 4, 8, 8)
+# The impl of the rows that call the public function with the fast path off (the registered op).
+REGISTERED = "auto, registered op (fast_path off)"
 
 # (category, predicate on the file path of a profiled function); the first match wins.
 CATEGORIES = (
     ("input checks (h3r_kernels/checks.py)", lambda f: f.endswith("h3r_kernels/checks.py")),
     ("backend selection (h3r_kernels/backends.py)", lambda f: f.endswith("h3r_kernels/backends.py")),
     ("counter-based RNG, Python (h3r_kernels/rng.py)", lambda f: f.endswith("h3r_kernels/rng.py")),
-    ("op layer (h3r_kernels/api.py, ops.py)", lambda f: f.endswith(("h3r_kernels/api.py", "h3r_kernels/ops.py"))),
+    ("op layer (h3r_kernels/api.py, eager.py, ops.py, dispatch.py)",
+     lambda f: f.endswith(tuple(f"h3r_kernels/{name}.py" for name in ("api", "eager", "ops", "dispatch")))),
     ("backend body, Python (reference.py, triton/, cuda/)",
      lambda f: "h3r_kernels/" in f and f.endswith((".py",))),
     ("torch.library dispatch (torch/_library, torch/_ops.py)",
@@ -120,6 +127,12 @@ def _calls(shape: Sequence[int], device: torch.device) -> dict[tuple[str, str], 
     def decode_step(backend: str):
         return lambda: h3r_kernels.decode(maps, method="topk", k=TOPK, weights="softmax", backend=backend)
 
+    def registered(step):
+        def call():
+            with eager.fast_path(False):
+                return step()
+        return call
+
     def decode_direct(backend: str):
         module = _module(backend, "decode")
         return lambda: module.decode(maps, "topk", TOPK, "softmax", 3)
@@ -137,12 +150,14 @@ def _calls(shape: Sequence[int], device: torch.device) -> dict[tuple[str, str], 
     calls = {}
     for backend in backends:
         calls[("heatmap_loss fwd+bwd", backend)] = loss_step(backend)
+    calls[("heatmap_loss fwd+bwd", REGISTERED)] = registered(loss_step("auto"))
     for backend in backends[1:]:
         calls[("heatmap_loss fwd+bwd", f"{backend}, torch.ops.h3r (no api.py)")] = loss_op(backend)
         calls[("heatmap_loss fwd+bwd", f"{backend}, autograd.Function")] = loss_function(backend)
         calls[("heatmap_loss fwd+bwd", f"{backend}, direct")] = loss_direct(backend)
     for backend in backends:
         calls[("decode fwd", backend)] = decode_step(backend)
+    calls[("decode fwd", REGISTERED)] = registered(decode_step("auto"))
     for backend in backends[1:]:
         calls[("decode fwd", f"{backend}, torch.ops.h3r (no api.py)")] = decode_op(backend)
         calls[("decode fwd", f"{backend}, direct")] = decode_direct(backend)
@@ -347,7 +362,8 @@ def _measure(device, shape, calls, rounds, profile_calls, log, started) -> dict:
     by_key = {(row["call"], row["impl"]): row for row in rows}
     profiles = {}
     profile_calls = profile_calls or max(20, calls // 2)
-    for key in (("heatmap_loss fwd+bwd", "auto"), ("decode fwd", "auto"), ("bce fwd+bwd", "plain PyTorch")):
+    for key in (("heatmap_loss fwd+bwd", "auto"), ("heatmap_loss fwd+bwd", REGISTERED), ("decode fwd", "auto"),
+                ("bce fwd+bwd", "plain PyTorch")):
         if by_key[key]["cpu_ms"] is None:
             continue
         breakdown = profile_breakdown(functions[key], device, profile_calls)
@@ -372,7 +388,9 @@ def markdown_section(section: dict) -> str:
         "",
         f"CPU time to issue one call on B×K×H×W = {shape} ({section['device']}): `time.process_time` over "
         f"{section['calls']} back-to-back calls, median (and minimum) of {section['rounds']} interleaved rounds, "
-        "1 intra-op thread. `direct` calls "
+        f"1 intra-op thread. `{REGISTERED}` calls the public function with the eager fast path off, "
+        "through the registered torch.library op (the path of torch.compile, and of every call before the fast "
+        "path). `direct` calls "
         "the backend's functions without the op layer (checks, torch.library, autograd); `component` rows time "
         "pieces of the op layer alone. × BCE = CPU time / that of plain "
         "`F.binary_cross_entropy_with_logits` forward+backward in the same run.",
