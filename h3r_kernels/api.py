@@ -2,17 +2,28 @@
 (:mod:`h3r_kernels.eager`) for plain eager calls, the registered ``torch.ops.h3r`` op otherwise."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
-from . import checks, eager, ops, rng
+from . import checks, eager, ops, reference, rng
 
 
 def _seed(seed) -> int:
     """The seed as a Python int (any integer type), or a fresh one drawn for ``None``."""
     seed = checks.as_seed(seed)
     return rng.draw_seed() if seed is None else seed
+
+
+def _draws(keypoints, rounding: str, seed, seed_tensor, expected: bool):
+    """The op's ``(keypoints, rounding, seed)``. With a seed tensor (:func:`checks.device_seed`) the
+    random rounding is done here, on the device, by the reference rule, and the op puts the target
+    at those cells (``rounding="floor"``, exact on integers): the cells the op draws with that seed."""
+    if seed_tensor is None:
+        return keypoints, rounding, _seed(seed)
+    if rounding == "random" and not expected:
+        return reference.rounded_cells(keypoints, "random", seed_tensor), "floor", 0
+    return keypoints, rounding, 0
 
 
 def encode(
@@ -22,7 +33,7 @@ def encode(
     *,
     sigma: float = 0.0,
     rounding: str = "random",
-    seed: Optional[int] = None,
+    seed: Optional[Union[int, torch.Tensor]] = None,
     expected: bool = False,
     dtype: torch.dtype = torch.float32,
     backend: str = "auto",
@@ -43,17 +54,26 @@ def encode(
             counter-based generator keyed by ``(seed, b, k)``), ``"nearest"``, ``"floor"``, or
             ``"none"`` (continuous centre; needs ``sigma > 0``).
         seed: 32-bit seed (any integer type); ``None`` draws one from torch's default generator.
+            A 0-d integer tensor on the keypoints' device is used there without a host sync
+            (same draws as its value as an int): inside a captured CUDA graph, change the
+            tensor between replays and every replay re-draws (an int seed would be frozen
+            into the graph). A CUDA tensor is not checked on the host: its low 32 bits count.
         expected: the expectation over the rounding instead of one sample (bilinear weights
             of the 4 neighbours, or the same mixture of 4 Gaussians).
         dtype: output dtype.
 
     A keypoint whose target cell lies off the map gives an all-zero map.
     """
-    height, width = checks.check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype)
+    seed_tensor = checks.device_seed(seed, keypoints)
+    height, width = checks.check_encode(
+        keypoints, heatmap_size, visible, sigma, rounding, 0 if seed_tensor is not None else seed, dtype
+    )
     checks.check_backend(backend)
     sigma = checks.as_sigma(sigma)
+    expected = bool(expected)
+    keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, expected)
     op = eager.encode if eager.takes_fast_path(keypoints, visible) else ops.encode
-    return op(keypoints, visible, height, width, sigma, rounding, _seed(seed), bool(expected), dtype, backend)
+    return op(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype, backend)
 
 
 def heatmap_loss(
@@ -64,7 +84,7 @@ def heatmap_loss(
     weight: Optional[torch.Tensor] = None,
     sigma: float = 0.0,
     rounding: str = "random",
-    seed: Optional[int] = None,
+    seed: Optional[Union[int, torch.Tensor]] = None,
     loss: str = "bce",
     reduction: str = "mean",
     backend: str = "auto",
@@ -104,11 +124,14 @@ def heatmap_loss(
     ``"none"`` for its ``unbiased=True`` variant). mmpose 0.x squared the weight and halved
     the loss: pass ``weight=w**2`` and multiply by 0.5.
     """
-    checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight)
+    seed_tensor = checks.device_seed(seed, keypoints)
+    checks.check_heatmap_loss(
+        logits, keypoints, visible, sigma, rounding, 0 if seed_tensor is not None else seed, loss, reduction, weight
+    )
     checks.check_backend(backend)
     sigma = checks.as_sigma(sigma)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
-    seed = _seed(seed)
+    keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, False)
     if eager.takes_fast_path(logits, keypoints, visible, weight):
         return eager.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
     value, _ = ops.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)

@@ -114,6 +114,23 @@ def as_seed(seed) -> Optional[int]:
     return value
 
 
+def device_seed(seed, keypoints) -> Optional[torch.Tensor]:
+    """``seed`` when it is a 0-d integer tensor on the keypoints' device, else None.
+
+    Such a seed's draws are made on that device from the tensor (:func:`h3r_kernels.rng.uniforms`):
+    no host sync, and a CUDA graph that captured the call re-draws when the tensor changes
+    between replays. A CPU tensor's value is checked as an int's; a CUDA tensor is not read
+    on the host: its low 32 bits are the seed. Other tensors are left to :func:`as_seed`.
+    """
+    if not (isinstance(seed, torch.Tensor) and isinstance(keypoints, torch.Tensor)) or seed.device != keypoints.device:
+        return None
+    if seed.dim() != 0 or seed.dtype == torch.bool or seed.is_floating_point() or seed.is_complex():
+        return None
+    if seed.device.type == "cpu":
+        as_seed(seed)
+    return seed
+
+
 def as_int(name: str, value, requirement: str) -> int:
     """An integer option (``k``, ``window``) as a Python int; ``requirement`` is said when rejecting."""
     result = _scalar(value, integral=True)

@@ -12,11 +12,13 @@ as a first stage, the decoder as a last one) and under ``torch.compile``.
 Seeds: ``seed=None`` (the default) draws a fresh seed from torch's generator at every call,
 as the functions do. A fixed ``seed`` in ``__init__`` is used for every call (the same rounding
 each time: for evaluation or tests); ``forward(..., seed=...)`` overrides it for one call,
-which is how to pass a seed inside CUDA-graph capture or ``torch.compile(fullgraph=True)``.
+which is how to pass a seed inside CUDA-graph capture or ``torch.compile(fullgraph=True)``:
+a 0-d integer tensor on the keypoints' device, changed between replays, re-draws at every
+replay (an int passed at capture is frozen into the graph).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -56,7 +58,8 @@ class HeatmapEncoder(nn.Module):
         self.backend = backend
 
     def forward(
-        self, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None, *, seed: Optional[int] = None
+        self, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None, *,
+        seed: Optional[Union[int, torch.Tensor]] = None
     ) -> torch.Tensor:
         return api.encode(
             keypoints, self.heatmap_size, visible, sigma=self.sigma, rounding=self.rounding,
@@ -106,7 +109,7 @@ class HeatmapLoss(nn.Module):
         visible: Optional[torch.Tensor] = None,
         weight: Optional[torch.Tensor] = None,
         *,
-        seed: Optional[int] = None,
+        seed: Optional[Union[int, torch.Tensor]] = None,
     ) -> torch.Tensor:
         return api.heatmap_loss(
             logits, keypoints, visible, weight=weight, sigma=self.sigma, rounding=self.rounding,

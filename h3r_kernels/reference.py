@@ -49,10 +49,11 @@ def contributing(contributes: torch.Tensor, weight: Optional[torch.Tensor]) -> t
 # --------------------------------------------------------------------------- targets
 
 
-def rounded_cells(keypoints: torch.Tensor, rounding: str, seed: int) -> torch.Tensor:
+def rounded_cells(keypoints: torch.Tensor, rounding: str, seed: int | torch.Tensor) -> torch.Tensor:
     """The activation cell of each keypoint (float32 integers, ``(B, K, 2)``, may lie off the map).
 
-    * ``random``: ``floor(x) + [u < frac(x)]`` with ``u`` from :mod:`h3r_kernels.rng` (H3R);
+    * ``random``: ``floor(x) + [u < frac(x)]`` with ``u`` from :mod:`h3r_kernels.rng` (H3R;
+      ``seed`` an int or a 0-d integer tensor on the keypoints' device, see ``rng.uniforms``);
     * ``nearest``: ``floor(x + 0.5)``; ``floor``: ``floor(x)``;
     * ``none``: the nearest cell, used only to decide whether the keypoint is on the map.
 

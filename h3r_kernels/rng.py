@@ -58,12 +58,21 @@ def seed_key(seed: int) -> int:
     return mix32_int(seed ^ SEED_SALT)
 
 
-def uniforms(seed: int, batch: int, keypoints: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The draws ``u`` as a ``(batch, keypoints, 2)`` float32 tensor in [0, 1), last axis (x, y)."""
+def uniforms(seed: int | torch.Tensor, batch: int, keypoints: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The draws ``u`` as a ``(batch, keypoints, 2)`` float32 tensor in [0, 1), last axis (x, y).
+
+    ``seed``: a Python int, or a 0-d integer tensor on ``device`` whose low 32 bits are the
+    seed: then nothing is read on the host (a CUDA graph that captured this re-draws when the
+    tensor changes between replays).
+    """
+    if isinstance(seed, torch.Tensor):
+        key = mix32((seed.to(torch.int64) & MASK32) ^ SEED_SALT)
+    else:
+        key = seed_key(seed)
     b = torch.arange(batch, dtype=torch.int64, device=device).view(batch, 1, 1)
     k = torch.arange(keypoints, dtype=torch.int64, device=device).view(1, keypoints, 1)
     axis = torch.arange(2, dtype=torch.int64, device=device).view(1, 1, 2)
-    h = mix32(mix32(seed_key(seed) ^ b) ^ (2 * k + axis))
+    h = mix32(mix32(key ^ b) ^ (2 * k + axis))
     return (h >> 8).to(torch.float32) * (2.0**-24)
 
 
@@ -72,6 +81,6 @@ def draw_seed() -> int:
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         raise RuntimeError(
             "seed=None cannot draw a seed inside CUDA-graph capture (it would be frozen into the graph); "
-            "pass an explicit integer seed"
+            "pass a 0-d integer CUDA tensor as seed and change it between replays (or a fixed integer seed)"
         )
     return int(torch.randint(0, SEED_LIMIT, (), dtype=torch.int64).item())
