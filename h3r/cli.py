@@ -153,6 +153,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--gpu-augment", action=argparse.BooleanOptionalAction, default=None,
                          help="warp and colour-jitter the training crops on the training device (h3r/augment.py); "
                               "loader workers only decode and cut the region read; the same crops as without it")
+    running.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                         help="capture forward, loss, backward and optimiser step in one CUDA graph and replay it "
+                              "per batch (h3r/steps.py): no Python per step; CUDA, one process, amp none or bf16")
     running.add_argument("--resume", metavar="CHECKPOINT",
                          help="continue a run from its last.pt (or run folder) with its stored settings; "
                               f"only {resume_flags()} may be given with it")

@@ -38,7 +38,7 @@ The codecs (``build_codec(name)``; :data:`CODEC_NAMES`):
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -115,11 +115,12 @@ class H3RCodec:
         return -math.log(max(height * width - 1, 1))
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
-             seed: Optional[int] = None) -> torch.Tensor:
+             seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
         """Mean BCE of ``logits`` (B, K, H, W) against a freshly rounded binary target.
 
         ``keypoints`` (B, K, 2) are input pixels; ``seed`` fixes the rounding draws (None:
-        drawn from torch's default generator). Invisible keypoints and keypoints whose
+        drawn from torch's default generator; a 0-d integer tensor on the logits' device is
+        read there, as in a captured CUDA graph). Invisible keypoints and keypoints whose
         rounded cell falls off the map contribute nothing.
         """
         return h3r_kernels.heatmap_loss(
@@ -210,7 +211,7 @@ class GaussianCodec:
         return 0.0
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
-             seed: Optional[int] = None) -> torch.Tensor:
+             seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
         """Mean squared error of ``logits`` (B, K, H, W) against the Gaussian target.
 
         ``keypoints`` (B, K, 2) are input pixels. ``seed`` is accepted so every codec shares
@@ -267,7 +268,7 @@ class IntegralCodec:
         return 0.0
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
-             seed: Optional[int] = None) -> torch.Tensor:
+             seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
         """Mean normalised L1 of the soft-argmax of ``logits`` against ``keypoints`` (input pixels)."""
         height, width = logits.shape[-2:]
         predicted = soft_argmax(logits.float())
@@ -275,8 +276,8 @@ class IntegralCodec:
         mask = torch.isfinite(target).all(dim=-1)
         if visible is not None:
             mask = mask & _on(visible, logits)
-        extent = torch.tensor([width, height], device=logits.device, dtype=torch.float32)
-        error = ((predicted - torch.nan_to_num(target)).abs() / extent).sum(dim=-1)
+        distance = (predicted - torch.nan_to_num(target)).abs()
+        error = distance[..., 0] / width + distance[..., 1] / height  # no host-made tensor: capturable
         return (error * mask).sum() / (2 * mask.sum()).clamp_min(1)
 
     def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

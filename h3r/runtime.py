@@ -52,10 +52,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on CUDA; a no-op context otherwise."""
+def autocast(device: torch.device, amp: str, cache_enabled: bool = True):
+    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"} on CUDA; a no-op context otherwise.
+
+    ``cache_enabled=False`` inside CUDA-graph capture (no cast weights kept across the capture).
+    """
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None and device.type == "cuda",
+                          cache_enabled=cache_enabled)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ from h3r.data import check_reader_options, open_dataset, verify_readable
 from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, mean_shape,
                           mean_shape_predictions, model_and_codec, predict, write_report)
 from h3r.models import load_checkpoint_weights
-from h3r.runtime import (Processes, autocast, join_process_group, process_device, resolve_device, restore_rng_state,
-                         rng_state, rounding_seed, seed_everything, seed_worker)
+from h3r.runtime import (Processes, join_process_group, process_device, resolve_device, restore_rng_state, rng_state,
+                         rounding_seed, seed_everything, seed_worker)
+from h3r.steps import CapturedTrainStep, TrainStep
 from h3r.transforms import CropConfig
 
 __all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS", "TrainingDiverged", "CheckpointWriteError"]
@@ -138,9 +139,20 @@ def train_loader(config: TrainConfig, crops: CropDataset, processes: Processes, 
     return sampler, loader
 
 
-def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or Adam); with ``cuda_graphs`` capturable, its learning rate a device tensor the schedule writes."""
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    if config.cuda_graphs:
+        return optimizer_class(model.parameters(), lr=torch.tensor(config.lr, device=device),
+                               weight_decay=config.weight_decay, capturable=True)
     return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def training_step(config: TrainConfig, network, codec, optimizer, scaler, device: torch.device):
+    """The step the loop calls per batch: eager, or captured in a CUDA graph (``cuda_graphs``)."""
+    if config.cuda_graphs:
+        return CapturedTrainStep(network, codec, optimizer, config.grad_clip, config.amp, device)
+    return TrainStep(network, codec, optimizer, scaler, config.grad_clip, config.amp, device)
 
 
 def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -222,6 +234,8 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
     """
     device = resolve_device(config.device)
     check_run(config, resume, stop_after_epochs)
+    if config.cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs: needs a CUDA device, got device {config.device!r} ({device})")
     processes = join_process_group(device)
     try:
         return _train(config, processes, resume, stop_after_epochs, log)
@@ -232,6 +246,9 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
 
 def _train(config: TrainConfig, processes: Processes, resume: Optional[str], stop_after_epochs: Optional[int],
            log: Callable[[str], None]) -> dict[str, Any]:
+    if config.cuda_graphs and processes.world_size > 1:
+        raise ValueError(f"cuda_graphs: one process only, got {processes.world_size} (DistributedDataParallel's "
+                         "gradient hooks are not captured)")
     device = process_device(config, processes)
     say = log if processes.is_main else (lambda message: None)
     checkpoint = load_checkpoint(resume) if resume else None
@@ -263,13 +280,16 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, train_crop(config), seed=config.seed)
     augment = DeviceAugment(train_crop(config), train_data.flip_pairs, device) if config.gpu_augment else None
     sampler, loader = train_loader(config, crops, processes, device)
-    optimizer = build_optimizer(config, model)
+    optimizer = build_optimizer(config, model, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, len(loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if config.cuda_graphs:  # loaded as a CPU tensor; the captured step reads it on the device
+            for group in optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], device=device)
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"])
@@ -294,6 +314,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     network = model
     if processes.world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_step = training_step(config, network, codec, optimizer, scaler, device)
 
     say(f"h3r train: {config.dataset} ({len(train_data)} train / {len(test_data)} test items), codec {config.codec}, "
         f"backbone {config.backbone}, input {config.input_size} px -> heatmap {config.heatmap_side}x"
@@ -314,7 +335,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
         sampler.set_epoch(epoch)
         crops.epoch = epoch
         try:
-            stats, global_step = train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config,
+            stats, global_step = train_one_epoch(network, train_step, loader, optimizer, scheduler, config,
                                                  device, processes, epoch, global_step, augment)
         except NonFiniteTraining as problem:
             kept = f"{out / 'last.pt'} still holds epoch {epoch}" if epoch > 0 else "no checkpoint was written"
@@ -369,10 +390,13 @@ def is_better(value: Optional[float], best: Optional[float], higher_is_better: b
     return best is None or (value > best if higher_is_better else value < best)
 
 
-def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config: TrainConfig, device: torch.device,
+def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: TrainConfig, device: torch.device,
                     processes: Processes, epoch: int, global_step: int,
                     augment: Optional[DeviceAugment] = None) -> tuple[dict[str, float], int]:
-    """One pass over this process's share of the training set; returns its statistics and the new global step."""
+    """One pass over this process's share of the training set; returns its statistics and the new global step.
+
+    ``train_step(images, keypoints, visible, seed) -> loss`` is the optimiser step (h3r/steps.py).
+    """
     network.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     # Divergence guard: the first non-finite loss is recorded on the device (no host sync per step) and
@@ -393,16 +417,7 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
         images = batch["image"].to(device, non_blocking=True)
         keypoints = batch["keypoints"].to(device, non_blocking=True)
         visible = batch["visible"].to(device, non_blocking=True)
-        with autocast(device, config.amp):
-            logits = network(images)
-        loss = codec.loss(logits, keypoints, visible, seed=rounding_seed(config.seed, global_step, processes.rank))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = train_step(images, keypoints, visible, rounding_seed(config.seed, global_step, processes.rank))
         scheduler.step()
         newly_bad = torch.logical_and(~torch.isfinite(loss.detach()), first_bad_step < 0)
         first_bad_step = torch.where(newly_bad, global_step, first_bad_step)
@@ -424,7 +439,7 @@ def train_one_epoch(network, codec, loader, optimizer, scheduler, scaler, config
         dist.all_reduce(totals)  # on the device: NCCL reduces CUDA tensors only
     return {
         "train_loss": float(totals[0] / totals[1]),
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": float(optimizer.param_groups[0]["lr"]),  # a device tensor with cuda_graphs
         "images_per_s": images_seen * processes.world_size / elapsed,
         "loader_wait_fraction": waiting / elapsed,
         "epoch_seconds": elapsed,

@@ -95,6 +95,7 @@ class TrainConfig:
     draw: int = 8  # images with drawn predictions written by the final evaluation
     progress: bool = True  # tqdm progress bar
     gpu_augment: bool = False  # warp + colour jitter on the training device (h3r/augment.py); workers only decode
+    cuda_graphs: bool = False  # capture the training step in one CUDA graph and replay it (h3r/steps.py)
 
     def __post_init__(self):
         choices = {"codec": CODECS, "backbone": BACKBONES, "head": HEADS, "optimizer": OPTIMIZERS,
@@ -119,6 +120,9 @@ class TrainConfig:
         for name, value in non_negative.items():
             if not value >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+        if self.cuda_graphs and self.amp == "fp16":
+            raise ValueError("cuda_graphs: not with amp='fp16' (its gradient scaler checks for inf on the host, which "
+                             "a CUDA graph cannot replay); use amp='bf16' or 'none'")
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
         for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN

@@ -1,0 +1,116 @@
+"""One optimiser step on a batch: eagerly (:class:`TrainStep`) or replayed from a CUDA graph
+(:class:`CapturedTrainStep`, ``h3r train --cuda-graphs``).
+
+A step: forward (under autocast), the codec's loss (for H3R the fused randomized-rounding
+target and BCE), backward, gradient clipping, the optimiser's update. Both classes are called
+as ``step(images, keypoints, visible, seed) -> loss`` with the batch on the device and the
+rounding seed of this step as an int; the learning-rate schedule, the divergence guard and
+the statistics stay in the loop (h3r/train.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from h3r.runtime import autocast
+
+# Eager steps run on a side stream before the capture (the CUDA-graph recipe of PyTorch's docs):
+# they initialise the optimiser state and compile every kernel.
+WARMUP_STEPS = 3
+
+
+class TrainStep:
+    """The eager step, with the gradient scaler of ``amp="fp16"`` (a no-op otherwise)."""
+
+    def __init__(self, network, codec, optimizer, scaler, grad_clip: float, amp: str, device: torch.device):
+        self.network, self.codec, self.optimizer, self.scaler = network, codec, optimizer, scaler
+        self.grad_clip, self.amp, self.device = grad_clip, amp, device
+
+    def __call__(self, images, keypoints, visible, seed) -> torch.Tensor:
+        with autocast(self.device, self.amp):
+            logits = self.network(images)
+        loss = self.codec.loss(logits, keypoints, visible, seed=seed)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
+
+
+class CapturedTrainStep:
+    """The same step (without a gradient scaler) captured once in a CUDA graph and then replayed.
+
+    Each call copies the batch into the graph's static input tensors and the seed into a device
+    tensor (the rounding is drawn on the device from it, so every replay re-draws: the draws of
+    the eager step with that int seed), then replays. The first :data:`WARMUP_STEPS` calls run
+    eagerly on a side stream, the next one captures and replays. The returned loss is the
+    graph's output tensor: read it before the next call overwrites it.
+
+    Needs (checked by the caller, h3r/train.py): a CUDA device, one process, ``amp`` "none" or
+    "bf16", an optimiser built with ``capturable=True`` and a tensor learning rate (the
+    schedule writes it between replays), and every batch of the same shape (else a clear error).
+
+    ``capture=False`` runs every call eagerly through the same static inputs and device seed:
+    what the CPU tests compare with :class:`TrainStep`.
+    """
+
+    def __init__(self, network, codec, optimizer, grad_clip: float, amp: str, device: torch.device,
+                 capture: bool = True):
+        self.network, self.codec, self.optimizer = network, codec, optimizer
+        self.grad_clip, self.amp, self.device, self.capture = grad_clip, amp, device, capture
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.seed = torch.zeros((), dtype=torch.int64, device=device)
+        self.graph = None
+        self.loss = None
+        self.calls = 0
+
+    def __call__(self, images, keypoints, visible, seed: int) -> torch.Tensor:
+        self._load({"images": images, "keypoints": keypoints, "visible": visible})
+        self.seed.fill_(seed)
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return self.loss
+        if not self.capture:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step()
+        if self.calls <= WARMUP_STEPS:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return loss
+        # The gradients the captured backward writes are allocated in the graph's pool; replays overwrite them.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.loss = self._step()
+        self.graph = graph
+        graph.replay()
+        return self.loss
+
+    def _load(self, batch: dict[str, torch.Tensor]) -> None:
+        """Copy the batch into the static inputs (made at the first call)."""
+        if not self.inputs:
+            self.inputs = {name: torch.empty_like(value, device=self.device) for name, value in batch.items()}
+        for name, value in batch.items():
+            static = self.inputs[name]
+            if value.shape != static.shape or value.dtype != static.dtype:
+                raise ValueError(f"cuda_graphs: every batch must have the shape of the captured one; {name} is "
+                                 f"{tuple(value.shape)} {value.dtype}, captured {tuple(static.shape)} {static.dtype}")
+            static.copy_(value, non_blocking=True)
+
+    def _step(self) -> torch.Tensor:
+        # No autocast weight cache: casts made inside a capture must not outlive it.
+        with autocast(self.device, self.amp, cache_enabled=False):
+            logits = self.network(self.inputs["images"])
+        loss = self.codec.loss(logits, self.inputs["keypoints"], self.inputs["visible"], seed=self.seed)
+        loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss
