@@ -62,6 +62,7 @@ class CapturedTrainStep:
         self.grad_clip, self.amp, self.device, self.capture = grad_clip, amp, device, capture
         self.inputs: dict[str, torch.Tensor] = {}
         self.seed = torch.zeros((), dtype=torch.int64, device=device)
+        self.side_stream = None
         self.graph = None
         self.loss = None
         self.calls = 0
@@ -77,12 +78,14 @@ class CapturedTrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             return self._step()
         if self.calls <= WARMUP_STEPS:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+            current = torch.cuda.current_stream(self.device)
+            self.side_stream = self.side_stream or torch.cuda.Stream(self.device)
+            self.side_stream.wait_stream(current)
+            with torch.cuda.stream(self.side_stream):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            current.wait_stream(self.side_stream)
+            loss.record_stream(current)  # read there by the loop: not reused before it is
             return loss
         # The gradients the captured backward writes are allocated in the graph's pool; replays overwrite them.
         self.optimizer.zero_grad(set_to_none=True)
