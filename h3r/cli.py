@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from h3r._compat import tomllib
-from h3r.configs import (AMP_MODES, BACKBONES, CODECS, FIELD_NAMES, HEADS, OPTIMIZERS, REFINEMENTS, RUNTIME_FIELDS,
-                         SCHEDULES, SUPPORTED_STRIDES, TOPK_WEIGHTS, config_from_dict, load_config)
+from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, RUNTIME_FIELDS, SCHEDULES,
+                         SETTING_NAMES, SUPPORTED_STRIDES, TOPK_WEIGHTS, config_from_dict, load_config)
 from h3r.data import DATASET_NAMES
 from h3r.study.cli import STUDY_DESCRIPTION, add_study_arguments, run_study
 
@@ -224,7 +224,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from h3r.evaluate import load_checkpoint
     from h3r.train import benchmark_loader, train
 
-    given = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
+    # The options are the settings by their flat names (--input-size: TrainConfig.crop.input_size).
+    given = {name: getattr(args, name) for name in SETTING_NAMES if getattr(args, name, None) is not None}
     for option, field_name in (("train_option", "train_options"), ("test_option", "test_options")):
         if getattr(args, option):
             given[field_name] = dict(getattr(args, option))

@@ -5,6 +5,7 @@ crop itself, one affine from image pixels to input pixels, is :mod:`h3r.transfor
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
@@ -53,4 +54,5 @@ class CropDataset(Dataset):
 
 def eval_crop(config: TrainConfig) -> CropConfig:
     """The un-augmented crop of ``config`` (what evaluation sees)."""
-    return CropConfig(input_size=config.input_size, box_scale=config.box_scale)
+    return dataclasses.replace(config.crop, rotation=0.0, scale_jitter=0.0, translate=0.0, flip_prob=0.0,
+                               colour_jitter=0.0)

@@ -158,8 +158,8 @@ def check_eval_settings(batch_size: Optional[int], workers: Optional[int], draw:
 def model_and_codec(config: TrainConfig, num_keypoints: int):
     """The (untrained) model and the codec that ``config`` describes."""
     model = build_model(config.backbone, num_keypoints, head=config.head, stride=config.stride)
-    codec = build_codec(config.codec, config.stride, input_size=config.input_size, task=config.task, k=config.topk,
-                        weights=config.topk_weights, sigma=config.sigma, refine=config.refine)
+    codec = build_codec(config.codec, config.stride, input_size=config.crop.input_size, task=config.task,
+                        k=config.topk, weights=config.topk_weights, sigma=config.sigma, refine=config.refine)
     return model, codec
 
 
@@ -304,7 +304,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     shape = np.asarray(checkpoint["mean_shape"], dtype=np.float64)
     baseline = dataset_metrics(data, mean_shape_predictions(data, shape, crop))
     settings = {"dataset": dataset_name, "split": split, "items": len(data), "codec": config.codec,
-                "decoder": repr(codec), "backbone": config.backbone, "input_size": config.input_size,
+                "decoder": repr(codec), "backbone": config.backbone, "input_size": config.crop.input_size,
                 "stride": config.stride,
                 "heatmap_size": config.heatmap_side, "flip_test": flip_test,
                 "checkpoint": checkpoint["path"], "epoch": checkpoint["epoch"]}

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from h3r.augment import DeviceAugment, DeviceCropDataset
 from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWriteError, checkpoint_checksum,
                              load_checkpoint, reconcile_run_folder, save_atomic, write_atomic)
-from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict
+from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict, flat_settings
 from h3r.crops import CropDataset, eval_crop
 from h3r.data import check_reader_options, open_dataset, verify_readable
 from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, mean_shape,
@@ -42,7 +42,6 @@ from h3r.models import load_checkpoint_weights
 from h3r.runtime import (Processes, join_process_group, process_device, resolve_device, restore_rng_state, rng_state,
                          rounding_seed, seed_everything, seed_worker)
 from h3r.steps import CapturedTrainStep, TrainStep
-from h3r.transforms import CropConfig
 
 __all__ = ["TrainConfig", "train", "benchmark_loader", "RUNTIME_FIELDS", "TrainingDiverged", "CheckpointWriteError"]
 
@@ -105,12 +104,6 @@ def check_finite(first_bad_step: torch.Tensor, first_bad_loss: torch.Tensor, pro
 
 # ----------------------------------------------------------------------------------------------
 # Data, optimiser, schedule
-
-
-def train_crop(config: TrainConfig) -> CropConfig:
-    return CropConfig(input_size=config.input_size, box_scale=config.box_scale, rotation=config.rotation,
-                      scale_jitter=config.scale_jitter, translate=config.translate, flip_prob=config.flip_prob,
-                      colour_jitter=config.colour_jitter)
 
 
 def open_splits(config: TrainConfig):
@@ -181,7 +174,7 @@ def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]
     check_reader_options(config.dataset, config.train_options, "train_options")
     seed_everything(config.seed)
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
-    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, train_crop(config), seed=config.seed)
+    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, config.crop, seed=config.seed)
     _, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
     if len(loader) < 2:
         raise ValueError(f"data-only: {len(crops)} items make {len(loader)} batch of {config.batch_size}; "
@@ -205,11 +198,14 @@ def default_run_folder(config: TrainConfig) -> str:
 
 
 def check_resumable(config: TrainConfig, checkpoint: dict[str, Any]) -> None:
-    stored = checkpoint["config"]
-    changed = [name for name, value in config.to_dict().items()
-               if name not in RUNTIME_FIELDS + ("out",) and stored.get(name) != value]
+    """Refuse a configuration that differs from the checkpoint's (saved flat by earlier versions, or nested) beyond
+    :data:`RUNTIME_FIELDS` and ``out``."""
+    stored = flat_settings(config_from_dict(checkpoint["config"], source=f"{checkpoint['path']} configuration"))
+    current = flat_settings(config)
+    changed = [name for name, value in current.items()
+               if name not in RUNTIME_FIELDS + ("out",) and stored[name] != value]
     if changed:
-        details = ", ".join(f"{name} ({stored.get(name)!r} -> {getattr(config, name)!r})" for name in changed)
+        details = ", ".join(f"{name} ({stored[name]!r} -> {current[name]!r})" for name in changed)
         raise ValueError(f"resume: {checkpoint['path']} continues its own configuration; only "
                          f"{', '.join(RUNTIME_FIELDS)} may change, but these differ: {details}")
 
@@ -277,8 +273,8 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
                 raise CheckpointError(f"pretrained: {error}") from None
     model.to(device)
     # --gpu-augment: workers decode and cut the region the warp reads; the device warps and jitters (same crops).
-    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, train_crop(config), seed=config.seed)
-    augment = DeviceAugment(train_crop(config), train_data.flip_pairs, device) if config.gpu_augment else None
+    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, config.crop, seed=config.seed)
+    augment = DeviceAugment(config.crop, train_data.flip_pairs, device) if config.gpu_augment else None
     sampler, loader = train_loader(config, crops, processes, device)
     optimizer = build_optimizer(config, model, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, len(loader)))
@@ -317,7 +313,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str], sto
     train_step = training_step(config, network, codec, optimizer, scaler, device)
 
     say(f"h3r train: {config.dataset} ({len(train_data)} train / {len(test_data)} test items), codec {config.codec}, "
-        f"backbone {config.backbone}, input {config.input_size} px -> heatmap {config.heatmap_side}x"
+        f"backbone {config.backbone}, input {config.crop.input_size} px -> heatmap {config.heatmap_side}x"
         f"{config.heatmap_side}, {config.epochs} epochs of {len(loader)} steps x {config.batch_size} images"
         f"{f' x {processes.world_size} processes' if processes.world_size > 1 else ''}, {device}")
     say(f"run folder: {out}")
@@ -458,7 +454,7 @@ def final_report(config: TrainConfig, test_data, predictions, history, baseline,
     """Reports of the final model (``eval-<split>/``), the learning-curve plot and the closing lines."""
     metrics = history[-1]["test"]
     settings = {"dataset": config.dataset, "split": config.test_split, "items": len(test_data), "codec": config.codec,
-                "backbone": config.backbone, "input_size": config.input_size, "stride": config.stride,
+                "backbone": config.backbone, "input_size": config.crop.input_size, "stride": config.stride,
                 "heatmap_size": config.heatmap_side,
                 "flip_test": config.flip_test, "checkpoint": str(out / "last.pt"), "epoch": history[-1]["epoch"]}
     eval_dir = out / f"eval-{config.dataset}-{config.test_split}"

@@ -55,19 +55,28 @@ class CropConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self):
-        if self.input_size < 1:
-            raise ValueError(f"CropConfig.input_size must be >= 1, got {self.input_size}")
-        if self.box_scale <= 0:
-            raise ValueError(f"CropConfig.box_scale must be > 0, got {self.box_scale}")
+        """Checks every value once; an error names the setting (``rotation: ...``) as a user writes it."""
+        try:
+            self.mean, self.std = tuple(map(float, self.mean)), tuple(map(float, self.std))
+        except (TypeError, ValueError):
+            raise ValueError(f"mean, std: expected 3 numbers each, got {self.mean!r}, {self.std!r}") from None
+        for name in ("box_scale", "rotation", "scale_jitter", "translate", "flip_prob", "colour_jitter"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):  # inf passes the range checks below
+                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        if not self.input_size >= 1:
+            raise ValueError(f"input_size: expected a positive number of pixels, got {self.input_size!r}")
+        if not self.box_scale > 0:
+            raise ValueError(f"box_scale: expected a positive number, got {self.box_scale!r}")
         for name in ("rotation", "translate", "colour_jitter"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"CropConfig.{name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.scale_jitter < 1:
-            raise ValueError(f"CropConfig.scale_jitter must be in [0, 1), got {self.scale_jitter}")
+            raise ValueError(f"scale_jitter: expected a number in [0, 1), got {self.scale_jitter!r}")
         if not 0 <= self.flip_prob <= 1:
-            raise ValueError(f"CropConfig.flip_prob must be in [0, 1], got {self.flip_prob}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"CropConfig.mean/std must be 3 values (std > 0), got {self.mean}, {self.std}")
+            raise ValueError(f"flip_prob: expected a probability in [0, 1], got {self.flip_prob!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not min(self.std) > 0:
+            raise ValueError(f"mean, std: expected 3 values each (std > 0), got {self.mean}, {self.std}")
 
 
 def crop_affine(

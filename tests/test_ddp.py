@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.multiprocessing
 
-from h3r.configs import TrainConfig
+from h3r.configs import config_from_dict
 from h3r.train import train
 
 WORLD_SIZE = 2
@@ -25,9 +25,10 @@ def train_as(rank: int, port: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD_SIZE))
     torch.set_num_threads(1)
-    config = TrainConfig(train_options={"size": 16, "image_size": 48}, test_options={"size": 4, "image_size": 48},
-                         input_size=32, epochs=2, batch_size=4, workers=0, progress=False, draw=0, device="cpu",
-                         out=os.path.join(folder, "run"), flip_prob=0.5, rotation=10.0)
+    config = config_from_dict(dict(train_options={"size": 16, "image_size": 48},
+                                   test_options={"size": 4, "image_size": 48}, input_size=32, epochs=2, batch_size=4,
+                                   workers=0, progress=False, draw=0, device="cpu", out=os.path.join(folder, "run"),
+                                   flip_prob=0.5, rotation=10.0))
     lines = []
     summary = train(config, log=lines.append)
     parameters = {name: value.detach().clone() for name, value in summary["model"].named_parameters()}

@@ -12,7 +12,7 @@ import torch
 
 import h3r.train as train_module
 from h3r import cli
-from h3r.configs import TrainConfig
+from h3r.configs import config_from_dict
 from h3r.evaluate import load_checkpoint
 from h3r.train import TrainingDiverged, train
 from tests.test_reliability_checkpoints import small_config
@@ -30,7 +30,7 @@ def quiet(message):
 @pytest.mark.parametrize("value", [float("inf"), float("nan"), float("-inf")])
 def test_non_finite_float_settings_are_refused(name, value):
     with pytest.raises(ValueError, match=f"{name}: expected a (finite|positive|number >= 0)"):
-        TrainConfig(**{name: value})
+        config_from_dict({name: value})
 
 
 def poison_loss(monkeypatch, at_call):

@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from h3r.codecs import GaussianCodec, H3RCodec, build_codec, dark_offset, default_gaussian_sigma, quarter_offset
-from h3r.configs import TrainConfig, config_from_dict, dataset_defaults, load_config
+from h3r.configs import TrainConfig, config_from_dict, dataset_defaults, flat_settings, load_config
 from h3r.data import open_dataset
 from h3r.data.base import Sample, landmark_box
 from h3r.data.writers_face import write_300w, write_aflw_mat, write_cofw, write_wflw
 from h3r.data.writers_pose import write_coco, write_mpii
 from h3r.evaluate import (CropDataset, Predictions, dataset_metrics, eval_crop, evaluate_checkpoint, load_checkpoint,
                           mean_shape, mean_shape_predictions, predict)
-from h3r.train import (Processes, learning_rate_factor, rounding_seed, save_atomic, train, train_crop,
-                       train_loader)
+from h3r.train import Processes, learning_rate_factor, rounding_seed, save_atomic, train, train_loader
 from h3r.transforms import flip_keypoints
 
 import h3r_kernels
@@ -33,7 +32,7 @@ def tiny_config(tmp_path, **changes) -> TrainConfig:
                   out=str(tmp_path / "run"), rotation=10.0, scale_jitter=0.1, translate=0.05, flip_prob=0.5,
                   colour_jitter=0.2)
     values.update(changes)
-    return TrainConfig(**values)
+    return config_from_dict(values, source="test")
 
 
 def quiet(message):
@@ -151,7 +150,7 @@ def test_configuration_files_load_and_validate():
 ])
 def test_bad_settings_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
-        config_from_dict({**TrainConfig().to_dict(), **changes}, source="test")
+        config_from_dict({**flat_settings(TrainConfig()), **changes}, source="test")
 
 
 def test_amp_needs_cuda(tmp_path):
@@ -194,7 +193,7 @@ def test_save_atomic_replaces_without_leftovers(tmp_path):
 def test_crop_dataset_augmentation_depends_on_seed_epoch_and_index_only(tmp_path):
     faces = open_dataset("synthetic-face", split="train", size=4, image_size=48)
     config = tiny_config(tmp_path)
-    crops = CropDataset(faces, train_crop(config), seed=3)
+    crops = CropDataset(faces, config.crop, seed=3)
     first = crops[2]
     crops.epoch = 1
     other_epoch = crops[2]
@@ -211,7 +210,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
     batches = []
     for workers in (0, 2):
         config = tiny_config(tmp_path, workers=workers, batch_size=4)
-        crops = CropDataset(faces, train_crop(config), seed=config.seed)
+        crops = CropDataset(faces, config.crop, seed=config.seed)
         sampler, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
         sampler.set_epoch(1)
         crops.epoch = 1
@@ -253,7 +252,7 @@ class OracleModel(torch.nn.Module):
 @pytest.mark.parametrize("flip_test", [False, True])
 def test_predict_maps_perfect_heatmaps_back_to_the_image(flip_test):
     faces = open_dataset("synthetic-face", split="test", size=5, image_size=48)
-    crop = eval_crop(TrainConfig(input_size=32))
+    crop = eval_crop(config_from_dict({"input_size": 32}))
     oracle = OracleModel(CropDataset(faces, crop), faces.flip_pairs)
     predictions = predict(oracle, H3RCodec(), faces, crop, device=torch.device("cpu"), batch_size=2,
                           flip_test=flip_test)
@@ -269,7 +268,7 @@ def test_predict_maps_perfect_heatmaps_back_to_the_image(flip_test):
 
 def test_mean_shape_of_a_single_face_is_that_face():
     face = open_dataset("synthetic-face", split="test", size=1, image_size=48)
-    crop = eval_crop(TrainConfig(input_size=32))
+    crop = eval_crop(config_from_dict({"input_size": 32}))
     shape = mean_shape(face, crop)
     baseline = mean_shape_predictions(face, shape, crop)
     np.testing.assert_allclose(baseline.coords[0], face[0].keypoints, atol=1e-3)

@@ -3,14 +3,20 @@
 Each dataset has a readable TOML file next to this module (``wflw.toml``, ``coco.toml``
 ...) whose keys are :class:`TrainConfig` fields. ``h3r train --dataset wflw`` starts from
 ``TrainConfig()``, applies ``wflw.toml``, then the command-line options.
+
+The crop settings live in ``TrainConfig.crop`` (a :class:`h3r.transforms.CropConfig`). Files,
+command lines and the configurations saved by earlier versions name them flat
+(``input_size = 256``); :func:`config_from_dict` also reads them as a ``crop`` table, as
+:meth:`TrainConfig.to_dict` writes them, and refuses a setting given both ways.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from h3r._compat import tomllib
 from h3r.codecs import CODEC_NAMES as CODECS
@@ -19,6 +25,7 @@ from h3r.codecs import TOPK_WEIGHTS
 from h3r.models import BACKBONES as BACKBONE_BUILDERS
 from h3r.models import HEAD_KINDS as HEADS
 from h3r.models import STRIDES as SUPPORTED_STRIDES
+from h3r.transforms import CropConfig
 
 # The vocabularies of the settings: the codec's and the model's own names (above), and these.
 CONFIG_DIR = Path(__file__).parent
@@ -31,11 +38,16 @@ RUNTIME_FIELDS = ("device", "workers", "progress", "draw", "gpu_augment")
 POSE_DATASETS = ("mpii", "coco", "synthetic-pose")  # the rest are faces: they set the default Gaussian sigma
 
 
+def default_crop() -> CropConfig:
+    """``TrainConfig``'s crop before any setting: :class:`CropConfig`'s defaults on a 64-pixel input."""
+    return CropConfig(input_size=64)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on.
 
-    Sizes are pixels of the square network input; the heatmap is ``input_size / stride``
+    Sizes are pixels of the square network input; the heatmap is ``crop.input_size / stride``
     cells wide, whatever the backbone (the model pools its stride-4 features down to
     ``stride``; see :class:`h3r.models.LandmarkModel`). ``batch_size`` is per process (a
     ``torchrun`` job with N processes sees N times as many images per step).
@@ -55,7 +67,6 @@ class TrainConfig:
     backbone: str = "small"
     head: str = "binary"
     pretrained: Optional[str] = None  # weights loaded into the model before training
-    input_size: int = 64
     stride: int = 4  # input pixels per heatmap cell: 4, 8, 16 or 32
     codec: str = "h3r"  # h3r, gaussian (vanilla), dark (unbiased Gaussian + DARK), integral (soft-argmax + L1)
     topk: int = 9  # h3r: activations averaged by the decoder
@@ -63,13 +74,9 @@ class TrainConfig:
     sigma: Optional[float] = None  # gaussian, dark: sigma in heatmap cells (None: codecs.default_gaussian_sigma)
     refine: Optional[str] = None  # gaussian, dark: refinement after the arg-max (None: quarter / dark)
 
-    # Crop and augmentation (see h3r.transforms.CropConfig).
-    box_scale: float = 1.25
-    rotation: float = 0.0
-    scale_jitter: float = 0.0
-    translate: float = 0.0
-    flip_prob: float = 0.0
-    colour_jitter: float = 0.0
+    # Crop and augmentation: input_size, box_scale, rotation, scale_jitter, translate, flip_prob, colour_jitter,
+    # mean and std (see h3r.transforms.CropConfig; its values are checked there).
+    crop: CropConfig = field(default_factory=default_crop)
 
     # Optimisation.
     optimizer: str = "adamw"
@@ -107,11 +114,12 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected one of {shown}, got {getattr(self, name)!r}")
         if self.stride not in SUPPORTED_STRIDES:
             raise ValueError(f"stride: expected one of {', '.join(map(str, SUPPORTED_STRIDES))}, got {self.stride!r}")
-        if self.input_size < 2 * self.stride or self.input_size % self.stride:
+        input_size = self.crop.input_size
+        if input_size < 2 * self.stride or input_size % self.stride:
             raise ValueError(f"input_size: expected a multiple of the stride {self.stride} giving a heatmap of at "
-                             f"least 2x2 cells (>= {2 * self.stride}), got {self.input_size}")
+                             f"least 2x2 cells (>= {2 * self.stride}), got {input_size}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "eval_every": self.eval_every,
-                    "box_scale": self.box_scale, "topk": self.topk}
+                    "topk": self.topk}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
@@ -134,7 +142,7 @@ class TrainConfig:
 
     @property
     def heatmap_side(self) -> int:
-        return self.input_size // self.stride
+        return self.crop.input_size // self.stride
 
     @property
     def task(self) -> str:
@@ -142,19 +150,79 @@ class TrainConfig:
         return "pose" if self.dataset in POSE_DATASETS else "face"
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, the crop settings as a ``crop`` table (:func:`config_from_dict` reads it back)."""
         return dataclasses.asdict(self)
 
 
+def flat_settings(config: TrainConfig) -> dict[str, Any]:
+    """``config``'s settings by the names a user writes (:data:`SETTING_NAMES`): the crop's flat."""
+    values = config.to_dict()
+    return {**{key: value for key, value in values.items() if key != "crop"}, **values["crop"]}
+
+
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+CROP_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(CropConfig))
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from a mapping of its fields; unknown keys raise an error naming ``source``."""
+def _accepting_flat_crop_settings(generated_init):
+    """``TrainConfig(input_size=64, rotation=10.0, ...)`` as before the crop was nested: flat crop
+    keywords fill ``crop`` (from :func:`default_crop`); with ``crop=`` too, a ``TypeError``."""
+    @functools.wraps(generated_init)
+    def __init__(self, *args, **settings):
+        flat = {name: settings.pop(name) for name in CROP_FIELD_NAMES if name in settings}
+        if flat:
+            if "crop" in settings:
+                raise TypeError(f"TrainConfig: {', '.join(flat)} given both flat and in crop=; give each setting once")
+            settings["crop"] = dataclasses.replace(default_crop(), **flat)
+        generated_init(self, *args, **settings)
+    return __init__
+
+
+TrainConfig.__init__ = _accepting_flat_crop_settings(TrainConfig.__init__)
+for _name in CROP_FIELD_NAMES:  # read-only flat views, as before the crop was nested: config.input_size
+    setattr(TrainConfig, _name, property(lambda self, name=_name: getattr(self.crop, name), doc=f"``crop.{_name}``"))
+del _name
+# Every setting by the name a user writes (the key input_size, the option --input-size): the crop's flat.
+SETTING_NAMES = tuple(setting for name in FIELD_NAMES for setting in (CROP_FIELD_NAMES if name == "crop" else (name,)))
+
+
+def nest_crop_settings(values: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` with its crop settings gathered into one ``crop`` mapping, from flat keys and a ``crop`` table.
+
+    A setting given both ways, or an unknown key in the table, raises an error naming ``source``.
+    """
+    table = values.get("crop", {})
+    if isinstance(table, CropConfig):
+        table = dataclasses.asdict(table)
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{source}: crop: expected a table of crop settings, got {table!r}")
+    unknown = sorted(set(table) - set(CROP_FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"{source}: unknown crop setting(s) {', '.join(unknown)}; known crop settings: "
+                         f"{', '.join(CROP_FIELD_NAMES)}")
+    flat = {name: values[name] for name in CROP_FIELD_NAMES if name in values}
+    twice = sorted(set(flat) & set(table))
+    if twice:
+        raise ValueError(f"{source}: {', '.join(twice)} given both at the top level and in the [crop] table; "
+                         f"give each setting once")
+    nested = {key: value for key, value in values.items() if key not in CROP_FIELD_NAMES}
+    nested["crop"] = {**table, **flat}
+    return nested
+
+
+def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping of its settings, the crop's flat or as a ``crop`` table.
+
+    Unknown keys and bad values raise an error naming ``source`` and the setting.
+    """
+    values = nest_crop_settings(values, source)
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
-        raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(FIELD_NAMES)}")
+        raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known settings: "
+                         f"{', '.join(SETTING_NAMES)}")
     try:
-        return TrainConfig(**values)
+        crop = dataclasses.replace(default_crop(), **values.pop("crop"))
+        return TrainConfig(**values, crop=crop)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{source}: {error}") from error
 
@@ -164,7 +232,10 @@ def dataset_defaults_path(dataset: str) -> Path:
 
 
 def dataset_defaults(dataset: str) -> dict[str, Any]:
-    """The settings in ``h3r/configs/<dataset>.toml`` (a mapping of :class:`TrainConfig` fields)."""
+    """The settings in ``h3r/configs/<dataset>.toml``: :class:`TrainConfig` fields, the crop's in a ``crop`` mapping.
+
+    The file may name the crop settings flat (``input_size = 256``) or in a ``[crop]`` table, not both.
+    """
     path = dataset_defaults_path(dataset)
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
@@ -174,6 +245,7 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
             values = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML ({error})") from error
+    values = nest_crop_settings(values, str(path))
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
@@ -184,13 +256,13 @@ def dataset_defaults(dataset: str) -> dict[str, Any]:
 def load_config(dataset: str = "synthetic-face", **overrides: Any) -> TrainConfig:
     """``TrainConfig`` defaults, then ``h3r/configs/<dataset>.toml``, then ``overrides`` (None values ignored).
 
-    ``train_options`` and ``test_options`` overrides are merged into the file's tables key by key.
+    ``overrides`` name the crop settings flat (``input_size=128``) or as a ``crop`` mapping; they,
+    ``train_options`` and ``test_options`` are merged into the file's tables key by key.
     """
     values = dataset_defaults(dataset)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in ("train_options", "test_options"):
+    given = nest_crop_settings({key: value for key, value in overrides.items() if value is not None}, "overrides")
+    for key, value in given.items():
+        if key in ("train_options", "test_options", "crop"):
             value = {**values.get(key, {}), **value}
         values[key] = value
     return config_from_dict(values, source=f"{dataset} configuration")

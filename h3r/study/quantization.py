@@ -63,7 +63,7 @@ def quantization_rows(preset: Preset, data_root: Optional[str] = None, seed: int
             if preset.synthetic_image_size is not None:
                 options["image_size"] = preset.synthetic_image_size
         data = open_dataset(dataset_name, root=config.data_root, split=config.test_split, **options)
-        points = ground_truth_in_input_pixels(data, preset.input_size, config.box_scale)
+        points = ground_truth_in_input_pixels(data, preset.input_size, config.crop.box_scale)
         for stride in preset.strides:
             side = preset.input_size // stride
             uniform = np.random.default_rng([seed, stride]).uniform(0, stride * (side - 1), (preset.uniform_points, 2))

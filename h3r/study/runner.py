@@ -159,7 +159,7 @@ def time_heads(rows: list[dict[str, Any]], devices: dict[str, Optional[str]]) ->
         run_dir = Path(row["run_dir"])
         device = devices.get(row["run_dir"]) or "auto"
         model, codec, config, _, torch_device = _method_model(run_dir, METHODS[row["method"]], device)
-        row["head_decode_ms"] = head_and_decode_ms(model, codec, config.input_size, torch_device)
+        row["head_decode_ms"] = head_and_decode_ms(model, codec, config.crop.input_size, torch_device)
         cache = run_dir / f"study-{row['method']}.json"
         cached = json.loads(cache.read_text())
         cache.write_text(json.dumps({**cached, "head_decode_ms": row["head_decode_ms"]}, indent=2) + "\n")
