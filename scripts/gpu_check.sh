@@ -5,7 +5,7 @@
 # torch/triton/cupy preinstalled:
 #   OUT=/some/folder bash scripts/gpu_check.sh [commit]
 # Writes under $OUT: facts.txt, gpu_tests.log, gpu_pipeline_tests.log, augment.log,
-# bench.log, bench/report.{json,md}, host.log, host/report.{json,md}, train.log,
+# bench.log, bench/report.{json,md}, host.log, host/report.{json,md}, step.log, step/report.{json,md}, train.log,
 # train_gpu_augment.log, cuda_graphs_tests.log, train_cuda_graphs.log,
 # train_cuda_graphs_augment.log and train_summary.txt.
 # Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
@@ -72,6 +72,13 @@ run_step "host overhead" "${HOST_TIMEOUT:-75}" "$OUT/host.log" \
   python3 -m h3r.benchmark --device cuda --host-overhead --skip-throughput --copy-mib 64 \
   --out "$OUT/host" --commit "$COMMIT"
 grep -E "^host overhead:" "$OUT/host.log" 2>/dev/null | head -30
+
+# 4b. One training step of HRNet-W18 at 256x256 (batch 32, 98 keypoints, bf16): eager, captured in a
+#     CUDA graph, and the share of the eager step spent in the H3R loss.
+run_step "train step" "${STEP_TIMEOUT:-90}" "$OUT/step.log" \
+  python3 -m h3r.benchmark --device cuda --train-step --skip-throughput --copy-mib 64 \
+  --out "$OUT/step" --commit "$COMMIT"
+grep -E "^train step:" "$OUT/step.log" 2>/dev/null
 
 # 5. The main job on the GPU: low-resolution synthetic faces, bf16 (run folders outside $OUT:
 #    few files come back), with the CPU augmentation and then with the on-device one.

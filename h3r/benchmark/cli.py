@@ -18,7 +18,11 @@ from h3r_kernels.backends import interpreting
 
 from .cases import (CPU_SHAPES, CPU_WORKERS, CUDA_SHAPES, DEFAULT_DTYPES, DTYPES, IMPLEMENTATIONS, KERNEL_BACKENDS,
                     NAIVE, OPS, shape_text)
+from h3r.models import BACKBONES, STRIDES
+
 from .host_overhead import DEFAULT_SHAPE as HOST_SHAPE
+from .train_step import CPU_DEFAULTS as CPU_STEP
+from .train_step import CUDA_DEFAULTS as CUDA_STEP
 from .markdown import markdown_table
 from .report import run, write_report
 
@@ -92,7 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--host-calls", type=_positive, default=200, help="calls per timed round (default 200)")
     host.add_argument("--host-rounds", type=_positive, default=5, help="timed rounds, the median is kept (default 5)")
     host.add_argument("--skip-throughput", action="store_true",
-                      help="measure no throughput rows (e.g. with --host-overhead alone)")
+                      help="measure no throughput rows (e.g. with --host-overhead or --train-step alone)")
+    step = parser.add_argument_group("training step (its own section of the report)")
+    step.add_argument("--train-step", action="store_true",
+                      help="add the training-step section: one AdamW step of a real model (eager, and captured in a "
+                      "CUDA graph on CUDA) and the share of it spent in the H3R loss")
+    step.add_argument("--step-backbone", choices=tuple(BACKBONES),
+                      help=f"default {CUDA_STEP['backbone']} on CUDA, {CPU_STEP['backbone']} on the CPU")
+    step.add_argument("--step-input-size", type=_positive, metavar="PX",
+                      help=f"default {CUDA_STEP['input_size']} on CUDA, {CPU_STEP['input_size']} on the CPU")
+    step.add_argument("--step-batch", type=_positive, metavar="N",
+                      help=f"default {CUDA_STEP['batch']} on CUDA, {CPU_STEP['batch']} on the CPU")
+    step.add_argument("--step-keypoints", type=_positive, metavar="K", help="default 98")
+    step.add_argument("--step-stride", type=int, choices=STRIDES, help="default 4")
+    step.add_argument("--step-amp", choices=("none", "bf16"),
+                      help=f"default {CUDA_STEP['amp']} on CUDA, none on the CPU (autocast is CUDA-only here)")
+    step.add_argument("--step-calls", type=_positive, default=10, help="calls per timed round (default 10)")
+    step.add_argument("--step-rounds", type=_positive, default=3, help="timed rounds, the median is kept (default 3)")
     parser.add_argument("--commit", help="git commit to record (default: git rev-parse HEAD, else 'unknown'); "
                         "for runs on a copy of the tree without .git")
     return parser
@@ -115,8 +135,15 @@ def parse_settings(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if len(settings.host_shape) != 1:
         parser.error("--host-shape: expected one shape BxKxHxW")
     settings.host_shape = settings.host_shape[0]
-    if settings.skip_throughput and not settings.host_overhead:
-        parser.error("--skip-throughput: nothing left to measure without --host-overhead")
+    if settings.skip_throughput and not (settings.host_overhead or settings.train_step):
+        parser.error("--skip-throughput: nothing left to measure without --host-overhead or --train-step")
+    defaults = CUDA_STEP if on_cuda else CPU_STEP
+    settings.step_shape = {name: getattr(settings, f"step_{name}") if getattr(settings, f"step_{name}") is not None
+                           else default for name, default in defaults.items()}
+    size, stride = settings.step_shape["input_size"], settings.step_shape["stride"]
+    if settings.train_step and (size % stride or size < 2 * stride):
+        parser.error(f"--step-input-size: expected a multiple of the stride {stride} of at least {2 * stride}, "
+                     f"got {size}")
     if settings.copy_mib is None:
         settings.copy_mib = 1024 if on_cuda else 256
     if settings.cpu_rounds < 2:

@@ -5,6 +5,7 @@ from typing import Optional
 
 from .cases import CPU_WORKERS, IMPLEMENTATION_NOTES, OPS
 from .host_overhead import markdown_section
+from .train_step import markdown_section as train_step_section
 
 
 def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -76,4 +77,6 @@ def markdown_report(report: dict) -> str:
     lines += [f"- **{name}**: {IMPLEMENTATION_NOTES[name]}" for name in settings["backends"]]
     if "host_overhead" in report:
         lines += ["", markdown_section(report["host_overhead"]).rstrip("\n")]
+    if "train_step" in report:
+        lines += ["", train_step_section(report["train_step"]).rstrip("\n")]
     return "\n".join(lines) + "\n"

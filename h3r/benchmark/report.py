@@ -12,6 +12,7 @@ from h3r_kernels.backends import interpreting
 from .cases import CPU_WORKERS, GAUSSIAN_SIGMA, IMPLEMENTATION_NOTES, OPS, SEED, TOPK
 from .facts import git_commit, run_facts
 from .host_overhead import measure_host_overhead
+from .train_step import measure_train_step
 from .markdown import markdown_report
 from .measure import add_derived_columns, measure_cpu_encoding, measure_ops
 from .timing import Timer, copy_bandwidth
@@ -34,6 +35,9 @@ def run(settings: argparse.Namespace, log=print) -> dict:
     if getattr(settings, "host_overhead", False):
         host_overhead = measure_host_overhead(device, settings.host_shape, settings.host_calls, settings.host_rounds,
                                               log=log)
+    train_step = None
+    if getattr(settings, "train_step", False):
+        train_step = measure_train_step(device, settings.step_shape, settings.step_calls, settings.step_rounds, log=log)
     report = {
         "facts": run_facts(device, settings.commit or git_commit()),
         "settings": {
@@ -51,6 +55,7 @@ def run(settings: argparse.Namespace, log=print) -> dict:
             "topk": TOPK,
             "seed": SEED,
             "host_overhead": bool(getattr(settings, "host_overhead", False)),
+            "train_step": bool(getattr(settings, "train_step", False)),
             "skip_throughput": not throughput,
         },
         "performance_claim": on_cuda and not interpreting(),
@@ -62,6 +67,8 @@ def run(settings: argparse.Namespace, log=print) -> dict:
     }
     if host_overhead is not None:
         report["host_overhead"] = host_overhead
+    if train_step is not None:
+        report["train_step"] = train_step
     report["elapsed_s"] = time.perf_counter() - started
     return report
 
