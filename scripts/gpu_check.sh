@@ -48,7 +48,7 @@ run_step() {
 # 1. Correctness of the GPU backends.
 run_step "gpu tests" "${GPU_TEST_TIMEOUT:-140}" "$OUT/gpu_tests.log" \
   python3 -m pytest -q -n 8 -p no:cacheprovider -m gpu \
-  tests/test_gpu_ops.py tests/test_triton_encode_loss.py tests/test_triton_decode.py tests/test_cuda_backend.py
+  tests/test_gpu_ops.py tests/test_op_encode.py tests/test_op_heatmap_loss.py tests/test_op_decode.py tests/test_cuda_backend.py
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" 2>/dev/null | tail -3
 
 # 2. On-device augmentation on CUDA: equivalence with the CPU path (Pillow), then the warp's
