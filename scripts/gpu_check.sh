@@ -48,7 +48,7 @@ run_step() {
 
 # 1. Correctness of the GPU backends.
 #    Every gpu-marked test but the pipeline's (step 2) and the CUDA-graph training runs (step 6).
-run_step "gpu tests" "${GPU_TEST_TIMEOUT:-140}" "$OUT/gpu_tests.log" \
+run_step "gpu tests" "${GPU_TEST_TIMEOUT:-200}" "$OUT/gpu_tests.log" \
   python3 -m pytest -q -n 8 -p no:cacheprovider -m gpu tests \
   --ignore=tests/test_gpu_pipeline.py --ignore=tests/test_train_steps.py
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" 2>/dev/null | tail -3

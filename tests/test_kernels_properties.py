@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import h3r_kernels
-from conftest import DEVICE, assert_close, loss_keys, target_key
+from conftest import DEVICE, assert_close, assert_decoded_close, decode_with_grads, loss_keys, target_key
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -135,20 +135,10 @@ def test_decode_matches_reference(maps, method, k, weights, window):
     gen = torch.Generator().manual_seed(k * 7 + window)
     grad_coords = torch.randn(*maps.shape[:2], 2, generator=gen).to(acc).to(DEVICE)
     grad_scores = torch.randn(*maps.shape[:2], generator=gen).to(acc).to(DEVICE)
-    results = []
-    for backend in ("triton", "reference"):
-        m = maps.clone().requires_grad_()
-        coords, scores, indices = torch.ops.h3r.decode(m, method, k, weights, window, backend)
-        (grad,) = torch.autograd.grad((coords, scores), m, (grad_coords, grad_scores))
-        results.append((coords, scores, indices, grad))
-    got, want = results
-    assert torch.equal(got[2], want[2])  # the same cells, in the same order
+    got = decode_with_grads(maps, "triton", method, k, weights, window, grad_coords, grad_scores)
+    want = decode_with_grads(maps, "reference", method, k, weights, window, grad_coords, grad_scores)
     assert torch.equal(torch.isnan(got[0]), torch.isnan(want[0]))
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5, equal_nan=True)
-    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0, equal_nan=True)  # the maximum, exactly
-    atol = 1e-6 * max(maps.shape[-2:])
-    rtol = {torch.float16: 1e-3, torch.bfloat16: 1.6e-2}.get(maps.dtype, 1e-5)
-    torch.testing.assert_close(got[3], want[3], rtol=rtol, atol=atol, equal_nan=True)
+    assert_decoded_close(got, want)  # the same cells in the same order, the maximum exactly
     # The rule for non-finite maps: NaN coordinates (both) exactly when the map holds a NaN.
     has_nan = torch.isnan(maps.float()).flatten(-2).any(-1)
     for coords in (got[0], want[0]):
