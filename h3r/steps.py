@@ -90,7 +90,8 @@ class CapturedTrainStep:
         # The gradients the captured backward writes are allocated in the graph's pool; replays overwrite them.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's pin-memory thread keeps calling CUDA (host allocations) meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.loss = self._step()
         self.graph = graph
         graph.replay()
