@@ -1,0 +1,94 @@
+"""The static profile of the Triton kernels (``python -m h3r.benchmark.sass``): the SASS and
+resource parsers, the occupancy and budget arithmetic, and one real compile for sm_90 without a
+GPU (in a subprocess: the tests run Triton interpreted, and interpreted kernels are not compiled)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from h3r.benchmark import sass
+
+REPO = Path(__file__).resolve().parent.parent
+
+LISTING = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_TID.X ;
+        /*0020*/                   FFMA R2, R0, R3, R4 ;
+        /*0030*/              @!P0 MUFU.EX2 R5, R2 ;
+        /*0040*/                   LDG.E.128 R8, desc[UR4][R6.64] ;
+        /*0050*/                   IMAD.WIDE R6, R0, 0x4, R6 ;
+        /*0060*/               @P1 BRA 0x20 ;
+        /*0070*/                   EXIT ;
+"""
+
+
+def test_sass_listing_is_counted_by_class():
+    parsed = sass.parse_sass(LISTING)
+    assert parsed["instructions"] == 8 and parsed["loops"] is True  # the BRA goes back to 0x20
+    assert parsed["classes"] == {"memory": 2, sass.OTHER: 1, "FP32": 1, "MUFU": 1, "integer": 1, "control": 2}
+    assert sass.parse_sass(LISTING.replace("BRA 0x20", "BRA 0x70"))["loops"] is False
+
+
+def test_resource_line_is_read():
+    text = " Function _loss_kernel:\n  REG:144 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:632 TEXTURE:0"
+    assert sass.parse_resources(text) == {"registers": 144, "stack": 0, "shared_bytes": 1024, "local_bytes": 0}
+    with pytest.raises(ValueError, match="no resource line"):
+        sass.parse_resources("nothing")
+
+
+@pytest.mark.parametrize("registers,warps,shared,blocks,limit", [
+    (144, 8, 1024, 1, "registers"),  # 144 * 32 = 4608 per warp; 36864 per block of 8 warps
+    (32, 8, 1024, 8, "registers"),
+    (63, 8, 0, 4, "registers"),  # 63 rounds up to 64 registers (2048 per warp)
+    (16, 1, 0, 32, "blocks"),
+    (16, 8, 100 * 1024, 2, "shared memory"),
+])
+def test_occupancy(registers, warps, shared, blocks, limit):
+    result = sass.occupancy(registers, warps, shared)
+    assert result["blocks_per_sm"] == blocks and result["warps_per_sm"] == blocks * warps
+    assert result["limited_by"] == limit
+
+
+def test_budget_at_the_h200_copy_bandwidth():
+    loss = sass.budget(8)  # float32 read + write
+    assert loss["instructions_per_element"] == pytest.approx(132 * 128 * 1.98e9 / (4222.7e9 / 8))
+    assert 60 < loss["instructions_per_element"] < 66 and 7 < loss["mufu_per_element"] < 9
+    assert sass.budget(4)["instructions_per_element"] == pytest.approx(loss["instructions_per_element"] / 2)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sass")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-m", "h3r.benchmark.sass", "--ops", "heatmap_loss", "--shapes",
+                             "4x3x16x16", "--dtypes", "float32", "--commit", "abc", "--out", str(out)],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, json.loads((out / "sass.json").read_text())
+
+
+def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
+    out, report = compiled
+    assert report["capability"] == 90 and report["commit"] == "abc"
+    rows = {row["kernel"]: row for row in report["rows"]}
+    assert set(rows) == {"_count_kernel", "_loss_kernel", "_scale_grad_kernel"}
+    loss = rows["_loss_kernel"]
+    assert loss["registers"] > 0 and loss["instructions"] > 100 and not loss["loops"]
+    assert 0 < loss["occupancy"] <= 1 and loss["warps_per_sm"] % loss["num_warps"] == 0
+    # per element: exp and two reciprocals (sigmoid, the log1p series) are special functions
+    assert loss["per_element"]["MUFU"] >= 2 and loss["per_element"]["all"] > 10
+    assert loss["budget"]["instructions_per_element"] == pytest.approx(sass.budget(8)["instructions_per_element"])
+    assert rows["_count_kernel"]["per_element"] is None  # it reads keypoints, not the maps
+    page = (out / "sass.md").read_text()
+    assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` |" in page
+
+
+def test_interpreted_triton_is_refused(capsys):
+    # the tests run with TRITON_INTERPRET=1 (conftest.py)
+    with pytest.raises(SystemExit):
+        sass.main(["--ops", "encode"])
+    assert "TRITON_INTERPRET is set" in capsys.readouterr().err
