@@ -65,7 +65,7 @@ def compiled(tmp_path_factory):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-m", "h3r.benchmark.sass", "--ops", "heatmap_loss", "--shapes",
-                             "4x3x16x16", "--dtypes", "float32", "--commit", "abc", "--out", str(out)],
+                             "4x3x16x16", "--dtypes", "float32", "--tiles", "4096:16", "--commit", "abc", "--out", str(out)],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.loads((out / "sass.json").read_text())
@@ -74,8 +74,13 @@ def compiled(tmp_path_factory):
 def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
     out, report = compiled
     assert report["capability"] == 90 and report["commit"] == "abc"
-    rows = {row["kernel"]: row for row in report["rows"]}
+    rows = {row["kernel"]: row for row in report["rows"] if row["tile"]["in_use"]}
     assert set(rows) == {"_count_kernel", "_loss_kernel", "_scale_grad_kernel"}
+    candidate = [row for row in report["rows"] if row["kernel"] == "_loss_kernel" and not row["tile"]["in_use"]]
+    assert [row["tile"] for row in candidate] == [{"elements": 4096, "per_thread": 16, "in_use": False}]
+    # half the elements per thread: fewer registers, twice the warps of the same tile
+    assert candidate[0]["registers"] < rows["_loss_kernel"]["registers"]
+    assert candidate[0]["num_warps"] == 2 * rows["_loss_kernel"]["num_warps"]
     loss = rows["_loss_kernel"]
     assert loss["registers"] > 0 and loss["instructions"] > 100 and not loss["loops"]
     assert 0 < loss["occupancy"] <= 1 and loss["warps_per_sm"] % loss["num_warps"] == 0
@@ -84,7 +89,14 @@ def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
     assert loss["budget"]["instructions_per_element"] == pytest.approx(sass.budget(8)["instructions_per_element"])
     assert rows["_count_kernel"]["per_element"] is None  # it reads keypoints, not the maps
     page = (out / "sass.md").read_text()
-    assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` |" in page
+    assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` | 8192/32 |" in page
+
+
+def test_bad_tiles_are_refused(capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(SystemExit):
+        sass.main(["--tiles", "4096:3"])
+    assert "--tiles: expected ELEMENTS:PER_THREAD" in capsys.readouterr().err
 
 
 def test_interpreted_triton_is_refused(capsys):

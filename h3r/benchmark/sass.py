@@ -243,8 +243,8 @@ def markdown(report: dict) -> str:
         f"{H200['clock_ghz']} GHz) while moving the op's bytes at its copy bandwidth ({H200['copy_gbps']} GB/s); "
         "MUFU likewise at 16 per SM and clock.",
         "",
-        "| op | shape | dtype | kernel | warps | regs | warps/SM (limit) | SASS | per element: all (FP32, MUFU, int, memory) | budget: all (MUFU) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| op | shape | dtype | kernel | tile (elements/per thread) | warps | regs | warps/SM (limit) | SASS | per element: all (FP32, MUFU, int, memory) | budget: all (MUFU) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         per = row["per_element"]
@@ -254,8 +254,10 @@ def markdown(report: dict) -> str:
                      f"{per.get('integer', 0):.1f}, {per.get('memory', 0):.2f})")
         spent = "—" if row["budget"] is None else (f"{row['budget']['instructions_per_element']:.0f} "
                                                    f"({row['budget']['mufu_per_element']:.1f})")
+        tile = row.get("tile")
+        tile = "—" if tile is None else f"{tile['elements']}/{tile['per_thread']}{'' if tile['in_use'] else ' (candidate)'}"
         lines.append(f"| {row['op']} | {'×'.join(map(str, row['shape']))} | {row['dtype']} | `{row['kernel']}` | "
-                     f"{row['num_warps']} | {row['registers']} | {row['warps_per_sm']} ({row['limited_by']}) | "
+                     f"{tile} | {row['num_warps']} | {row['registers']} | {row['warps_per_sm']} ({row['limited_by']}) | "
                      f"{row['instructions']} | {shown} | {spent} |")
     return "\n".join(lines) + "\n"
 
@@ -271,6 +273,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="BxKxHxW,... (default: the GPU benchmark shapes)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="map dtypes (default float32,bfloat16)")
     parser.add_argument("--out", type=Path, default=Path("bench") / "out", help="folder for sass.json and sass.md")
+    parser.add_argument("--tiles", metavar="ELEMENTS:PER_THREAD,...",
+                        help="also profile the map-tiled kernels (encode, heatmap_loss) with these GPU tiles: "
+                             "elements per program and per thread (h3r_kernels/triton/_common.py; default: only "
+                             "the tile in use)")
     parser.add_argument("--commit", help="git commit to record (default: git rev-parse HEAD)")
     settings = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -290,19 +296,40 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if name.strip() not in ("float32", "bfloat16", "float16"):
             parser.error(f"--dtypes: expected a subset of float32, bfloat16, float16, got {name!r}")
         dtypes.append(getattr(torch, name.strip()))
+    from h3r_kernels.triton import _common
+
+    tiles = [(_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD)]
+    try:
+        for part in (settings.tiles.split(",") if settings.tiles else []):
+            elements, per_thread = (int(v) for v in part.split(":"))
+            if elements < 32 or elements & (elements - 1) or per_thread < 1 or per_thread & (per_thread - 1):
+                raise ValueError
+            tiles.append((elements, per_thread))
+    except ValueError:
+        parser.error(f"--tiles: expected ELEMENTS:PER_THREAD,... (powers of two, ELEMENTS >= 32), got {settings.tiles!r}")
     import triton
 
     from h3r.runtime import git_commit
 
     started = time.perf_counter()
     rows = []
+    in_use = tiles[0]
     for op in ops:
-        for shape in shapes:
-            for dtype in dtypes:
-                rows += profile_op(op, shape, dtype, settings.capability)
-                print(f"sass: {op} {'x'.join(map(str, shape))} {dtype}: " + ", ".join(
-                    f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM" for r in rows[-2:]
-                    if r["op"] == op), file=sys.stderr, flush=True)
+        for tile in tiles if op != "decode" else tiles[:1]:
+            _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD = tile
+            try:
+                for shape in shapes:
+                    for dtype in dtypes:
+                        found = profile_op(op, shape, dtype, settings.capability)
+                        for row in found:
+                            row["tile"] = None if op == "decode" else {"elements": tile[0], "per_thread": tile[1],
+                                                                        "in_use": tile == in_use}
+                        rows += found
+                        print(f"sass: {op} {'x'.join(map(str, shape))} {dtype} tile {tile}: " + ", ".join(
+                            f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM" for r in found),
+                            file=sys.stderr, flush=True)
+            finally:
+                _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD = in_use
     report = {"capability": settings.capability, "commit": settings.commit or git_commit(), "triton": triton.__version__,
               "torch": torch.__version__, "device_model": H200, "rows": rows, "elapsed_s": time.perf_counter() - started}
     settings.out.mkdir(parents=True, exist_ok=True)
