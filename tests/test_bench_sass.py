@@ -92,11 +92,13 @@ def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
     assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` | 8192/32 |" in page
 
 
-def test_bad_tiles_are_refused(capsys, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
-    with pytest.raises(SystemExit):
-        sass.main(["--tiles", "4096:3"])
-    assert "--tiles: expected ELEMENTS:PER_THREAD" in capsys.readouterr().err
+def test_bad_tiles_are_refused():
+    # a subprocess: importing the kernels here without TRITON_INTERPRET would compile them for a GPU
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-m", "h3r.benchmark.sass", "--tiles", "4096:3"], capture_output=True,
+                            text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 2 and "--tiles: expected ELEMENTS:PER_THREAD" in result.stderr
 
 
 def test_interpreted_triton_is_refused(capsys):
@@ -104,3 +106,55 @@ def test_interpreted_triton_is_refused(capsys):
     with pytest.raises(SystemExit):
         sass.main(["--ops", "encode"])
     assert "TRITON_INTERPRET is set" in capsys.readouterr().err
+
+
+def test_tiles_parse_and_apply():
+    from h3r.benchmark import tiles
+    from h3r_kernels.triton import _common
+
+    assert tiles.parse_tiles("4096:16, 2048:8") == [(4096, 16), (2048, 8)]
+    for bad in ("4096", "4096:3", "16:1", "a:b", "4096:16:2"):
+        with pytest.raises(ValueError, match="expected ELEMENTS:PER_THREAD"):
+            tiles.parse_tiles(bad)
+    before = tiles.tile_in_use()
+    with tiles.triton_tile((2048, 8)):
+        assert (_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD) == (2048, 8)
+    assert tiles.tile_in_use() == before
+
+
+def test_report_times_candidate_tiles_on_cuda_only(capsys):
+    from h3r.benchmark import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--device", "cpu", "--triton-tiles", "4096:16"])
+    assert "--triton-tiles: GPU tiles are timed on CUDA only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--device", "cpu", "--triton-tiles", "4096:5"])
+    assert "expected ELEMENTS:PER_THREAD" in capsys.readouterr().err
+
+
+def test_candidate_tile_rows_are_timed_under_their_tile(monkeypatch):
+    import argparse
+
+    import torch
+
+    from h3r.benchmark import measure
+    from h3r.benchmark.timing import Timer
+    from h3r_kernels.triton import _common
+
+    seen = []
+    real_make_call = measure.make_call
+
+    def make_call(op, impl, shape, dtype, device):
+        seen.append((op, impl, _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD))
+        return real_make_call(op, impl, shape, dtype, device)
+
+    monkeypatch.setattr(measure, "make_call", make_call)
+    settings = argparse.Namespace(backends=["triton"], shapes=[(2, 3, 8, 8)], dtypes=["float32"],
+                                  ops=["heatmap_loss", "decode"], device=torch.device("cpu"), triton_tiles=[(2048, 8)])
+    rows = measure.measure_ops(settings, Timer(torch.device("cpu"), 1, 1), log=lambda message: None)
+    assert [(row["op"], row["impl"]) for row in rows] == [
+        ("heatmap_loss", "triton"), ("heatmap_loss", "triton tile 2048/8"), ("decode", "triton")]
+    in_use = (_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD)
+    assert seen == [("heatmap_loss", "triton", *in_use), ("heatmap_loss", "triton", 2048, 8), ("decode", "triton", *in_use)]
+    assert all(row["median_ms"] and row["note"] == "Triton interpreter: not a performance claim" for row in rows)

@@ -25,6 +25,7 @@ from .train_step import CPU_DEFAULTS as CPU_STEP
 from .train_step import CUDA_DEFAULTS as CUDA_STEP
 from .markdown import markdown_table
 from .report import run, write_report
+from .tiles import parse_tiles
 
 DEFAULT_OUT = Path("bench") / "out"  # under the current folder
 
@@ -50,6 +51,13 @@ def _choices(allowed: Sequence[str]):
             raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
         return names
     return parse
+
+
+def _tiles(text: str) -> list[tuple[int, int]]:
+    try:
+        return parse_tiles(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive(text: str) -> int:
@@ -79,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="implementations among " + ",".join(IMPLEMENTATIONS) + " (default on CUDA: every "
                         "available kernel backend + naive + cpu_workers; on the CPU: reference,naive,cpu_workers; "
                         "triton on the CPU needs TRITON_INTERPRET=1 and is not a performance claim)")
+    parser.add_argument("--triton-tiles", type=_tiles, metavar="ELEMENTS:PER_THREAD,...",
+                        help="also time the map-tiled Triton kernels (encode, heatmap_loss) with these GPU tiles, "
+                        "beside the tile in use (rows 'triton tile E/P'; h3r/benchmark/tiles.py)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for report.json and report.md (default: bench/out under the current folder)")
     parser.add_argument("--repeats", type=_positive, default=20, help="timed calls per measurement (default 20)")
     parser.add_argument("--warmup", type=_positive, default=3, help="untimed calls first (default 3)")
@@ -148,6 +159,8 @@ def parse_settings(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         settings.copy_mib = 1024 if on_cuda else 256
     if settings.cpu_rounds < 2:
         parser.error(f"--cpu-rounds: expected >= 2 (the first round only starts the workers), got {settings.cpu_rounds}")
+    if settings.triton_tiles and not on_cuda:
+        parser.error("--triton-tiles: GPU tiles are timed on CUDA only (the interpreter's times say nothing)")
     available = h3r_kernels.backends()
     if settings.backends is None:
         kernels = [name for name in KERNEL_BACKENDS if available[name]["available"]] if on_cuda else ["reference"]

@@ -75,6 +75,9 @@ def markdown_report(report: dict) -> str:
               for s in OPS.values()]
     lines += ["", "## Implementations", ""]
     lines += [f"- **{name}**: {IMPLEMENTATION_NOTES[name]}" for name in settings["backends"]]
+    lines += [f"- **triton tile {elements}/{per_thread}**: the Triton kernel with a candidate GPU tile of {elements} "
+              f"elements per program and {per_thread} per thread instead of the tile in use (h3r/benchmark/tiles.py)"
+              for elements, per_thread in settings.get("triton_tiles", [])]
     if "host_overhead" in report:
         lines += ["", markdown_section(report["host_overhead"]).rstrip("\n")]
     if "train_step" in report:

@@ -3,6 +3,7 @@ DataLoader workers, and the columns derived from the times (bytes, GB/s, speed-u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -11,7 +12,11 @@ import torch
 from .cases import CPU_WORKERS, DTYPES, GAUSSIAN_SIGMA, NAIVE, OPS, make_call, shape_text
 from .cpu_encoding import time_cpu_encoding
 from .markdown import fmt
+from .tiles import tile_name, triton_tile
 from .timing import Timer
+
+# The ops whose Triton kernels cut the maps into tiles (h3r_kernels/triton/_common.py: map_tiling).
+MAP_TILED_OPS = ("encode", "encode_expected", "encode_gaussian", "heatmap_loss")
 
 
 def _first_line(error: BaseException) -> str:
@@ -31,14 +36,20 @@ def measure_ops(settings: argparse.Namespace, timer: Timer, log) -> list[dict]:
     ``note`` holds the error; the report goes on.
     """
     rows = []
-    impls = [impl for impl in settings.backends if impl != CPU_WORKERS]
+    impls = [(impl, None) for impl in settings.backends if impl != CPU_WORKERS]
+    if "triton" in settings.backends:  # candidate tiles, measured beside the tile in use
+        impls += [("triton", tile) for tile in getattr(settings, "triton_tiles", None) or []]
     for shape in settings.shapes:
         for dtype_name in settings.dtypes:
             for op in settings.ops:
-                for impl in impls:
+                for backend, tile in impls:
+                    if tile is not None and op not in MAP_TILED_OPS:
+                        continue
+                    impl = backend if tile is None else f"triton tile {tile_name(tile)}"
                     row = _row(op, impl, shape, dtype_name)
                     try:
-                        timing = timer(make_call(op, impl, shape, DTYPES[dtype_name], settings.device))
+                        with triton_tile(tile) if tile is not None else contextlib.nullcontext():
+                            timing = timer(make_call(op, backend, shape, DTYPES[dtype_name], settings.device))
                         row["median_ms"], row["host_ms"] = timing.median_ms, timing.host_ms
                         row["host_sync"] = timing.host_sync
                         if timing.host_sync:
@@ -49,7 +60,7 @@ def measure_ops(settings: argparse.Namespace, timer: Timer, log) -> list[dict]:
                         row["note"] = _first_line(error)
                         if settings.device.type == "cuda":
                             torch.cuda.empty_cache()
-                    if impl == "triton" and settings.device.type != "cuda":
+                    if backend == "triton" and settings.device.type != "cuda":
                         row["note"] = row["note"] or "Triton interpreter: not a performance claim"
                     rows.append(row)
                     log(f"{op:16s} {impl:10s} {shape_text(shape):16s} {dtype_name:9s} "

@@ -54,6 +54,7 @@ def run(settings: argparse.Namespace, log=print) -> dict:
             "gaussian_sigma": GAUSSIAN_SIGMA,
             "topk": TOPK,
             "seed": SEED,
+            "triton_tiles": [list(tile) for tile in getattr(settings, "triton_tiles", None) or []],
             "host_overhead": bool(getattr(settings, "host_overhead", False)),
             "train_step": bool(getattr(settings, "train_step", False)),
             "skip_throughput": not throughput,

@@ -38,6 +38,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .tiles import parse_tiles, tile_in_use, tile_name, triton_tile
+
 # Per-SM limits of compute capability 9.0 (CUDA C Programming Guide, "Compute capabilities").
 SM_REGISTERS = 65536
 SM_MAX_WARPS = 64
@@ -296,17 +298,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if name.strip() not in ("float32", "bfloat16", "float16"):
             parser.error(f"--dtypes: expected a subset of float32, bfloat16, float16, got {name!r}")
         dtypes.append(getattr(torch, name.strip()))
-    from h3r_kernels.triton import _common
-
-    tiles = [(_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD)]
+    tiles = [tile_in_use()]
     try:
-        for part in (settings.tiles.split(",") if settings.tiles else []):
-            elements, per_thread = (int(v) for v in part.split(":"))
-            if elements < 32 or elements & (elements - 1) or per_thread < 1 or per_thread & (per_thread - 1):
-                raise ValueError
-            tiles.append((elements, per_thread))
-    except ValueError:
-        parser.error(f"--tiles: expected ELEMENTS:PER_THREAD,... (powers of two, ELEMENTS >= 32), got {settings.tiles!r}")
+        tiles += parse_tiles(settings.tiles) if settings.tiles else []
+    except ValueError as error:
+        parser.error(f"--tiles: {error}")
     import triton
 
     from h3r.runtime import git_commit
@@ -316,8 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     in_use = tiles[0]
     for op in ops:
         for tile in tiles if op != "decode" else tiles[:1]:
-            _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD = tile
-            try:
+            with triton_tile(tile):
                 for shape in shapes:
                     for dtype in dtypes:
                         found = profile_op(op, shape, dtype, settings.capability)
@@ -325,11 +320,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                             row["tile"] = None if op == "decode" else {"elements": tile[0], "per_thread": tile[1],
                                                                         "in_use": tile == in_use}
                         rows += found
-                        print(f"sass: {op} {'x'.join(map(str, shape))} {dtype} tile {tile}: " + ", ".join(
+                        print(f"sass: {op} {'x'.join(map(str, shape))} {dtype} tile {tile_name(tile)}: " + ", ".join(
                             f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM" for r in found),
                             file=sys.stderr, flush=True)
-            finally:
-                _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD = in_use
     report = {"capability": settings.capability, "commit": settings.commit or git_commit(), "triton": triton.__version__,
               "torch": torch.__version__, "device_model": H200, "rows": rows, "elapsed_s": time.perf_counter() - started}
     settings.out.mkdir(parents=True, exist_ok=True)
