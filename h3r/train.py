@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from h3r.augment import DeviceAugment, DeviceCropDataset
 from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWriteError, checkpoint_checksum,
-                             load_checkpoint, reconcile_run_folder, save_atomic, write_atomic)
+                             load_checkpoint, reconcile_run_folder, save_atomic)
 from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict, flat_settings
 from h3r.crops import CropDataset, eval_crop
 from h3r.data import check_reader_options, open_dataset, verify_readable

@@ -41,6 +41,7 @@ from h3r_kernels import eager
 from h3r_kernels.backends import _module, interpreting
 
 from .cases import SEED, TOPK
+from .timing import synchronize, time_per_call
 
 DEFAULT_SHAPE = (2, 4, 8, 8)
 # The impl of the rows that call the public function with the fast path off (the registered op).
@@ -232,28 +233,6 @@ def _backward(module, grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Te
     return module.heatmap_loss_backward(grad, grad_output, "mean")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_per_call(fn: Callable[[], object], device: torch.device, calls: int, rounds: int,
-                  warmup: int = 10) -> dict[str, float]:
-    """Median over ``rounds`` of the CPU (``process_time``) and wall time per call, in ms."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    cpu, wall = [], []
-    for _ in range(rounds):
-        start_cpu, start_wall = time.process_time(), time.perf_counter()
-        for _ in range(calls):
-            fn()
-        _sync(device)
-        cpu.append((time.process_time() - start_cpu) * 1e3 / calls)
-        wall.append((time.perf_counter() - start_wall) * 1e3 / calls)
-    return {"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall)}
-
-
 def categorise(filename: str) -> str:
     for name, matches in CATEGORIES:
         if matches(filename.replace("\\", "/")):
@@ -265,12 +244,12 @@ def profile_breakdown(fn: Callable[[], object], device: torch.device, calls: int
     """cProfile self times of ``calls`` calls: per category (share of the total) and the top functions."""
     for _ in range(5):
         fn()
-    _sync(device)
+    synchronize(device)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
         fn()
-    _sync(device)
+    synchronize(device)
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # (file, line, name) -> (primitive calls, calls, tottime, cumtime, callers)
     totals: dict[str, float] = {}
@@ -307,11 +286,11 @@ def torch_profile(fn: Callable[[], object], device: torch.device, calls: int, to
 
     for _ in range(5):
         fn()
-    _sync(device)
+    synchronize(device)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             fn()
-        _sync(device)
+        synchronize(device)
     rows = [{"op": event.key, "calls_per_call": event.count / calls,
              "self_cpu_us_per_call": event.self_cpu_time_total / calls,
              "cpu_total_us_per_call": event.cpu_time_total / calls}

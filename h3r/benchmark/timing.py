@@ -1,5 +1,7 @@
 """Timing one call: :class:`Timer` (CUDA events behind a GPU spin, or ``time.perf_counter`` on
-the CPU) and the device's copy bandwidth, the yardstick of the report's bandwidth columns."""
+the CPU) and the device's copy bandwidth, the yardstick of the report's bandwidth columns;
+:func:`time_per_call`, the wall and CPU time per call of back-to-back calls (host overhead,
+training step)."""
 from __future__ import annotations
 
 import statistics
@@ -101,3 +103,26 @@ def copy_bandwidth(timer: Timer, device: torch.device, nbytes: int) -> dict:
     ms = timer(lambda: dst.copy_(src)).median_ms
     moved = 2 * src.numel() * 4
     return {"bytes": moved, "source_bytes": src.numel() * 4, "ms": ms, "gbps": moved / (ms * 1e6)}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_call(fn: Callable[[], object], device: torch.device, calls: int, rounds: int,
+                  warmup: int = 10) -> dict[str, float]:
+    """Median over ``rounds`` of the CPU (``process_time``) and wall time per call, in ms."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    cpu, wall = [], []
+    for _ in range(rounds):
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        cpu.append((time.process_time() - start_cpu) * 1e3 / calls)
+        wall.append((time.perf_counter() - start_wall) * 1e3 / calls)
+    return {"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall)}

@@ -15,9 +15,7 @@ beside it (where it is close to the wall time, the step is limited by the host, 
 """
 from __future__ import annotations
 
-import statistics
 import time
-from typing import Callable
 
 import torch
 
@@ -26,28 +24,11 @@ from h3r.models import build_model
 from h3r.runtime import autocast
 from h3r.steps import WARMUP_STEPS, CapturedTrainStep, TrainStep
 
+from .timing import time_per_call
+
 # The model of issue 13's target (an HRNet-W18 step at 256x256) on CUDA; a CPU-sized one elsewhere.
 CUDA_DEFAULTS = {"backbone": "hrnet_w18", "input_size": 256, "batch": 32, "keypoints": 98, "stride": 4, "amp": "bf16"}
 CPU_DEFAULTS = {"backbone": "small", "input_size": 64, "batch": 8, "keypoints": 98, "stride": 4, "amp": "none"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], object], device: torch.device, calls: int, rounds: int) -> dict[str, float]:
-    """Median wall and CPU milliseconds per call over ``rounds`` rounds of ``calls`` calls (synchronised)."""
-    wall, cpu = [], []
-    for _ in range(rounds):
-        _sync(device)
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        for _ in range(calls):
-            fn()
-        _sync(device)
-        wall.append((time.perf_counter() - start_wall) * 1e3 / calls)
-        cpu.append((time.process_time() - start_cpu) * 1e3 / calls)
-    return {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu)}
 
 
 def _setup(device: torch.device, shape: dict, captured: bool):
@@ -86,12 +67,11 @@ def measure_train_step(device: torch.device, shape: dict, calls: int = 10, round
         model, codec, step = _setup(device, shape, captured)
         for _ in range(WARMUP_STEPS + 2):  # the captured step captures on call WARMUP_STEPS + 1
             step(images, keypoints, visible, next(seeds))
-        timing = time_calls(lambda: step(images, keypoints, visible, next(seeds)), device, calls, rounds)
+        timing = time_per_call(lambda: step(images, keypoints, visible, next(seeds)), device, calls, rounds, warmup=0)
         rows.append({"call": name, **timing, "images_per_s": shape["batch"] * 1e3 / timing["wall_ms"]})
         if logits_like is None:
             with torch.no_grad(), autocast(device, shape["amp"]):
                 logits_like = model(images)
-        del model, codec, step
 
     codec = build_codec("h3r", shape["stride"], input_size=shape["input_size"])
     logits = torch.randn(logits_like.shape, device=device).to(logits_like.dtype).requires_grad_()
@@ -102,7 +82,7 @@ def measure_train_step(device: torch.device, shape: dict, calls: int = 10, round
 
     for _ in range(3):
         loss_call()
-    timing = time_calls(loss_call, device, calls, rounds)
+    timing = time_per_call(loss_call, device, calls, rounds, warmup=0)
     rows.append({"call": "heatmap loss", **timing, "images_per_s": shape["batch"] * 1e3 / timing["wall_ms"]})
     for row in rows:
         row["share_of_step"] = row["wall_ms"] / rows[0]["wall_ms"]
