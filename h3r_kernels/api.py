@@ -171,10 +171,8 @@ def decode(
     weights (linear: the peak cell). A map whose maximum is not finite has no coordinate
     gradient (only the score's, at the peak cell).
     """
-    checks.check_decode(heatmaps, method, k, weights, window)
+    k, window = checks.check_decode(heatmaps, method, k, weights, window)
     checks.check_backend(backend)
-    k = checks.as_int("k", k, "an integer")
-    window = checks.as_int("window", window, "an integer")
     if eager.takes_fast_path(heatmaps):
         return eager.decode(heatmaps, method, k, weights, window, backend)
     coords, scores, _ = ops.decode(heatmaps, method, k, weights, window, backend)

@@ -235,7 +235,8 @@ def check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, 
         raise ValueError(f"keypoints: expected device {logits.device} (that of logits), got {keypoints.device}")
 
 
-def check_decode(heatmaps, method, k, weights, window) -> None:
+def check_decode(heatmaps, method, k, weights, window) -> tuple[int, int]:
+    """Checks decode's arguments; returns ``(k, window)`` as Python ints."""
     check_maps("heatmaps", heatmaps)
     check_choice("method", method, METHODS)
     check_choice("weights", weights, WEIGHTINGS)
@@ -249,6 +250,7 @@ def check_decode(heatmaps, method, k, weights, window) -> None:
         raise ValueError(f"window: expected an odd integer >= 1, got {window!r}")
     if window * window > spec.MAX_WINDOW_CELLS:
         raise ValueError(f"window: expected window*window <= {spec.MAX_WINDOW_CELLS}, got window={window}")
+    return k, window
 
 
 def check_backend(backend: str) -> None:
