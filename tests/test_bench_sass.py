@@ -3,6 +3,7 @@ resource parsers, the occupancy and budget arithmetic, and one real compile for 
 GPU (in a subprocess: the tests run Triton interpreted, and interpreted kernels are not compiled)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,19 @@ def test_candidate_tile_rows_are_timed_under_their_tile(monkeypatch):
     in_use = (_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD)
     assert seen == [("heatmap_loss", "triton", *in_use), ("heatmap_loss", "triton", 2048, 8), ("decode", "triton", *in_use)]
     assert all(row["median_ms"] and row["note"] == "Triton interpreter: not a performance claim" for row in rows)
+
+
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.access("/usr/local/cuda/bin/nvcc", os.X_OK) else None)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH or at /usr/local/cuda/bin/nvcc")
+def test_cuda_c_kernels_registers_and_occupancy():
+    rows = sass.profile_csrc(90, NVCC)
+    found = {(row["kernel"], row["dtype"]) for row in rows}
+    for kernel in ("loss_kernel", "encode_kernel", "decode_kernel"):
+        assert {(kernel, dtype) for dtype in ("float32", "float64", "float16", "bfloat16")} <= found, kernel
+    for row in rows:
+        assert 0 < row["registers"] <= 255 and row["num_warps"] == 8 and row["warps_per_sm"] % 8 == 0
+    page = sass.markdown({"capability": 90, "commit": "abc", "triton": "t", "torch": "t", "elapsed_s": 1.0, "rows": [],
+                          "csrc": rows})
+    assert "| loss.cu | `loss_kernel` | float32 |" in page

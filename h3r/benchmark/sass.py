@@ -233,6 +233,42 @@ def profile_op(op: str, shape: Sequence[int], dtype: torch.dtype, capability: in
     return rows
 
 
+CSRC_KERNELS = {"loss.cu": "loss_kernel", "encode.cu": "encode_kernel", "decode.cu": "decode_kernel"}
+STORAGE_NAMES = {"f": "float32", "d": "float64", "N3h3r4HalfE": "float16", "N3h3r8BFloat16E": "bfloat16"}
+
+
+def profile_csrc(capability: int = 90, nvcc: Optional[str] = None) -> list[dict]:
+    """Registers and occupancy of the CUDA C kernels (``csrc/``) compiled by ``nvcc`` for ``sm_<capability>``
+    with the loader's defines, at the launchers' block of :data:`h3r_kernels.spec.BLOCK` threads."""
+    import shutil
+
+    from h3r_kernels import spec
+    from h3r_kernels.cuda import _module
+
+    nvcc = nvcc or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not os.access(nvcc, os.X_OK):
+        raise FileNotFoundError(f"{nvcc}: nvcc is needed to compile csrc/ (the CUDA toolkit)")
+    source_dir = _module.find_source_dir()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for source, kernel in CSRC_KERNELS.items():
+            cubin = Path(folder) / f"{source}.cubin"
+            subprocess.run([nvcc, "-cubin", "-std=c++17", f"-arch=sm_{capability}", "-DH3R_EXPLICIT_INSTANTIATION",
+                            *spec.c_define_options(), f"-I{source_dir}", str(source_dir / source), "-o", str(cubin)],
+                           capture_output=True, text=True, check=True)
+            usage = subprocess.run([_cuobjdump(), "-res-usage", str(cubin)], capture_output=True, text=True,
+                                   check=True).stdout
+            for mangled, registers, shared in re.findall(r"Function (\S+):\s+REG:(\d+)\s+STACK:\d+\s+SHARED:(\d+)", usage):
+                found = re.match(rf"_Z\d+{kernel}I(.+?)EvP", mangled)
+                if found is None or found.group(1) not in STORAGE_NAMES:
+                    continue
+                warps = spec.BLOCK // 32
+                rows.append({"source": source, "kernel": kernel, "dtype": STORAGE_NAMES[found.group(1)],
+                             "registers": int(registers), "shared_bytes": int(shared), "num_warps": warps,
+                             **occupancy(int(registers), warps, int(shared))})
+    return rows
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Static profile of the Triton kernels",
@@ -261,6 +297,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['op']} | {'×'.join(map(str, row['shape']))} | {row['dtype']} | `{row['kernel']}` | "
                      f"{tile} | {row['num_warps']} | {row['registers']} | {row['warps_per_sm']} ({row['limited_by']}) | "
                      f"{row['instructions']} | {shown} | {spent} |")
+    if report.get("csrc"):
+        lines += ["", f"CUDA C kernels (`csrc/`, nvcc for sm_{report['capability']}, blocks of "
+                      f"{report['csrc'][0]['num_warps'] * 32} threads; encode's dynamic shared memory not counted):", "",
+                  "| source | kernel | dtype | regs | warps/SM (limit) |", "|---|---|---|---|---|"]
+        lines += [f"| {row['source']} | `{row['kernel']}` | {row['dtype']} | {row['registers']} | "
+                  f"{row['warps_per_sm']} ({row['limited_by']}) |" for row in report["csrc"]]
     return "\n".join(lines) + "\n"
 
 
@@ -279,6 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="also profile the map-tiled kernels (encode, heatmap_loss) with these GPU tiles: "
                              "elements per program and per thread (h3r_kernels/triton/_common.py; default: only "
                              "the tile in use)")
+    parser.add_argument("--csrc", action="store_true",
+                        help="also compile the CUDA C kernels (csrc/) with nvcc and report their registers and occupancy")
     parser.add_argument("--commit", help="git commit to record (default: git rev-parse HEAD)")
     settings = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -323,8 +367,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         print(f"sass: {op} {'x'.join(map(str, shape))} {dtype} tile {tile_name(tile)}: " + ", ".join(
                             f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM" for r in found),
                             file=sys.stderr, flush=True)
+    csrc = profile_csrc(settings.capability) if settings.csrc else []
     report = {"capability": settings.capability, "commit": settings.commit or git_commit(), "triton": triton.__version__,
-              "torch": torch.__version__, "device_model": H200, "rows": rows, "elapsed_s": time.perf_counter() - started}
+              "torch": torch.__version__, "device_model": H200, "rows": rows, "csrc": csrc,
+              "elapsed_s": time.perf_counter() - started}
     settings.out.mkdir(parents=True, exist_ok=True)
     (settings.out / "sass.json").write_text(json.dumps(report, indent=1) + "\n")
     (settings.out / "sass.md").write_text(markdown(report))
