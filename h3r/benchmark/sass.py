@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -212,9 +213,7 @@ def profile_op(op: str, shape: Sequence[int], dtype: torch.dtype, capability: in
     """One row per kernel the op's launcher compiles for ``shape`` and ``dtype``."""
     with compile_only(capability) as compiled:
         _launch(op, shape, dtype)()
-    elements = 1
-    for side in shape:
-        elements *= side
+    elements = math.prod(shape)
     bytes_per_element = BYTES_PER_ELEMENT_PASSES[op] * torch.empty((), dtype=dtype).element_size()
     rows = []
     for name, kernel, grid, num_warps in compiled:
