@@ -173,13 +173,16 @@ def check_weight(weight: Optional[torch.Tensor], keypoints: torch.Tensor) -> Non
         check_mask("weight", weight, keypoints, WEIGHT_DTYPES, "float32, float64, float16 or bfloat16")
 
 
-def check_target_options(sigma, rounding: str, seed) -> None:
-    """``sigma`` and ``seed`` of any numeric type (see :func:`as_sigma`, :func:`as_seed`); ``rounding``."""
+def check_target_options(sigma, rounding: str, seed) -> tuple[float, Optional[int]]:
+    """``sigma`` and ``seed`` of any numeric type (see :func:`as_sigma`, :func:`as_seed`); ``rounding``.
+
+    Returns ``(sigma, seed)`` as :func:`as_sigma` and :func:`as_seed` give them.
+    """
     check_choice("rounding", rounding, ROUNDINGS)
     sigma = as_sigma(sigma)
     if rounding == "none" and sigma == 0:
         raise ValueError("rounding: 'none' keeps the continuous centre and needs sigma > 0, got sigma=0")
-    as_seed(seed)
+    return sigma, as_seed(seed)
 
 
 def _size_ok(value) -> bool:
@@ -212,11 +215,16 @@ def check_maps(name: str, maps: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected H, W >= 1, got shape {_shape(maps)}")
 
 
+def check_dtype(dtype) -> None:
+    """``dtype``: the dtype of encode's maps."""
+    if dtype not in MAP_DTYPES:
+        raise TypeError(f"dtype: expected torch.float32, float16, bfloat16 or float64, got {dtype}")
+
+
 def check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype) -> tuple[int, int]:
     check_keypoints(keypoints, visible)
     check_target_options(sigma, rounding, seed)
-    if dtype not in MAP_DTYPES:
-        raise TypeError(f"dtype: expected torch.float32, float16, bfloat16 or float64, got {dtype}")
+    check_dtype(dtype)
     return check_heatmap_size(heatmap_size)
 
 
@@ -235,22 +243,30 @@ def check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, 
         raise ValueError(f"keypoints: expected device {logits.device} (that of logits), got {keypoints.device}")
 
 
-def check_decode(heatmaps, method, k, weights, window) -> tuple[int, int]:
-    """Checks decode's arguments; returns ``(k, window)`` as Python ints."""
-    check_maps("heatmaps", heatmaps)
+def check_decode_options(method, k, weights, window, cells: Optional[int] = None) -> tuple[int, int]:
+    """decode's options; ``cells``: H*W of the maps when known (``topk`` needs ``k <= H*W``).
+
+    Returns ``(k, window)`` as Python ints.
+    """
     check_choice("method", method, METHODS)
     check_choice("weights", weights, WEIGHTINGS)
     k = as_int("k", k, f"an integer in [1, {MAX_K}]")
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k: expected an integer in [1, {MAX_K}], got {k!r}")
-    if method == "topk" and k > heatmaps.shape[2] * heatmaps.shape[3]:
-        raise ValueError(f"k: expected 1 <= k <= H*W = {heatmaps.shape[2] * heatmaps.shape[3]}, got {k}")
+    if method == "topk" and cells is not None and k > cells:
+        raise ValueError(f"k: expected 1 <= k <= H*W = {cells}, got {k}")
     window = as_int("window", window, "an odd integer >= 1")
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window: expected an odd integer >= 1, got {window!r}")
     if window * window > spec.MAX_WINDOW_CELLS:
         raise ValueError(f"window: expected window*window <= {spec.MAX_WINDOW_CELLS}, got window={window}")
     return k, window
+
+
+def check_decode(heatmaps, method, k, weights, window) -> tuple[int, int]:
+    """Checks decode's arguments; returns ``(k, window)`` as Python ints."""
+    check_maps("heatmaps", heatmaps)
+    return check_decode_options(method, k, weights, window, heatmaps.shape[2] * heatmaps.shape[3])
 
 
 def check_backend(backend: str) -> None:

@@ -46,13 +46,10 @@ class HeatmapEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.heatmap_size = checks.check_heatmap_size(heatmap_size)
-        checks.check_target_options(sigma, rounding, seed)
-        if dtype not in checks.MAP_DTYPES:
-            raise TypeError(f"dtype: expected torch.float32, float16, bfloat16 or float64, got {dtype}")
+        self.sigma, self.seed = checks.check_target_options(sigma, rounding, seed)
+        checks.check_dtype(dtype)
         checks.check_backend(backend)
-        self.sigma = checks.as_sigma(sigma)
         self.rounding = rounding
-        self.seed = checks.as_seed(seed)
         self.expected = bool(expected)
         self.dtype = dtype
         self.backend = backend
@@ -91,13 +88,11 @@ class HeatmapLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        checks.check_target_options(sigma, rounding, seed)
+        self.sigma, self.seed = checks.check_target_options(sigma, rounding, seed)
         checks.check_choice("loss", loss, checks.LOSSES)
         checks.check_choice("reduction", reduction, checks.REDUCTIONS)
         checks.check_backend(backend)
-        self.sigma = checks.as_sigma(sigma)
         self.rounding = rounding
-        self.seed = checks.as_seed(seed)
         self.loss = loss
         self.reduction = reduction
         self.backend = backend
@@ -130,19 +125,10 @@ class HeatmapDecoder(nn.Module):
         self, *, method: str = "topk", k: int = 9, weights: str = "softmax", window: int = 3, backend: str = "auto"
     ) -> None:
         super().__init__()
-        checks.check_choice("method", method, checks.METHODS)
-        checks.check_choice("weights", weights, checks.WEIGHTINGS)
-        k = checks.as_int("k", k, f"an integer in [1, {checks.MAX_K}]")
-        if not 1 <= k <= checks.MAX_K:
-            raise ValueError(f"k: expected an integer in [1, {checks.MAX_K}], got {k!r}")
-        window = checks.as_int("window", window, "an odd integer >= 1")
-        if window < 1 or window % 2 == 0 or window * window > 1024:
-            raise ValueError(f"window: expected an odd integer >= 1 (window*window <= 1024), got {window!r}")
+        self.k, self.window = checks.check_decode_options(method, k, weights, window)
         checks.check_backend(backend)
         self.method = method
-        self.k = k
         self.weights = weights
-        self.window = window
         self.backend = backend
 
     def forward(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,6 +120,7 @@ def test_modules_compile_fullgraph(backend):
         (lambda: h3r_kernels.HeatmapDecoder(k=33), ValueError, r"k: expected an integer in \[1, 32\]"),
         (lambda: h3r_kernels.HeatmapDecoder(k=True), TypeError, r"k: expected an integer in \[1, 32\], got bool"),
         (lambda: h3r_kernels.HeatmapDecoder(window=4), ValueError, "window: expected an odd integer >= 1"),
+        (lambda: h3r_kernels.HeatmapDecoder(window=33), ValueError, r"window: expected window\*window <= 1024"),
     ],
 )
 def test_bad_options_fail_at_construction(build, error, match):
