@@ -282,17 +282,26 @@ class IntegralCodec:
 
     def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(coords (B, K, 2) input pixels, scores (B, K) = the largest softmax probability)``."""
-        logits = logits.float()
-        scores = logits.flatten(2).softmax(dim=-1).amax(dim=-1)
-        return soft_argmax(logits) * self.stride, scores
+        probabilities = _cell_probabilities(logits.float())
+        scores = probabilities.flatten(2).amax(dim=-1)
+        return _expected_cell(probabilities) * self.stride, scores
 
 
 def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     """``(B, K, 2)`` expected ``(x, y)`` cell of ``softmax`` over each map of ``logits`` (B, K, H, W)."""
-    height, width = logits.shape[-2:]
-    probabilities = logits.flatten(2).softmax(dim=-1).view_as(logits)
-    columns = torch.arange(width, device=logits.device, dtype=probabilities.dtype)
-    rows = torch.arange(height, device=logits.device, dtype=probabilities.dtype)
+    return _expected_cell(_cell_probabilities(logits))
+
+
+def _cell_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``softmax`` over the ``H * W`` cells of each map of ``logits`` (B, K, H, W), in that shape."""
+    return logits.flatten(2).softmax(dim=-1).view_as(logits)
+
+
+def _expected_cell(probabilities: torch.Tensor) -> torch.Tensor:
+    """``(B, K, 2)`` expected ``(x, y)`` cell under each map's distribution ``probabilities`` (B, K, H, W)."""
+    height, width = probabilities.shape[-2:]
+    columns = torch.arange(width, device=probabilities.device, dtype=probabilities.dtype)
+    rows = torch.arange(height, device=probabilities.device, dtype=probabilities.dtype)
     x = (probabilities.sum(dim=-2) * columns).sum(dim=-1)
     y = (probabilities.sum(dim=-1) * rows).sum(dim=-1)
     return torch.stack([x, y], dim=-1)
