@@ -182,6 +182,19 @@ def test_mpii_gt_valid_non_finite_is_rejected_unless_missing(mpii_root):
         open_dataset("mpii", str(mpii_root), "valid")
 
 
+def test_mpii_gt_valid_non_finite_names_the_joint_past_a_missing_one(mpii_root):
+    """The entry index is the joint's (3), not its position among the joints not flagged missing (2)."""
+    path = mpii_root / "annot" / "gt_valid.mat"
+    mat = {key: value for key, value in scipy.io.loadmat(path).items() if not key.startswith("__")}
+    mat["pos_gt_src"] = mat["pos_gt_src"].astype(np.float64)
+    mat["jnt_missing"][0, 1] = 1
+    mat["pos_gt_src"][3, 0, 1] = np.nan
+    scipy.io.savemat(path, mat)
+    with pytest.raises(ValueError, match=r"gt_valid.mat: 'pos_gt_src' person 2: joints not flagged in jnt_missing: "
+                                         r"entry \[3, 0\] is nan"):
+        open_dataset("mpii", str(mpii_root), "valid")
+
+
 # ------------------------------------------------------------------ MPII: types and lengths
 
 

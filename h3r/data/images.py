@@ -23,13 +23,6 @@ def _readable_extensions() -> tuple[str, ...]:
 # Lower-case extensions (with the dot) of every image format this Pillow decodes: .jpg, .png,
 # .bmp, .ppm, .pgm, .tif, .gif, .webp, ... Compare ``os.path.splitext(name)[1].lower()``.
 IMAGE_EXTENSIONS = _readable_extensions()
-# Preferred order when several images share a stem (the common formats first).
-COMMON_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".gif", ".webp")
-
-
-def is_image_name(name: str) -> bool:
-    """Whether ``name`` has the extension of an image format Pillow reads (any case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def as_rgb(image: np.ndarray, source: str = "image") -> np.ndarray:

@@ -110,13 +110,12 @@ def read_gt_valid(path: str | os.PathLike) -> dict[str, np.ndarray]:
     joints = joints.transpose(2, 0, 1).astype(np.float64)
     missing = missing.T.astype(bool)
     boxes = boxes.transpose(2, 0, 1).reshape(count, 4).astype(np.float64)
+    joints = np.where(missing[:, :, None], 1.0, joints)  # unlabelled joints are never read: 0 after the shift
     for person in range(count):
         require_finite(boxes[person], f"{path}: 'headboxes_src' person {person + 1}", "head box",
                        names=("x1", "y1", "x2", "y2"))
-        labelled = ~missing[person]
-        require_finite(joints[person][labelled], f"{path}: 'pos_gt_src' person {person + 1}",
-                       "joints not flagged in jnt_missing")
-    joints = np.where(missing[:, :, None], 1.0, joints)  # unlabelled joints are never read: 0 after the shift
+        require_finite(joints[person], f"{path}: 'pos_gt_src' person {person + 1}",
+                       "joints not flagged in jnt_missing")  # entry [joint, axis]
     return {"joints": joints - 1, "missing": missing, "head_boxes": boxes - 1}
 
 
