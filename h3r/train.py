@@ -80,6 +80,17 @@ class NonFiniteTraining(Exception):
     """Raised inside an epoch when the divergence guard finds a non-finite loss or weight."""
 
 
+def first_non_finite(losses: torch.Tensor, next_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first_bad_step, first_bad_loss)`` for :func:`check_finite`, on the device (no host sync).
+
+    ``losses`` are the losses of the steps just before global step ``next_step``; the step is
+    the global step (0-based) of the first non-finite one, or -1 when all are finite.
+    """
+    bad = ~torch.isfinite(losses)
+    first = torch.argmax(bad.to(torch.uint8))  # the first maximum: the first non-finite loss
+    return torch.where(bad.any(), next_step - len(losses) + first, -1), losses.take(first)  # [first] would sync
+
+
 def check_finite(first_bad_step: torch.Tensor, first_bad_loss: torch.Tensor, processes: Processes,
                  parameters: Optional[list[torch.Tensor]] = None) -> None:
     """The divergence guard's check: one host sync (``tolist``), plus an all-reduce with several processes.
@@ -395,10 +406,11 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
     """
     network.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    # Divergence guard: the first non-finite loss is recorded on the device (no host sync per step) and
-    # read every FINITE_CHECK_EVERY steps and at the end of the epoch, where the weights are checked too.
-    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-    first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+    # Divergence guard: each loss is copied into a device window (one copy per step, no host sync); every
+    # FINITE_CHECK_EVERY steps and at the end of the epoch (where the weights are checked too) the window of
+    # the steps since the last check is searched for the first non-finite loss and read once.
+    every = FINITE_CHECK_EVERY
+    recent_losses = torch.empty(min(every, len(loader)), dtype=torch.float64, device=device)
     images_seen, waiting = 0, 0.0
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
                disable=not (config.progress and processes.is_main))
@@ -415,9 +427,7 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
         visible = batch["visible"].to(device, non_blocking=True)
         loss = train_step(images, keypoints, visible, rounding_seed(config.seed, global_step, processes.rank))
         scheduler.step()
-        newly_bad = torch.logical_and(~torch.isfinite(loss.detach()), first_bad_step < 0)
-        first_bad_step = torch.where(newly_bad, global_step, first_bad_step)
-        first_bad_loss = torch.where(newly_bad, loss.detach().to(torch.float64), first_bad_loss)
+        recent_losses[step % every] = loss.detach()
         global_step += 1
         loss_sum += loss.detach()
         images_seen += len(images)
@@ -425,7 +435,8 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
         if not bar.disable and (step % 10 == 0 or step == len(loader) - 1):  # .item() syncs: only for a shown bar
             rate = images_seen * processes.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
-        if (step + 1) % FINITE_CHECK_EVERY == 0 or step == len(loader) - 1:
+        if (step + 1) % every == 0 or step == len(loader) - 1:
+            first_bad_step, first_bad_loss = first_non_finite(recent_losses[:step % every + 1], global_step)
             check_finite(first_bad_step, first_bad_loss, processes,
                          list(network.parameters()) if step == len(loader) - 1 else None)
     bar.close()
