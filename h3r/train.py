@@ -64,7 +64,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def check_run(config: TrainConfig, resume: Optional[str], stop_after_epochs: Optional[int]) -> None:
+def check_run(config: TrainConfig, resume: Optional[str | dict[str, Any]], stop_after_epochs: Optional[int]) -> None:
     """Refuse what would fail later, before anything is written: the reader options, the run folder, ``stop_after``."""
     if stop_after_epochs is not None and not (isinstance(stop_after_epochs, int) and stop_after_epochs >= 1):
         raise ValueError(f"stop_after: expected a positive number of epochs, got {stop_after_epochs!r}")
@@ -73,7 +73,8 @@ def check_run(config: TrainConfig, resume: Optional[str], stop_after_epochs: Opt
     if resume is None:
         check_output_folder(config.out if config.out is not None else "runs", "out")
     else:
-        check_output_folder(Path(resume) if Path(resume).is_dir() else Path(resume).parent, "resume")
+        path = Path(resume["path"] if isinstance(resume, dict) else resume)
+        check_output_folder(path if path.is_dir() else path.parent, "resume")
 
 
 class NonFiniteTraining(Exception):
@@ -221,8 +222,8 @@ def check_resumable(config: TrainConfig, checkpoint: dict[str, Any]) -> None:
                          f"{', '.join(RUNTIME_FIELDS)} may change, but these differ: {details}")
 
 
-def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epochs: Optional[int] = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(config: TrainConfig, *, resume: Optional[str | dict[str, Any]] = None,
+          stop_after_epochs: Optional[int] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or continue) a run; returns a summary dict on every process.
 
     The summary holds ``out`` (the run folder), ``history`` (the ``metrics.jsonl`` records),
@@ -233,8 +234,9 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
         config: the run's settings. With ``resume``, only :data:`RUNTIME_FIELDS` may differ
             from the checkpoint's configuration (``h3r.cli`` fills the rest from it), and
             ``out`` is ignored.
-        resume: a checkpoint (``last.pt``) or run folder to continue from; the run
-            continues in the folder that holds it.
+        resume: a checkpoint (``last.pt``) or run folder to continue from, or the checkpoint
+            as :func:`h3r.checkpoints.load_checkpoint` returned it (not read again; ``h3r.cli``
+            has read it for its configuration); the run continues in the folder that holds it.
         stop_after_epochs: stop after this many epochs of this call (continue later with
             ``resume``), e.g. to fit a time-limited job slot.
         log: where the learning curve is printed (process 0 only).
@@ -251,14 +253,14 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, processes: Processes, resume: Optional[str], stop_after_epochs: Optional[int],
-           log: Callable[[str], None]) -> dict[str, Any]:
+def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dict[str, Any]],
+           stop_after_epochs: Optional[int], log: Callable[[str], None]) -> dict[str, Any]:
     if config.cuda_graphs and processes.world_size > 1:
         raise ValueError(f"cuda_graphs: one process only, got {processes.world_size} (DistributedDataParallel's "
                          "gradient hooks are not captured)")
     device = process_device(config, processes)
     say = log if processes.is_main else (lambda message: None)
-    checkpoint = load_checkpoint(resume) if resume else None
+    checkpoint = resume if isinstance(resume, dict) else load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         check_resumable(config, checkpoint)
         runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
