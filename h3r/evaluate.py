@@ -266,6 +266,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     unknown = sorted(set(decoder) - set(DECODER_FIELDS))
     if unknown:
         raise ValueError(f"decoder: unknown setting(s) {', '.join(unknown)}; expected {', '.join(DECODER_FIELDS)}")
+    check_eval_settings(batch_size, workers, draw)  # both protocols
     released = official_folder(checkpoint_path)
     if released is not None:
         from h3r.official_eval import evaluate_official
@@ -284,7 +285,6 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     split = split or config.test_split
     reader_options = dict(config.test_options) if same_data and split == config.test_split else {}
     reader_options.update(options or {})
-    check_eval_settings(batch_size, workers, draw)
     check_reader_options(dataset_name, reader_options, "options")
     torch_device = resolve_device(device)
     out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"
