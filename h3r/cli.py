@@ -247,7 +247,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
               f"({result['images']} images in {result['seconds']:.1f} s)")
         print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
         return 0
-    summary = train(config, resume=args.resume, stop_after_epochs=args.stop_after)
+    # The checkpoint read above is passed on: train() does not read (and checksum) it again.
+    summary = train(config, resume=checkpoint if args.resume else None, stop_after_epochs=args.stop_after)
     is_main_process = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK
     if is_main_process and not summary["finished"]:
         print(f"stopped after epoch {summary['epochs_completed']}/{config.epochs}; continue with: "

@@ -266,13 +266,15 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     unknown = sorted(set(decoder) - set(DECODER_FIELDS))
     if unknown:
         raise ValueError(f"decoder: unknown setting(s) {', '.join(unknown)}; expected {', '.join(DECODER_FIELDS)}")
-    if official_folder(checkpoint_path) is not None:
+    check_eval_settings(batch_size, workers, draw)  # both protocols
+    released = official_folder(checkpoint_path)
+    if released is not None:
         from h3r.official_eval import evaluate_official
 
         if decoder:
             raise ValueError(f"decoder: {checkpoint_path} is one of the authors' models, decoded as they do "
                              f"(top-k softmax of the foreground logits); {', '.join(decoder)} cannot be changed")
-        return evaluate_official(official_folder(checkpoint_path), dataset=dataset, data_root=data_root, split=split,
+        return evaluate_official(released, dataset=dataset, data_root=data_root, split=split,
                                  options=options, flip_test=flip_test, device=device, batch_size=batch_size,
                                  workers=workers, out=out, draw=draw, progress=progress)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -283,10 +285,10 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     split = split or config.test_split
     reader_options = dict(config.test_options) if same_data and split == config.test_split else {}
     reader_options.update(options or {})
-    check_eval_settings(batch_size, workers, draw)
     check_reader_options(dataset_name, reader_options, "options")
     torch_device = resolve_device(device)
-    check_output_folder(Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}", "out")
+    out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"
+    check_output_folder(out_dir, "out")
     data = open_dataset(dataset_name, root=root, split=split, **reader_options)
     model, codec = model_and_codec(config, checkpoint["num_keypoints"])
     if data.num_keypoints != checkpoint["num_keypoints"]:
@@ -308,7 +310,6 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
                 "stride": config.stride,
                 "heatmap_size": config.heatmap_side, "flip_test": flip_test,
                 "checkpoint": checkpoint["path"], "epoch": checkpoint["epoch"]}
-    out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"
     paths = write_report(out_dir, metrics, settings, baseline)
     paths["images"] = draw_predictions(data, predictions, out_dir / "images", config.draw if draw is None else draw)
     return {"metrics": metrics, "baseline": baseline, "settings": settings, "paths": paths}

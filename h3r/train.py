@@ -64,7 +64,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def check_run(config: TrainConfig, resume: Optional[str], stop_after_epochs: Optional[int]) -> None:
+def check_run(config: TrainConfig, resume: Optional[str | dict[str, Any]], stop_after_epochs: Optional[int]) -> None:
     """Refuse what would fail later, before anything is written: the reader options, the run folder, ``stop_after``."""
     if stop_after_epochs is not None and not (isinstance(stop_after_epochs, int) and stop_after_epochs >= 1):
         raise ValueError(f"stop_after: expected a positive number of epochs, got {stop_after_epochs!r}")
@@ -73,11 +73,23 @@ def check_run(config: TrainConfig, resume: Optional[str], stop_after_epochs: Opt
     if resume is None:
         check_output_folder(config.out if config.out is not None else "runs", "out")
     else:
-        check_output_folder(Path(resume) if Path(resume).is_dir() else Path(resume).parent, "resume")
+        path = Path(resume["path"] if isinstance(resume, dict) else resume)
+        check_output_folder(path if path.is_dir() else path.parent, "resume")
 
 
 class NonFiniteTraining(Exception):
     """Raised inside an epoch when the divergence guard finds a non-finite loss or weight."""
+
+
+def first_non_finite(losses: torch.Tensor, next_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first_bad_step, first_bad_loss)`` for :func:`check_finite`, on the device (no host sync).
+
+    ``losses`` are the losses of the steps just before global step ``next_step``; the step is
+    the global step (0-based) of the first non-finite one, or -1 when all are finite.
+    """
+    bad = ~torch.isfinite(losses)
+    first = torch.argmax(bad.to(torch.uint8))  # the first maximum: the first non-finite loss
+    return torch.where(bad.any(), next_step - len(losses) + first, -1), losses.take(first)  # [first] would sync
 
 
 def check_finite(first_bad_step: torch.Tensor, first_bad_loss: torch.Tensor, processes: Processes,
@@ -210,8 +222,8 @@ def check_resumable(config: TrainConfig, checkpoint: dict[str, Any]) -> None:
                          f"{', '.join(RUNTIME_FIELDS)} may change, but these differ: {details}")
 
 
-def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epochs: Optional[int] = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(config: TrainConfig, *, resume: Optional[str | dict[str, Any]] = None,
+          stop_after_epochs: Optional[int] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or continue) a run; returns a summary dict on every process.
 
     The summary holds ``out`` (the run folder), ``history`` (the ``metrics.jsonl`` records),
@@ -222,8 +234,9 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
         config: the run's settings. With ``resume``, only :data:`RUNTIME_FIELDS` may differ
             from the checkpoint's configuration (``h3r.cli`` fills the rest from it), and
             ``out`` is ignored.
-        resume: a checkpoint (``last.pt``) or run folder to continue from; the run
-            continues in the folder that holds it.
+        resume: a checkpoint (``last.pt``) or run folder to continue from, or the checkpoint
+            as :func:`h3r.checkpoints.load_checkpoint` returned it (not read again; ``h3r.cli``
+            has read it for its configuration); the run continues in the folder that holds it.
         stop_after_epochs: stop after this many epochs of this call (continue later with
             ``resume``), e.g. to fit a time-limited job slot.
         log: where the learning curve is printed (process 0 only).
@@ -240,14 +253,14 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, stop_after_epoch
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, processes: Processes, resume: Optional[str], stop_after_epochs: Optional[int],
-           log: Callable[[str], None]) -> dict[str, Any]:
+def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dict[str, Any]],
+           stop_after_epochs: Optional[int], log: Callable[[str], None]) -> dict[str, Any]:
     if config.cuda_graphs and processes.world_size > 1:
         raise ValueError(f"cuda_graphs: one process only, got {processes.world_size} (DistributedDataParallel's "
                          "gradient hooks are not captured)")
     device = process_device(config, processes)
     say = log if processes.is_main else (lambda message: None)
-    checkpoint = load_checkpoint(resume) if resume else None
+    checkpoint = resume if isinstance(resume, dict) else load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         check_resumable(config, checkpoint)
         runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
@@ -395,10 +408,11 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
     """
     network.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    # Divergence guard: the first non-finite loss is recorded on the device (no host sync per step) and
-    # read every FINITE_CHECK_EVERY steps and at the end of the epoch, where the weights are checked too.
-    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-    first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+    # Divergence guard: each loss is copied into a device window (one copy per step, no host sync); every
+    # FINITE_CHECK_EVERY steps and at the end of the epoch (where the weights are checked too) the window of
+    # the steps since the last check is searched for the first non-finite loss and read once.
+    every = FINITE_CHECK_EVERY
+    recent_losses = torch.empty(min(every, len(loader)), dtype=torch.float64, device=device)
     images_seen, waiting = 0, 0.0
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
                disable=not (config.progress and processes.is_main))
@@ -415,9 +429,7 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
         visible = batch["visible"].to(device, non_blocking=True)
         loss = train_step(images, keypoints, visible, rounding_seed(config.seed, global_step, processes.rank))
         scheduler.step()
-        newly_bad = torch.logical_and(~torch.isfinite(loss.detach()), first_bad_step < 0)
-        first_bad_step = torch.where(newly_bad, global_step, first_bad_step)
-        first_bad_loss = torch.where(newly_bad, loss.detach().to(torch.float64), first_bad_loss)
+        recent_losses[step % every] = loss.detach()
         global_step += 1
         loss_sum += loss.detach()
         images_seen += len(images)
@@ -425,7 +437,8 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
         if not bar.disable and (step % 10 == 0 or step == len(loader) - 1):  # .item() syncs: only for a shown bar
             rate = images_seen * processes.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
-        if (step + 1) % FINITE_CHECK_EVERY == 0 or step == len(loader) - 1:
+        if (step + 1) % every == 0 or step == len(loader) - 1:
+            first_bad_step, first_bad_loss = first_non_finite(recent_losses[:step % every + 1], global_step)
             check_finite(first_bad_step, first_bad_loss, processes,
                          list(network.parameters()) if step == len(loader) - 1 else None)
     bar.close()

@@ -105,6 +105,20 @@ def test_train_resume_and_eval_from_the_command_line(capsys, tmp_path):
     assert code == 0 and "synthetic-face train (3 items)" in printed
 
 
+def test_train_resume_reads_the_checkpoint_once(capsys, tmp_path, monkeypatch):
+    import h3r.checkpoints as checkpoints_module
+
+    out = tmp_path / "run"
+    code, _, _ = run(capsys, "train", *TINY, "--epochs", "2", "--stop-after", "1", "--out", str(out))
+    assert code == 0
+    reads = []
+    real_read = checkpoints_module.read_weights_file
+    monkeypatch.setattr(checkpoints_module, "read_weights_file", lambda path: reads.append(path) or real_read(path))
+    code, printed, _ = run(capsys, "train", "--resume", str(out), "--workers", "0")
+    assert code == 0 and "final model (epoch 2)" in printed
+    assert reads.count(out / "last.pt") == 1  # by the command for its settings; train() is handed what it read
+
+
 def test_data_only_benchmark(capsys):
     code, printed, _ = run(capsys, "train", "--data-only", "--train-option", "size=24", "--batch-size", "8",
                            "--workers", "0", "--input-size", "32")

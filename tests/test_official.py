@@ -561,6 +561,18 @@ def test_eval_command_runs_their_protocol(tmp_path, capsys):
     assert results["metrics"]["nme"] == pytest.approx(data.evaluate(expected)["nme"], abs=1e-5)
 
 
+@pytest.mark.parametrize("setting, value, least", [("batch_size", 0, 1), ("workers", -1, 0), ("draw", -1, 0)])
+def test_eval_of_a_released_folder_checks_its_numeric_options_too(tmp_path, setting, value, least):
+    from h3r.evaluate import evaluate_checkpoint
+
+    reference = randomise(RefDetector("mobilenetv2", 98, 64, flip=True, flip_order=WFLW_ORDER), seed=4)
+    folder = write_folder(tmp_path / "mobilenet_64x64_p1", reference)
+    with pytest.raises(ValueError, match=f"{setting}: expected an integer >= {least}, got {value}"):
+        evaluate_checkpoint(folder, dataset="synthetic-face", options={"size": 3}, device="cpu",
+                            out=str(tmp_path / "report"), **{setting: value})
+    assert not (tmp_path / "report").exists()
+
+
 @pytest.mark.slow
 def test_train_command_fine_tunes_from_a_released_folder(tmp_path, capsys):
     """h3r train --pretrained <released folder> (a few seconds on a CPU)."""

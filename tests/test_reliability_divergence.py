@@ -72,6 +72,38 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+def test_the_guard_finds_the_first_non_finite_loss_of_its_window():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Operations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    losses = torch.tensor([0.5, float("inf"), float("nan"), 0.25], dtype=torch.float64)
+    with Operations() as operations:
+        step, loss = train_module.first_non_finite(losses, next_step=14)  # the losses of global steps 10..13
+    assert not [name for name in operations.names if "_local_scalar_dense" in name]  # no host read (.item())
+    assert step.item() == 11 and loss.item() == float("inf") and loss.dim() == 0
+    step, _ = train_module.first_non_finite(losses[3:], next_step=14)
+    assert step.item() == -1
+
+
+@pytest.mark.parametrize("at_call, where", [(4, "at step 4 (epoch 1); stopped without saving this epoch, so no "
+                                                 "checkpoint was written"),
+                                            (6, "at step 6 (epoch 2); stopped without saving this epoch, so")])
+def test_the_reported_step_is_the_poisoned_one_in_a_full_or_partial_window(tmp_path, monkeypatch, at_call, where):
+    monkeypatch.setattr(train_module, "FINITE_CHECK_EVERY", 3)  # 4 steps per epoch: windows of 3 and 1 steps
+    poison_loss(monkeypatch, at_call=at_call)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(small_config(tmp_path, train_options={"size": 32, "image_size": 48}), log=quiet)
+    assert str(caught.value).startswith(f"training diverged: the loss is nan {where}")
+
+
 def test_non_finite_weights_with_a_finite_loss_stop_the_run(tmp_path, monkeypatch):
     real_epoch = train_module.train_one_epoch
 
