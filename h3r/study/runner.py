@@ -58,9 +58,12 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
-def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int) -> dict[str, Any]:
-    """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``."""
-    done = finished_epochs(run_dir)
+def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int,
+               done: Optional[int]) -> dict[str, Any]:
+    """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``.
+
+    ``done``: the epoch ``run_dir/last.pt`` holds (:func:`finished_epochs`), None when there is none.
+    """
     if done is not None:  # stopped part-way: continue with the stored settings
         runtime = [argv[i:i + 2] for i in range(len(argv)) if argv[i] in ("--device", "--workers")]
         argv = ["train", "--resume", str(run_dir / "last.pt"), "--no-progress", *sum(runtime, [])]
@@ -209,7 +212,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
             outcome = {"status": "not trained", "train_seconds": None, "error": None}
         else:
             say(f"[{index + 1}/{len(grid)}] {cell.key}: training ({command_line(argv)})")
-            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads)
+            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads, done=done)
         scores: dict[str, Any] = {}
         if outcome["status"] in ("trained", "skipped (finished earlier)"):
             try:
