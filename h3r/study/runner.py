@@ -98,19 +98,14 @@ def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool,
 def head_and_decode_ms(model, codec, input_size: int, device: torch.device, batch: int = HEAD_BATCH,
                        repeats: int = 10) -> float:
     """Median milliseconds of pooling + head + decoding for a batch (the part that changes with the stride)."""
+    from h3r.benchmark.timing import time_per_call
+
     model.eval()
     with torch.no_grad():
         features = model.backbone(torch.zeros(batch, 3, input_size, input_size, device=device))
-        times = []
-        for _ in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            codec.decode(model.head(model.pool(features)))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times[2:]))
+        timing = time_per_call(lambda: codec.decode(model.head(model.pool(features))), device, calls=1,
+                               rounds=repeats, warmup=2)
+    return timing["wall_ms"]
 
 
 def _method_model(checkpoint: dict[str, Any], method, device: str):
