@@ -84,36 +84,26 @@ grep -E "^train step:" "$OUT/step.log" 2>/dev/null
 # 5. The main job on the GPU: low-resolution synthetic faces, bf16 (run folders outside $OUT:
 #    few files come back), with the CPU augmentation and then with the on-device one.
 TRAIN_ARGS=(--device cuda --amp bf16 --workers 8 --no-progress)
-rm -rf /tmp/h3r-gpu-train /tmp/h3r-gpu-train-augment
-run_step "train" "${TRAIN_TIMEOUT:-90}" "$OUT/train.log" \
-  python3 -m h3r train "${TRAIN_ARGS[@]}" --out /tmp/h3r-gpu-train
-cat /tmp/h3r-gpu-train/metrics.jsonl >> "$OUT/train.log" 2>/dev/null
-tail -4 "$OUT/train.log" 2>/dev/null
-
-if python3 -m h3r train --help 2>/dev/null | grep -q -- "--gpu-augment"; then
-  run_step "train --gpu-augment" "${TRAIN_TIMEOUT:-90}" "$OUT/train_gpu_augment.log" \
-    python3 -m h3r train "${TRAIN_ARGS[@]}" --gpu-augment --out /tmp/h3r-gpu-train-augment
-  cat /tmp/h3r-gpu-train-augment/metrics.jsonl >> "$OUT/train_gpu_augment.log" 2>/dev/null
-  tail -4 "$OUT/train_gpu_augment.log" 2>/dev/null
-else
-  echo "train --gpu-augment: skipped, 'h3r train' has no --gpu-augment flag in this checkout" \
-    | tee -a "$OUT/facts.txt" "$OUT/train_gpu_augment.log"
-fi
+# train_run NAME LOG FOLDER ARGS...: 'h3r train' with TRAIN_ARGS and ARGS into FOLDER (emptied first), its
+# metrics appended to LOG.
+train_run() {
+  local name=$1 log=$2 folder=$3; shift 3
+  rm -rf "$folder"
+  run_step "$name" "${TRAIN_TIMEOUT:-90}" "$log" python3 -m h3r train "${TRAIN_ARGS[@]}" "$@" --out "$folder"
+  cat "$folder/metrics.jsonl" >> "$log" 2>/dev/null
+  tail -4 "$log" 2>/dev/null
+}
+train_run "train" "$OUT/train.log" /tmp/h3r-gpu-train
+train_run "train --gpu-augment" "$OUT/train_gpu_augment.log" /tmp/h3r-gpu-train-augment --gpu-augment
 
 # 6. The training step captured in a CUDA graph: its tests (a short run against the eager one,
 #    resume), then the main job with --cuda-graphs, with the CPU and the on-device augmentation.
 run_step "cuda graphs tests" "${GRAPH_TEST_TIMEOUT:-90}" "$OUT/cuda_graphs_tests.log" \
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_train_steps.py
 grep -E "passed|failed|error" "$OUT/cuda_graphs_tests.log" 2>/dev/null | tail -3
-rm -rf /tmp/h3r-gpu-train-graphs /tmp/h3r-gpu-train-graphs-augment
-run_step "train --cuda-graphs" "${TRAIN_TIMEOUT:-90}" "$OUT/train_cuda_graphs.log" \
-  python3 -m h3r train "${TRAIN_ARGS[@]}" --cuda-graphs --out /tmp/h3r-gpu-train-graphs
-cat /tmp/h3r-gpu-train-graphs/metrics.jsonl >> "$OUT/train_cuda_graphs.log" 2>/dev/null
-tail -4 "$OUT/train_cuda_graphs.log" 2>/dev/null
-run_step "train --cuda-graphs --gpu-augment" "${TRAIN_TIMEOUT:-90}" "$OUT/train_cuda_graphs_augment.log" \
-  python3 -m h3r train "${TRAIN_ARGS[@]}" --cuda-graphs --gpu-augment --out /tmp/h3r-gpu-train-graphs-augment
-cat /tmp/h3r-gpu-train-graphs-augment/metrics.jsonl >> "$OUT/train_cuda_graphs_augment.log" 2>/dev/null
-tail -4 "$OUT/train_cuda_graphs_augment.log" 2>/dev/null
+train_run "train --cuda-graphs" "$OUT/train_cuda_graphs.log" /tmp/h3r-gpu-train-graphs --cuda-graphs
+train_run "train --cuda-graphs --gpu-augment" "$OUT/train_cuda_graphs_augment.log" \
+  /tmp/h3r-gpu-train-graphs-augment --cuda-graphs --gpu-augment
 
 # Images/s and loader wait per run, epochs 2.. (epoch 1 includes start-up), side by side.
 python3 - "$OUT/train_summary.txt" <<'EOF' 2>&1 | tee -a "$OUT/facts.txt"

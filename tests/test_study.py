@@ -160,3 +160,19 @@ def test_parallel_cells_run_as_subprocesses(tmp_path):
     for row in record["cells"]:
         log = (tmp_path / row["run_dir"] / "train.log").read_text()
         assert "h3r train: synthetic-face" in log and math.isfinite(row["metrics"]["nme"])
+
+
+def test_head_timings_read_each_checkpoint_once(tmp_path, monkeypatch):
+    """The methods of a cell share its network: its last.pt is read once to time all of them."""
+    import h3r.evaluate
+    from h3r.study.runner import time_heads
+
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r", "h3r-linear"), strides=(8,))
+    record = run_study(preset, tmp_path, say=lambda message: None)
+    rows = [{**row, "head_decode_ms": None} for row in record["cells"]]
+    assert len(rows) == 2 and len({row["run_dir"] for row in rows}) == 1
+    reads = []
+    load_checkpoint = h3r.evaluate.load_checkpoint
+    monkeypatch.setattr(h3r.evaluate, "load_checkpoint", lambda path: reads.append(path) or load_checkpoint(path))
+    time_heads(rows, {})
+    assert len(reads) == 1 and all(row["head_decode_ms"] > 0 for row in rows)

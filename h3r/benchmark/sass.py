@@ -39,6 +39,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .cases import CUDA_SHAPES, shape_text
 from .tiles import parse_tiles, tile_in_use, tile_name, triton_tile
 
 # Per-SM limits of compute capability 9.0 (CUDA C Programming Guide, "Compute capabilities").
@@ -305,14 +306,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-DEFAULT_SHAPES = ((256, 98, 64, 64), (256, 17, 64, 48), (1024, 98, 16, 16), (64, 98, 128, 128))
+DEFAULT_SHAPES = CUDA_SHAPES  # the GPU benchmark's
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m h3r.benchmark.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--capability", type=int, default=90, help="compute capability to compile for (default 90)")
     parser.add_argument("--ops", default="encode,heatmap_loss,decode", help="comma-separated (default: all three)")
-    parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in DEFAULT_SHAPES),
+    parser.add_argument("--shapes", default=",".join(map(shape_text, DEFAULT_SHAPES)),
                         help="BxKxHxW,... (default: the GPU benchmark shapes)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="map dtypes (default float32,bfloat16)")
     parser.add_argument("--out", type=Path, default=Path("bench") / "out", help="folder for sass.json and sass.md")
@@ -363,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                             row["tile"] = None if op == "decode" else {"elements": tile[0], "per_thread": tile[1],
                                                                         "in_use": tile == in_use}
                         rows += found
-                        print(f"sass: {op} {'x'.join(map(str, shape))} {dtype} tile {tile_name(tile)}: " + ", ".join(
+                        print(f"sass: {op} {shape_text(shape)} {dtype} tile {tile_name(tile)}: " + ", ".join(
                             f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM" for r in found),
                             file=sys.stderr, flush=True)
     csrc = profile_csrc(settings.capability) if settings.csrc else []
@@ -372,8 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               "elapsed_s": time.perf_counter() - started}
     settings.out.mkdir(parents=True, exist_ok=True)
     (settings.out / "sass.json").write_text(json.dumps(report, indent=1) + "\n")
-    (settings.out / "sass.md").write_text(markdown(report))
-    print(markdown(report))
+    page = markdown(report)
+    (settings.out / "sass.md").write_text(page)
+    print(page)
     return report
 
 

@@ -31,10 +31,9 @@ CUDA_DEFAULTS = {"backbone": "hrnet_w18", "input_size": 256, "batch": 32, "keypo
 CPU_DEFAULTS = {"backbone": "small", "input_size": 64, "batch": 8, "keypoints": 98, "stride": 4, "amp": "none"}
 
 
-def _setup(device: torch.device, shape: dict, captured: bool):
+def _setup(device: torch.device, shape: dict, codec, captured: bool):
     torch.manual_seed(0)
     model = build_model(shape["backbone"], shape["keypoints"], stride=shape["stride"]).to(device)
-    codec = build_codec("h3r", shape["stride"], input_size=shape["input_size"])
     if captured:
         optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device=device), capturable=True)
         step = CapturedTrainStep(model, codec, optimizer, 0.0, shape["amp"], device)
@@ -42,7 +41,7 @@ def _setup(device: torch.device, shape: dict, captured: bool):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         step = TrainStep(model, codec, optimizer, scaler, 0.0, shape["amp"], device)
-    return model, codec, step
+    return model, step
 
 
 def _batch(device: torch.device, shape: dict):
@@ -60,29 +59,27 @@ def measure_train_step(device: torch.device, shape: dict, calls: int = 10, round
     images, keypoints, visible = _batch(device, shape)
     rows = []
     seeds = iter(range(1 << 30))
+    codec = build_codec("h3r", shape["stride"], input_size=shape["input_size"])
 
     variants = [("step", False)] + ([("step, CUDA graph", True)] if device.type == "cuda" else [])
     logits_like = None
     for name, captured in variants:
-        model, codec, step = _setup(device, shape, captured)
-        for _ in range(WARMUP_STEPS + 2):  # the captured step captures on call WARMUP_STEPS + 1
-            step(images, keypoints, visible, next(seeds))
-        timing = time_per_call(lambda: step(images, keypoints, visible, next(seeds)), device, calls, rounds, warmup=0)
+        model, step = _setup(device, shape, codec, captured)
+        # warm-up: the captured step captures on call WARMUP_STEPS + 1
+        timing = time_per_call(lambda: step(images, keypoints, visible, next(seeds)), device, calls, rounds,
+                               warmup=WARMUP_STEPS + 2)
         rows.append({"call": name, **timing, "images_per_s": shape["batch"] * 1e3 / timing["wall_ms"]})
         if logits_like is None:
             with torch.no_grad(), autocast(device, shape["amp"]):
                 logits_like = model(images)
 
-    codec = build_codec("h3r", shape["stride"], input_size=shape["input_size"])
     logits = torch.randn(logits_like.shape, device=device).to(logits_like.dtype).requires_grad_()
 
     def loss_call():
         logits.grad = None
         codec.loss(logits, keypoints, visible, seed=next(seeds)).backward()
 
-    for _ in range(3):
-        loss_call()
-    timing = time_per_call(loss_call, device, calls, rounds, warmup=0)
+    timing = time_per_call(loss_call, device, calls, rounds, warmup=3)
     rows.append({"call": "heatmap loss", **timing, "images_per_s": shape["batch"] * 1e3 / timing["wall_ms"]})
     for row in rows:
         row["share_of_step"] = row["wall_ms"] / rows[0]["wall_ms"]

@@ -48,13 +48,9 @@ def train_argv(cell: Cell, preset: Preset, out: Path, *, data_root: Optional[str
             "--workers", str(preset.workers), "--draw", "0", "--no-progress", "--out", str(cell.run_dir(out))]
     if data_root is not None:
         argv += ["--data-root", data_root]
-    if cell.dataset.startswith("synthetic-"):
-        if preset.synthetic_sizes is not None:
-            train_size, test_size = preset.synthetic_sizes
-            argv += ["--train-option", f"size={train_size}", "--test-option", f"size={test_size}"]
-        if preset.synthetic_image_size is not None:
-            argv += ["--train-option", f"image_size={preset.synthetic_image_size}",
-                     "--test-option", f"image_size={preset.synthetic_image_size}"]
+    train, test = preset.reader_options(cell.dataset, "train"), preset.reader_options(cell.dataset, "test")
+    for key in train:
+        argv += ["--train-option", f"{key}={train[key]}", "--test-option", f"{key}={test[key]}"]
     if device is not None:
         argv += ["--device", device]
     return argv + [*preset.train_args, *extra]

@@ -67,6 +67,17 @@ class Preset:
         """The codecs to train, in the order of the methods that need them."""
         return tuple(dict.fromkeys(METHODS[name].codec for name in self.methods))
 
+    def reader_options(self, dataset: str, split: str) -> dict[str, int]:
+        """The reader options the preset gives ``dataset``'s ``split`` ("train" or "test"): the sizes of a
+        generated (``synthetic-*``) dataset; none for real datasets."""
+        options: dict[str, int] = {}
+        if dataset.startswith("synthetic-"):
+            if self.synthetic_sizes is not None:
+                options["size"] = self.synthetic_sizes[0 if split == "train" else 1]
+            if self.synthetic_image_size is not None:
+                options["image_size"] = self.synthetic_image_size
+        return options
+
     def with_overrides(self, **overrides: Any) -> "Preset":
         """A copy with the given (non-None) fields replaced, checked."""
         preset = replace(self, **{key: value for key, value in overrides.items() if value is not None})

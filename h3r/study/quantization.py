@@ -56,12 +56,7 @@ def quantization_rows(preset: Preset, data_root: Optional[str] = None, seed: int
     rows = []
     for dataset_name in preset.datasets:
         config = load_config(dataset_name, data_root=data_root, input_size=preset.input_size)
-        options = dict(config.test_options)
-        if dataset_name.startswith("synthetic-"):
-            if preset.synthetic_sizes is not None:
-                options["size"] = preset.synthetic_sizes[1]
-            if preset.synthetic_image_size is not None:
-                options["image_size"] = preset.synthetic_image_size
+        options = {**config.test_options, **preset.reader_options(dataset_name, "test")}
         data = open_dataset(dataset_name, root=config.data_root, split=config.test_split, **options)
         points = ground_truth_in_input_pixels(data, preset.input_size, config.crop.box_scale)
         for stride in preset.strides:

@@ -119,14 +119,15 @@ def _part_a_tables(record, dataset, settings) -> list[str]:
         chosen = {(row["method"], row["stride"]): row for row in rows if row["points"] == points}
         if not chosen:
             continue
-        counts = ", ".join(f"stride {s}: {chosen[next(iter(k for k in chosen if k[1] == s))]['keypoints']} "
-                           f"on the map, {chosen[next(iter(k for k in chosen if k[1] == s))]['outside_map']} beyond it"
-                           for s in strides if any(k[1] == s for k in chosen))
+        by_stride = {}  # the keypoint counts are the same in every row of a stride
+        for (_, stride), row in chosen.items():
+            by_stride.setdefault(stride, row)
+        counts = ", ".join(f"stride {s}: {by_stride[s]['keypoints']} on the map, "
+                           f"{by_stride[s]['outside_map']} beyond it" for s in strides if s in by_stride)
         lines += [f"## {dataset}: quantization only (part A), {points} keypoints, mean (max) 2-D error in input "
                   f"pixels", "", f"Keypoints: {counts}.", "",
                   "| method | " + " | ".join(f"stride {s}" for s in strides) + " |", "|---|" + "---:|" * len(strides)]
-        methods = [name for name in settings["methods"]] + ["h3r-sampled-target"]
-        for method in methods:
+        for method in [*settings["methods"], "h3r-sampled-target"]:
             cells = []
             for stride in strides:
                 row = chosen.get((method, stride))

@@ -32,6 +32,7 @@ from h3r.study.presets import Preset
 
 SCHEMA = "h3r-study/1"
 LOG_TAIL_LINES = 15
+HEAD_BATCH = 32  # images per batch of the pooling + head + decoding timing
 
 
 def progress(message: str) -> None:
@@ -58,9 +59,12 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
-def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int) -> dict[str, Any]:
-    """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``."""
-    done = finished_epochs(run_dir)
+def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int,
+               done: Optional[int]) -> dict[str, Any]:
+    """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``.
+
+    ``done``: the epoch ``run_dir/last.pt`` holds (:func:`finished_epochs`), None when there is none.
+    """
     if done is not None:  # stopped part-way: continue with the stored settings
         runtime = [argv[i:i + 2] for i in range(len(argv)) if argv[i] in ("--device", "--workers")]
         argv = ["train", "--resume", str(run_dir / "last.pt"), "--no-progress", *sum(runtime, [])]
@@ -91,44 +95,49 @@ def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool,
     return {"status": "trained", "train_seconds": seconds, "error": None}
 
 
-def head_and_decode_ms(model, codec, input_size: int, device: torch.device, batch: int = 32,
+def head_and_decode_ms(model, codec, input_size: int, device: torch.device, batch: int = HEAD_BATCH,
                        repeats: int = 10) -> float:
     """Median milliseconds of pooling + head + decoding for a batch (the part that changes with the stride)."""
+    from h3r.benchmark.timing import time_per_call
+
     model.eval()
     with torch.no_grad():
         features = model.backbone(torch.zeros(batch, 3, input_size, input_size, device=device))
-        times = []
-        for _ in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            codec.decode(model.head(model.pool(features)))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times[2:]))
+        timing = time_per_call(lambda: codec.decode(model.head(model.pool(features))), device, calls=1,
+                               rounds=repeats, warmup=2)
+    return timing["wall_ms"]
 
 
-def _method_model(run_dir: Path, method, device: str):
-    """``(model on its device, codec, config, checkpoint, device)`` of a finished cell, read with ``method``'s decoder."""
+def _method_model(checkpoint: dict[str, Any], method, device: str):
+    """``(model on its device, codec, config, device)`` of a finished cell's checkpoint, read with ``method``'s decoder."""
     from h3r.configs import config_from_dict
-    from h3r.evaluate import load_checkpoint, model_and_codec, resolve_device
+    from h3r.evaluate import model_and_codec, resolve_device
 
-    checkpoint = load_checkpoint(run_dir / "last.pt")
     config = config_from_dict({**checkpoint["config"], **method.decoder})
     model, codec = model_and_codec(config, checkpoint["num_keypoints"])
     model.load_state_dict(checkpoint["model"])
     torch_device = resolve_device(device)
-    return model.to(torch_device), codec, config, checkpoint, torch_device
+    return model.to(torch_device), codec, config, torch_device
+
+
+def _run_scores(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What every method's score of a cell takes from its run: the metric, the training images/s, the epochs."""
+    from h3r.configs import config_from_dict
+
+    config = config_from_dict(checkpoint["config"])
+    history = checkpoint["history"]
+    return {"metric": config.metric, "higher_is_better": config.higher_is_better, "head_decode_ms": None,
+            "batch": HEAD_BATCH,
+            "images_per_s": float(np.mean([record["images_per_s"] for record in history])) if history else None,
+            "epochs": checkpoint["epoch"]}
 
 
 def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
     """Each method of the cell on the final model: ``{method: {"metrics", ...}}``, cached in ``study-<method>.json``."""
-    from h3r.configs import config_from_dict
     from h3r.evaluate import evaluate_checkpoint, load_checkpoint
 
     scores = {}
-    checkpoint = None
+    run = None  # read from last.pt once, when a method is scored
     for method in cell.methods(preset):
         cache = run_dir / f"study-{method.name}.json"
         if cache.is_file() and not rescore:
@@ -136,29 +145,29 @@ def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: 
             continue
         result = evaluate_checkpoint(run_dir / "last.pt", out=str(run_dir / f"eval-{method.name}"), draw=0,
                                      workers=0, progress=False, device=device, decoder=method.decoder)
-        checkpoint = checkpoint or load_checkpoint(run_dir / "last.pt")  # the run's metric and history
-        config = config_from_dict(checkpoint["config"])
-        history = checkpoint["history"]
-        scores[method.name] = {
-            "metrics": result["metrics"], "metric": config.metric, "higher_is_better": config.higher_is_better,
-            "head_decode_ms": None, "batch": 32,
-            "images_per_s": float(np.mean([record["images_per_s"] for record in history])) if history else None,
-            "epochs": checkpoint["epoch"],
-        }
+        run = run or _run_scores(load_checkpoint(run_dir / "last.pt"))
+        scores[method.name] = {"metrics": result["metrics"], **run}
         cache.write_text(json.dumps(scores[method.name], indent=2) + "\n")
     return scores
 
 
 def time_heads(rows: list[dict[str, Any]], devices: dict[str, Optional[str]]) -> None:
-    """Fill ``head_decode_ms`` of every scored row, one cell at a time (nothing else running), cached on disk."""
+    """Fill ``head_decode_ms`` of every scored row, one cell at a time (nothing else running), cached on disk.
+
+    The rows of a cell are consecutive: its checkpoint is read once for all its methods.
+    """
+    from h3r.evaluate import load_checkpoint
     from h3r.study.presets import METHODS
 
+    checkpoint, loaded = None, None
     for row in rows:
         if row["metrics"] is None or row["head_decode_ms"] is not None:
             continue
         run_dir = Path(row["run_dir"])
+        if run_dir != loaded:
+            checkpoint, loaded = load_checkpoint(run_dir / "last.pt"), run_dir
         device = devices.get(row["run_dir"]) or "auto"
-        model, codec, config, _, torch_device = _method_model(run_dir, METHODS[row["method"]], device)
+        model, codec, config, torch_device = _method_model(checkpoint, METHODS[row["method"]], device)
         row["head_decode_ms"] = head_and_decode_ms(model, codec, config.crop.input_size, torch_device)
         cache = run_dir / f"study-{row['method']}.json"
         cached = json.loads(cache.read_text())
@@ -209,7 +218,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
             outcome = {"status": "not trained", "train_seconds": None, "error": None}
         else:
             say(f"[{index + 1}/{len(grid)}] {cell.key}: training ({command_line(argv)})")
-            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads)
+            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads, done=done)
         scores: dict[str, Any] = {}
         if outcome["status"] in ("trained", "skipped (finished earlier)"):
             try:
