@@ -9,18 +9,13 @@ import torch
 from . import checks, eager, ops, reference, rng
 
 
-def _seed(seed) -> int:
-    """The seed as a Python int (any integer type), or a fresh one drawn for ``None``."""
-    seed = checks.as_seed(seed)
-    return rng.draw_seed() if seed is None else seed
-
-
-def _draws(keypoints, rounding: str, seed, seed_tensor, expected: bool):
-    """The op's ``(keypoints, rounding, seed)``. With a seed tensor (:func:`checks.device_seed`) the
-    random rounding is done here, on the device, by the reference rule, and the op puts the target
-    at those cells (``rounding="floor"``, exact on integers): the cells the op draws with that seed."""
+def _draws(keypoints, rounding: str, seed: Optional[int], seed_tensor, expected: bool):
+    """The op's ``(keypoints, rounding, seed)`` from a checked seed (an int, or None: a fresh one is
+    drawn). With a seed tensor (:func:`checks.device_seed`) the random rounding is done here, on the
+    device, by the reference rule, and the op puts the target at those cells (``rounding="floor"``,
+    exact on integers): the cells the op draws with that seed."""
     if seed_tensor is None:
-        return keypoints, rounding, _seed(seed)
+        return keypoints, rounding, rng.draw_seed() if seed is None else seed
     if rounding == "random" and not expected:
         return reference.rounded_cells(keypoints, "random", seed_tensor), "floor", 0
     return keypoints, rounding, 0
@@ -65,11 +60,10 @@ def encode(
     A keypoint whose target cell lies off the map gives an all-zero map.
     """
     seed_tensor = checks.device_seed(seed, keypoints)
-    height, width = checks.check_encode(
+    height, width, sigma, seed = checks.check_encode(
         keypoints, heatmap_size, visible, sigma, rounding, 0 if seed_tensor is not None else seed, dtype
     )
     checks.check_backend(backend)
-    sigma = checks.as_sigma(sigma)
     expected = bool(expected)
     keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, expected)
     op = eager.encode if eager.takes_fast_path(keypoints, visible) else ops.encode
@@ -125,11 +119,10 @@ def heatmap_loss(
     the loss: pass ``weight=w**2`` and multiply by 0.5.
     """
     seed_tensor = checks.device_seed(seed, keypoints)
-    checks.check_heatmap_loss(
+    sigma, seed = checks.check_heatmap_loss(
         logits, keypoints, visible, sigma, rounding, 0 if seed_tensor is not None else seed, loss, reduction, weight
     )
     checks.check_backend(backend)
-    sigma = checks.as_sigma(sigma)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, False)
     if eager.takes_fast_path(logits, keypoints, visible, weight):

@@ -221,18 +221,22 @@ def check_dtype(dtype) -> None:
         raise TypeError(f"dtype: expected torch.float32, float16, bfloat16 or float64, got {dtype}")
 
 
-def check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype) -> tuple[int, int]:
+def check_encode(keypoints, heatmap_size, visible, sigma, rounding, seed, dtype) -> tuple[int, int, float, Optional[int]]:
+    """Checks encode's arguments; returns ``(height, width, sigma, seed)`` converted (see :func:`check_target_options`)."""
     check_keypoints(keypoints, visible)
-    check_target_options(sigma, rounding, seed)
+    sigma, seed = check_target_options(sigma, rounding, seed)
     check_dtype(dtype)
-    return check_heatmap_size(heatmap_size)
+    return (*check_heatmap_size(heatmap_size), sigma, seed)
 
 
-def check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight=None) -> None:
+def check_heatmap_loss(
+    logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight=None
+) -> tuple[float, Optional[int]]:
+    """Checks heatmap_loss's arguments; returns ``(sigma, seed)`` converted (see :func:`check_target_options`)."""
     check_maps("logits", logits)
     check_keypoints(keypoints, visible)
     check_weight(weight, keypoints)
-    check_target_options(sigma, rounding, seed)
+    sigma, seed = check_target_options(sigma, rounding, seed)
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, REDUCTIONS)
     if _shape(keypoints)[:2] != _shape(logits)[:2]:
@@ -241,6 +245,7 @@ def check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, 
         )
     if keypoints.device != logits.device:
         raise ValueError(f"keypoints: expected device {logits.device} (that of logits), got {keypoints.device}")
+    return sigma, seed
 
 
 def check_decode_options(method, k, weights, window, cells: Optional[int] = None) -> tuple[int, int]:

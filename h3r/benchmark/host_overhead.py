@@ -170,9 +170,9 @@ def _calls(shape: Sequence[int], device: torch.device) -> dict[tuple[str, str], 
 
     noop_op, noop_function = _noops()
     plain = logits.detach()
-    calls[("component", "checks.check_heatmap_loss + check_backend + as_sigma")] = lambda: (
+    calls[("component", "checks.check_heatmap_loss + check_backend")] = lambda: (
         checks.check_heatmap_loss(logits, keypoints, None, 0.0, "random", SEED, "bce", "mean"),
-        checks.check_backend("auto"), checks.as_sigma(0.0))
+        checks.check_backend("auto"))
     calls[("component", "backends.select (auto)")] = lambda: select("heatmap_loss", device, "auto", logits.dtype,
                                                                     height * width)
     calls[("component", "torch.library custom_op no-op fwd")] = lambda: noop_op(plain)
