@@ -3,8 +3,9 @@
 
 A step: forward (under autocast), the codec's loss (for H3R the fused randomized-rounding
 target and BCE), backward, gradient clipping, the optimiser's update. Both classes are called
-as ``step(images, keypoints, visible, seed) -> loss`` with the batch on the device and the
-rounding seed of this step as an int; the learning-rate schedule, the divergence guard and
+as ``step(images, keypoints, visible, seed) -> loss`` with the batch as the loader gives it
+(pinned host memory, or already on the device with ``--gpu-augment``), copied to the device once
+by the step, and the rounding seed of this step as an int; the learning-rate schedule, the divergence guard and
 the statistics stay in the loop (h3r/train.py).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ class TrainStep:
         self.grad_clip, self.amp, self.device = grad_clip, amp, device
 
     def __call__(self, images, keypoints, visible, seed) -> torch.Tensor:
+        images, keypoints, visible = (value.to(self.device, non_blocking=True) for value in (images, keypoints, visible))
         with autocast(self.device, self.amp):
             logits = self.network(images)
         loss = self.codec.loss(logits, keypoints, visible, seed=seed)

@@ -424,10 +424,9 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
         waiting += time.perf_counter() - before
         if augment is not None:
             batch = augment(batch)  # on the device: warp, colour jitter, normalisation, keypoints
-        images = batch["image"].to(device, non_blocking=True)
-        keypoints = batch["keypoints"].to(device, non_blocking=True)
-        visible = batch["visible"].to(device, non_blocking=True)
-        loss = train_step(images, keypoints, visible, rounding_seed(config.seed, global_step, processes.rank))
+        images = batch["image"]  # the step copies the batch to the device (once, also into a graph's inputs)
+        loss = train_step(images, batch["keypoints"], batch["visible"],
+                          rounding_seed(config.seed, global_step, processes.rank))
         scheduler.step()
         recent_losses[step % every] = loss.detach()
         global_step += 1
