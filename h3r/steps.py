@@ -28,7 +28,11 @@ class TrainStep:
 
     def __call__(self, images, keypoints, visible, seed) -> torch.Tensor:
         images, keypoints, visible = (value.to(self.device, non_blocking=True) for value in (images, keypoints, visible))
-        with autocast(self.device, self.amp):
+        return self._update(images, keypoints, visible, seed)
+
+    def _update(self, images, keypoints, visible, seed, cache_enabled: bool = True) -> torch.Tensor:
+        """Forward, loss, backward, clipping and the optimiser's step on a batch on the device."""
+        with autocast(self.device, self.amp, cache_enabled=cache_enabled):
             logits = self.network(images)
         loss = self.codec.loss(logits, keypoints, visible, seed=seed)
         self.optimizer.zero_grad(set_to_none=True)
@@ -41,8 +45,8 @@ class TrainStep:
         return loss
 
 
-class CapturedTrainStep:
-    """The same step (without a gradient scaler) captured once in a CUDA graph and then replayed.
+class CapturedTrainStep(TrainStep):
+    """The same step (its gradient scaler disabled) captured once in a CUDA graph and then replayed.
 
     Each call copies the batch into the graph's static input tensors and the seed into a device
     tensor (the rounding is drawn on the device from it, so every replay re-draws: the draws of
@@ -60,8 +64,9 @@ class CapturedTrainStep:
 
     def __init__(self, network, codec, optimizer, grad_clip: float, amp: str, device: torch.device,
                  capture: bool = True):
-        self.network, self.codec, self.optimizer = network, codec, optimizer
-        self.grad_clip, self.amp, self.device, self.capture = grad_clip, amp, device, capture
+        super().__init__(network, codec, optimizer, torch.amp.GradScaler(device.type, enabled=False), grad_clip, amp,
+                         device)
+        self.capture = capture
         self.inputs: dict[str, torch.Tensor] = {}
         self.seed = torch.zeros((), dtype=torch.int64, device=device)
         self.side_stream = None
@@ -77,20 +82,18 @@ class CapturedTrainStep:
             self.graph.replay()
             return self.loss
         if not self.capture:
-            self.optimizer.zero_grad(set_to_none=True)
             return self._step()
         if self.calls <= WARMUP_STEPS:
             current = torch.cuda.current_stream(self.device)
             self.side_stream = self.side_stream or torch.cuda.Stream(self.device)
             self.side_stream.wait_stream(current)
             with torch.cuda.stream(self.side_stream):
-                self.optimizer.zero_grad(set_to_none=True)
                 loss = self._step()
             current.wait_stream(self.side_stream)
             loss.record_stream(current)  # read there by the loop: not reused before it is
             return loss
-        # The gradients the captured backward writes are allocated in the graph's pool; replays overwrite them.
-        self.optimizer.zero_grad(set_to_none=True)
+        # The step's zero_grad(set_to_none) runs at capture only: the gradients the captured backward
+        # writes are allocated in the graph's pool, and replays overwrite them.
         graph = torch.cuda.CUDAGraph()
         # thread_local: the loader's pin-memory thread keeps calling CUDA (host allocations) meanwhile.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
@@ -112,11 +115,5 @@ class CapturedTrainStep:
 
     def _step(self) -> torch.Tensor:
         # No autocast weight cache: casts made inside a capture must not outlive it.
-        with autocast(self.device, self.amp, cache_enabled=False):
-            logits = self.network(self.inputs["images"])
-        loss = self.codec.loss(logits, self.inputs["keypoints"], self.inputs["visible"], seed=self.seed)
-        loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        self.optimizer.step()
-        return loss
+        return self._update(self.inputs["images"], self.inputs["keypoints"], self.inputs["visible"], self.seed,
+                            cache_enabled=False)
