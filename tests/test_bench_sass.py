@@ -66,7 +66,7 @@ def compiled(tmp_path_factory):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-m", "h3r.benchmark.sass", "--ops", "heatmap_loss", "--shapes",
-                             "4x3x16x16", "--dtypes", "float32", "--tiles", "4096:16", "--commit", "abc", "--out", str(out)],
+                             "4x3x16x16", "--dtypes", "float32", "--tiles", "8192:32,4096:16", "--commit", "abc", "--out", str(out)],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.loads((out / "sass.json").read_text())
@@ -78,19 +78,20 @@ def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
     rows = {row["kernel"]: row for row in report["rows"] if row["tile"]["in_use"]}
     assert set(rows) == {"_count_kernel", "_loss_kernel", "_scale_grad_kernel"}
     candidate = [row for row in report["rows"] if row["kernel"] == "_loss_kernel" and not row["tile"]["in_use"]]
-    assert [row["tile"] for row in candidate] == [{"elements": 4096, "per_thread": 16, "in_use": False}]
-    # half the elements per thread: fewer registers, twice the warps of the same tile
-    assert candidate[0]["registers"] < rows["_loss_kernel"]["registers"]
-    assert candidate[0]["num_warps"] == 2 * rows["_loss_kernel"]["num_warps"]
+    # the tile in use (4096/16) is not profiled twice; the former tile is a candidate
+    assert [row["tile"] for row in candidate] == [{"elements": 8192, "per_thread": 32, "in_use": False}]
+    # twice the elements per thread: more registers, half the warps for these 12 maps of 256
+    assert candidate[0]["registers"] > rows["_loss_kernel"]["registers"]
+    assert 2 * candidate[0]["num_warps"] == rows["_loss_kernel"]["num_warps"]
     loss = rows["_loss_kernel"]
     assert loss["registers"] > 0 and loss["instructions"] > 100 and not loss["loops"]
     assert 0 < loss["occupancy"] <= 1 and loss["warps_per_sm"] % loss["num_warps"] == 0
-    # per element: exp and two reciprocals (sigmoid, the log1p series) are special functions
+    # per element: exp and the sigmoid's reciprocal are special functions
     assert loss["per_element"]["MUFU"] >= 2 and loss["per_element"]["all"] > 10
     assert loss["budget"]["instructions_per_element"] == pytest.approx(sass.budget(8)["instructions_per_element"])
     assert rows["_count_kernel"]["per_element"] is None  # it reads keypoints, not the maps
     page = (out / "sass.md").read_text()
-    assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` | 8192/32 |" in page
+    assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` | 4096/16 |" in page
 
 
 def test_bad_tiles_are_refused():
@@ -117,10 +118,12 @@ def test_tiles_parse_and_apply():
     for bad in ("4096", "4096:3", "16:1", "a:b", "4096:16:2"):
         with pytest.raises(ValueError, match="expected ELEMENTS:PER_THREAD"):
             tiles.parse_tiles(bad)
-    before = tiles.tile_in_use()
+    before = dict(_common.GPU_TILES)
+    assert tiles.tile_in_use("heatmap_loss") == before["heatmap_loss"]
     with tiles.triton_tile((2048, 8)):
-        assert (_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD) == (2048, 8)
-    assert tiles.tile_in_use() == before
+        assert _common.GPU_TILES == {"encode": (2048, 8), "heatmap_loss": (2048, 8)}
+        assert _common.map_tiling("heatmap_loss", 4, 64, 64).tiles_per_map == 1  # interpreter: its own tile
+    assert _common.GPU_TILES == before
 
 
 def test_report_times_candidate_tiles_on_cuda_only(capsys):
@@ -147,17 +150,18 @@ def test_candidate_tile_rows_are_timed_under_their_tile(monkeypatch):
     real_make_call = measure.make_call
 
     def make_call(op, impl, shape, dtype, device):
-        seen.append((op, impl, _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD))
+        seen.append((op, impl, _common.GPU_TILES["heatmap_loss"]))
         return real_make_call(op, impl, shape, dtype, device)
 
     monkeypatch.setattr(measure, "make_call", make_call)
     settings = argparse.Namespace(backends=["triton"], shapes=[(2, 3, 8, 8)], dtypes=["float32"],
-                                  ops=["heatmap_loss", "decode"], device=torch.device("cpu"), triton_tiles=[(2048, 8)])
+                                  ops=["heatmap_loss", "decode"], device=torch.device("cpu"),
+                                  triton_tiles=[(2048, 8), _common.GPU_TILES["heatmap_loss"]])  # the tile in use: no row
     rows = measure.measure_ops(settings, Timer(torch.device("cpu"), 1, 1), log=lambda message: None)
     assert [(row["op"], row["impl"]) for row in rows] == [
         ("heatmap_loss", "triton"), ("heatmap_loss", "triton tile 2048/8"), ("decode", "triton")]
-    in_use = (_common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD)
-    assert seen == [("heatmap_loss", "triton", *in_use), ("heatmap_loss", "triton", 2048, 8), ("decode", "triton", *in_use)]
+    in_use = _common.GPU_TILES["heatmap_loss"]
+    assert seen == [("heatmap_loss", "triton", in_use), ("heatmap_loss", "triton", (2048, 8)), ("decode", "triton", in_use)]
     assert all(row["median_ms"] and row["note"] == "Triton interpreter: not a performance claim" for row in rows)
 
 

@@ -7,12 +7,14 @@ Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets TRIT
 """
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import h3r_kernels
 from conftest import DEVICE, assert_decode_matches_reference, make_keypoints
 from h3r_kernels.triton import decode as triton_decode
 from h3r_kernels.triton.encode import launch_encode
-from h3r_kernels.triton.loss import launch_heatmap_loss
+from h3r_kernels.triton.loss import _log1p_unit, launch_heatmap_loss
 
 if not h3r_kernels.backends()["triton"]["available"]:
     pytest.skip(f"triton backend unavailable: {h3r_kernels.backends()['triton']['reason']}", allow_module_level=True)
@@ -70,3 +72,24 @@ def test_decode_streams_maps_in_several_chunks(monkeypatch, method, k, window, k
                 for chunk in range(4):
                     maps.view(2, 63)[:, [chunk * 16, 5 + chunk * 16]] = torch.tensor([2.0 + chunk, 2.5 + chunk])
         assert_decode_matches_reference(maps.to(DEVICE), "triton", method, k, weights, window)
+
+
+@triton.jit
+def _log1p_kernel(e_ptr, out_ptr, n, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    e = tl.load(e_ptr + offsets, mask=offsets < n, other=0.0)
+    tl.store(out_ptr + offsets, _log1p_unit(e, IS_F64), mask=offsets < n)
+
+
+@pytest.mark.parametrize("dtype,ulps", [(torch.float32, 4), (torch.float64, 8)])
+def test_log1p_of_the_fused_loss_keeps_relative_precision(dtype, ulps):
+    """The loss's ``log(1 + e)`` for ``e = exp(-|z|)`` in [0, 1] (float32: a polynomial, float64:
+    the atanh series) is within a few ULPs of log1p everywhere, tiny ``e`` included."""
+    e = torch.cat([torch.linspace(0, 1, 200_001, dtype=torch.float64), torch.logspace(-37, 0, 20_001, dtype=torch.float64)])
+    e = e.to(dtype)
+    out = torch.empty_like(e)
+    _log1p_kernel[(triton.cdiv(e.numel(), 1 << 16),)](e, out, e.numel(), IS_F64=dtype == torch.float64, BLOCK=1 << 16)
+    want = torch.log1p(e.double())
+    relative = ((out.double() - want).abs() / want.clamp_min(1e-300))[e > 0]
+    assert float(relative.max()) <= ulps * torch.finfo(dtype).eps / 2
+    assert out[e == 0].eq(0).all()

@@ -12,11 +12,13 @@ import torch
 from .cases import CPU_WORKERS, DTYPES, GAUSSIAN_SIGMA, NAIVE, OPS, make_call, shape_text
 from .cpu_encoding import time_cpu_encoding
 from .markdown import fmt
-from .tiles import tile_name, triton_tile
+from .tiles import tile_in_use, tile_name, triton_tile
 from .timing import Timer
 
-# The ops whose Triton kernels cut the maps into tiles (h3r_kernels/triton/_common.py: map_tiling).
-MAP_TILED_OPS = ("encode", "encode_expected", "encode_gaussian", "heatmap_loss")
+# The benchmarked ops whose Triton kernels cut the maps into tiles, and the op whose tile they use
+# (h3r_kernels/triton/_common.py: GPU_TILES, map_tiling).
+MAP_TILED_OPS = {"encode": "encode", "encode_expected": "encode", "encode_gaussian": "encode",
+                 "heatmap_loss": "heatmap_loss"}
 
 
 def _first_line(error: BaseException) -> str:
@@ -43,7 +45,7 @@ def measure_ops(settings: argparse.Namespace, timer: Timer, log) -> list[dict]:
         for dtype_name in settings.dtypes:
             for op in settings.ops:
                 for backend, tile in impls:
-                    if tile is not None and op not in MAP_TILED_OPS:
+                    if tile is not None and (op not in MAP_TILED_OPS or tile == tile_in_use(MAP_TILED_OPS[op])):
                         continue
                     impl = backend if tile is None else f"triton tile {tile_name(tile)}"
                     row = _row(op, impl, shape, dtype_name)

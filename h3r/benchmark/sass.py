@@ -342,9 +342,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if name.strip() not in ("float32", "bfloat16", "float16"):
             parser.error(f"--dtypes: expected a subset of float32, bfloat16, float16, got {name!r}")
         dtypes.append(getattr(torch, name.strip()))
-    tiles = [tile_in_use()]
     try:
-        tiles += parse_tiles(settings.tiles) if settings.tiles else []
+        candidates = parse_tiles(settings.tiles) if settings.tiles else []
     except ValueError as error:
         parser.error(f"--tiles: {error}")
     import triton
@@ -353,20 +352,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     started = time.perf_counter()
     rows = []
-    in_use = tiles[0]
     for op in ops:
-        for tile in tiles if op != "decode" else tiles[:1]:
-            with triton_tile(tile):
+        # decode is not map-tiled; the others: the tile in use, then the candidates
+        in_use = None if op == "decode" else tile_in_use(op)
+        tiles = [in_use] + [tile for tile in candidates if tile != in_use] if in_use else [None]
+        for tile in tiles:
+            with triton_tile(tile) if tile else contextlib.nullcontext():
                 for shape in shapes:
                     for dtype in dtypes:
                         found = profile_op(op, shape, dtype, settings.capability)
                         for row in found:
-                            row["tile"] = None if op == "decode" else {"elements": tile[0], "per_thread": tile[1],
-                                                                        "in_use": tile == in_use}
+                            row["tile"] = tile and {"elements": tile[0], "per_thread": tile[1], "in_use": tile == in_use}
                         rows += found
-                        print(f"sass: {op} {shape_text(shape)} {dtype} tile {tile_name(tile)}: " + ", ".join(
-                            f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM" for r in found),
-                            file=sys.stderr, flush=True)
+                        print(f"sass: {op} {shape_text(shape)} {dtype}" + (f" tile {tile_name(tile)}" if tile else "")
+                              + ": " + ", ".join(f"{r['kernel']} {r['registers']} regs, {r['warps_per_sm']} warps/SM"
+                                                 for r in found), file=sys.stderr, flush=True)
     csrc = profile_csrc(settings.capability) if settings.csrc else []
     report = {"capability": settings.capability, "commit": settings.commit or git_commit(), "triton": triton.__version__,
               "torch": torch.__version__, "device_model": H200, "rows": rows, "csrc": csrc,

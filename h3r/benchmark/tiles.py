@@ -1,7 +1,7 @@
 """Candidate GPU tiles of the map-tiled Triton kernels (encode, heatmap_loss), for measuring them
 beside the tile in use: ``--triton-tiles`` of the report, ``--tiles`` of the static profile.
 
-A tile is ``(elements per program, elements per thread)``, the two constants of
+A tile is ``(elements per program, elements per thread)``, an op's entry of ``GPU_TILES`` in
 ``h3r_kernels/triton/_common.py`` that :func:`~h3r_kernels.triton._common.map_tiling` reads;
 the results do not depend on it (tests/test_triton_internals.py), only the speed does.
 """
@@ -13,10 +13,11 @@ from typing import Iterator
 Tile = tuple[int, int]
 
 
-def tile_in_use() -> Tile:
+def tile_in_use(op: str) -> Tile:
+    """The tile ``op`` ("encode" or "heatmap_loss") is launched with."""
     from h3r_kernels.triton import _common
 
-    return _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD
+    return _common.GPU_TILES[op]
 
 
 def parse_tiles(text: str) -> list[Tile]:
@@ -39,12 +40,12 @@ def tile_name(tile: Tile) -> str:
 
 @contextlib.contextmanager
 def triton_tile(tile: Tile) -> Iterator[None]:
-    """Within the block, the map-tiled Triton kernels are launched (and compiled) with ``tile``."""
+    """Within the block, every map-tiled Triton kernel is launched (and compiled) with ``tile``."""
     from h3r_kernels.triton import _common
 
-    previous = tile_in_use()
-    _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD = tile
+    previous = dict(_common.GPU_TILES)
+    _common.GPU_TILES.update((op, tile) for op in previous)
     try:
         yield
     finally:
-        _common.GPU_TILE_ELEMENTS, _common.ELEMENTS_PER_THREAD = previous
+        _common.GPU_TILES.update(previous)

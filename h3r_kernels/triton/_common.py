@@ -26,12 +26,14 @@ METHOD_ARGMAX = tl.constexpr(int(spec.Method.ARGMAX))
 WEIGHTING_SOFTMAX = tl.constexpr(int(spec.Weighting.SOFTMAX))
 WEIGHTING_LINEAR = tl.constexpr(int(spec.Weighting.LINEAR))
 
-# Elements per program over (B, K, H, W) maps, and per thread. On the GPU 8192 elements in
-# 8 warps (32 per thread: eight 16-byte float32 accesses) amortise each thread's fixed work
-# (keypoint loads, hashing, indexing) while leaving thousands of programs in flight; the
-# interpreter pays per program, so there a program takes up to 65536 elements.
-GPU_TILE_ELEMENTS = 8192
-ELEMENTS_PER_THREAD = 32
+# GPU tile of each map-tiled op: (elements per program, elements per thread) over (B, K, H, W)
+# maps. More elements per thread amortise each thread's fixed work (keypoint loads, hashing,
+# indexing); fewer need fewer registers, so more warps stay resident to hide memory latency.
+# encode: 8192/32 (32 registers, 64 warps per SM on sm_90). heatmap_loss: 4096/16, 48 registers
+# (59 for bfloat16) and 40 (32) warps per SM, where 8192/32 needs 90 (120) and leaves 16
+# (``python -m h3r.benchmark.sass``; bench/RESULTS.md "Static profile"). The interpreter pays
+# per program, so there a program takes up to 65536 elements.
+GPU_TILES = {"encode": (8192, 32), "heatmap_loss": (4096, 16)}
 INTERPRETER_TILE_ELEMENTS = 1 << 16
 
 
@@ -80,14 +82,15 @@ def _power_of_two(name: str, value: int) -> int:
 
 
 def map_tiling(
-    num_maps: int, height: int, width: int, block_rows: Optional[int] = None, block_maps: Optional[int] = None
+    op: str, num_maps: int, height: int, width: int, block_rows: Optional[int] = None, block_maps: Optional[int] = None
 ) -> MapTiling:
-    """The tiling of ``num_maps`` (>= 1) maps of ``(height, width)``.
+    """The tiling of ``num_maps`` (>= 1) maps of ``(height, width)`` for ``op`` (a key of :data:`GPU_TILES`).
 
     ``block_rows`` and ``block_maps`` (powers of two) override the heuristic; results must not
     depend on them (the tests check this).
     """
-    target = INTERPRETER_TILE_ELEMENTS if interpreting() else GPU_TILE_ELEMENTS
+    tile_elements, elements_per_thread = GPU_TILES[op]
+    target = INTERPRETER_TILE_ELEMENTS if interpreting() else tile_elements
     block_w = triton.next_power_of_2(width)
     if block_rows is None:
         block_h = min(triton.next_power_of_2(height), max(1, target // block_w))
@@ -100,6 +103,6 @@ def map_tiling(
     else:
         block_m = _power_of_two("block_maps", block_maps)
     elements = block_m * block_h * block_w
-    num_warps = 1 if interpreting() else max(1, min(8, elements // (32 * ELEMENTS_PER_THREAD)))
+    num_warps = 1 if interpreting() else max(1, min(8, elements // (32 * elements_per_thread)))
     grid = triton.cdiv(num_maps, block_m) * tiles_per_map
     return MapTiling(block_m, block_h, block_w, tiles_per_map, grid, num_warps)

@@ -184,7 +184,7 @@ def launch_encode(
     out = torch.empty((batch, num, height, width), dtype=dtype, device=keypoints.device)
     if out.numel() == 0:
         return out
-    tiling = map_tiling(batch * num, height, width, block_rows, block_maps)
+    tiling = map_tiling("encode", batch * num, height, width, block_rows, block_maps)
     visible_arg = keypoints if visible is None else visible.view(torch.uint8)
     with device_guard(keypoints):
         _encode_kernel[(tiling.grid,)](

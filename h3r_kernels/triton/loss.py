@@ -1,8 +1,8 @@
 """Triton fused ``heatmap_loss``: one pass over the logits gives the loss and its gradient.
 
-Each program takes the same ``(BLOCK_M maps, BLOCK_H rows, all columns)`` tile as ``encode``,
-renders the target in registers (:func:`h3r_kernels.triton.encode.tile_target`, so it is
-exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
+Each program takes a ``(BLOCK_M maps, BLOCK_H rows, all columns)`` tile as ``encode`` does (of
+the loss's own size: ``GPU_TILES`` in ``_common.py``), renders the target in registers
+(:func:`h3r_kernels.triton.encode.tile_target`, so it is exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
 ``compute_grad`` is False) and stores each map's partial loss sum in a ``(B*K, tiles_per_map)``
 buffer that torch then sums in a fixed order: no float atomics, the value is reproducible run
 to run. Maps whose keypoint does not contribute (invisible, target off the map, or weight 0)
@@ -32,21 +32,51 @@ from .encode import keypoint_contributes, map_tile, tile_target
 COUNT_BLOCK = 1024
 
 
+# log(1 + e) / e on [0, 1] as a degree-8 polynomial in e (a relative minimax fit, float32
+# coefficients): float32 Horner evaluation is within 4 ulp of log1p everywhere on [0, 1], the
+# accuracy of the float32 atanh series, with no division.
+_LOG1P_COEFFICIENTS = (
+    1.0, -0.49999553, 0.33320343, -0.24852945, 0.19145116, -0.1374662, 0.07921072, -0.030110953, 0.0053840587,
+)
+LOG1P_C0 = tl.constexpr(_LOG1P_COEFFICIENTS[0])
+LOG1P_C1 = tl.constexpr(_LOG1P_COEFFICIENTS[1])
+LOG1P_C2 = tl.constexpr(_LOG1P_COEFFICIENTS[2])
+LOG1P_C3 = tl.constexpr(_LOG1P_COEFFICIENTS[3])
+LOG1P_C4 = tl.constexpr(_LOG1P_COEFFICIENTS[4])
+LOG1P_C5 = tl.constexpr(_LOG1P_COEFFICIENTS[5])
+LOG1P_C6 = tl.constexpr(_LOG1P_COEFFICIENTS[6])
+LOG1P_C7 = tl.constexpr(_LOG1P_COEFFICIENTS[7])
+LOG1P_C8 = tl.constexpr(_LOG1P_COEFFICIENTS[8])
+
+
 @triton.jit
-def _log1p_unit(e, TERMS: tl.constexpr):
+def _log1p_unit(e, IS_F64: tl.constexpr):
     """``log(1 + e)`` for ``e`` in [0, 1], to full relative precision also for tiny ``e``.
 
-    ``log(1 + e) = 2 atanh(s)`` with ``s = e / (2 + e) <= 1/3``, summed as the first ``TERMS``
-    terms of ``2 (s + s^3/3 + s^5/5 + ...)``: relative error below ``9**-TERMS / (2 TERMS + 1)``
-    (7 terms suffice for float32, 16 for float64). A third of the instructions of ``tl.log``'s
-    polynomial, which would make the loss compute-bound; libdevice is off limits (interpreter).
+    float32: ``e * P(e)`` with the degree-8 polynomial above (8 FMAs and a multiply).
+    float64: ``log(1 + e) = 2 atanh(s)`` with ``s = e / (2 + e) <= 1/3``, the first 16 terms of
+    ``2 (s + s^3/3 + s^5/5 + ...)`` (relative error below ``9**-16 / 33``). Both are a fraction of
+    ``tl.log``'s instructions, which would make the loss compute-bound; libdevice is off limits
+    (interpreter).
     """
-    s = e / (2.0 + e)
-    s2 = s * s
-    poly = 1.0 / (2 * TERMS - 1)
-    for n in tl.static_range(TERMS - 1, 0, -1):
-        poly = poly * s2 + 1.0 / (2 * n - 1)
-    return 2.0 * s * poly
+    if IS_F64:
+        s = e / (2.0 + e)
+        s2 = s * s
+        poly = 1.0 / 31
+        for n in tl.static_range(15, 0, -1):
+            poly = poly * s2 + 1.0 / (2 * n - 1)
+        result = 2.0 * s * poly
+    else:
+        poly = LOG1P_C8 * e + LOG1P_C7
+        poly = poly * e + LOG1P_C6
+        poly = poly * e + LOG1P_C5
+        poly = poly * e + LOG1P_C4
+        poly = poly * e + LOG1P_C3
+        poly = poly * e + LOG1P_C2
+        poly = poly * e + LOG1P_C1
+        poly = poly * e + LOG1P_C0
+        result = e * poly
+    return result
 
 
 @triton.jit(do_not_specialize=["seed"])
@@ -108,8 +138,13 @@ def _loss_kernel(
         pixel_grad = 2.0 * diff
     else:
         tl.static_assert(LOSS == LOSS_BCE)
-        e = tl.exp(-tl.abs(z))
-        pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p_unit(e, 16 if ACC_FP64 else 7)
+        if ACC_FP64:
+            e = tl.exp(-tl.abs(z))
+        else:
+            # exp(-|z|) as tl.exp computes it on the GPU (a multiply by log2(e), then ex2.approx), with
+            # the sign and |.| folded into the multiply and results below 2**-126 flushed to zero (.ftz)
+            e = tl.exp2(tl.abs(z) * -1.4426950408889634)
+        pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p_unit(e, ACC_FP64)
         inverse = 1.0 / (1.0 + e)
         pixel_grad = tl.where(z >= 0, inverse, e * inverse) - t  # sigmoid(z) - t
     pixel_loss = tl.where(live, pixel_loss, 0.0)
@@ -182,7 +217,7 @@ def launch_heatmap_loss(
         per_keypoint = logits.new_zeros((batch, num), dtype=acc_dtype)
         return (per_keypoint if reduction == "none" else per_keypoint.sum()), grad
 
-    tiling = map_tiling(batch * num, height, width, block_rows, block_maps)
+    tiling = map_tiling("heatmap_loss", batch * num, height, width, block_rows, block_maps)
     visible_arg = keypoints if visible is None else visible.view(torch.uint8)
     weight_arg = keypoints if weight is None else weight
     seed_arg = _rng.seed_as_int32(seed)
@@ -228,7 +263,7 @@ def _launch_scale_grad(out: torch.Tensor, grad: torch.Tensor, grad_output: torch
     if grad.numel() == 0:
         return
     batch, num, height, width = grad.shape
-    tiling = map_tiling(batch * num, height, width)
+    tiling = map_tiling("heatmap_loss", batch * num, height, width)
     with device_guard(grad):
         _scale_grad_kernel[(tiling.grid,)](
             out, grad, grad_output, batch * num, height, width, tiling.tiles_per_map,
