@@ -76,7 +76,7 @@ def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
     out, report = compiled
     assert report["capability"] == 90 and report["commit"] == "abc"
     rows = {row["kernel"]: row for row in report["rows"] if row["tile"]["in_use"]}
-    assert set(rows) == {"_count_kernel", "_loss_kernel", "_scale_grad_kernel"}
+    assert set(rows) == {"_cells_kernel", "_loss_kernel", "_scale_grad_kernel"}
     candidate = [row for row in report["rows"] if row["kernel"] == "_loss_kernel" and not row["tile"]["in_use"]]
     # the tile in use (4096/16) is not profiled twice; the former tile is a candidate
     assert [row["tile"] for row in candidate] == [{"elements": 8192, "per_thread": 32, "in_use": False}]
@@ -89,7 +89,7 @@ def test_the_loss_kernels_compile_for_sm90_without_a_gpu(compiled):
     # per element: exp and the sigmoid's reciprocal are special functions
     assert loss["per_element"]["MUFU"] >= 2 and loss["per_element"]["all"] > 10
     assert loss["budget"]["instructions_per_element"] == pytest.approx(sass.budget(8)["instructions_per_element"])
-    assert rows["_count_kernel"]["per_element"] is None  # it reads keypoints, not the maps
+    assert rows["_cells_kernel"]["per_element"] is None  # it reads keypoints, not the maps
     page = (out / "sass.md").read_text()
     assert "| heatmap_loss | 4×3×16×16 | float32 | `_loss_kernel` | 4096/16 |" in page
 

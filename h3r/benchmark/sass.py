@@ -204,7 +204,7 @@ def _launch(op: str, shape: Sequence[int], dtype: torch.dtype) -> Callable[[], o
     raise ValueError(f"op: expected encode, heatmap_loss or decode, got {op!r}")
 
 
-# The kernels that walk the maps (the loss's _count_kernel reads the keypoints only).
+# The kernels that walk the maps (the loss's _cells_kernel reads the keypoints only).
 MAP_KERNELS = ("_encode_kernel", "_loss_kernel", "_scale_grad_kernel", "_decode_kernel", "_decode_backward_kernel")
 # Bytes per element the benchmark counts for each op (one write; a read and a write; one read).
 BYTES_PER_ELEMENT_PASSES = {"encode": 1, "heatmap_loss": 2, "decode": 1}

@@ -5,8 +5,9 @@ Each program renders a ``(BLOCK_M, BLOCK_H, BLOCK_W)`` tile: ``BLOCK_M`` consecu
 :func:`h3r_kernels.triton._common.map_tiling`). Each keypoint's cell (or, with ``expected``,
 its two bilinear neighbours per axis) is computed in registers from the keypoint, its
 visibility and the seed, exactly as :func:`h3r_kernels.reference.target_profiles` does; a map
-is the outer product of a row profile and a column profile. :func:`tile_target` and
-:func:`map_tile` are shared with the fused loss in :mod:`h3r_kernels.triton.loss`.
+is the outer product of a row profile and a column profile. :func:`keypoint_cells`,
+:func:`cells_target` and :func:`map_tile` are shared with the fused loss in
+:mod:`h3r_kernels.triton.loss`.
 """
 from __future__ import annotations
 
@@ -91,6 +92,34 @@ def keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr
 
 
 @triton.jit
+def keypoint_cells(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr):
+    """``(cell_x, cell_y, contributes)`` of keypoints (visibility not included; scalars or blocks):
+    the rounded cell of each (with ``none`` the keypoint itself), 0 where it is off the map."""
+    cell_x, cell_y, contributes = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
+    if ROUNDING == ROUNDING_NONE:
+        cell_x = x
+        cell_y = y
+    return tl.where(contributes, cell_x, 0.0), tl.where(contributes, cell_y, 0.0), contributes
+
+
+@triton.jit
+def cells_target(cell_x, cell_y, contributes, row_start, gauss_scale, BINARY: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Target ``(BLOCK_M, BLOCK_H, BLOCK_W)`` float32 of maps whose activation points are
+    ``(cell_x, cell_y)`` (``(BLOCK_M,)`` blocks), rows ``[row_start, row_start + BLOCK_H)``,
+    columns ``[0, BLOCK_W)``: the outer product of a row and a column profile; all zero where
+    ``contributes`` is False (whose cells must be finite)."""
+    gauss_scale = tl.cast(gauss_scale, tl.float32)
+    cols = tl.arange(0, BLOCK_W).to(tl.float32)[None, :]
+    rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)[None, :]
+    col_profile = _profile(cols - cell_x[:, None], gauss_scale, BINARY)
+    row_profile = _profile(rows - cell_y[:, None], gauss_scale, BINARY)
+    # Zeroing the row profile zeroes the map (the column profile is finite): cheaper than per cell.
+    row_profile = tl.where(contributes[:, None], row_profile, 0.0)
+    return row_profile[:, :, None] * col_profile[:, None, :]
+
+
+@triton.jit
 def tile_target(
     keypoints_ptr, visible_ptr, bk, num_maps, num_keypoints, seed, height, width, row_start, gauss_scale,
     ROUNDING: tl.constexpr, BINARY: tl.constexpr, EXPECTED: tl.constexpr, HAS_VISIBLE: tl.constexpr,
@@ -103,33 +132,30 @@ def tile_target(
     does not contribute is all zero. ``EXPECTED`` is only set with random rounding (the
     reference ignores it otherwise).
     """
-    gauss_scale = tl.cast(gauss_scale, tl.float32)
     valid = bk < num_maps
     b = bk // num_keypoints
     k = bk - b * num_keypoints
     x = tl.load(keypoints_ptr + 2 * bk, mask=valid, other=float("nan"))
     y = tl.load(keypoints_ptr + 2 * bk + 1, mask=valid, other=float("nan"))
-    cols = tl.arange(0, BLOCK_W).to(tl.float32)[None, :]
-    rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)[None, :]
     if EXPECTED:
+        gauss_scale = tl.cast(gauss_scale, tl.float32)
+        cols = tl.arange(0, BLOCK_W).to(tl.float32)[None, :]
+        rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)[None, :]
         contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, EXPECTED)
+        if HAS_VISIBLE:
+            contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
+        contributes = as_mask(contributes)
         col_profile = _expected_profile(x[:, None], cols, width, gauss_scale, BINARY)
         row_profile = _expected_profile(y[:, None], rows, height, gauss_scale, BINARY)
+        row_profile = tl.where(contributes[:, None], row_profile, 0.0)
+        target = row_profile[:, :, None] * col_profile[:, None, :]
     else:
-        cell_x, cell_y, contributes = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
-        if ROUNDING == ROUNDING_NONE:
-            cell_x = x
-            cell_y = y
-        cell_x = tl.where(contributes, cell_x, 0.0)
-        cell_y = tl.where(contributes, cell_y, 0.0)
-        col_profile = _profile(cols - cell_x[:, None], gauss_scale, BINARY)
-        row_profile = _profile(rows - cell_y[:, None], gauss_scale, BINARY)
-    if HAS_VISIBLE:
-        contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
-    contributes = as_mask(contributes)
-    # Zeroing the row profile zeroes the map (the column profile is finite): cheaper than per cell.
-    row_profile = tl.where(contributes[:, None], row_profile, 0.0)
-    return row_profile[:, :, None] * col_profile[:, None, :], contributes
+        cell_x, cell_y, contributes = keypoint_cells(x, y, b, k, seed, height, width, ROUNDING)
+        if HAS_VISIBLE:
+            contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
+        contributes = as_mask(contributes)
+        target = cells_target(cell_x, cell_y, contributes, row_start, gauss_scale, BINARY, BLOCK_H, BLOCK_W)
+    return target, contributes
 
 
 @triton.jit

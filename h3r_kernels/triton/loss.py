@@ -2,7 +2,7 @@
 
 Each program takes a ``(BLOCK_M maps, BLOCK_H rows, all columns)`` tile as ``encode`` does (of
 the loss's own size: ``GPU_TILES`` in ``_common.py``), renders the target in registers
-(:func:`h3r_kernels.triton.encode.tile_target`, so it is exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
+(:func:`h3r_kernels.triton.encode.cells_target`, so it is exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
 ``compute_grad`` is False) and stores each map's partial loss sum in a ``(B*K, tiles_per_map)``
 buffer that torch then sums in a fixed order: no float atomics, the value is reproducible run
 to run. Maps whose keypoint does not contribute (invisible, target off the map, or weight 0)
@@ -10,8 +10,10 @@ read nothing and get a zero gradient, so nothing in their logits (NaN, inf) can 
 With a per-keypoint ``weight`` a map's partial sums are multiplied by its weight and its
 gradient by ``weight * scale``.
 
-For ``reduction="mean"`` a small kernel first counts the contributing keypoints into a device
-integer (exact integer atomics); the main kernel turns it into the gradient scale
+A small kernel first computes each keypoint's activation cell (the rounding draw, visibility,
+weight) once, into a ``(B*K, 2)`` buffer the main kernel's programs read instead of each thread
+redoing that work; for ``reduction="mean"`` it also counts the contributing keypoints into a
+device integer (exact integer atomics), which the main kernel turns into the gradient scale
 ``1 / max(count * H * W, 1)``: no host synchronisation anywhere.
 """
 from __future__ import annotations
@@ -26,10 +28,10 @@ from .. import spec
 from ..spec import gaussian_scale
 from . import _rng
 from ._common import LOSS_BCE, LOSS_MSE, accumulates_in_fp64, as_mask, device_guard, map_tiling
-from .encode import keypoint_contributes, map_tile, tile_target
+from .encode import cells_target, keypoint_cells, map_tile
 
-# Keypoints per program of the counting kernel ("mean").
-COUNT_BLOCK = 1024
+# Keypoints per program of the cells kernel.
+CELLS_BLOCK = 1024
 
 
 # log(1 + e) / e on [0, 1] as a degree-8 polynomial in e (a relative minimax fit, float32
@@ -80,13 +82,15 @@ def _log1p_unit(e, IS_F64: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _count_kernel(
-    count_ptr, keypoints_ptr, visible_ptr, weight_ptr, seed, num_maps, num_keypoints, height, width,
-    ROUNDING: tl.constexpr, HAS_VISIBLE: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr,
+def _cells_kernel(
+    cells_ptr, count_ptr, keypoints_ptr, visible_ptr, weight_ptr, seed, num_maps, num_keypoints, height, width,
+    ROUNDING: tl.constexpr, HAS_VISIBLE: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """Adds the number of contributing keypoints among ``BLOCK`` of them to ``count_ptr`` (int32).
-
-    Integer atomics are exact, so the count does not depend on the order of the programs.
+    """The activation cell ``(x, y)`` of ``BLOCK`` keypoints into ``cells_ptr`` (float32 ``(B*K, 2)``),
+    NaN for a keypoint that does not contribute, and with ``MEAN`` the number of contributing
+    ones added to ``count_ptr`` (int32; integer atomics are exact, so the count does not depend
+    on the order of the programs).
     """
     bk = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = bk < num_maps
@@ -94,41 +98,48 @@ def _count_kernel(
     k = bk - b * num_keypoints
     x = tl.load(keypoints_ptr + 2 * bk, mask=valid, other=float("nan"))
     y = tl.load(keypoints_ptr + 2 * bk + 1, mask=valid, other=float("nan"))
-    contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, False) & valid
+    cell_x, cell_y, contributes = keypoint_cells(x, y, b, k, seed, height, width, ROUNDING)
+    contributes = contributes & valid
     if HAS_VISIBLE:
         contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
     if HAS_WEIGHT:
         contributes = as_mask(contributes & as_mask(tl.load(weight_ptr + bk, mask=valid, other=0.0) != 0))
-    tl.atomic_add(count_ptr, tl.sum(contributes.to(tl.int32), axis=0))
+    tl.store(cells_ptr + 2 * bk, tl.where(contributes, cell_x, float("nan")), mask=valid)
+    tl.store(cells_ptr + 2 * bk + 1, cell_y, mask=valid)
+    if MEAN:
+        tl.atomic_add(count_ptr, tl.sum(contributes.to(tl.int32), axis=0))
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _loss_kernel(
-    logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, keypoints_ptr, visible_ptr, weight_ptr,
-    seed, num_maps, num_keypoints, height, width, tiles_per_map, gauss_scale,
-    ROUNDING: tl.constexpr, BINARY: tl.constexpr, HAS_VISIBLE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    LOSS: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr,
+    logits_ptr, grad_ptr, partial_ptr, count_ptr, scale_ptr, cells_ptr, weight_ptr,
+    num_maps, height, width, tiles_per_map, gauss_scale,
+    BINARY: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    LOSS: tl.constexpr, MEAN: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC_FP64: tl.constexpr, EVEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """Each map's loss over one tile into ``partial_ptr[bk, tile]`` and, if ``WRITE_GRAD``, the gradient.
 
+    The target comes from the cells ``_cells_kernel`` wrote (NaN: the map does not contribute),
+    so the keypoint work (loads, hashing) is done once per keypoint, not once per thread.
     Per pixel, as the reference: ``bce = max(z, 0) - z t + log(1 + exp(-|z|))`` with gradient
     ``sigmoid(z) - t``; ``mse = (z - t)^2`` with gradient ``2 (z - t)``. With ``MEAN`` the
     gradient is multiplied by ``scale = 1 / max(count * H * W, 1)`` from the contributing
     keypoint count at ``count_ptr``, which program 0 also stores at ``scale_ptr``. With
     ``HAS_WEIGHT`` a keypoint of weight 0 does not contribute, and the others' partial sums
-    are multiplied by their weight and their gradient by ``weight`` (times ``scale``).
+    are multiplied by their weight and their gradient by ``weight`` (times ``scale``). ``EVEN``:
+    the tiles hold no lane past the map (``W == BLOCK_W`` and ``BLOCK_H`` divides ``H``).
     """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
     bk, row_start, offsets, inside = map_tile(pid, num_maps, height, width, tiles_per_map, BLOCK_M, BLOCK_H, BLOCK_W)
-    target, contributes = tile_target(
-        keypoints_ptr, visible_ptr, bk, num_maps, num_keypoints, seed, height, width, row_start, gauss_scale,
-        ROUNDING, BINARY, False, HAS_VISIBLE, BLOCK_H, BLOCK_W,
-    )
-    if HAS_WEIGHT:
+    cell_x = tl.load(cells_ptr + 2 * bk, mask=bk < num_maps, other=float("nan"))
+    cell_y = tl.load(cells_ptr + 2 * bk + 1, mask=bk < num_maps, other=0.0)
+    contributes = as_mask(cell_x == cell_x)
+    target = cells_target(tl.where(contributes, cell_x, 0.0), cell_y, contributes, row_start, gauss_scale, BINARY,
+                          BLOCK_H, BLOCK_W)
+    if HAS_WEIGHT:  # a weight of 0 made the cell NaN
         weight = tl.load(weight_ptr + bk, mask=bk < num_maps, other=0.0).to(acc_dtype)
-        contributes = as_mask(contributes & (weight != 0))
     live = inside & contributes[:, None, None]
     z = tl.load(logits_ptr + offsets, mask=live, other=0.0).to(acc_dtype)
     t = target.to(acc_dtype)
@@ -145,27 +156,28 @@ def _loss_kernel(
             # the sign and |.| folded into the multiply and results below 2**-126 flushed to zero (.ftz)
             e = tl.exp2(tl.abs(z) * -1.4426950408889634)
         pixel_loss = tl.maximum(z, 0.0) - z * t + _log1p_unit(e, ACC_FP64)
-        inverse = 1.0 / (1.0 + e)
+        if ACC_FP64:
+            inverse = 1.0 / (1.0 + e)
+        else:
+            inverse = tl.math.rsqrt(e * (e + 2.0) + 1.0)
         pixel_grad = tl.where(z >= 0, inverse, e * inverse) - t  # sigmoid(z) - t
-    pixel_loss = tl.where(live, pixel_loss, 0.0)
+    if not EVEN:  # lanes past the map's last row or column (their z is 0, their loss is not)
+        pixel_loss = tl.where(inside, pixel_loss, 0.0)
     per_map = tl.sum(tl.sum(pixel_loss, axis=2), axis=1)
-    if HAS_WEIGHT:
-        per_map = tl.where(contributes, per_map * weight, 0.0)
+    per_map = tl.where(contributes, per_map * weight if HAS_WEIGHT else per_map, 0.0)
     tile = pid % tiles_per_map
     tl.store(partial_ptr + bk * tiles_per_map + tile, per_map, mask=bk < num_maps)
+    # The gradient's factor per map, 0 for a map that does not contribute (its logits were not
+    # read: z = 0, a finite gradient times 0), so no per-pixel select is needed.
+    factor = weight if HAS_WEIGHT else 1.0
     if MEAN:
         count = tl.load(count_ptr).to(acc_dtype) * tl.cast(height * width, acc_dtype)
         scale = 1.0 / tl.maximum(count, 1.0)
         tl.store(scale_ptr, scale, mask=pid == 0)
-        if HAS_WEIGHT:
-            pixel_grad = pixel_grad * (weight * scale)[:, None, None]
-        else:
-            pixel_grad = pixel_grad * scale
-    elif HAS_WEIGHT:
-        pixel_grad = pixel_grad * weight[:, None, None]
+        factor = factor * scale
     if WRITE_GRAD:
-        pixel_grad = tl.where(live, pixel_grad, 0.0)
-        tl.store(grad_ptr + offsets, pixel_grad.to(grad_ptr.dtype.element_ty), mask=inside)
+        factor = tl.where(contributes, factor, 0.0)
+        tl.store(grad_ptr + offsets, (pixel_grad * factor[:, None, None]).to(grad_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -223,21 +235,22 @@ def launch_heatmap_loss(
     seed_arg = _rng.seed_as_int32(seed)
     code = spec.code(spec.Rounding, rounding)
     partials = torch.empty((batch, num, tiling.tiles_per_map), dtype=acc_dtype, device=logits.device)
+    cells = torch.empty((batch, num, 2), dtype=torch.float32, device=logits.device)
     mean = reduction == "mean"
     count = torch.zeros((), dtype=torch.int32, device=logits.device) if mean else partials
     scale = torch.empty((), dtype=acc_dtype, device=logits.device) if mean else partials
     with device_guard(logits):
-        if mean:
-            _count_kernel[(triton.cdiv(batch * num, COUNT_BLOCK),)](
-                count, keypoints, visible_arg, weight_arg, seed_arg, batch * num, num, height, width,
-                ROUNDING=code, HAS_VISIBLE=visible is not None, HAS_WEIGHT=weight is not None, BLOCK=COUNT_BLOCK,
-            )
+        _cells_kernel[(triton.cdiv(batch * num, CELLS_BLOCK),)](
+            cells, count, keypoints, visible_arg, weight_arg, seed_arg, batch * num, num, height, width,
+            ROUNDING=code, HAS_VISIBLE=visible is not None, HAS_WEIGHT=weight is not None, MEAN=mean,
+            BLOCK=CELLS_BLOCK,
+        )
         _loss_kernel[(tiling.grid,)](
-            logits, grad if compute_grad else logits, partials, count, scale, keypoints, visible_arg, weight_arg,
-            seed_arg, batch * num, num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
-            ROUNDING=code, BINARY=sigma == 0, HAS_VISIBLE=visible is not None, HAS_WEIGHT=weight is not None,
-            LOSS=spec.code(spec.Loss, loss),
+            logits, grad if compute_grad else logits, partials, count, scale, cells, weight_arg,
+            batch * num, height, width, tiling.tiles_per_map, gaussian_scale(sigma),
+            BINARY=sigma == 0, HAS_WEIGHT=weight is not None, LOSS=spec.code(spec.Loss, loss),
             MEAN=mean, WRITE_GRAD=compute_grad, ACC_FP64=fp64,
+            EVEN=width == tiling.block_w and height % tiling.block_h == 0,
             BLOCK_M=tiling.block_m, BLOCK_H=tiling.block_h, BLOCK_W=tiling.block_w, num_warps=tiling.num_warps,
         )
     per_keypoint = partials[..., 0] if tiling.tiles_per_map == 1 else partials.sum(-1)
