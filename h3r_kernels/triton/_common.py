@@ -29,10 +29,10 @@ WEIGHTING_LINEAR = tl.constexpr(int(spec.Weighting.LINEAR))
 # GPU tile of each map-tiled op: (elements per program, elements per thread) over (B, K, H, W)
 # maps. More elements per thread amortise each thread's fixed work (keypoint loads, hashing,
 # indexing); fewer need fewer registers, so more warps stay resident to hide memory latency.
-# encode: 8192/32 (32 registers, 64 warps per SM on sm_90). heatmap_loss: 4096/16, 48 registers
-# (59 for bfloat16) and 40 (32) warps per SM, where 8192/32 needs 90 (120) and leaves 16
-# (``python -m h3r.benchmark.sass``; bench/RESULTS.md "Static profile"). The interpreter pays
-# per program, so there a program takes up to 65536 elements.
+# encode: 8192/32 (32 registers, 64 warps per SM on sm_90). heatmap_loss: 4096/16, 59-64
+# registers and 32 warps per SM, where 8192/32 needs 96-116 and leaves 16 (``python -m
+# h3r.benchmark.sass``; bench/RESULTS.md "Static profile"). The interpreter pays per program,
+# so there a program takes up to 65536 elements.
 GPU_TILES = {"encode": (8192, 32), "heatmap_loss": (4096, 16)}
 INTERPRETER_TILE_ELEMENTS = 1 << 16
 

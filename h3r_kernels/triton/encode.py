@@ -82,16 +82,6 @@ def _target_cells(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr, EXPECTED: tl.constexpr):
-    """Whether a keypoint's target has weight on the map (visibility not included); scalars or blocks."""
-    if EXPECTED:
-        return _expected_live(x, width) & _expected_live(y, height)
-    else:
-        _, _, on_map = _target_cells(x, y, b, k, seed, height, width, ROUNDING)
-        return on_map
-
-
-@triton.jit
 def keypoint_cells(x, y, b, k, seed, height, width, ROUNDING: tl.constexpr):
     """``(cell_x, cell_y, contributes)`` of keypoints (visibility not included; scalars or blocks):
     the rounded cell of each (with ``none`` the keypoint itself), 0 where it is off the map."""
@@ -141,7 +131,7 @@ def tile_target(
         gauss_scale = tl.cast(gauss_scale, tl.float32)
         cols = tl.arange(0, BLOCK_W).to(tl.float32)[None, :]
         rows = (row_start + tl.arange(0, BLOCK_H)).to(tl.float32)[None, :]
-        contributes = keypoint_contributes(x, y, b, k, seed, height, width, ROUNDING, EXPECTED)
+        contributes = _expected_live(x, width) & _expected_live(y, height)
         if HAS_VISIBLE:
             contributes = contributes & (tl.load(visible_ptr + bk, mask=valid, other=0) != 0)
         contributes = as_mask(contributes)

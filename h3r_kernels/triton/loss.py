@@ -2,13 +2,13 @@
 
 Each program takes a ``(BLOCK_M maps, BLOCK_H rows, all columns)`` tile as ``encode`` does (of
 the loss's own size: ``GPU_TILES`` in ``_common.py``), renders the target in registers
-(:func:`h3r_kernels.triton.encode.cells_target`, so it is exactly the target of ``encode``), reads the logits once, writes the gradient once (unless
-``compute_grad`` is False) and stores each map's partial loss sum in a ``(B*K, tiles_per_map)``
-buffer that torch then sums in a fixed order: no float atomics, the value is reproducible run
-to run. Maps whose keypoint does not contribute (invisible, target off the map, or weight 0)
-read nothing and get a zero gradient, so nothing in their logits (NaN, inf) can leak out.
-With a per-keypoint ``weight`` a map's partial sums are multiplied by its weight and its
-gradient by ``weight * scale``.
+(:func:`h3r_kernels.triton.encode.cells_target`, so it is exactly the target of ``encode``),
+reads the logits once, writes the gradient once (unless ``compute_grad`` is False) and stores
+each map's partial loss sum in a ``(B*K, tiles_per_map)`` buffer that torch then sums in a fixed
+order: no float atomics, the value is reproducible run to run. Maps whose keypoint does not
+contribute (invisible, target off the map, or weight 0) read nothing and get a zero gradient,
+so nothing in their logits (NaN, inf) can leak out. With a per-keypoint ``weight`` a map's
+partial sums are multiplied by its weight and its gradient by ``weight * scale``.
 
 A small kernel first computes each keypoint's activation cell (the rounding draw, visibility,
 weight) once, into a ``(B*K, 2)`` buffer the main kernel's programs read instead of each thread
