@@ -11,7 +11,12 @@ the ``cuobjdump`` shipped with Triton:
 * ``-sass``: the instructions, counted per class (FP32, MUFU special functions, integer,
   conversions, memory, control, other). For a kernel without loops (no backward branch) every
   thread runs each instruction once, so the count divided by the elements a thread handles is
-  the number of instructions per map element.
+  the number of instructions per map element. A kernel with runtime loops (decode) gets a
+  *dynamic* count instead: its launcher says how many times each loop runs for the shape
+  (``h3r_kernels.triton.decode.loop_trips``), and each loop body (from the backward branch's
+  target to the branch) counts that many times (:func:`dynamic_counts`). Its loops must then
+  be as many disjoint loops in the SASS as the launcher lists (the compiler neither unrolled nor
+  split one), else no per-element figure is given.
 
 The budget beside it: at the device's copy bandwidth an op moving ``bytes_per_element`` can
 afford ``issue rate / (bandwidth / bytes_per_element)`` thread-instructions per element before
@@ -74,17 +79,46 @@ def classify(opcode: str) -> str:
     return OTHER
 
 
-def parse_sass(text: str) -> dict:
-    """Counts per class of the instructions of a ``cuobjdump -sass`` listing, and whether it loops."""
-    counts: Counter = Counter()
-    loops = False
+def _listing(text: str) -> tuple[list, list]:
+    """``[(address, class)]`` of the instructions and ``[(target, address)]`` of the backward branches."""
+    instructions, back = [], []
     for match in SASS_LINE.finditer(text):
         address, opcode, operands = int(match.group(1), 16), match.group(2), match.group(3)
-        counts[classify(opcode.split(".")[0] if not opcode.startswith("MUFU") else opcode)] += 1
+        instructions.append((address, classify(opcode.split(".")[0] if not opcode.startswith("MUFU") else opcode)))
         if opcode.startswith("BRA"):
             target = re.search(r"0x([0-9a-f]+)", operands)
-            loops = loops or (target is not None and int(target.group(1), 16) < address)
-    return {"instructions": sum(counts.values()), "classes": dict(counts), "loops": loops}
+            if target is not None and int(target.group(1), 16) < address:
+                back.append((int(target.group(1), 16), address))
+    return instructions, back
+
+
+def parse_sass(text: str) -> dict:
+    """Counts per class of the instructions of a ``cuobjdump -sass`` listing, whether it loops,
+    and the loops: ``[first address, backward branch address, instructions]`` in program order."""
+    instructions, back = _listing(text)
+    counts = Counter(cls for _, cls in instructions)
+    bodies = [[start, end, sum(start <= a <= end for a, _ in instructions)] for start, end in sorted(back)]
+    return {"instructions": sum(counts.values()), "classes": dict(counts), "loops": bool(back), "loop_bodies": bodies}
+
+
+def dynamic_counts(text: str, trips: Sequence[int]) -> Optional[dict]:
+    """Instructions per class one thread runs when the listing's loops run ``trips`` times each
+    (in program order), or None when its loops are not ``len(trips)`` disjoint loops.
+
+    Each loop's body (its first instruction, the target of the backward branch, through that
+    branch) counts ``trips[i]`` times, every other instruction once: exact for straight-line
+    code around non-nested loops, an upper bound where forward branches skip code (both sides
+    of a branch count).
+    """
+    instructions, back = _listing(text)
+    back = sorted(back)
+    if len(back) != len(trips) or any(back[i][1] >= back[i + 1][0] for i in range(len(back) - 1)):
+        return None
+    counts: Counter = Counter()
+    for address, cls in instructions:
+        inside = [n for (start, end), n in zip(back, trips) if start <= address <= end]
+        counts[cls] += inside[0] if inside else 1
+    return {"instructions": sum(counts.values()), "classes": dict(counts)}
 
 
 def parse_resources(text: str) -> dict:
@@ -137,7 +171,7 @@ class _CompileOnlyDriver:
 @contextlib.contextmanager
 def compile_only(capability: int):
     """Within the block, ``kernel[grid](...)`` compiles for ``sm_<capability>`` and records
-    ``(kernel name, CompiledKernel, grid, num_warps)`` in the yielded list instead of launching."""
+    ``(kernel name, CompiledKernel, grid, num_warps, keyword arguments)`` in the yielded list instead of launching."""
     from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
@@ -147,7 +181,7 @@ def compile_only(capability: int):
 
     def run(self, *args, grid, warmup, **kwargs):
         kernel = original(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.append((self.fn.__name__, kernel, tuple(grid), kwargs.get("num_warps", 4)))
+        compiled.append((self.fn.__name__, kernel, tuple(grid), kwargs.get("num_warps", 4), kwargs))
         return kernel
 
     previous = driver._active  # None until a driver was needed; reset_active() would make one (no GPU: fails)
@@ -169,15 +203,18 @@ def _cuobjdump() -> str:
     return str(path)
 
 
-def inspect_cubin(cubin: bytes) -> dict:
-    """Resources and instruction classes of one compiled kernel."""
+def inspect_cubin(cubin: bytes, trips: Optional[Sequence[int]] = None) -> dict:
+    """Resources and instruction classes of one compiled kernel; with the ``trips`` of its
+    loops, also ``dynamic``: the instructions one thread runs (:func:`dynamic_counts`)."""
     tool = _cuobjdump()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "kernel.cubin"
         path.write_bytes(cubin)
         resources = subprocess.run([tool, "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
         sass = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, check=True).stdout
-    return {**parse_resources(resources), **parse_sass(sass)}
+    facts = {**parse_resources(resources), **parse_sass(sass)}
+    facts["dynamic"] = None if trips is None else dynamic_counts(sass, trips)
+    return facts
 
 
 # --------------------------------------------------------------------------- the ops
@@ -204,6 +241,16 @@ def _launch(op: str, shape: Sequence[int], dtype: torch.dtype) -> Callable[[], o
     raise ValueError(f"op: expected encode, heatmap_loss or decode, got {op!r}")
 
 
+def _loop_trips(name: str, arguments: dict) -> Optional[tuple[int, ...]]:
+    """The iterations of the runtime loops of kernel ``name`` launched with keyword ``arguments``
+    (kernels whose launchers know them), else None."""
+    if name == "_decode_kernel":
+        from h3r_kernels.triton import decode
+
+        return decode.loop_trips(arguments)
+    return None
+
+
 # The kernels that walk the maps (the loss's _cells_kernel reads the keypoints only).
 MAP_KERNELS = ("_encode_kernel", "_loss_kernel", "_scale_grad_kernel", "_decode_kernel", "_decode_backward_kernel")
 # Bytes per element the benchmark counts for each op (one write; a read and a write; one read).
@@ -217,17 +264,21 @@ def profile_op(op: str, shape: Sequence[int], dtype: torch.dtype, capability: in
     elements = math.prod(shape)
     bytes_per_element = BYTES_PER_ELEMENT_PASSES[op] * torch.empty((), dtype=dtype).element_size()
     rows = []
-    for name, kernel, grid, num_warps in compiled:
-        facts = inspect_cubin(kernel.asm["cubin"])
+    for name, kernel, grid, num_warps, arguments in compiled:
+        trips = _loop_trips(name, arguments)
+        facts = inspect_cubin(kernel.asm["cubin"], trips)
         threads = grid[0] * (grid[1] if len(grid) > 1 else 1) * num_warps * 32
         per_thread = elements / threads
         row = {"op": op, "kernel": name, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                "grid": list(grid), "num_warps": num_warps, "elements_per_thread": per_thread, **facts,
                **occupancy(facts["registers"], num_warps, facts["shared_bytes"])}
-        # Per element only for kernels that walk the maps, and run straight through.
-        streams = name in MAP_KERNELS and not facts["loops"]
-        row["per_element"] = ({cls: count / per_thread for cls, count in facts["classes"].items()} | {
-            "all": facts["instructions"] / per_thread}) if streams else None
+        # Per element only for kernels that walk the maps, and run straight through or loop
+        # as many times as their launcher says (the dynamic count).
+        counted = facts if not facts["loops"] else facts["dynamic"]
+        streams = name in MAP_KERNELS and counted is not None
+        row["loop_trips"] = None if trips is None else list(trips)
+        row["per_element"] = ({cls: count / per_thread for cls, count in counted["classes"].items()} | {
+            "all": counted["instructions"] / per_thread}) if streams else None
         row["budget"] = budget(bytes_per_element) if streams else None
         rows.append(row)
     return rows
@@ -276,7 +327,9 @@ def markdown(report: dict) -> str:
         f"Compiled for sm_{report['capability']} without a GPU (`python -m h3r.benchmark.sass`), commit "
         f"{report['commit']}, triton {report['triton']}, torch {report['torch']}; {report['elapsed_s']:.0f} s. "
         "Occupancy from registers, warps and shared memory per block (compute capability 9.0 limits). "
-        "Per element: static SASS instructions / elements per thread, for kernels without loops. Budget: "
+        "Per element: SASS instructions one thread runs / elements per thread: the static count for kernels "
+        "without loops; for kernels whose launcher gives their loops' trip counts (decode), each loop body "
+        "times its trips (\"dynamic\"; both sides of forward branches count: an upper bound). Budget: "
         f"thread-instructions per element the H200 issues ({H200['sms']} SMs × 128 per clock × "
         f"{H200['clock_ghz']} GHz) while moving the op's bytes at its copy bandwidth ({H200['copy_gbps']} GB/s); "
         "MUFU likewise at 16 per SM and clock.",
@@ -290,6 +343,8 @@ def markdown(report: dict) -> str:
         if per is not None:
             shown = (f"{per['all']:.1f} ({per.get('FP32', 0):.1f}, {per.get('MUFU', 0):.1f}, "
                      f"{per.get('integer', 0):.1f}, {per.get('memory', 0):.2f})")
+            if row["loops"]:
+                shown += f" dynamic, loops × {','.join(map(str, row['loop_trips']))}"
         spent = "—" if row["budget"] is None else (f"{row['budget']['instructions_per_element']:.0f} "
                                                    f"({row['budget']['mufu_per_element']:.1f})")
         tile = row.get("tile")

@@ -43,6 +43,9 @@ cell is written by this one program (no atomics, deterministic).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -53,24 +56,25 @@ from ._common import (
     device_guard,
 )
 
-# Forward tiling (see _plan): maps of up to MIN_GROUPS cells are one chunk; larger maps are
-# streamed in up to MAX_CHUNKS chunks of GROUPS cells, MIN_GROUPS <= GROUPS <= MAX_GROUPS.
-MIN_GROUPS = 256
-MAX_CHUNKS = 16
-MAX_GROUPS = 8192
-CELLS_PER_THREAD = 8
-# Backward: cells cleared per step of the zero fill.
-MAX_BLOCK = 4096
+# Forward tiles (decode_tile): maps of up to SMALL_CELLS cells (64x64), whatever their shape,
+# run SMALL_MAPS maps per program in SMALL_GROUPS groups each; larger maps one per program in
+# LARGE_GROUPS groups. Both tiles are one warp (4 group slots per thread).
+SMALL_CELLS = 4096
+SMALL_MAPS = 8
+SMALL_GROUPS = 16
+LARGE_MAPS = 1
+LARGE_GROUPS = 128
+CELLS_PER_THREAD = 4
+# Chunks read per iteration of the first phase's loop.
+UNROLL = 4
+# Backward: cells cleared per step of the zero fill (8 per thread), for every map size.
+BACKWARD_BLOCK = 512
+BACKWARD_WARPS = 2
 
 # Below the rank of every value (-inf included): removed and empty slots.
 _EMPTY_RANK = tl.constexpr(-(2**63))
 _INT32_MIN = tl.constexpr(-(2**31))
 _INT32_MAX = tl.constexpr(2**31 - 1)
-
-def _backward_num_warps(block: int) -> int:
-    """Warps of the backward: 1 up to 16x16 maps, 8 for 64x64 (16 cells cleared per thread)."""
-    return max(1, min(8, block // 512))
-
 
 # --------------------------------------------------------------------------- ranks
 
@@ -125,29 +129,13 @@ def _rank_value(rank, IS_F64: tl.constexpr):
 
 @triton.jit
 def _best(ranks, cells, IS_F64: tl.constexpr):
-    """The largest rank and its cell (among equal ranks, the lowest cell), over all elements."""
-    best = tl.max(ranks)
+    """The largest rank of each row and its cell (among equal ranks, the lowest cell), as ``[rows, 1]`` columns."""
+    best = tl.max(ranks, axis=1, keep_dims=True)
     if IS_F64:
-        cell = tl.min(tl.where(ranks == best, cells, _INT32_MAX))
+        cell = tl.min(tl.where(ranks == best, cells, _INT32_MAX), axis=1, keep_dims=True)
     else:
         cell = 0x7FFFFFFF - (best & 0x7FFFFFFF).to(tl.int32)
     return best, cell
-
-
-@triton.jit
-def _select(ranks, cells, slots, COUNT: tl.constexpr, IS_F64: tl.constexpr):
-    """The ``COUNT`` largest ranks and their cells, in slots ``0..COUNT-1`` (others: empty, cell -1).
-
-    ``cells`` must be unique where the rank is not ``_EMPTY_RANK``.
-    """
-    top_ranks = tl.full(slots.shape, _EMPTY_RANK, tl.int64)
-    top_cells = tl.full(slots.shape, -1, tl.int32)
-    for i in tl.static_range(COUNT):
-        best, cell = _best(ranks, cells, IS_F64)
-        top_ranks = tl.where(slots == i, best, top_ranks)
-        top_cells = tl.where(slots == i, cell, top_cells)
-        ranks = tl.where(cells == cell, _EMPTY_RANK, ranks)
-    return top_ranks, top_cells
 
 
 # --------------------------------------------------------------------------- weights
@@ -161,8 +149,8 @@ def _positive(values, valid):
 
 @triton.jit
 def _peak_value(values, slots, PEAK_SLOT: tl.constexpr):
-    """The value in slot ``PEAK_SLOT`` (the map's maximum), as a scalar."""
-    return tl.sum(tl.where(slots == PEAK_SLOT, values, 0.0), axis=0)
+    """The value in slot ``PEAK_SLOT`` (the map's maximum) of each row, as a ``[rows, 1]`` column."""
+    return tl.sum(tl.where(slots == PEAK_SLOT, values, 0.0), axis=1, keep_dims=True)
 
 
 @triton.jit
@@ -173,7 +161,7 @@ def _is_finite(value):
 
 @triton.jit
 def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexpr):
-    """Normalised weights of the slots, as :func:`h3r_kernels.reference._weights`.
+    """Normalised weights of the slots (one map per row), as :func:`h3r_kernels.reference._weights`.
 
     ``softmax`` (``WEIGHTS == WEIGHTING_SOFTMAX``): ``exp(v - m)`` normalised, ``m`` the peak slot's value (the
     maximum), with ``exp(v - m) = 1`` for ``v == m`` (infinite peaks are limits: the weight is
@@ -185,12 +173,13 @@ def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexp
     shift = _peak_value(values, slots, PEAK_SLOT)
     if WEIGHTS == WEIGHTING_SOFTMAX:
         exps = tl.where(valid, tl.where(values == shift, 1.0, tl.exp(values - shift)), 0.0)
-        weights = exps / tl.sum(exps, axis=0)
+        weights = exps / tl.sum(exps, axis=1, keep_dims=True)
     else:
         tl.static_assert(WEIGHTS == WEIGHTING_LINEAR)
         positive = _positive(values, valid)
-        positive = tl.where(shift == float("inf"), tl.where(valid & as_mask(values == shift), 1.0, 0.0), positive)
-        total = tl.sum(positive, axis=0)
+        positive = tl.where(as_mask(shift == float("inf")), tl.where(valid & as_mask(values == shift), 1.0, 0.0),
+                            positive)
+        total = tl.sum(positive, axis=1, keep_dims=True)
         weights = tl.where(total > 0, positive / tl.where(total > 0, total, 1.0), tl.where(peak, 1.0, 0.0))
     return weights
 
@@ -198,106 +187,182 @@ def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexp
 # --------------------------------------------------------------------------- forward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_maps", "n_cells", "width", "height", "chunks"])
 def _decode_kernel(
     maps_ptr, coords_ptr, scores_ptr, indices_ptr,
-    N_CELLS: tl.constexpr, WIDTH: tl.constexpr, HEIGHT: tl.constexpr, N_SLOTS: tl.constexpr,
-    METHOD: tl.constexpr, WEIGHTS: tl.constexpr, K: tl.constexpr, WINDOW: tl.constexpr, PEAK_SLOT: tl.constexpr,
-    SLOTS: tl.constexpr, TOP: tl.constexpr, TOP_SLOTS: tl.constexpr,
-    GROUPS: tl.constexpr, CHUNKS: tl.constexpr, CHUNK_SLOTS: tl.constexpr, IS_F64: tl.constexpr,
+    n_maps, n_cells, width, height, chunks,
+    N_SLOTS: tl.constexpr, METHOD: tl.constexpr, WEIGHTS: tl.constexpr, K: tl.constexpr, WINDOW: tl.constexpr,
+    PEAK_SLOT: tl.constexpr, SLOTS: tl.constexpr, TOP: tl.constexpr, TOP_SLOTS: tl.constexpr,
+    MAPS: tl.constexpr, GROUPS: tl.constexpr, UNROLL: tl.constexpr, IS_F64: tl.constexpr,
 ):
-    """One program per map; see the module docstring for the three phases."""
-    map_index = tl.program_id(0).to(tl.int64)
-    map_ptr = maps_ptr + map_index * N_CELLS
+    """``MAPS`` maps per program, one per row of every block; see the module docstring for the phases."""
+    maps = tl.program_id(0).to(tl.int64) * MAPS + tl.arange(0, MAPS).to(tl.int64)
+    map_ok = (maps < n_maps)[:, None]
+    map_ptr = maps_ptr + (maps * n_cells)[:, None]
+    lanes = tl.arange(0, GROUPS)[None, :]
 
-    # Phase 1: the maximum of each strided group {g, g + GROUPS, g + 2 GROUPS, ...} and
-    # its first cell, streaming the map in CHUNKS contiguous chunks of GROUPS cells. Values
-    # are compared as floats: "not (v <= max)" also lets a NaN in (NaN ranks first), and
-    # nothing replaces a NaN maximum; cells past the map read -inf, which never replaces.
-    lanes = tl.arange(0, GROUPS)
-    inside = lanes < N_CELLS
-    raw = tl.load(map_ptr + lanes, mask=inside, other=float("-inf"))
-    group_max = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
-    group_cell = tl.where(inside, lanes, -1)
-    for chunk in tl.static_range(1, CHUNKS):
-        cells = chunk * GROUPS + lanes
-        if (chunk + 1) * GROUPS <= N_CELLS:
-            raw = tl.load(map_ptr + cells)
-        else:
-            raw = tl.load(map_ptr + cells, mask=cells < N_CELLS, other=float("-inf"))
-        value = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
-        better = (~(value <= group_max)) & (group_max == group_max)
-        group_max = tl.where(better, value, group_max)
-        group_cell = tl.where(better, cells, group_cell)
-    group_rank = tl.where(group_cell >= 0, _rank(_ordered(group_max, IS_F64), group_cell, IS_F64), _EMPTY_RANK)
+    # Phase 1: the maximum of each strided group {g, g + GROUPS, g + 2 GROUPS, ...} and the
+    # chunk of its first maximal cell, streaming the map in `chunks` chunks of GROUPS cells.
+    # Values are compared as floats: "not (v <= max)" also lets a NaN in (NaN ranks first),
+    # and nothing replaces a NaN maximum; cells past the map read -inf, which never replaces.
+    first = map_ok & (lanes < n_cells)
+    group_max = tl.full([MAPS, GROUPS], float("-inf"), tl.float64 if IS_F64 else tl.float32)
+    group_chunk = tl.zeros([MAPS, GROUPS], tl.int32)
+    # UNROLL chunks per iteration (UNROLL loads in flight), in order: the first maximum stays.
+    # Runtime loops are `while` loops: the interpreter cannot range() over an argument.
+    start = 0
+    while start < chunks:
+        for step in tl.static_range(UNROLL):
+            cells = (start + step) * GROUPS + lanes
+            raw = tl.load(map_ptr + cells, mask=map_ok & (cells < n_cells), other=float("-inf"))
+            value = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
+            better = (~(value <= group_max)) & (group_max == group_max)
+            group_max = tl.where(better, value, group_max)
+            group_chunk = tl.where(better, start + step, group_chunk)
+        start += UNROLL
+    group_cell = tl.where(first, group_chunk * GROUPS + lanes, -1)
+    group_rank = tl.where(first, _rank(_ordered(group_max, IS_F64), group_cell, IS_F64), _EMPTY_RANK)
 
-    # Phase 2: the best TOP groups (by maximum, then first cell) hold the TOP best cells
-    # (TOP = K for topk, else 1: the peak).
-    top_slots = tl.arange(0, TOP_SLOTS)
-    top_ranks, top_cells = _select(group_rank, group_cell, top_slots, TOP, IS_F64)
+    # Phases 2 and 3: TOP rounds (TOP = K for topk, else 1: the peak) of "take the best group's
+    # cell, then give that group its next best cell" (the best of its cells ranked below the
+    # one taken: its cells leave a group in rank order). A group's rank is always that of its
+    # best remaining cell, so each round takes the best remaining cell of the map.
+    top_slots = tl.arange(0, TOP_SLOTS)[None, :]
+    top_ranks = tl.full([MAPS, TOP_SLOTS], _EMPTY_RANK, tl.int64)
+    top_cells = tl.full([MAPS, TOP_SLOTS], -1, tl.int32)
+    peak_rank = tl.full([MAPS, 1], _EMPTY_RANK, tl.int64)
+    peak_cell = tl.full([MAPS, 1], -1, tl.int32)
+    for i in tl.static_range(TOP):
+        best, cell = _best(group_rank, group_cell, IS_F64)
+        if i == 0:
+            peak_rank = best
+            peak_cell = cell
+        top_ranks = tl.where(top_slots == i, best, top_ranks)
+        top_cells = tl.where(top_slots == i, cell, top_cells)
+        if i + 1 < TOP:
+            group = cell % GROUPS
+            next_rank = tl.full([MAPS, 1], _EMPTY_RANK, tl.int64)
+            next_cell = tl.full([MAPS, 1], -1, tl.int32)
+            start = 0
+            while start < chunks:
+                cells = (start + lanes) * GROUPS + group
+                inside = map_ok & (cells < n_cells)
+                raw = tl.load(map_ptr + cells, mask=inside, other=0.0)
+                ranks = _rank(_ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64), cells, IS_F64)
+                if IS_F64:  # below (best, cell) in (key, then lower cell first) order
+                    below = inside & ((ranks < best) | ((ranks == best) & (cells > cell)))
+                else:
+                    below = inside & (ranks < best)
+                found_rank, found_cell = _best(tl.where(below, ranks, _EMPTY_RANK), tl.where(below, cells, -1), IS_F64)
+                # later scans hold higher cells: an equal rank keeps the earlier cell
+                take = found_rank > next_rank
+                next_rank = tl.where(take, found_rank, next_rank)
+                next_cell = tl.where(take, found_cell, next_cell)
+                start += GROUPS
+            group_rank = tl.where(lanes == group, next_rank, group_rank)
+            if IS_F64:
+                group_cell = tl.where(lanes == group, next_cell, group_cell)
 
-    # Phase 3 (topk over several chunks): reload the cells of those groups (cache hits)
-    # and select among them.
-    if METHOD == METHOD_TOPK and CHUNKS > 1:
-        candidates = (top_cells % GROUPS)[:, None] + (tl.arange(0, CHUNK_SLOTS) * GROUPS)[None, :]
-        inside = (top_slots < K)[:, None] & (candidates < N_CELLS)
-        raw = tl.load(map_ptr + candidates, mask=inside, other=0.0)
-        key = _ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64)
-        candidate_rank = tl.where(inside, _rank(key, candidates, IS_F64), _EMPTY_RANK)
-        top_ranks, top_cells = _select(candidate_rank, tl.where(inside, candidates, -1), top_slots, K, IS_F64)
-
-    score = _rank_value(tl.max(top_ranks), IS_F64)
-    slots = tl.arange(0, SLOTS)
+    score = _rank_value(peak_rank, IS_F64)
+    slots = tl.arange(0, SLOTS)[None, :]
     if METHOD == METHOD_TOPK:
-        valid = slots < K
+        valid = map_ok & (slots < K)
         selected = top_cells
         values = _rank_value(top_ranks, IS_F64)
+    elif METHOD == METHOD_LOCAL:
+        half: tl.constexpr = WINDOW // 2
+        row = peak_cell // width + slots // WINDOW - half
+        col = peak_cell % width + slots % WINDOW - half
+        valid = map_ok & (slots < WINDOW * WINDOW) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        selected = tl.where(valid, row * width + col, -1)
+        raw = tl.load(map_ptr + tl.where(valid, selected, 0), mask=valid, other=0.0)
+        values = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
     else:
-        peak = tl.max(top_cells)
-        if METHOD == METHOD_LOCAL:
-            half: tl.constexpr = WINDOW // 2
-            row = peak // WIDTH + slots // WINDOW - half
-            col = peak % WIDTH + slots % WINDOW - half
-            valid = (slots < WINDOW * WINDOW) & (row >= 0) & (row < HEIGHT) & (col >= 0) & (col < WIDTH)
-            selected = tl.where(valid, row * WIDTH + col, -1)
-            raw = tl.load(map_ptr + tl.where(valid, selected, 0), mask=valid, other=0.0)
-            values = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
-        else:
-            tl.static_assert(METHOD == METHOD_ARGMAX)
-            valid = slots < 1
-            selected = tl.where(valid, peak, -1)
-            values = tl.where(valid, score, 0.0)
+        tl.static_assert(METHOD == METHOD_ARGMAX)
+        valid = map_ok & (slots < 1)
+        selected = tl.where(valid, peak_cell, -1)
+        values = tl.where(valid, score, 0.0)
 
     weights = _weights(values, valid, slots, PEAK_SLOT, WEIGHTS)
     safe = tl.where(valid, selected, 0)
-    x = (safe % WIDTH).to(values.dtype)
-    y = (safe // WIDTH).to(values.dtype)
-    centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=0)
-    centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=0)
+    x = (safe % width).to(values.dtype)
+    y = (safe // width).to(values.dtype)
+    centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=1)
+    centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=1)
     # A map holding a NaN (its score is NaN): NaN coordinates, whatever the weights made of it.
-    tl.store(coords_ptr + map_index * 2, tl.where(score != score, score, centre_x))
-    tl.store(coords_ptr + map_index * 2 + 1, tl.where(score != score, score, centre_y))
-    tl.store(scores_ptr + map_index, score)
-    tl.store(indices_ptr + map_index * N_SLOTS + slots, selected.to(tl.int64), mask=slots < N_SLOTS)
+    score = _rank_value(tl.max(peak_rank, axis=1), IS_F64)  # the same, as a [MAPS] vector
+    stored = maps < n_maps
+    tl.store(coords_ptr + maps * 2, tl.where(score != score, score, centre_x), mask=stored)
+    tl.store(coords_ptr + maps * 2 + 1, tl.where(score != score, score, centre_y), mask=stored)
+    tl.store(scores_ptr + maps, score, mask=stored)
+    tl.store(indices_ptr + (maps * N_SLOTS)[:, None] + slots, selected.to(tl.int64), mask=map_ok & (slots < N_SLOTS))
 
 
-def _plan(n_cells: int) -> tuple[int, int, int]:
-    """``(groups, chunks, num_warps)`` for a map of ``n_cells``: ``chunks`` x ``groups`` >= ``n_cells``.
+@dataclass(frozen=True)
+class DecodePlan:
+    """How :func:`decode` launches ``_decode_kernel``: ``grid`` programs of ``num_warps`` warps,
+    the runtime ``sizes`` (map count and size, chunks per map) and the ``constexprs`` (the
+    options and the tile): one compiled kernel per distinct ``constexprs`` (and dtype)."""
 
-    Up to :data:`MIN_GROUPS` cells a map is one chunk; larger maps take up to
-    :data:`MAX_CHUNKS` chunks (more if the groups would exceed :data:`MAX_GROUPS`), with
-    :data:`CELLS_PER_THREAD` group slots per thread.
+    grid: tuple[int]
+    sizes: dict
+    constexprs: dict
+    num_warps: int
+
+    @property
+    def loop_trips(self) -> tuple[int, ...]:
+        return loop_trips({**self.sizes, **self.constexprs})
+
+
+def loop_trips(arguments: dict) -> tuple[int, ...]:
+    """Iterations of ``_decode_kernel``'s runtime loops, in program order, from its launch
+    ``arguments`` (what the static profile multiplies each loop body by): phase 1's
+    ``cdiv(chunks, UNROLL)``, then each of the ``TOP - 1`` rescans' ``cdiv(chunks, GROUPS)``."""
+    chunks = arguments["chunks"]
+    return (triton.cdiv(chunks, arguments["UNROLL"]),) + (triton.cdiv(chunks, arguments["GROUPS"]),) * (arguments["TOP"] - 1)
+
+
+def decode_tile(n_cells: int) -> tuple[int, int]:
+    """``(maps per program, groups per map)`` for maps of ``n_cells``: one tile for every map of
+    up to :data:`SMALL_CELLS` cells, another beyond (see the module docstring)."""
+    return (SMALL_MAPS, SMALL_GROUPS) if n_cells <= SMALL_CELLS else (LARGE_MAPS, LARGE_GROUPS)
+
+
+def decode_plan(num_maps: int, height: int, width: int, method: str, k: int, weights: str, window: int,
+                dtype: torch.dtype, maps_per_program: Optional[int] = None, groups: Optional[int] = None) -> DecodePlan:
+    """The launch of ``_decode_kernel`` for ``num_maps`` (>= 1) maps of ``(height, width)``.
+
+    ``maps_per_program`` and ``groups`` (powers of two) override :func:`decode_tile`; results do
+    not depend on them (the tests check this).
     """
-    if n_cells <= MIN_GROUPS:
-        groups = triton.next_power_of_2(n_cells)
-    else:
-        groups = min(MAX_GROUPS, max(MIN_GROUPS, triton.next_power_of_2(triton.cdiv(n_cells, MAX_CHUNKS))))
-    num_warps = max(1, min(8, groups // (32 * CELLS_PER_THREAD)))
-    return groups, triton.cdiv(n_cells, groups), num_warps
+    tile_maps, tile_groups = decode_tile(height * width)
+    tile_maps = tile_maps if maps_per_program is None else _power_of_two("maps_per_program", maps_per_program)
+    tile_groups = tile_groups if groups is None else _power_of_two("groups", groups)
+    n_slots = spec.slots(method, k, window)
+    top = k if method == "topk" else 1
+    constexprs = dict(
+        N_SLOTS=n_slots, METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights), K=k,
+        WINDOW=window, PEAK_SLOT=spec.peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots), TOP=top,
+        TOP_SLOTS=triton.next_power_of_2(top), MAPS=tile_maps, GROUPS=tile_groups, UNROLL=UNROLL, IS_F64=accumulates_in_fp64(dtype),
+    )
+    sizes = dict(n_maps=num_maps, n_cells=height * width, width=width, height=height,
+                 chunks=triton.cdiv(height * width, tile_groups))
+    num_warps = max(1, min(8, tile_maps * tile_groups // (32 * CELLS_PER_THREAD)))
+    return DecodePlan((triton.cdiv(num_maps, tile_maps),), sizes, constexprs, num_warps)
 
 
-def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: int):
-    """``(coords (B,K,2), scores (B,K), indices (B,K,S) int64)``; see :func:`h3r_kernels.reference.decode`."""
+def _power_of_two(name: str, value: int) -> int:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two >= 1, got {value}")
+    return value
+
+
+def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: int,
+           maps_per_program: Optional[int] = None, groups: Optional[int] = None):
+    """``(coords (B,K,2), scores (B,K), indices (B,K,S) int64)``; see :func:`h3r_kernels.reference.decode`.
+
+    ``maps_per_program`` and ``groups`` override the tile (:func:`decode_plan`).
+    """
     batch, num, height, width = heatmaps.shape
     in_fp64 = accumulates_in_fp64(heatmaps.dtype)
     acc = torch.float64 if in_fp64 else torch.float32
@@ -307,45 +372,39 @@ def decode(heatmaps: torch.Tensor, method: str, k: int, weights: str, window: in
     indices = heatmaps.new_empty((batch, num, n_slots), dtype=torch.int64)
     if batch * num == 0:
         return coords, scores, indices
-    n_cells = height * width
-    if n_cells >= 2**31:
+    if height * width >= 2**31:
         raise ValueError(f"heatmaps: expected H*W < 2**31 cells per map, got {height}x{width}")
-    groups, chunks, num_warps = _plan(n_cells)
-    top = k if method == "topk" else 1
+    plan = decode_plan(batch * num, height, width, method, k, weights, window, heatmaps.dtype, maps_per_program, groups)
     with device_guard(heatmaps):
-        _decode_kernel[(batch * num,)](
-            heatmaps, coords, scores, indices,
-            N_CELLS=n_cells, WIDTH=width, HEIGHT=height, N_SLOTS=n_slots,
-            METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights), K=k, WINDOW=window,
-            PEAK_SLOT=spec.peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots),
-            TOP=top, TOP_SLOTS=triton.next_power_of_2(top), GROUPS=groups, CHUNKS=chunks,
-            CHUNK_SLOTS=triton.next_power_of_2(chunks), IS_F64=in_fp64, num_warps=num_warps,
-        )
+        _decode_kernel[plan.grid](heatmaps, coords, scores, indices, **plan.sizes, **plan.constexprs,
+                                  num_warps=plan.num_warps)
     return coords, scores, indices
 
 
 # --------------------------------------------------------------------------- backward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_cells", "width", "chunks"])
 def _decode_backward_kernel(
     maps_ptr, indices_ptr, grad_coords_ptr, grad_scores_ptr, grad_ptr,
-    N_CELLS: tl.constexpr, WIDTH: tl.constexpr, N_SLOTS: tl.constexpr,
-    METHOD: tl.constexpr, WEIGHTS: tl.constexpr, PEAK_SLOT: tl.constexpr,
-    SLOTS: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, IS_F64: tl.constexpr,
+    n_cells, width, chunks,
+    N_SLOTS: tl.constexpr, METHOD: tl.constexpr, WEIGHTS: tl.constexpr, PEAK_SLOT: tl.constexpr,
+    SLOTS: tl.constexpr, BLOCK: tl.constexpr, IS_F64: tl.constexpr,
 ):
     """One program per map: zeros over the map, then the gradients of the selected cells."""
     map_index = tl.program_id(0).to(tl.int64)
-    map_ptr = maps_ptr + map_index * N_CELLS
-    grad_map_ptr = grad_ptr + map_index * N_CELLS
+    map_ptr = maps_ptr + map_index * n_cells
+    grad_map_ptr = grad_ptr + map_index * n_cells
 
-    for chunk in range(CHUNKS):
+    chunk = 0
+    while chunk < chunks:
         offsets = chunk * BLOCK + tl.arange(0, BLOCK)
-        tl.store(grad_map_ptr + offsets, tl.zeros([BLOCK], grad_ptr.dtype.element_ty), mask=offsets < N_CELLS)
+        tl.store(grad_map_ptr + offsets, tl.zeros([BLOCK], grad_ptr.dtype.element_ty), mask=offsets < n_cells)
+        chunk += 1
     # The selected cells below overwrite some of these zeros: all zeros must have landed first.
     tl.debug_barrier()
 
-    slots = tl.arange(0, SLOTS)
+    slots = tl.arange(0, SLOTS)[None, :]
     selected = tl.load(indices_ptr + map_index * N_SLOTS + slots, mask=slots < N_SLOTS, other=-1)
     valid = selected >= 0
     safe = tl.where(valid, selected, 0)
@@ -356,17 +415,17 @@ def _decode_backward_kernel(
     grad_score = tl.load(grad_scores_ptr + map_index).to(values.dtype)
 
     weights = _weights(values, valid, slots, PEAK_SLOT, WEIGHTS)
-    x = (safe % WIDTH).to(values.dtype)
-    y = (safe // WIDTH).to(values.dtype)
-    centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=0)
-    centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=0)
+    x = (safe % width).to(values.dtype)
+    y = (safe // width).to(values.dtype)
+    centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=1, keep_dims=True)
+    centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=1, keep_dims=True)
     direction = (x - centre_x) * grad_x + (y - centre_y) * grad_y
     if METHOD == METHOD_ARGMAX:
-        slot_grad = tl.zeros([SLOTS], values.dtype)
+        slot_grad = tl.zeros([1, SLOTS], values.dtype)
     elif WEIGHTS == WEIGHTING_SOFTMAX:
         slot_grad = weights * direction
     else:
-        total = tl.sum(_positive(values, valid), axis=0)
+        total = tl.sum(_positive(values, valid), axis=1, keep_dims=True)
         slot_grad = tl.where(values > 0, direction / tl.where(total > 0, total, 1.0), 0.0)
         slot_grad = tl.where(total > 0, slot_grad, 0.0)  # the peak fallback is piecewise constant
     # A non-finite maximum (NaN, +-inf) makes the coordinates piecewise constant: no gradient.
@@ -383,14 +442,11 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
         return grad
     n_cells = height * width
     n_slots = indices.shape[-1]
-    block = min(triton.next_power_of_2(n_cells), MAX_BLOCK)
     with device_guard(heatmaps):
         _decode_backward_kernel[(batch * num,)](
-            heatmaps, indices, grad_coords, grad_scores, grad,
-            N_CELLS=n_cells, WIDTH=width, N_SLOTS=n_slots,
-            METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights),
-            PEAK_SLOT=spec.peak_slot(method, n_slots),
-            SLOTS=triton.next_power_of_2(n_slots), BLOCK=block, CHUNKS=triton.cdiv(n_cells, block),
-            IS_F64=accumulates_in_fp64(heatmaps.dtype), num_warps=_backward_num_warps(block),
+            heatmaps, indices, grad_coords, grad_scores, grad, n_cells, width, triton.cdiv(n_cells, BACKWARD_BLOCK),
+            N_SLOTS=n_slots, METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights),
+            PEAK_SLOT=spec.peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots), BLOCK=BACKWARD_BLOCK,
+            IS_F64=accumulates_in_fp64(heatmaps.dtype), num_warps=BACKWARD_WARPS,
         )
     return grad
