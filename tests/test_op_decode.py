@@ -18,7 +18,7 @@ from conftest import DECODE_GRAD, KERNEL_PAIRS, assert_close, assert_decode_matc
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
 
-SHAPES = [(1, 2, 1, 1), (2, 1, 3, 5), (1, 2, 17, 13), (1, 1, 16, 16), (1, 1, 40, 24)]  # (B, K, H, W)
+SHAPES = [(1, 2, 1, 1), (2, 1, 3, 5), (1, 2, 17, 13), (1, 1, 16, 16), (1, 1, 40, 24), (3, 7, 4, 5)]  # (B, K, H, W); 21 maps: a partial last program
 # (method, k, window): every method, k in {1, 4, 9, 25}, window in {1, 3, 5}.
 SELECTIONS = [("topk", 1, 3), ("topk", 4, 3), ("topk", 9, 3), ("topk", 25, 3), ("local", 9, 1), ("local", 9, 3), ("local", 9, 5), ("argmax", 9, 3)]
 

@@ -1,6 +1,6 @@
 """What is internal to the ``triton`` backend: results that must not depend on its launch
-geometry (encode's and the fused loss's rows and maps per program), and decode's streaming
-of large maps in chunks (forced on small maps by lowering the chunk size). Behaviour shared
+geometry (encode's and the fused loss's rows and maps per program, decode's maps per program
+and groups per map), and decode's one compiled kernel for every map size. Behaviour shared
 with the other backends is tested per op in test_op_*.py, test_ops.py and test_gpu_ops.py.
 
 Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1).
@@ -49,29 +49,101 @@ def test_heatmap_loss_does_not_depend_on_block_size(loss, sigma, reduction):
         torch.testing.assert_close(value, results[0][0], rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("method,k,window", [("topk", 9, 3), ("topk", 25, 3), ("local", 9, 3), ("argmax", 1, 3)])
-@pytest.mark.parametrize("kind", ["random", "ties", "flat", "clustered"])
-def test_decode_streams_maps_in_several_chunks(monkeypatch, method, k, window, kind):
-    """Larger maps are read in chunks (maxima of strided groups of cells, then the cells of
-    the best groups reloaded), and the backward clears them chunk by chunk: forced here on
-    9x7 maps with 4 chunks of 16 cells. ``clustered`` puts the 8 largest values in two
-    groups (cells 0, 16, 32, 48 and 5, 21, 37, 53), where the group maxima alone would miss them."""
-    monkeypatch.setattr(triton_decode, "MIN_GROUPS", 4)
-    monkeypatch.setattr(triton_decode, "MAX_CHUNKS", 4)
-    monkeypatch.setattr(triton_decode, "MAX_BLOCK", 16)
-    assert triton_decode._plan(9 * 7)[:2] == (16, 4)
-    for weights in ("softmax", "linear"):
-        if kind == "flat":
-            maps = torch.full((1, 2, 9, 7), 0.25)
+# decode's tiles (maps per program, groups per map): one map of 4 groups (16 chunks), partial
+# programs of 4 maps of 64 groups (more groups than cells) and the heuristic's 8 maps (15 maps).
+DECODE_TILES = [(1, 4), (4, 64), None]
+
+
+def decode_test_maps(kind, weights, shape=(3, 5, 9, 7)):
+    """``random``, ``ties``, ``flat``, ``clustered`` (the 8 largest values in two strided groups
+    of 16, cells 0, 16, 32, 48 and 5, 21, 37, 53, where group maxima alone would miss them) or
+    ``nonfinite`` (NaN, +-inf and -0.0 sprinkled over some maps, a map all -inf, one all NaN)."""
+    if kind == "flat":
+        return torch.full(shape, 0.25)
+    maps = torch.randn(shape) * 2 if weights == "softmax" else torch.rand(shape) - 0.2
+    flat = maps.view(-1, shape[-2] * shape[-1])
+    if kind == "ties":
+        maps = (maps * 2).round() / 2
+    elif kind == "clustered":
+        maps = maps * 0.1
+        flat = maps.view(-1, shape[-2] * shape[-1])
+        for chunk in range(4):
+            flat[:, [chunk * 16, 5 + chunk * 16]] = torch.tensor([2.0 + chunk, 2.5 + chunk])
+    elif kind == "nonfinite":
+        flat[0, [3, 40]] = float("inf")
+        flat[1, [7, 20, 50]] = torch.tensor([float("nan"), float("inf"), float("nan")])
+        flat[2] = float("-inf")
+        flat[3, 10:] = float("-inf")
+        flat[4] = float("nan")
+        flat[5, [0, 62]] = torch.tensor([-0.0, float("inf")])
+        flat[6, ::2] = 0.0
+        flat[6, 1::2] = -0.0
+        flat[-1, 62] = float("nan")
+    return maps
+
+
+F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
+TOPK9, TOPK12, LOCAL, ARGMAX = ("topk", 9, 3), ("topk", 12, 3), ("local", 9, 3), ("argmax", 1, 3)
+TILE_CASES = [  # (kind, dtype, (method, k, window), weights)
+    ("random", F32, TOPK9, "softmax"), ("random", F32, TOPK12, "linear"), ("random", F32, LOCAL, "linear"),
+    ("random", F32, ARGMAX, "softmax"), ("ties", F32, TOPK9, "softmax"), ("ties", F32, LOCAL, "softmax"),
+    ("flat", F32, TOPK12, "softmax"), ("flat", F32, ARGMAX, "linear"), ("clustered", F32, TOPK9, "linear"),
+    ("clustered", F32, TOPK12, "softmax"), ("nonfinite", F32, TOPK9, "softmax"), ("nonfinite", F32, TOPK12, "linear"),
+    ("nonfinite", F32, LOCAL, "linear"), ("nonfinite", F32, ARGMAX, "softmax"), ("nonfinite", F64, TOPK9, "linear"),
+    ("nonfinite", F64, LOCAL, "softmax"), ("nonfinite", BF16, TOPK9, "softmax"), ("ties", F64, TOPK12, "softmax"),
+    ("ties", BF16, ARGMAX, "linear"), ("ties", BF16, TOPK9, "linear"),
+]
+
+
+@pytest.mark.parametrize("kind,dtype,selection,weights", TILE_CASES, ids=str)
+def test_decode_does_not_depend_on_tile(monkeypatch, kind, dtype, selection, weights):
+    """Several maps per program (the last program partial: 15 maps), or one; few groups (many
+    chunks per group, rescanned for top-k) or more groups than cells: the same cells and
+    scores, bit for bit, and the reference's results (forward and backward, the backward
+    clearing the maps in blocks of 16 cells here)."""
+    method, k, window = selection
+    monkeypatch.setattr(triton_decode, "BACKWARD_BLOCK", 16)
+    maps = decode_test_maps(kind, weights).to(dtype).to(DEVICE)
+    results = []
+    for tile in DECODE_TILES:
+        if tile is not None:
+            monkeypatch.setattr(triton_decode, "decode_tile", lambda n_cells, tile=tile: tile)
         else:
-            maps = torch.randn(1, 2, 9, 7) * 2 if weights == "softmax" else torch.rand(1, 2, 9, 7) - 0.2
-            if kind == "ties":
-                maps = (maps * 2).round() / 2
-            elif kind == "clustered":
-                maps = maps * 0.1
-                for chunk in range(4):
-                    maps.view(2, 63)[:, [chunk * 16, 5 + chunk * 16]] = torch.tensor([2.0 + chunk, 2.5 + chunk])
-        assert_decode_matches_reference(maps.to(DEVICE), "triton", method, k, weights, window)
+            monkeypatch.undo()
+            monkeypatch.setattr(triton_decode, "BACKWARD_BLOCK", 16)
+        results.append(assert_decode_matches_reference(maps, "triton", method, k, weights, window))
+    for coords, scores, indices, _ in results[1:]:
+        assert torch.equal(indices, results[0][2])
+        torch.testing.assert_close(scores, results[0][1], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(coords, results[0][0], equal_nan=True)
+
+
+SIZES = [(1, 1), (1, 2), (3, 5), (8, 8), (17, 13), (16, 16), (13, 17), (32, 32), (40, 24), (64, 48), (48, 64),
+         (100, 37), (64, 64), (1, 4096), (4096, 1)]
+
+
+@pytest.mark.parametrize("method,k,window,weights", [("topk", 9, 3, "softmax"), ("local", 9, 5, "linear"),
+                                                     ("argmax", 1, 1, "softmax"), ("topk", 1, 3, "linear")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_decode_compiles_one_kernel_for_every_map_size(method, k, window, weights, dtype):
+    """Map sizes are runtime arguments: up to 64x64 cells every size launches the kernel with
+    the same constexprs and warps (one compiled kernel; the sizes are not specialised, see
+    ``do_not_specialize``), and the plan covers every map in whole chunks."""
+    plans = {size: triton_decode.decode_plan(7, *size, method, k, weights, window, dtype) for size in SIZES}
+    first = plans[SIZES[0]]
+    for (height, width), plan in plans.items():
+        assert plan.constexprs == first.constexprs and plan.num_warps == first.num_warps, (height, width)
+        assert set(plan.sizes) == set(triton_decode.RUNTIME_SIZES)
+        assert plan.sizes["chunks"] * plan.constexprs["GROUPS"] >= height * width
+        assert plan.grid == (-(-7 // plan.constexprs["MAPS"]),)
+    # the large-map bucket: one more kernel for every size beyond 64x64
+    assert triton_decode.decode_plan(7, 65, 64, method, k, weights, window, dtype).constexprs == \
+        triton_decode.decode_plan(7, 128, 128, method, k, weights, window, dtype).constexprs
+
+
+def test_decode_rejects_a_bad_tile():
+    with pytest.raises(ValueError, match="groups: expected a power of two"):
+        triton_decode.decode_plan(1, 4, 4, "topk", 4, "softmax", 3, torch.float32, groups=12)
 
 
 @triton.jit

@@ -67,6 +67,9 @@ LARGE_GROUPS = 128
 CELLS_PER_THREAD = 4
 # Chunks read per iteration of the first phase's loop.
 UNROLL = 4
+# The forward's runtime size arguments: not specialised (Triton would compile apart sizes equal
+# to 1 or divisible by 16), so one compiled kernel serves them all.
+RUNTIME_SIZES = ["n_maps", "n_cells", "width", "height", "chunks"]
 # Backward: cells cleared per step of the zero fill (8 per thread), for every map size.
 BACKWARD_BLOCK = 512
 BACKWARD_WARPS = 2
@@ -187,7 +190,7 @@ def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexp
 # --------------------------------------------------------------------------- forward
 
 
-@triton.jit(do_not_specialize=["n_maps", "n_cells", "width", "height", "chunks"])
+@triton.jit(do_not_specialize=RUNTIME_SIZES)
 def _decode_kernel(
     maps_ptr, coords_ptr, scores_ptr, indices_ptr,
     n_maps, n_cells, width, height, chunks,
@@ -197,29 +200,38 @@ def _decode_kernel(
 ):
     """``MAPS`` maps per program, one per row of every block; see the module docstring for the phases."""
     maps = tl.program_id(0).to(tl.int64) * MAPS + tl.arange(0, MAPS).to(tl.int64)
-    map_ok = (maps < n_maps)[:, None]
-    map_ptr = maps_ptr + (maps * n_cells)[:, None]
+    # The spare rows of the last program re-read the last map (valid memory, never stored).
+    map_ptr = maps_ptr + (tl.minimum(maps, n_maps - 1) * n_cells)[:, None]
     lanes = tl.arange(0, GROUPS)[None, :]
 
     # Phase 1: the maximum of each strided group {g, g + GROUPS, g + 2 GROUPS, ...} and the
-    # chunk of its first maximal cell, streaming the map in `chunks` chunks of GROUPS cells.
+    # chunk of its first maximal cell, streaming the map in `chunks` chunks of GROUPS cells,
+    # UNROLL chunks (loads in flight) per iteration, in order: the first maximum stays.
     # Values are compared as floats: "not (v <= max)" also lets a NaN in (NaN ranks first),
     # and nothing replaces a NaN maximum; cells past the map read -inf, which never replaces.
-    first = map_ok & (lanes < n_cells)
+    # Runtime loops are `while` loops: the interpreter cannot range() over an argument.
     group_max = tl.full([MAPS, GROUPS], float("-inf"), tl.float64 if IS_F64 else tl.float32)
     group_chunk = tl.zeros([MAPS, GROUPS], tl.int32)
-    # UNROLL chunks per iteration (UNROLL loads in flight), in order: the first maximum stays.
-    # Runtime loops are `while` loops: the interpreter cannot range() over an argument.
+    pointers = map_ptr + lanes
+    whole = n_cells // (GROUPS * UNROLL)
     start = 0
-    while start < chunks:
+    while start < whole:  # whole chunks: no masks
         for step in tl.static_range(UNROLL):
-            cells = (start + step) * GROUPS + lanes
-            raw = tl.load(map_ptr + cells, mask=map_ok & (cells < n_cells), other=float("-inf"))
+            raw = tl.load(pointers + step * GROUPS)
             value = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
             better = (~(value <= group_max)) & (group_max == group_max)
             group_max = tl.where(better, value, group_max)
-            group_chunk = tl.where(better, start + step, group_chunk)
-        start += UNROLL
+            group_chunk = tl.where(better, start * UNROLL + step, group_chunk)
+        pointers += GROUPS * UNROLL
+        start += 1
+    for step in tl.static_range(UNROLL):  # the rest: at most UNROLL chunks, the last one partial
+        rest = (whole * UNROLL + step) * GROUPS + lanes
+        raw = tl.load(map_ptr + rest, mask=rest < n_cells, other=float("-inf"))
+        value = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
+        better = (~(value <= group_max)) & (group_max == group_max)
+        group_max = tl.where(better, value, group_max)
+        group_chunk = tl.where(better, whole * UNROLL + step, group_chunk)
+    first = lanes < n_cells
     group_cell = tl.where(first, group_chunk * GROUPS + lanes, -1)
     group_rank = tl.where(first, _rank(_ordered(group_max, IS_F64), group_cell, IS_F64), _EMPTY_RANK)
 
@@ -240,25 +252,28 @@ def _decode_kernel(
         top_ranks = tl.where(top_slots == i, best, top_ranks)
         top_cells = tl.where(top_slots == i, cell, top_cells)
         if i + 1 < TOP:
+            # The group's cells below (best, cell) in (key, then lower cell first) order; each
+            # lane keeps the best of those it reads (reading them in increasing cell order,
+            # an equal key keeps the earlier), one reduction at the end.
             group = cell % GROUPS
-            next_rank = tl.full([MAPS, 1], _EMPTY_RANK, tl.int64)
-            next_cell = tl.full([MAPS, 1], -1, tl.int32)
+            best_key = best if IS_F64 else (best >> 32).to(tl.int32)
+            lowest = _EMPTY_RANK if IS_F64 else _INT32_MIN
+            kept_key = tl.full([MAPS, GROUPS], lowest, tl.int64 if IS_F64 else tl.int32)
+            kept_cell = tl.full([MAPS, GROUPS], -1, tl.int32)
             start = 0
             while start < chunks:
-                cells = (start + lanes) * GROUPS + group
-                inside = map_ok & (cells < n_cells)
-                raw = tl.load(map_ptr + cells, mask=inside, other=0.0)
-                ranks = _rank(_ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64), cells, IS_F64)
-                if IS_F64:  # below (best, cell) in (key, then lower cell first) order
-                    below = inside & ((ranks < best) | ((ranks == best) & (cells > cell)))
-                else:
-                    below = inside & (ranks < best)
-                found_rank, found_cell = _best(tl.where(below, ranks, _EMPTY_RANK), tl.where(below, cells, -1), IS_F64)
-                # later scans hold higher cells: an equal rank keeps the earlier cell
-                take = found_rank > next_rank
-                next_rank = tl.where(take, found_rank, next_rank)
-                next_cell = tl.where(take, found_cell, next_cell)
+                scanned = (start + lanes) * GROUPS + group
+                inside = scanned < n_cells
+                raw = tl.load(map_ptr + scanned, mask=inside, other=0.0)
+                key = _ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64)
+                below = (key < best_key) | ((key == best_key) & (scanned > cell))
+                take = inside & below & (key > kept_key)
+                kept_key = tl.where(take, key, kept_key)
+                kept_cell = tl.where(take, scanned, kept_cell)
                 start += GROUPS
+            kept = kept_cell >= 0
+            next_rank, next_cell = _best(tl.where(kept, _rank(kept_key, kept_cell, IS_F64), _EMPTY_RANK), kept_cell,
+                                         IS_F64)
             group_rank = tl.where(lanes == group, next_rank, group_rank)
             if IS_F64:
                 group_cell = tl.where(lanes == group, next_cell, group_cell)
@@ -266,20 +281,20 @@ def _decode_kernel(
     score = _rank_value(peak_rank, IS_F64)
     slots = tl.arange(0, SLOTS)[None, :]
     if METHOD == METHOD_TOPK:
-        valid = map_ok & (slots < K)
+        valid = slots < K
         selected = top_cells
         values = _rank_value(top_ranks, IS_F64)
     elif METHOD == METHOD_LOCAL:
         half: tl.constexpr = WINDOW // 2
         row = peak_cell // width + slots // WINDOW - half
         col = peak_cell % width + slots % WINDOW - half
-        valid = map_ok & (slots < WINDOW * WINDOW) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        valid = (slots < WINDOW * WINDOW) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
         selected = tl.where(valid, row * width + col, -1)
         raw = tl.load(map_ptr + tl.where(valid, selected, 0), mask=valid, other=0.0)
         values = raw.to(tl.float64) if IS_F64 else raw.to(tl.float32)
     else:
         tl.static_assert(METHOD == METHOD_ARGMAX)
-        valid = map_ok & (slots < 1)
+        valid = slots < 1
         selected = tl.where(valid, peak_cell, -1)
         values = tl.where(valid, score, 0.0)
 
@@ -295,7 +310,8 @@ def _decode_kernel(
     tl.store(coords_ptr + maps * 2, tl.where(score != score, score, centre_x), mask=stored)
     tl.store(coords_ptr + maps * 2 + 1, tl.where(score != score, score, centre_y), mask=stored)
     tl.store(scores_ptr + maps, score, mask=stored)
-    tl.store(indices_ptr + (maps * N_SLOTS)[:, None] + slots, selected.to(tl.int64), mask=map_ok & (slots < N_SLOTS))
+    tl.store(indices_ptr + (maps * N_SLOTS)[:, None] + slots, selected.to(tl.int64),
+             mask=(maps < n_maps)[:, None] & (slots < N_SLOTS))
 
 
 @dataclass(frozen=True)
@@ -317,9 +333,10 @@ class DecodePlan:
 def loop_trips(arguments: dict) -> tuple[int, ...]:
     """Iterations of ``_decode_kernel``'s runtime loops, in program order, from its launch
     ``arguments`` (what the static profile multiplies each loop body by): phase 1's
-    ``cdiv(chunks, UNROLL)``, then each of the ``TOP - 1`` rescans' ``cdiv(chunks, GROUPS)``."""
-    chunks = arguments["chunks"]
-    return (triton.cdiv(chunks, arguments["UNROLL"]),) + (triton.cdiv(chunks, arguments["GROUPS"]),) * (arguments["TOP"] - 1)
+    ``n_cells // (GROUPS * UNROLL)`` (whole chunks), then each of the ``TOP - 1`` rescans'
+    ``cdiv(chunks, GROUPS)``."""
+    chunks, groups = arguments["chunks"], arguments["GROUPS"]
+    return (arguments["n_cells"] // (groups * arguments["UNROLL"]),) + (triton.cdiv(chunks, groups),) * (arguments["TOP"] - 1)
 
 
 def decode_tile(n_cells: int) -> tuple[int, int]:
