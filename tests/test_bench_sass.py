@@ -179,3 +179,36 @@ def test_cuda_c_kernels_registers_and_occupancy():
     page = sass.markdown({"capability": 90, "commit": "abc", "triton": "t", "torch": "t", "elapsed_s": 1.0, "rows": [],
                           "csrc": rows})
     assert "| loss.cu | `loss_kernel` | float32 |" in page
+
+
+def test_decode_compiles_once_for_every_map_size():
+    """Compiled for sm_90 without a GPU: decode on maps of 1x1 to 64x64 (square or not, sizes
+    equal to 1 or divisible by 16 or neither) compiles one ``_decode_kernel``; the static
+    profile counts its loops for each shape."""
+    script = """
+import torch
+from h3r.benchmark import sass
+from h3r_kernels.triton import decode
+sizes = [(1, 1), (17, 13), (16, 16), (8, 8), (32, 32), (64, 48), (100, 37), (64, 64)]
+with sass.compile_only(90) as compiled:
+    for height, width in sizes:
+        decode.decode(torch.zeros(3, 5, height, width), "topk", 9, "softmax", 3)
+kernel_cache = decode._decode_kernel.device_caches[0][0]
+assert len(compiled) == len(sizes) and len(kernel_cache) == 1, len(kernel_cache)
+trips = [decode.loop_trips(arguments) for _, _, _, _, arguments in compiled]
+assert trips[2] == (4,) + (1,) * 8 and trips[-1] == (64,) + (16,) * 8, trips
+text = sass.inspect_cubin(compiled[0][1].asm["cubin"], trips[-1])
+assert text["dynamic"] is not None and text["dynamic"]["instructions"] > text["instructions"]
+print("ok")
+"""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_dynamic_counts_multiply_loop_bodies():
+    parsed = sass.dynamic_counts(LISTING, [5])  # the loop 0x20..0x60 holds 5 instructions
+    assert parsed["instructions"] == 3 + 5 * 5
+    assert sass.dynamic_counts(LISTING, [5, 1]) is None  # not the loops the launcher lists
+    assert sass.parse_sass(LISTING)["loop_bodies"] == [[0x20, 0x60, 5]]
