@@ -1,25 +1,31 @@
 """Triton kernels for ``decode`` and its backward; same functions and results as :mod:`h3r_kernels.reference`.
 
-Forward: one program (one warp up to 64x64 maps) per ``(b, k)`` map, which reads the map
-from memory once and selects in three phases:
+One compiled kernel serves every map size: the map count, ``H``, ``W``, ``H*W`` and the chunk
+count are runtime arguments (not specialised: ``RUNTIME_SIZES``); the constexprs are the
+options (method, weighting, k, window, dtype) and the tile (:func:`decode_tile`): every map
+of up to :data:`SMALL_CELLS` cells (64x64, any shape) runs :data:`SMALL_MAPS` maps per
+program in :data:`SMALL_GROUPS` groups each, larger maps one per program in
+:data:`LARGE_GROUPS` groups (a second kernel, the only size bucket). A program holds its maps
+as the rows of ``[MAPS, GROUPS]`` blocks (reductions along the rows), and selects in three
+phases:
 
-1. *group maxima*: the map is streamed in ``CHUNKS`` contiguous chunks of ``GROUPS`` cells
-   (one chunk up to :data:`MIN_GROUPS` cells, 16 chunks of 256 for 64x64); lane ``g`` keeps
-   the maximum of the strided group ``{g, g + GROUPS, g + 2 GROUPS, ...}`` and its first
-   cell, with two float compares per cell;
-2. *best groups*: ``T`` rounds of "take the largest rank, remove it" over the groups
-   (``T = k`` for ``topk``, 1 for ``local``/``argmax``). A group's rank orders it exactly as
-   its maximal cell, so the best ``k`` cells of the map lie in the best ``k`` groups (a cell
-   outside them has ``k`` group maxima above it). For ``argmax`` and ``local`` the best
-   group's cell is the arg-max;
-3. *top-k* (``topk``, several chunks only): the ``k x CHUNKS`` cells of those groups are
-   loaded again (cache hits) and ``k`` rounds select the top-k among them.
+1. *group maxima*: the map is streamed in ``chunks`` contiguous chunks of ``GROUPS`` cells
+   (:data:`UNROLL` chunks per loop iteration, unmasked while whole); lane ``g`` keeps the
+   maximum of the strided group ``{g, g + GROUPS, g + 2 GROUPS, ...}`` and its first cell,
+   with two float compares per cell;
+2. *best group*: the largest rank over the groups (``T`` rounds: ``T = k`` for ``topk``, 1
+   for ``local``/``argmax``). A group's rank is that of its best remaining cell, so the best
+   group's cell is the best remaining cell of the map (for ``argmax`` and ``local`` the
+   arg-max);
+3. *rescan* (``topk``, before each round but the last): the cells of the group just taken
+   are read again (cache hits) and the best of those ranked below the one taken becomes the
+   group's rank (cells leave a group in rank order; an emptied group ranks below all).
 
 ``local`` then loads the ``window x window`` cells around the arg-max (cache hits; off-map
 slots ``-1``). Last come the weights (softmax of the raw values, or ``max(v, 0) / sum``
 with all weight on the peak when that sum is not > 0), the weighted mean of the cell
-centres ``(x=c, y=r)``, the score (the map's maximum) and the selected flat indices.
-Map sizes are compile-time constants: each new ``(H, W)`` compiles its own kernel.
+centres ``(x=c, y=r)``, the score (the map's maximum) and the selected flat indices. The
+spare rows of a partial last program re-read the last map and store nothing.
 
 Ranks: a value's order-preserving integer (sign-magnitude bits turned into two's
 complement, so ``-0.0 == +0.0``) in the high half of an int64 and ``2**31 - 1 - cell`` in the
@@ -37,9 +43,13 @@ cells (softmax and linear alike), a ``-inf`` peak (all selected cells ``-inf``) 
 selected cells for softmax, and falls back to the peak for linear. The backward gives no
 coordinate gradient to a map whose maximum is not finite.
 
-Backward: one program per map writes zeros over the whole map, waits at a block barrier,
-then writes the gradient of the (at most ``window**2``) selected cells, so every output
-cell is written by this one program (no atomics, deterministic).
+Backward: one program per map writes zeros over the whole map (blocks of
+:data:`BACKWARD_BLOCK` cells, a runtime count: one compiled kernel for every size), waits at a
+block barrier, then writes the gradient of the (at most ``window**2``) selected cells, so
+every output cell is written by this one program (no atomics, deterministic).
+
+Runtime loops are written as ``while`` loops: Triton's interpreter (under numpy 2) cannot
+``range()`` over a kernel argument.
 """
 from __future__ import annotations
 
