@@ -35,8 +35,8 @@ def _inputs(shape, dtype, device="cuda"):
 SEED = 0xDEADBEEF  # above 2**31: the seed is an unsigned 32-bit integer
 # (H, W) of encode and the loss: one cell, a small square, odd sizes, real sizes.
 PARITY_SHAPES = [(1, 1), (16, 16), (17, 13), (64, 48), (64, 64), (100, 37), (256, 256)]
-# (H, W) of decode: one cell, one odd size, real sizes (Triton: 8 maps per program up to 64x64), non-square, large
-# (Triton: one map per program, the second tile).
+# (H, W) of decode: one cell, one odd size (Triton: 8 maps per program up to 32x32), real sizes (2 maps per
+# program, the second tile), non-square, large.
 DECODE_SHAPES = [(1, 1), (17, 13), (64, 48), (64, 64), (128, 96), (256, 256)]
 MAP_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

@@ -126,19 +126,21 @@ SIZES = [(1, 1), (1, 2), (3, 5), (8, 8), (17, 13), (16, 16), (13, 17), (32, 32),
                                                      ("argmax", 1, 1, "softmax"), ("topk", 1, 3, "linear")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_decode_compiles_one_kernel_for_every_map_size(method, k, window, weights, dtype):
-    """Map sizes are runtime arguments: up to 64x64 cells every size launches the kernel with
-    the same constexprs and warps (one compiled kernel; the sizes are not specialised, see
-    ``do_not_specialize``), and the plan covers every map in whole chunks."""
+    """Map sizes are runtime arguments: every size up to 32x32 cells launches the kernel with the
+    same constexprs and warps (one compiled kernel; the sizes are not specialised, see
+    ``do_not_specialize``), every larger size with the other tile's, and the plan covers every
+    map in whole chunks."""
     plans = {size: triton_decode.decode_plan(7, *size, method, k, weights, window, dtype) for size in SIZES}
-    first = plans[SIZES[0]]
+    buckets = {}
     for (height, width), plan in plans.items():
-        assert plan.constexprs == first.constexprs and plan.num_warps == first.num_warps, (height, width)
+        bucket = buckets.setdefault(height * width <= triton_decode.SMALL_CELLS, plan)
+        assert plan.constexprs == bucket.constexprs and plan.num_warps == bucket.num_warps, (height, width)
         assert set(plan.sizes) == set(triton_decode.RUNTIME_SIZES)
         assert plan.sizes["chunks"] * plan.constexprs["GROUPS"] >= height * width
         assert plan.grid == (-(-7 // plan.constexprs["MAPS"]),)
-    # the large-map bucket: one more kernel for every size beyond 64x64
-    assert triton_decode.decode_plan(7, 65, 64, method, k, weights, window, dtype).constexprs == \
-        triton_decode.decode_plan(7, 128, 128, method, k, weights, window, dtype).constexprs
+    assert len(buckets) == 2 and buckets[True].constexprs != buckets[False].constexprs
+    assert triton_decode.decode_plan(7, 128, 128, method, k, weights, window, dtype).constexprs == \
+        buckets[False].constexprs
 
 
 def test_decode_rejects_a_bad_tile():

@@ -3,8 +3,8 @@
 One compiled kernel serves every map size: the map count, ``H``, ``W``, ``H*W`` and the chunk
 count are runtime arguments (not specialised: ``RUNTIME_SIZES``); the constexprs are the
 options (method, weighting, k, window, dtype) and the tile (:func:`decode_tile`): every map
-of up to :data:`SMALL_CELLS` cells (64x64, any shape) runs :data:`SMALL_MAPS` maps per
-program in :data:`SMALL_GROUPS` groups each, larger maps one per program in
+of up to :data:`SMALL_CELLS` cells (32x32, any shape) runs :data:`SMALL_MAPS` maps per
+program in :data:`SMALL_GROUPS` groups each, larger maps :data:`LARGE_MAPS` per program in
 :data:`LARGE_GROUPS` groups (a second kernel, the only size bucket). A program holds its maps
 as the rows of ``[MAPS, GROUPS]`` blocks (reductions along the rows), and selects in three
 phases:
@@ -66,14 +66,20 @@ from ._common import (
     device_guard,
 )
 
-# Forward tiles (decode_tile): maps of up to SMALL_CELLS cells (64x64), whatever their shape,
-# run SMALL_MAPS maps per program in SMALL_GROUPS groups each; larger maps one per program in
-# LARGE_GROUPS groups. Both tiles are one warp (4 group slots per thread).
-SMALL_CELLS = 4096
+# Forward tiles (decode_tile): maps of up to SMALL_CELLS cells (32x32), whatever their shape,
+# run SMALL_MAPS maps per program in SMALL_GROUPS groups each; larger maps LARGE_MAPS per
+# program in LARGE_GROUPS groups. Both tiles are one warp (4 group slots per thread). Each
+# top-k rescan reads one group's cells, n_cells / GROUPS of them at a stride of GROUPS cells
+# (a 32-byte sector each): k - 1 rescans re-read (k - 1) * 8 / GROUPS times the map's bytes
+# from L1/L2. 16 groups keep small maps' rescans in L1 and the per-map work low (sm_90 static
+# profile at 16x16: 42 instructions per element, from 122); 64 groups keep larger maps' rescans
+# to one map's bytes for top-9 (64x64: 15.3 per element, from 18.4; with 16 groups 18.1 but four
+# times the bytes from L2).
+SMALL_CELLS = 1024
 SMALL_MAPS = 8
 SMALL_GROUPS = 16
-LARGE_MAPS = 1
-LARGE_GROUPS = 128
+LARGE_MAPS = 2
+LARGE_GROUPS = 64
 CELLS_PER_THREAD = 4
 # Chunks read per iteration of the first phase's loop.
 UNROLL = 4
