@@ -13,13 +13,13 @@ phases:
    (:data:`UNROLL` chunks per loop iteration, unmasked while whole); lane ``g`` keeps the
    maximum of the strided group ``{g, g + GROUPS, g + 2 GROUPS, ...}`` and its first cell,
    with two float compares per cell;
-2. *best group*: the largest rank over the groups (``T`` rounds: ``T = k`` for ``topk``, 1
-   for ``local``/``argmax``). A group's rank is that of its best remaining cell, so the best
-   group's cell is the best remaining cell of the map (for ``argmax`` and ``local`` the
-   arg-max);
+2. *best group*: the largest (key, lowest cell) over the groups (``T`` rounds: ``T = k`` for
+   ``topk``, 1 for ``local``/``argmax``). A group's (key, cell) is that of its best remaining
+   cell, so the best group's cell is the best remaining cell of the map (for ``argmax`` and
+   ``local`` the arg-max);
 3. *rescan* (``topk``, before each round but the last): the cells of the group just taken
    are read again (cache hits) and the best of those ranked below the one taken becomes the
-   group's rank (cells leave a group in rank order; an emptied group ranks below all).
+   group's (key, cell) (cells leave a group in rank order; an emptied group ranks below all).
 
 ``local`` then loads the ``window x window`` cells around the arg-max (cache hits; off-map
 slots ``-1``). Last come the weights (softmax of the raw values, or ``max(v, 0) / sum``
@@ -27,12 +27,12 @@ with all weight on the peak when that sum is not > 0), the weighted mean of the 
 centres ``(x=c, y=r)``, the score (the map's maximum) and the selected flat indices. The
 spare rows of a partial last program re-read the last map and store nothing.
 
-Ranks: a value's order-preserving integer (sign-magnitude bits turned into two's
-complement, so ``-0.0 == +0.0``) in the high half of an int64 and ``2**31 - 1 - cell`` in the
-low half: one int64 ``max`` finds the largest value and, among equal values, the lowest
-flat index (``torch.sort(stable=True)``'s and ``torch.argmax``'s tie-break). float64 maps
-(accumulated in float64) use the 64-bit integer alone and a second ``min`` reduction over the
-cells of the maximal rank. float16/bfloat16 maps are upcast to float32.
+Order: a value's order-preserving integer key (sign-magnitude bits turned into two's
+complement, so ``-0.0 == +0.0``; int32 for float32 maps, int64 for float64 maps) and its flat
+cell index travel as two arrays; a selection is two reductions of the key's width, the
+``max`` key, then the ``min`` cell among the slots holding it: the largest value and, among
+equal values, the lowest flat index (``torch.sort(stable=True)``'s and ``torch.argmax``'s
+tie-break). float64 maps are accumulated in float64, float16/bfloat16 maps upcast to float32.
 
 Non-finite maps (the reference's rule, for every method and weighting): every NaN ranks
 above ``+inf`` and NaNs tie with each other, as in ``torch.sort``, ``torch.argmax`` and
@@ -74,7 +74,8 @@ from ._common import (
 # from L1/L2. 16 groups keep small maps' rescans in L1 and the per-map work low (sm_90 static
 # profile at 16x16: 42 instructions per element, from 122); 64 groups keep larger maps' rescans
 # to one map's bytes for top-9 (64x64: 15.3 per element, from 18.4; with 16 groups 18.1 but four
-# times the bytes from L2).
+# times the bytes from L2). Those figures are from int64 ranks; int32 keys and cells: 35.4 at 16x16,
+# 13.4 at 64x64.
 SMALL_CELLS = 1024
 SMALL_MAPS = 8
 SMALL_GROUPS = 16
@@ -90,7 +91,7 @@ RUNTIME_SIZES = ["n_maps", "n_cells", "width", "height", "chunks"]
 BACKWARD_BLOCK = 512
 BACKWARD_WARPS = 2
 
-# Below the rank of every value (-inf included): removed and empty slots.
+# Below the key of every value (-inf included): empty groups and slots (int64 keys; int32: _INT32_MIN).
 _EMPTY_RANK = tl.constexpr(-(2**63))
 _INT32_MIN = tl.constexpr(-(2**31))
 _INT32_MAX = tl.constexpr(2**31 - 1)
@@ -119,41 +120,26 @@ def _ordered(values, IS_F64: tl.constexpr):
 
 
 @triton.jit
-def _rank(key, cell, IS_F64: tl.constexpr):
-    """The int64 rank of a (key, flat cell index) pair; larger rank = selected first.
-
-    float32: the key in the high half, ``2**31 - 1 - cell`` in the low half, so equal values
-    rank the lower index first and ranks are unique. float64: the key alone (ties are then
-    broken by the index in :func:`_best`).
-    """
+def _key_value(key, IS_F64: tl.constexpr):
+    """The value (float32, or float64) of an order key (:func:`_ordered`); NaN keys give a NaN."""
     if IS_F64:
-        rank = key
-    else:
-        rank = (key.to(tl.int64) << 32) | (0x7FFFFFFF - cell).to(tl.int64)
-    return rank
-
-
-@triton.jit
-def _rank_value(rank, IS_F64: tl.constexpr):
-    """The value (float32, or float64) of a rank; NaN ranks give a NaN."""
-    if IS_F64:
-        bits = tl.where(rank < 0, (-rank) | _EMPTY_RANK, rank)
+        bits = tl.where(key < 0, (-key) | _EMPTY_RANK, key)
         value = bits.to(tl.float64, bitcast=True)
     else:
-        key = (rank >> 32).to(tl.int32)
         bits32 = tl.where(key < 0, (-key) | _INT32_MIN, key)
         value = bits32.to(tl.float32, bitcast=True)
     return value
 
 
 @triton.jit
-def _best(ranks, cells, IS_F64: tl.constexpr):
-    """The largest rank of each row and its cell (among equal ranks, the lowest cell), as ``[rows, 1]`` columns."""
-    best = tl.max(ranks, axis=1, keep_dims=True)
-    if IS_F64:
-        cell = tl.min(tl.where(ranks == best, cells, _INT32_MAX), axis=1, keep_dims=True)
-    else:
-        cell = 0x7FFFFFFF - (best & 0x7FFFFFFF).to(tl.int32)
+def _best(keys, cells):
+    """The largest key of each row and its cell (among equal keys, the lowest cell), as ``[rows, 1]`` columns.
+
+    Two reductions of the key's width (int32 for float32 maps): the maximum key, then the
+    minimum cell among the slots holding it.
+    """
+    best = tl.max(keys, axis=1, keep_dims=True)
+    cell = tl.min(tl.where(keys == best, cells, _INT32_MAX), axis=1, keep_dims=True)
     return best, cell
 
 
@@ -248,32 +234,32 @@ def _decode_kernel(
         group_max = tl.where(better, value, group_max)
         group_chunk = tl.where(better, whole * UNROLL + step, group_chunk)
     first = lanes < n_cells
+    lowest = _EMPTY_RANK if IS_F64 else _INT32_MIN
     group_cell = tl.where(first, group_chunk * GROUPS + lanes, -1)
-    group_rank = tl.where(first, _rank(_ordered(group_max, IS_F64), group_cell, IS_F64), _EMPTY_RANK)
+    group_key = tl.where(first, _ordered(group_max, IS_F64), lowest)
 
     # Phases 2 and 3: TOP rounds (TOP = K for topk, else 1: the peak) of "take the best group's
     # cell, then give that group its next best cell" (the best of its cells ranked below the
-    # one taken: its cells leave a group in rank order). A group's rank is always that of its
-    # best remaining cell, so each round takes the best remaining cell of the map.
+    # one taken: its cells leave a group in rank order). A group's (key, cell) is always that
+    # of its best remaining cell, so each round takes the best remaining cell of the map.
     top_slots = tl.arange(0, TOP_SLOTS)[None, :]
-    top_ranks = tl.full([MAPS, TOP_SLOTS], _EMPTY_RANK, tl.int64)
+    top_keys = tl.full([MAPS, TOP_SLOTS], lowest, tl.int64 if IS_F64 else tl.int32)
     top_cells = tl.full([MAPS, TOP_SLOTS], -1, tl.int32)
-    peak_rank = tl.full([MAPS, 1], _EMPTY_RANK, tl.int64)
+    peak_key = tl.full([MAPS, 1], lowest, tl.int64 if IS_F64 else tl.int32)
     peak_cell = tl.full([MAPS, 1], -1, tl.int32)
     for i in tl.static_range(TOP):
-        best, cell = _best(group_rank, group_cell, IS_F64)
+        best_key, cell = _best(group_key, group_cell)
         if i == 0:
-            peak_rank = best
+            peak_key = best_key
             peak_cell = cell
-        top_ranks = tl.where(top_slots == i, best, top_ranks)
+        top_keys = tl.where(top_slots == i, best_key, top_keys)
         top_cells = tl.where(top_slots == i, cell, top_cells)
         if i + 1 < TOP:
-            # The group's cells below (best, cell) in (key, then lower cell first) order; each
-            # lane keeps the best of those it reads (reading them in increasing cell order,
-            # an equal key keeps the earlier), one reduction at the end.
+            # The group's cells below (best_key, cell) in (key, then lower cell first) order;
+            # each lane keeps the best of those it reads (reading them in increasing cell
+            # order, an equal key keeps the earlier), one (key, cell) reduction at the end. An
+            # emptied group gets (lowest, -1), below every cell.
             group = cell % GROUPS
-            best_key = best if IS_F64 else (best >> 32).to(tl.int32)
-            lowest = _EMPTY_RANK if IS_F64 else _INT32_MIN
             kept_key = tl.full([MAPS, GROUPS], lowest, tl.int64 if IS_F64 else tl.int32)
             kept_cell = tl.full([MAPS, GROUPS], -1, tl.int32)
             start = 0
@@ -287,19 +273,16 @@ def _decode_kernel(
                 kept_key = tl.where(take, key, kept_key)
                 kept_cell = tl.where(take, scanned, kept_cell)
                 start += GROUPS
-            kept = kept_cell >= 0
-            next_rank, next_cell = _best(tl.where(kept, _rank(kept_key, kept_cell, IS_F64), _EMPTY_RANK), kept_cell,
-                                         IS_F64)
-            group_rank = tl.where(lanes == group, next_rank, group_rank)
-            if IS_F64:
-                group_cell = tl.where(lanes == group, next_cell, group_cell)
+            next_key, next_cell = _best(kept_key, kept_cell)
+            group_key = tl.where(lanes == group, next_key, group_key)
+            group_cell = tl.where(lanes == group, next_cell, group_cell)
 
-    score = _rank_value(peak_rank, IS_F64)
+    score = _key_value(peak_key, IS_F64)
     slots = tl.arange(0, SLOTS)[None, :]
     if METHOD == METHOD_TOPK:
         valid = slots < K
         selected = top_cells
-        values = _rank_value(top_ranks, IS_F64)
+        values = _key_value(top_keys, IS_F64)
     elif METHOD == METHOD_LOCAL:
         half: tl.constexpr = WINDOW // 2
         row = peak_cell // width + slots // WINDOW - half
@@ -321,7 +304,7 @@ def _decode_kernel(
     centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=1)
     centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=1)
     # A map holding a NaN (its score is NaN): NaN coordinates, whatever the weights made of it.
-    score = _rank_value(tl.max(peak_rank, axis=1), IS_F64)  # the same, as a [MAPS] vector
+    score = _key_value(tl.max(peak_key, axis=1), IS_F64)  # the same, as a [MAPS] vector
     stored = maps < n_maps
     tl.store(coords_ptr + maps * 2, tl.where(score != score, score, centre_x), mask=stored)
     tl.store(coords_ptr + maps * 2 + 1, tl.where(score != score, score, centre_y), mask=stored)
