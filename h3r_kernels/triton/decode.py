@@ -74,8 +74,8 @@ from ._common import (
 # from L1/L2. 16 groups keep small maps' rescans in L1 and the per-map work low (sm_90 static
 # profile at 16x16: 42 instructions per element, from 122); 64 groups keep larger maps' rescans
 # to one map's bytes for top-9 (64x64: 15.3 per element, from 18.4; with 16 groups 18.1 but four
-# times the bytes from L2). Those figures are from int64 ranks; int32 keys and cells: 35.4 at 16x16,
-# 13.4 at 64x64.
+# times the bytes from L2). Those figures are from int64 ranks; int32 keys and cells: 34.5 at 16x16,
+# 13.2 at 64x64.
 SMALL_CELLS = 1024
 SMALL_MAPS = 8
 SMALL_GROUPS = 16
@@ -113,9 +113,9 @@ def _ordered(values, IS_F64: tl.constexpr):
         key = tl.where(magnitude > 0x7FF0000000000000, 0x7FFFFFFFFFFFFFFF, key)
     else:
         bits = values.to(tl.int32, bitcast=True)
-        magnitude = bits & 0x7FFFFFFF
-        key = tl.where(bits < 0, -magnitude, magnitude)
-        key = tl.where(magnitude > 0x7F800000, 0x7FFFFFFF, key)
+        sign = bits >> 31  # 0, or -1 (all ones) for a set sign bit
+        key = ((bits & 0x7FFFFFFF) ^ sign) - sign  # the magnitude, negated for a set sign bit
+        key = tl.where(values != values, 0x7FFFFFFF, key)
     return key
 
 
@@ -259,7 +259,7 @@ def _decode_kernel(
             # each lane keeps the best of those it reads (reading them in increasing cell
             # order, an equal key keeps the earlier), one (key, cell) reduction at the end. An
             # emptied group gets (lowest, -1), below every cell.
-            group = cell % GROUPS
+            group = cell & (GROUPS - 1)  # cell >= 0: k <= the map's cells
             kept_key = tl.full([MAPS, GROUPS], lowest, tl.int64 if IS_F64 else tl.int32)
             kept_cell = tl.full([MAPS, GROUPS], -1, tl.int32)
             start = 0
