@@ -3,9 +3,16 @@
 # the benchmark report, the host-overhead section, and the main job with and without
 # on-device augmentation and CUDA-graph capture. Run from the repository root on a CUDA machine with
 # torch/triton/cupy preinstalled:
-#   OUT=/some/folder bash scripts/gpu_check.sh [commit]
+#   OUT=/some/folder [BASELINE=bench/out/baseline] bash scripts/gpu_check.sh [commit]
+# BASELINE: the tree of an older commit (bash scripts/baseline_tree.sh COMMIT, before the device call,
+# naming bench/out/baseline in its carry): its Triton kernels are timed after the working tree's, in
+# the same session, and the two reports compared (compare/compare.md: speed-up and % of copy bandwidth
+# per row). The device machine has no .git: pass the commit. It returns at most 8 files from $OUT,
+# so pack them, e.g.
+#   OUT=/tmp/gpu BASELINE=bench/out/baseline bash scripts/gpu_check.sh <commit>; tar -czf $OUT/gpu_check.tgz -C /tmp/gpu .
 # Writes under $OUT: facts.txt, gpu_tests.log, gpu_pipeline_tests.log, augment.log,
-# bench.log, bench/report.{json,md}, host.log, host/report.{json,md}, step.log, step/report.{json,md}, train.log,
+# bench.log, bench/report.{json,md}, with BASELINE bench_baseline.log, bench_baseline/report.{json,md} and
+# compare/compare.{json,md}, host.log, host/report.{json,md}, step.log, step/report.{json,md}, train.log,
 # train_gpu_augment.log, cuda_graphs_tests.log, train_cuda_graphs.log,
 # train_cuda_graphs_augment.log and train_summary.txt.
 # Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
@@ -67,6 +74,24 @@ cat "$OUT/augment.log" 2>/dev/null
 run_step "bench" "${BENCH_TIMEOUT:-160}" "$OUT/bench.log" \
   python3 -m h3r.benchmark --device cuda --triton-tiles 8192:32 --out "$OUT/bench" --commit "$COMMIT"
 tail -5 "$OUT/bench.log" 2>/dev/null
+
+# 3b. With BASELINE: the baseline tree's Triton kernels, same shapes and dtypes, in this session (its own
+#     process and copy-bandwidth measurement; encode is a control where its kernel did not change),
+#     then the two reports side by side.
+if [[ -n "${BASELINE:-}" ]]; then
+  if [[ -f "$BASELINE/h3r/benchmark/cli.py" ]]; then
+    BASELINE_COMMIT=$(cat "$BASELINE/COMMIT" 2>/dev/null || echo unknown)
+    run_step "baseline bench ($BASELINE_COMMIT)" "${BASELINE_TIMEOUT:-90}" "$OUT/bench_baseline.log" \
+      env -C "$BASELINE" PYTHONPATH="$(cd "$BASELINE" && pwd)" python3 -m h3r.benchmark --device cuda \
+      --backends triton --ops encode,heatmap_loss,decode --out "$(cd "$OUT" && pwd)/bench_baseline" \
+      --commit "$BASELINE_COMMIT"
+    tail -3 "$OUT/bench_baseline.log" 2>/dev/null
+    python3 -m h3r.benchmark.compare "$OUT/bench/report.json" "$OUT/bench_baseline/report.json" \
+      --out "$OUT/compare" 2>&1 | tee -a "$OUT/facts.txt"
+  else
+    echo "baseline bench: skipped, $BASELINE holds no tree (bash scripts/baseline_tree.sh COMMIT)" | tee -a "$OUT/facts.txt"
+  fi
+fi
 
 # 4. Host overhead on CUDA: CPU time to issue heatmap_loss fwd+bwd and decode on tiny maps vs plain BCE.
 run_step "host overhead" "${HOST_TIMEOUT:-75}" "$OUT/host.log" \
