@@ -144,17 +144,16 @@ class DeviceCropDataset(CropDataset):
     """:class:`h3r.crops.CropDataset` with the warp left to the device (:class:`DeviceAugment`).
 
     Same seeding (item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``; set
-    ``epoch`` as for ``CropDataset``), same draws, same affines; items are
+    ``epoch`` or give ``(epoch, position)`` keys as for ``CropDataset``), same draws, same affines; items are
     :func:`make_item` dicts plus ``index``. Use ``collate_fn=DeviceCropDataset.collate``.
     """
 
     collate = staticmethod(collate)
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        index = int(self.indices[position])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, generator = self.resolve(key)
         sample = self.dataset[index]
-        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible,
-                         self.generator(index))
+        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible, generator)
         item["index"] = index
         return item
 

@@ -28,6 +28,10 @@ class CropDataset(Dataset):
     the order, so runs (and resumed runs) are reproducible. ``seed=None`` gives the plain
     crop (evaluation). Items are dicts: ``image``, ``keypoints`` (input pixels),
     ``visible``, ``affine`` (image -> input), ``flipped`` and ``index`` (into ``dataset``).
+
+    A key is a position, augmented for the ``epoch`` attribute, or an ``(epoch, position)``
+    pair (what :class:`h3r.loading.EpochBatches` gives a loader: data-loader workers that
+    persist across epochs hold their own copy of the dataset, so the epoch travels with the key).
     """
 
     def __init__(self, dataset: LandmarkDataset, crop: CropConfig, seed: Optional[int] = None,
@@ -41,13 +45,15 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def generator(self, index: int) -> Optional[np.random.Generator]:
-        """The augmentation draws of dataset item ``index`` in the current epoch (None: the plain crop)."""
-        return None if self.seed is None else np.random.default_rng([self.seed, self.epoch, index])
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
+    def resolve(self, key: int | tuple[int, int]) -> tuple[int, Optional[np.random.Generator]]:
+        """The dataset index of ``key`` (a position, or ``(epoch, position)``) and its augmentation draws."""
+        epoch, position = key if isinstance(key, tuple) else (self.epoch, key)
         index = int(self.indices[position])
-        item = self.transform(self.dataset[index], self.generator(index))
+        return index, None if self.seed is None else np.random.default_rng([self.seed, epoch, index])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, generator = self.resolve(key)
+        item = self.transform(self.dataset[index], generator)
         item["index"] = index
         return item
 

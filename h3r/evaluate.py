@@ -27,12 +27,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 # The checkpoint format, the crops and the device live in their own modules; their names stay importable from here.
-from h3r.checkpoints import CHECKPOINT_FORMAT, CheckpointError, checkpoint_checksum, load_checkpoint
+from h3r.checkpoints import CheckpointError, load_checkpoint  # noqa: F401 (CheckpointError: re-exported)
 from h3r.codecs import build_codec
 from h3r.configs import TrainConfig, config_from_dict
 from h3r.crops import CropDataset, eval_crop
 from h3r.data import check_reader_options, open_dataset
 from h3r.data.base import LandmarkDataset
+from h3r.loading import WorkerCollate
 from h3r.models import build_model
 from h3r.runtime import autocast, resolve_device
 from h3r.transforms import CropConfig, apply_affine, crop_affine, flip_keypoints, flip_permutation, invert_affine
@@ -55,7 +56,7 @@ def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropC
     """Run ``model`` on the plain crops of ``dataset`` and return predictions in image pixels."""
     crops = CropDataset(dataset, crop, seed=None, indices=indices)
     loader = DataLoader(crops, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=WorkerCollate())
     swap = flip_permutation(dataset.num_keypoints, dataset.flip_pairs)
     was_training = model.training
     model.eval()

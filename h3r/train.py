@@ -38,6 +38,7 @@ from h3r.crops import CropDataset, eval_crop
 from h3r.data import check_reader_options, open_dataset, verify_readable
 from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, mean_shape,
                           mean_shape_predictions, model_and_codec, predict, write_report)
+from h3r.loading import EpochBatches, WorkerCollate
 from h3r.models import load_checkpoint_weights
 from h3r.runtime import (Processes, join_process_group, process_device, resolve_device, restore_rng_state, rng_state,
                          rounding_seed, seed_everything, seed_worker)
@@ -132,16 +133,25 @@ def open_splits(config: TrainConfig):
 
 
 def train_loader(config: TrainConfig, crops: CropDataset, processes: Processes, device: torch.device):
-    """The shuffled training loader (with its sampler) of this process."""
-    sampler = DistributedSampler(crops, num_replicas=processes.world_size, rank=processes.rank, shuffle=True,
-                                 seed=config.seed, drop_last=True)
-    loader = DataLoader(crops, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=len(sampler) >= config.batch_size, pin_memory=device.type == "cuda",
-                        worker_init_fn=seed_worker, collate_fn=getattr(crops, "collate", None))
+    """The shuffled training loader of this process, with its batch sampler (``set_epoch(e)`` before
+    each ``iter``). Its workers persist across epochs: no start-up per epoch, and the next epoch's
+    batches load during the evaluation (:func:`epoch_batches`)."""
+    positions = DistributedSampler(crops, num_replicas=processes.world_size, rank=processes.rank, shuffle=True,
+                                   seed=config.seed, drop_last=True)
+    sampler = EpochBatches(positions, config.batch_size, drop_last=len(positions) >= config.batch_size)
+    loader = DataLoader(crops, batch_sampler=sampler, num_workers=config.workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=seed_worker, collate_fn=WorkerCollate(getattr(crops, "collate", None)),
+                        persistent_workers=config.workers > 0)
     if len(loader) == 0:
         raise ValueError(f"{config.dataset} {config.train_split}: {len(crops)} items give no batch "
                          f"for {processes.world_size} process(es)")
     return sampler, loader
+
+
+def epoch_batches(sampler: EpochBatches, loader: DataLoader, epoch: int):
+    """The loader's iterator over the batches of ``epoch``: its workers start loading now."""
+    sampler.set_epoch(epoch)
+    return iter(loader)
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -338,19 +348,22 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
 
     last_predictions = None
     epochs_run = 0
+    batches = None  # the iterator over the batches of the next epoch, made before this one's evaluation
     for epoch in range(start_epoch, config.epochs):
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
-        sampler.set_epoch(epoch)
-        crops.epoch = epoch
+        if batches is None:
+            batches = epoch_batches(sampler, loader, epoch)
         try:
-            stats, global_step = train_one_epoch(network, train_step, loader, optimizer, scheduler, config,
-                                                 device, processes, epoch, global_step, augment)
+            stats, global_step = train_one_epoch(network, train_step, batches, len(loader), optimizer, scheduler,
+                                                 config, device, processes, epoch, global_step, augment)
         except NonFiniteTraining as problem:
             kept = f"{out / 'last.pt'} still holds epoch {epoch}" if epoch > 0 else "no checkpoint was written"
             raise TrainingDiverged(f"training diverged: {problem} (epoch {epoch + 1}); stopped without saving this "
                                    f"epoch, so {kept}; lower the learning rate (lr {config.lr:g}), clip gradients "
                                    f"(grad_clip) or check the codec settings") from None
+        next_runs = epoch + 1 < config.epochs and (stop_after_epochs is None or epochs_run + 1 < stop_after_epochs)
+        batches = epoch_batches(sampler, loader, epoch + 1) if next_runs else None  # loads during the evaluation
         record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, **stats}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             if processes.is_main:
@@ -399,10 +412,11 @@ def is_better(value: Optional[float], best: Optional[float], higher_is_better: b
     return best is None or (value > best if higher_is_better else value < best)
 
 
-def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: TrainConfig, device: torch.device,
-                    processes: Processes, epoch: int, global_step: int,
+def train_one_epoch(network, train_step, batches, steps: int, optimizer, scheduler, config: TrainConfig,
+                    device: torch.device, processes: Processes, epoch: int, global_step: int,
                     augment: Optional[DeviceAugment] = None) -> tuple[dict[str, float], int]:
-    """One pass over this process's share of the training set; returns its statistics and the new global step.
+    """One pass over this process's share of the training set, ``steps`` batches from the loader
+    iterator ``batches``; returns its statistics and the new global step.
 
     ``train_step(images, keypoints, visible, seed) -> loss`` is the optimiser step (h3r/steps.py).
     """
@@ -412,15 +426,14 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
     # FINITE_CHECK_EVERY steps and at the end of the epoch (where the weights are checked too) the window of
     # the steps since the last check is searched for the first non-finite loss and read once.
     every = FINITE_CHECK_EVERY
-    recent_losses = torch.empty(min(every, len(loader)), dtype=torch.float64, device=device)
+    recent_losses = torch.empty(min(every, steps), dtype=torch.float64, device=device)
     images_seen, waiting = 0, 0.0
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
                disable=not (config.progress and processes.is_main))
     start = time.perf_counter()
-    iterator = iter(loader)
-    for step in range(len(loader)):
+    for step in range(steps):
         before = time.perf_counter()
-        batch = next(iterator)
+        batch = next(batches)
         waiting += time.perf_counter() - before
         if augment is not None:
             batch = augment(batch)  # on the device: warp, colour jitter, normalisation, keypoints
@@ -433,16 +446,16 @@ def train_one_epoch(network, train_step, loader, optimizer, scheduler, config: T
         loss_sum += loss.detach()
         images_seen += len(images)
         bar.update()
-        if not bar.disable and (step % 10 == 0 or step == len(loader) - 1):  # .item() syncs: only for a shown bar
+        if not bar.disable and (step % 10 == 0 or step == steps - 1):  # .item() syncs: only for a shown bar
             rate = images_seen * processes.world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4g}", img_s=f"{rate:.0f}")
-        if (step + 1) % every == 0 or step == len(loader) - 1:
+        if (step + 1) % every == 0 or step == steps - 1:
             first_bad_step, first_bad_loss = first_non_finite(recent_losses[:step % every + 1], global_step)
             check_finite(first_bad_step, first_bad_loss, processes,
-                         list(network.parameters()) if step == len(loader) - 1 else None)
+                         list(network.parameters()) if step == steps - 1 else None)
     bar.close()
     elapsed = time.perf_counter() - start
-    totals = torch.stack([loss_sum, torch.tensor(float(len(loader)), dtype=torch.float64, device=device)])
+    totals = torch.stack([loss_sum, torch.tensor(float(steps), dtype=torch.float64, device=device)])
     if processes.world_size > 1:
         dist.all_reduce(totals)  # on the device: NCCL reduces CUDA tensors only
     return {
