@@ -163,6 +163,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                          help="stop after this many epochs (continue later with --resume)")
     running.add_argument("--data-only", action="store_true",
                          help="measure how many images/s the data loader delivers without the model, then exit")
+    running.add_argument("--step-ms", type=counting_number(1), metavar="MS",
+                         help="with --data-only: a stand-in for the training step (MS ms of sleep per batch) and "
+                              "the share of the time the loop would wait for the loader")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,12 +243,19 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = config_from_dict({**checkpoint["config"], **runtime}, source=f"{checkpoint['path']} configuration")
     else:
         config = load_config(given.pop("dataset", "synthetic-face"), **given)
+    if args.step_ms is not None and not args.data_only:
+        parser.error("--step-ms is an option of --data-only")
     if args.data_only:
-        result = benchmark_loader(config)
+        result = benchmark_loader(config, step_ms=args.step_ms or 0)
+        step = f", a {args.step_ms} ms step per batch" if args.step_ms else ""
         print(f"data loading alone ({config.dataset} {config.train_split}, batch {result['batch_size']}, "
-              f"{result['workers']} workers): {result['images_per_s']:.0f} images/s "
+              f"{result['workers']} workers{step}): {result['images_per_s']:.0f} images/s "
               f"({result['images']} images in {result['seconds']:.1f} s)")
-        print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
+        if args.step_ms:
+            print(f"the loop waited for the loader {100 * result['loader_wait_fraction']:.1f}% of the time "
+                  f"(a step of {args.step_ms} ms alone would give {1000 * config.batch_size / args.step_ms:.0f} images/s)")
+        else:
+            print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
         return 0
     # The checkpoint read above is passed on: train() does not read (and checksum) it again.
     summary = train(config, resume=checkpoint if args.resume else None, stop_after_epochs=args.stop_after)

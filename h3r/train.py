@@ -187,11 +187,14 @@ def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[
     return factor
 
 
-def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]:
+def benchmark_loader(config: TrainConfig, batches: int = 50, step_ms: float = 0.0) -> dict[str, float]:
     """Images/s of the training loader alone (augmentation and decoding, no model).
 
     Compare with ``images_per_s`` in ``metrics.jsonl``: when the two are close, loading is
-    the bottleneck (add ``workers``).
+    the bottleneck (add ``workers``). With ``step_ms``, each batch is followed by that many
+    milliseconds of sleep, a stand-in for a training step that leaves the CPU to the workers
+    (as a GPU step mostly does), and ``loader_wait_fraction`` is the share of the time spent
+    waiting for the next batch, as the training loop reports it.
     """
     check_reader_options(config.dataset, config.train_options, "train_options")
     seed_everything(config.seed)
@@ -203,11 +206,15 @@ def benchmark_loader(config: TrainConfig, batches: int = 50) -> dict[str, float]
                          f"the benchmark skips the first batch and needs at least 2")
     iterator = iter(loader)
     next(iterator)  # the first batch includes starting the workers
-    images, start = 0, time.perf_counter()
+    images, waiting, start = 0, 0.0, time.perf_counter()
     for _ in range(min(batches, len(loader) - 1)):
+        before = time.perf_counter()
         images += len(next(iterator)["index"])
+        waiting += time.perf_counter() - before
+        time.sleep(step_ms / 1000)
     elapsed = time.perf_counter() - start
     return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
+            "loader_wait_fraction": waiting / elapsed if elapsed > 0 else float("nan"), "step_ms": step_ms,
             "workers": config.workers, "batch_size": config.batch_size}
 
 

@@ -1,5 +1,6 @@
 """The ``h3r`` command: help, argument errors, a tiny train → eval round trip, bench forwarding."""
 import json
+import re
 import subprocess
 import sys
 
@@ -123,6 +124,20 @@ def test_data_only_benchmark(capsys):
     code, printed, _ = run(capsys, "train", "--data-only", "--train-option", "size=24", "--batch-size", "8",
                            "--workers", "0", "--input-size", "32")
     assert code == 0 and "data loading alone" in printed and "images/s" in printed
+
+
+def test_data_only_with_a_step_reports_the_loader_wait(capsys):
+    code, printed, _ = run(capsys, "train", "--data-only", "--step-ms", "2", "--train-option", "size=24",
+                           "--batch-size", "8", "--workers", "1", "--input-size", "32")
+    assert code == 0 and "a 2 ms step per batch" in printed
+    assert re.search(r"the loop waited for the loader \d+\.\d% of the time \(a step of 2 ms alone would give 4000 "
+                     r"images/s\)", printed)
+
+
+def test_step_ms_needs_data_only(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--step-ms", "5"])
+    assert "--step-ms is an option of --data-only" in capsys.readouterr().err
 
 
 def test_bench_forwards_its_arguments(monkeypatch):

@@ -95,7 +95,7 @@ def test_every_train_option_is_a_setting_by_its_flat_name():
     train_parser = cli.build_parser().parse_args(["train"]).command_parsers["train"]
     destinations = {action.dest for action in train_parser._actions} - {"help"}
     assert "input_size" in destinations
-    assert destinations - set(SETTING_NAMES) == {"train_option", "test_option", "resume", "stop_after", "data_only"}
+    assert destinations - set(SETTING_NAMES) == {"train_option", "test_option", "resume", "stop_after", "data_only", "step_ms"}
 
 
 def test_train_help_still_lists_the_input_size(capsys):
