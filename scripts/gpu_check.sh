@@ -15,7 +15,8 @@
 # compare/compare.{json,md}, host.log, host/report.{json,md}, step.log, step/report.{json,md}, train.log,
 # train_gpu_augment.log, cuda_graphs_tests.log, train_cuda_graphs.log,
 # train_cuda_graphs_augment.log and train_summary.txt.
-# Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
+# STEPS="1 3 3b 4" runs only those steps (numbered below; default: all), e.g. to split the session
+# over two device calls. Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
 # BUDGET seconds (default 540: under the 600 s of one device call): a step gets at most what is left of it and is
 # skipped, with a message, when less than 15 s are left.
 set -u
@@ -31,9 +32,14 @@ step_timeout() {
   local left=$(( BUDGET - (SECONDS - START) ))
   if (( left < 15 )); then echo 0; elif (( $1 < left )); then echo "$1"; else echo "$left"; fi
 }
-# run_step NAME WANTED LOG COMMAND...: run COMMAND under the step's timeout, output to LOG, status to facts.txt.
+# run_step NAME WANTED LOG COMMAND...: run COMMAND under the step's timeout, output to LOG, status to facts.txt;
+# nothing when the current step ($STEP) is not in STEPS.
 run_step() {
   local name=$1 wanted=$2 log=$3; shift 3
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $STEP "* ]]; then
+    echo "$name: not run (step $STEP is not in STEPS=\"$STEPS\")" | tee -a "$OUT/facts.txt"
+    return
+  fi
   local limit; limit=$(step_timeout "$wanted")
   if (( limit == 0 )); then
     echo "$name: skipped, the session budget of ${BUDGET} s is spent" | tee -a "$OUT/facts.txt"
@@ -53,6 +59,7 @@ run_step() {
   python3 -c "import h3r_kernels, json; print(json.dumps(h3r_kernels.backends(), indent=1))"
 } 2>&1 | tee "$OUT/facts.txt"
 
+STEP=1
 # 1. Correctness of the GPU backends.
 #    Every gpu-marked test but the pipeline's (step 2) and the CUDA-graph training runs (step 6).
 run_step "gpu tests" "${GPU_TEST_TIMEOUT:-200}" "$OUT/gpu_tests.log" \
@@ -60,6 +67,7 @@ run_step "gpu tests" "${GPU_TEST_TIMEOUT:-200}" "$OUT/gpu_tests.log" \
   --ignore=tests/test_gpu_pipeline.py --ignore=tests/test_train_steps.py
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" 2>/dev/null | tail -3
 
+STEP=2
 # 2. On-device augmentation on CUDA: equivalence with the CPU path (Pillow), then the warp's
 #    max/mean error against Pillow (exact and float32 modes) and its throughput per batch.
 run_step "gpu pipeline tests" "${PIPELINE_TEST_TIMEOUT:-60}" "$OUT/gpu_pipeline_tests.log" \
@@ -69,12 +77,14 @@ run_step "augment check" "${AUGMENT_TIMEOUT:-45}" "$OUT/augment.log" \
   python3 -m h3r.augment --device cuda --cases 60 --batch 256 --size 256
 cat "$OUT/augment.log" 2>/dev/null
 
+STEP=3
 # 3. The throughput report, with the loss's former tile (8192/32; 4096/16 since the static profile,
 #    bench/RESULTS.md) timed beside the tile in use.
 run_step "bench" "${BENCH_TIMEOUT:-160}" "$OUT/bench.log" \
   python3 -m h3r.benchmark --device cuda --triton-tiles 8192:32 --out "$OUT/bench" --commit "$COMMIT"
 tail -5 "$OUT/bench.log" 2>/dev/null
 
+STEP=3b
 # 3b. With BASELINE: the baseline tree's Triton kernels, same shapes and dtypes, in this session (its own
 #     process and copy-bandwidth measurement; encode is a control where its kernel did not change),
 #     then the two reports side by side.
@@ -86,19 +96,23 @@ if [[ -n "${BASELINE:-}" ]]; then
       --backends triton --ops encode,heatmap_loss,decode --out "$(cd "$OUT" && pwd)/bench_baseline" \
       --commit "$BASELINE_COMMIT"
     tail -3 "$OUT/bench_baseline.log" 2>/dev/null
-    python3 -m h3r.benchmark.compare "$OUT/bench/report.json" "$OUT/bench_baseline/report.json" \
-      --out "$OUT/compare" 2>&1 | tee -a "$OUT/facts.txt"
+    if [[ -f "$OUT/bench/report.json" && -f "$OUT/bench_baseline/report.json" ]]; then
+      python3 -m h3r.benchmark.compare "$OUT/bench/report.json" "$OUT/bench_baseline/report.json" \
+        --out "$OUT/compare" 2>&1 | tee -a "$OUT/facts.txt"
+    fi
   else
     echo "baseline bench: skipped, $BASELINE holds no tree (bash scripts/baseline_tree.sh COMMIT)" | tee -a "$OUT/facts.txt"
   fi
 fi
 
+STEP=4
 # 4. Host overhead on CUDA: CPU time to issue heatmap_loss fwd+bwd and decode on tiny maps vs plain BCE.
 run_step "host overhead" "${HOST_TIMEOUT:-75}" "$OUT/host.log" \
   python3 -m h3r.benchmark --device cuda --host-overhead --skip-throughput --copy-mib 64 \
   --out "$OUT/host" --commit "$COMMIT"
 grep -E "^host overhead:" "$OUT/host.log" 2>/dev/null | head -30
 
+STEP=4b
 # 4b. One training step of HRNet-W18 at 256x256 (batch 32, 98 keypoints, bf16): eager, captured in a
 #     CUDA graph, and the share of the eager step spent in the H3R loss.
 run_step "train step" "${STEP_TIMEOUT:-90}" "$OUT/step.log" \
@@ -106,6 +120,7 @@ run_step "train step" "${STEP_TIMEOUT:-90}" "$OUT/step.log" \
   --out "$OUT/step" --commit "$COMMIT"
 grep -E "^train step:" "$OUT/step.log" 2>/dev/null
 
+STEP=5
 # 5. The main job on the GPU: low-resolution synthetic faces, bf16 (run folders outside $OUT:
 #    few files come back), with the CPU augmentation and then with the on-device one.
 TRAIN_ARGS=(--device cuda --amp bf16 --workers 8 --no-progress)
@@ -121,6 +136,7 @@ train_run() {
 train_run "train" "$OUT/train.log" /tmp/h3r-gpu-train
 train_run "train --gpu-augment" "$OUT/train_gpu_augment.log" /tmp/h3r-gpu-train-augment --gpu-augment
 
+STEP=6
 # 6. The training step captured in a CUDA graph: its tests (a short run against the eager one,
 #    resume), then the main job with --cuda-graphs, with the CPU and the on-device augmentation.
 run_step "cuda graphs tests" "${GRAPH_TEST_TIMEOUT:-90}" "$OUT/cuda_graphs_tests.log" \
