@@ -5,6 +5,8 @@ with the other backends is tested per op in test_op_*.py, test_ops.py and test_g
 
 Without a GPU the kernels run in Triton's CPU interpreter (conftest.py sets TRITON_INTERPRET=1).
 """
+import functools
+
 import pytest
 import torch
 import triton
@@ -12,6 +14,7 @@ import triton.language as tl
 
 import h3r_kernels
 from conftest import DEVICE, assert_decode_matches_reference, make_keypoints
+from h3r_kernels import reference
 from h3r_kernels.triton import decode as triton_decode
 from h3r_kernels.triton.encode import launch_encode
 from h3r_kernels.triton.loss import _log1p_unit, launch_heatmap_loss
@@ -82,7 +85,7 @@ def decode_test_maps(kind, weights, shape=(3, 5, 9, 7)):
     return maps
 
 
-F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
+F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 TOPK9, TOPK12, LOCAL, ARGMAX = ("topk", 9, 3), ("topk", 12, 3), ("local", 9, 3), ("argmax", 1, 3)
 TILE_CASES = [  # (kind, dtype, (method, k, window), weights)
     ("random", F32, TOPK9, "softmax"), ("random", F32, TOPK12, "linear"), ("random", F32, LOCAL, "linear"),
@@ -91,7 +94,8 @@ TILE_CASES = [  # (kind, dtype, (method, k, window), weights)
     ("clustered", F32, TOPK12, "softmax"), ("nonfinite", F32, TOPK9, "softmax"), ("nonfinite", F32, TOPK12, "linear"),
     ("nonfinite", F32, LOCAL, "linear"), ("nonfinite", F32, ARGMAX, "softmax"), ("nonfinite", F64, TOPK9, "linear"),
     ("nonfinite", F64, LOCAL, "softmax"), ("nonfinite", BF16, TOPK9, "softmax"), ("ties", F64, TOPK12, "softmax"),
-    ("ties", BF16, ARGMAX, "linear"), ("ties", BF16, TOPK9, "linear"),
+    ("ties", BF16, ARGMAX, "linear"), ("ties", BF16, TOPK9, "linear"), ("nonfinite", F16, TOPK12, "linear"),
+    ("ties", F16, TOPK9, "softmax"), ("nonfinite", BF16, LOCAL, "softmax"), ("clustered", BF16, TOPK12, "softmax"),
 ]
 
 
@@ -141,6 +145,38 @@ def test_decode_compiles_one_kernel_for_every_map_size(method, k, window, weight
     assert len(buckets) == 2 and buckets[True].constexprs != buckets[False].constexprs
     assert triton_decode.decode_plan(7, 128, 128, method, k, weights, window, dtype).constexprs == \
         buckets[False].constexprs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_decode_packs_ranks_for_bfloat16_maps_that_fit(dtype):
+    """bfloat16 maps of up to 65536 cells select on packed ranks (the order key, whose low 16 bits
+    are 0 for a bfloat16 value, plus the cell); larger ones, and other dtypes, on keys and cells."""
+    plan = functools.partial(triton_decode.decode_plan, 7, method="topk", k=9, weights="softmax", window=3, dtype=dtype)
+    assert plan(height=256, width=256).constexprs["PACKED"] == (dtype == torch.bfloat16)
+    assert plan(height=16, width=16).constexprs["PACKED"] == (dtype == torch.bfloat16)
+    assert not plan(height=257, width=256).constexprs["PACKED"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_packed_ranks_order_every_16_bit_value(dtype):
+    """Every 16-bit pattern in one 256x256 map, shuffled (every finite value, both infinities, both
+    zeros, NaNs of every payload and sign): top-32 takes the reference's cells (NaNs first, tied,
+    by cell); with the NaNs made -inf, its cells and scores (+inf first, then the largest)."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    values = bits.view(dtype)
+    order = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))
+    maps = values[order].reshape(1, 1, 256, 256).to(DEVICE)
+    coords, scores, indices = triton_decode.decode(maps, "topk", 32, "linear", 3)
+    _, reference_scores, reference_indices = reference.decode(maps.cpu(), "topk", 32, "linear", 3)
+    assert torch.equal(indices.cpu(), reference_indices)
+    assert scores.isnan().all() and reference_scores.isnan().all()
+    top = maps.flatten()[reference_indices.flatten().to(maps.device)].cpu()
+    assert top.isnan().all()  # hundreds of NaN patterns: all of top-32
+    finite = maps.clone()
+    finite[finite.isnan()] = float("-inf")
+    _, finite_scores, finite_indices = triton_decode.decode(finite, "topk", 32, "linear", 3)
+    _, reference_scores, reference_indices = reference.decode(finite.cpu(), "topk", 32, "linear", 3)
+    assert torch.equal(finite_indices.cpu(), reference_indices) and torch.equal(finite_scores.cpu(), reference_scores)
 
 
 def test_decode_rejects_a_bad_tile():

@@ -87,6 +87,9 @@ UNROLL = 4
 # The forward's runtime size arguments: not specialised (Triton would compile apart sizes equal
 # to 1 or divisible by 16), so one compiled kernel serves them all.
 RUNTIME_SIZES = ["n_maps", "n_cells", "width", "height", "chunks"]
+# bfloat16 maps of up to PACKED_CELLS cells select on packed int32 ranks (the order key, whose low 16
+# bits are 0 for a bfloat16 value, plus 0xFFFF - cell: one reduction per selection instead of two).
+PACKED_CELLS = 1 << 16
 # Backward: cells cleared per step of the zero fill (8 per thread), for every map size.
 BACKWARD_BLOCK = 512
 BACKWARD_WARPS = 2
@@ -141,6 +144,35 @@ def _best(keys, cells):
     best = tl.max(keys, axis=1, keep_dims=True)
     cell = tl.min(tl.where(keys == best, cells, _INT32_MAX), axis=1, keep_dims=True)
     return best, cell
+
+
+@triton.jit
+def _packed_rank(values, cells):
+    """Packed order ranks of bfloat16 ``values`` (as float32) at ``cells`` (< 65536): the order key
+    of :func:`_ordered` (``-0.0 == +0.0``; every NaN ``0x7FFF0000``, above ``+inf``), whose low 16
+    bits are 0 for a bfloat16 value, plus ``0xFFFF - cell``: one int32 ``max`` selects the largest
+    value and, among equal values, the lowest cell."""
+    bits = values.to(tl.int32, bitcast=True)
+    sign = bits >> 31
+    key = ((bits & 0x7FFFFFFF) ^ sign) - sign
+    key = tl.where(values != values, 0x7FFF0000, key)
+    return key + (0xFFFF - cells)
+
+
+@triton.jit
+def _packed_cell(rank):
+    """The cell of a packed rank (:func:`_packed_rank`)."""
+    return 0xFFFF - (rank & 0xFFFF)
+
+
+@triton.jit
+def _rank_value(key, IS_F64: tl.constexpr, PACKED: tl.constexpr):
+    """The value of an order key (:func:`_ordered`) or, with ``PACKED``, of a packed rank (:func:`_packed_rank`)."""
+    if PACKED:
+        value = _key_value(key & -65536, False)
+    else:
+        value = _key_value(key, IS_F64)
+    return value
 
 
 # --------------------------------------------------------------------------- weights
@@ -198,7 +230,7 @@ def _decode_kernel(
     n_maps, n_cells, width, height, chunks,
     N_SLOTS: tl.constexpr, METHOD: tl.constexpr, WEIGHTS: tl.constexpr, K: tl.constexpr, WINDOW: tl.constexpr,
     PEAK_SLOT: tl.constexpr, SLOTS: tl.constexpr, TOP: tl.constexpr, TOP_SLOTS: tl.constexpr,
-    MAPS: tl.constexpr, GROUPS: tl.constexpr, UNROLL: tl.constexpr, IS_F64: tl.constexpr,
+    MAPS: tl.constexpr, GROUPS: tl.constexpr, UNROLL: tl.constexpr, IS_F64: tl.constexpr, PACKED: tl.constexpr,
 ):
     """``MAPS`` maps per program, one per row of every block; see the module docstring for the phases."""
     maps = tl.program_id(0).to(tl.int64) * MAPS + tl.arange(0, MAPS).to(tl.int64)
@@ -236,7 +268,10 @@ def _decode_kernel(
     first = lanes < n_cells
     lowest = _EMPTY_RANK if IS_F64 else _INT32_MIN
     group_cell = tl.where(first, group_chunk * GROUPS + lanes, -1)
-    group_key = tl.where(first, _ordered(group_max, IS_F64), lowest)
+    if PACKED:  # bfloat16: a group's (key, cell) as one packed rank; group_cell is not read again
+        group_key = tl.where(first, _packed_rank(group_max, group_cell), _INT32_MIN)
+    else:
+        group_key = tl.where(first, _ordered(group_max, IS_F64), lowest)
 
     # Phases 2 and 3: TOP rounds (TOP = K for topk, else 1: the peak) of "take the best group's
     # cell, then give that group its next best cell" (the best of its cells ranked below the
@@ -248,12 +283,17 @@ def _decode_kernel(
     peak_key = tl.full([MAPS, 1], lowest, tl.int64 if IS_F64 else tl.int32)
     peak_cell = tl.full([MAPS, 1], -1, tl.int32)
     for i in tl.static_range(TOP):
-        best_key, cell = _best(group_key, group_cell)
+        if PACKED:
+            best_key = tl.max(group_key, axis=1, keep_dims=True)
+            cell = _packed_cell(best_key)
+        else:
+            best_key, cell = _best(group_key, group_cell)
         if i == 0:
             peak_key = best_key
             peak_cell = cell
         top_keys = tl.where(top_slots == i, best_key, top_keys)
-        top_cells = tl.where(top_slots == i, cell, top_cells)
+        if not PACKED:
+            top_cells = tl.where(top_slots == i, cell, top_cells)
         if i + 1 < TOP:
             # The group's cells below (best_key, cell) in (key, then lower cell first) order;
             # each lane keeps the best of those it reads (reading them in increasing cell
@@ -267,22 +307,30 @@ def _decode_kernel(
                 scanned = (start + lanes) * GROUPS + group
                 inside = scanned < n_cells
                 raw = tl.load(map_ptr + scanned, mask=inside, other=0.0)
-                key = _ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64)
-                below = (key < best_key) | ((key == best_key) & (scanned > cell))
-                take = inside & below & (key > kept_key)
-                kept_key = tl.where(take, key, kept_key)
-                kept_cell = tl.where(take, scanned, kept_cell)
+                if PACKED:
+                    rank = _packed_rank(raw.to(tl.float32), scanned)
+                    take = inside & (rank < best_key) & (rank > kept_key)
+                    kept_key = tl.where(take, rank, kept_key)
+                else:
+                    key = _ordered(raw.to(tl.float64) if IS_F64 else raw.to(tl.float32), IS_F64)
+                    below = (key < best_key) | ((key == best_key) & (scanned > cell))
+                    take = inside & below & (key > kept_key)
+                    kept_key = tl.where(take, key, kept_key)
+                    kept_cell = tl.where(take, scanned, kept_cell)
                 start += GROUPS
-            next_key, next_cell = _best(kept_key, kept_cell)
-            group_key = tl.where(lanes == group, next_key, group_key)
-            group_cell = tl.where(lanes == group, next_cell, group_cell)
+            if PACKED:
+                group_key = tl.where(lanes == group, tl.max(kept_key, axis=1, keep_dims=True), group_key)
+            else:
+                next_key, next_cell = _best(kept_key, kept_cell)
+                group_key = tl.where(lanes == group, next_key, group_key)
+                group_cell = tl.where(lanes == group, next_cell, group_cell)
 
-    score = _key_value(peak_key, IS_F64)
+    score = _rank_value(peak_key, IS_F64, PACKED)
     slots = tl.arange(0, SLOTS)[None, :]
     if METHOD == METHOD_TOPK:
         valid = slots < K
-        selected = top_cells
-        values = _key_value(top_keys, IS_F64)
+        selected = tl.where(valid, _packed_cell(top_keys), -1) if PACKED else top_cells
+        values = _rank_value(top_keys, IS_F64, PACKED)
     elif METHOD == METHOD_LOCAL:
         half: tl.constexpr = WINDOW // 2
         row = peak_cell // width + slots // WINDOW - half
@@ -304,7 +352,7 @@ def _decode_kernel(
     centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=1)
     centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=1)
     # A map holding a NaN (its score is NaN): NaN coordinates, whatever the weights made of it.
-    score = _key_value(tl.max(peak_key, axis=1), IS_F64)  # the same, as a [MAPS] vector
+    score = _rank_value(tl.max(peak_key, axis=1), IS_F64, PACKED)  # the same, as a [MAPS] vector
     stored = maps < n_maps
     tl.store(coords_ptr + maps * 2, tl.where(score != score, score, centre_x), mask=stored)
     tl.store(coords_ptr + maps * 2 + 1, tl.where(score != score, score, centre_y), mask=stored)
@@ -360,6 +408,7 @@ def decode_plan(num_maps: int, height: int, width: int, method: str, k: int, wei
         N_SLOTS=n_slots, METHOD=spec.code(spec.Method, method), WEIGHTS=spec.code(spec.Weighting, weights), K=k,
         WINDOW=window, PEAK_SLOT=spec.peak_slot(method, n_slots), SLOTS=triton.next_power_of_2(n_slots), TOP=top,
         TOP_SLOTS=triton.next_power_of_2(top), MAPS=tile_maps, GROUPS=tile_groups, UNROLL=UNROLL, IS_F64=accumulates_in_fp64(dtype),
+        PACKED=dtype == torch.bfloat16 and height * width <= PACKED_CELLS,
     )
     sizes = dict(n_maps=num_maps, n_cells=height * width, width=width, height=height,
                  chunks=triton.cdiv(height * width, tile_groups))
