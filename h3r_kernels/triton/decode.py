@@ -32,7 +32,9 @@ complement, so ``-0.0 == +0.0``; int32 for float32 maps, int64 for float64 maps)
 cell index travel as two arrays; a selection is two reductions of the key's width, the
 ``max`` key, then the ``min`` cell among the slots holding it: the largest value and, among
 equal values, the lowest flat index (``torch.sort(stable=True)``'s and ``torch.argmax``'s
-tie-break). float64 maps are accumulated in float64, float16/bfloat16 maps upcast to float32.
+tie-break). bfloat16 maps of up to 65536 cells carry both in one int32 (``PACKED``: the key,
+whose low 16 bits are 0 for a bfloat16 value, plus ``0xFFFF - cell``), one reduction per
+selection. float64 maps are accumulated in float64, float16/bfloat16 maps upcast to float32.
 
 Non-finite maps (the reference's rule, for every method and weighting): every NaN ranks
 above ``+inf`` and NaNs tie with each other, as in ``torch.sort``, ``torch.argmax`` and
