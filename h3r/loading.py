@@ -74,8 +74,12 @@ class _ByValue:
 
 def _by_value(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        small = value.nbytes <= SMALL_TENSOR_BYTES and value.device.type == "cpu" and not value.requires_grad
-        return _ByValue(value) if small and value.dtype not in (torch.bfloat16, torch.float8_e4m3fn) else value
+        if value.nbytes > SMALL_TENSOR_BYTES or value.device.type != "cpu" or value.requires_grad:
+            return value
+        try:
+            return _ByValue(value)
+        except TypeError:  # a dtype numpy lacks (bfloat16, float8): shared memory, as torch sends it
+            return value
     if isinstance(value, dict):
         return type(value)({key: _by_value(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):

@@ -46,9 +46,11 @@ def test_persistent_workers_augment_each_epoch_as_the_main_process(tmp_path):
 
 def test_small_tensors_cross_by_value_and_arrive_as_tensors():
     batch = {"image": torch.zeros(SMALL_TENSOR_BYTES // 4 + 1), "keypoints": torch.ones(4, 2),
-             "flags": [torch.tensor([True, False]), "name"], "pair": (torch.arange(3), 7)}
+             "flags": [torch.tensor([True, False]), "name"], "pair": (torch.arange(3), 7),
+             "half": torch.ones(3, dtype=torch.bfloat16)}
     sent = _by_value(batch)
     assert type(sent["image"]) is torch.Tensor  # large: shared memory, as before
+    assert type(sent["half"]) is torch.Tensor  # numpy has no bfloat16: shared memory too
     assert isinstance(sent["keypoints"], _ByValue) and isinstance(sent["flags"][0], _ByValue)
     assert isinstance(sent["pair"], tuple) and isinstance(sent["pair"][0], _ByValue) and sent["flags"][1] == "name"
 
