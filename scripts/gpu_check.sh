@@ -13,7 +13,7 @@
 # Writes under $OUT: facts.txt, gpu_tests.log, gpu_pipeline_tests.log, augment.log,
 # bench.log, bench/report.{json,md}, with BASELINE bench_baseline.log, bench_baseline/report.{json,md} and
 # compare/compare.{json,md}, host.log, host/report.{json,md}, step.log, step/report.{json,md}, train.log,
-# train_gpu_augment.log, cuda_graphs_tests.log, train_cuda_graphs.log,
+# (with BASELINE) train_baseline.log, train_gpu_augment.log, cuda_graphs_tests.log, train_cuda_graphs.log,
 # train_cuda_graphs_augment.log and train_summary.txt.
 # STEPS="1 3 3b 4" runs only those steps (numbered below; default: all), e.g. to split the session
 # over two device calls. Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
@@ -122,18 +122,24 @@ grep -E "^train step:" "$OUT/step.log" 2>/dev/null
 
 STEP=5
 # 5. The main job on the GPU: low-resolution synthetic faces, bf16 (run folders outside $OUT:
-#    few files come back), with the CPU augmentation and then with the on-device one.
+#    few files come back), with the CPU augmentation (with BASELINE, also the baseline tree's, for the
+#    loader before and after) and then with the on-device one.
 TRAIN_ARGS=(--device cuda --amp bf16 --workers 8 --no-progress)
-# train_run NAME LOG FOLDER ARGS...: 'h3r train' with TRAIN_ARGS and ARGS into FOLDER (emptied first), its
-# metrics appended to LOG.
+# [TREE=folder] train_run NAME LOG FOLDER ARGS...: 'h3r train' of TREE (default: this tree) with TRAIN_ARGS and
+# ARGS into FOLDER (emptied first), its metrics appended to LOG.
 train_run() {
   local name=$1 log=$2 folder=$3; shift 3
+  local tree; tree=$(cd "${TREE:-.}" && pwd)
   rm -rf "$folder"
-  run_step "$name" "${TRAIN_TIMEOUT:-90}" "$log" python3 -m h3r train "${TRAIN_ARGS[@]}" "$@" --out "$folder"
+  run_step "$name" "${TRAIN_TIMEOUT:-90}" "$log" env -C "$tree" PYTHONPATH="$tree" \
+    python3 -m h3r train "${TRAIN_ARGS[@]}" "$@" --out "$folder"
   cat "$folder/metrics.jsonl" >> "$log" 2>/dev/null
   tail -4 "$log" 2>/dev/null
 }
 train_run "train" "$OUT/train.log" /tmp/h3r-gpu-train
+if [[ -n "${BASELINE:-}" && -f "${BASELINE}/h3r/train.py" ]]; then
+  TREE=$BASELINE train_run "train at the baseline" "$OUT/train_baseline.log" /tmp/h3r-gpu-train-baseline
+fi
 train_run "train --gpu-augment" "$OUT/train_gpu_augment.log" /tmp/h3r-gpu-train-augment --gpu-augment
 
 STEP=6
@@ -151,7 +157,8 @@ python3 - "$OUT/train_summary.txt" <<'EOF' 2>&1 | tee -a "$OUT/facts.txt"
 import json, statistics, sys
 from pathlib import Path
 lines = []
-for name, folder in (("cpu augmentation", "/tmp/h3r-gpu-train"), ("--gpu-augment", "/tmp/h3r-gpu-train-augment"),
+for name, folder in (("cpu augmentation", "/tmp/h3r-gpu-train"), ("baseline tree", "/tmp/h3r-gpu-train-baseline"),
+                     ("--gpu-augment", "/tmp/h3r-gpu-train-augment"),
                      ("--cuda-graphs", "/tmp/h3r-gpu-train-graphs"),
                      ("--cuda-graphs --gpu-augment", "/tmp/h3r-gpu-train-graphs-augment")):
     path = Path(folder) / "metrics.jsonl"
