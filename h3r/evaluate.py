@@ -49,14 +49,27 @@ class Predictions:
     indices: np.ndarray  # (N,) dataset indices
 
 
+def eval_loader(dataset: LandmarkDataset, crop: CropConfig, *, device: torch.device, batch_size: int = 64,
+                workers: int = 0, indices: Optional[Sequence[int]] = None, persistent: bool = False) -> DataLoader:
+    """The loader of the plain crops of ``dataset`` that :func:`predict` runs on. ``persistent``: its
+    workers stay between passes (a training run evaluates with one loader; no start-up per evaluation)."""
+    crops = CropDataset(dataset, crop, seed=None, indices=indices)
+    return DataLoader(crops, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", collate_fn=WorkerCollate(),
+                      persistent_workers=persistent and workers > 0)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropConfig, *, device: torch.device,
             batch_size: int = 64, workers: int = 0, flip_test: bool = False, amp: str = "none",
-            indices: Optional[Sequence[int]] = None, progress: bool = False) -> Predictions:
-    """Run ``model`` on the plain crops of ``dataset`` and return predictions in image pixels."""
-    crops = CropDataset(dataset, crop, seed=None, indices=indices)
-    loader = DataLoader(crops, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", collate_fn=WorkerCollate())
+            indices: Optional[Sequence[int]] = None, progress: bool = False,
+            loader: Optional[DataLoader] = None) -> Predictions:
+    """Run ``model`` on the plain crops of ``dataset`` and return predictions in image pixels.
+
+    ``loader``: an :func:`eval_loader` of the same ``dataset`` and ``crop`` to use instead of a new
+    one (then ``batch_size``, ``workers`` and ``indices`` are its own)."""
+    if loader is None:
+        loader = eval_loader(dataset, crop, device=device, batch_size=batch_size, workers=workers, indices=indices)
     swap = flip_permutation(dataset.num_keypoints, dataset.flip_pairs)
     was_training = model.training
     model.eval()

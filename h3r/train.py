@@ -36,7 +36,7 @@ from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWrite
 from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict, flat_settings
 from h3r.crops import CropDataset, eval_crop
 from h3r.data import check_reader_options, open_dataset, verify_readable
-from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, mean_shape,
+from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, eval_loader, mean_shape,
                           mean_shape_predictions, model_and_codec, predict, write_report)
 from h3r.loading import EpochBatches, WorkerCollate
 from h3r.models import load_checkpoint_weights
@@ -353,6 +353,9 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
         say(f"{'epoch':>7}  {'train loss':>10}  {'test ' + config.metric:>10}  {'lr':>8}  {'img/s':>7}  "
             f"{'loader wait':>11}")
 
+    # One test loader for every evaluation of the run: its workers start once.
+    test_loader = eval_loader(test_data, crop, device=device, batch_size=config.batch_size, workers=config.workers,
+                              persistent=True)
     last_predictions = None
     epochs_run = 0
     batches = None  # the iterator over the batches of the next epoch, made before this one's evaluation
@@ -374,8 +377,8 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
         record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, **stats}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             if processes.is_main:
-                last_predictions = predict(model, codec, test_data, crop, device=device, batch_size=config.batch_size,
-                                           workers=config.workers, flip_test=config.flip_test, amp=config.amp)
+                last_predictions = predict(model, codec, test_data, crop, device=device, loader=test_loader,
+                                           flip_test=config.flip_test, amp=config.amp)
                 record["test"] = dataset_metrics(test_data, last_predictions)
             processes.barrier()
         epochs_run += 1
@@ -403,8 +406,8 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
     if finished and epochs_run == 0:  # resumed a run whose last epoch was written: only the report is left
         say(f"the run in {out} is complete ({config.epochs}/{config.epochs} epochs); rewriting its final report")
         if processes.is_main:
-            last_predictions = predict(model, codec, test_data, crop, device=device, batch_size=config.batch_size,
-                                       workers=config.workers, flip_test=config.flip_test, amp=config.amp)
+            last_predictions = predict(model, codec, test_data, crop, device=device, loader=test_loader,
+                                       flip_test=config.flip_test, amp=config.amp)
     summary = {"out": str(out), "epochs_completed": history[-1]["epoch"] if history else 0, "finished": finished,
                "history": history, "best": best, "baseline": baseline, "config": config.to_dict(), "model": model}
     if processes.is_main and finished and last_predictions is not None:

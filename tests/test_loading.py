@@ -8,6 +8,8 @@ from h3r.crops import CropDataset
 from h3r.data import open_dataset
 from h3r.loading import SMALL_TENSOR_BYTES, EpochBatches, WorkerCollate, _by_value, _ByValue
 from h3r.runtime import Processes
+import h3r.train as train_module
+from h3r.evaluate import eval_loader
 from h3r.train import train, train_loader
 from tests.test_train import quiet, tiny_config
 
@@ -84,9 +86,15 @@ def test_a_worker_batch_sends_one_shared_memory_tensor(monkeypatch):
             assert torch.equal(batch[key], expected[key]), key
 
 
-def test_training_does_not_depend_on_the_number_of_workers(tmp_path):
+def test_training_does_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+    """Workers kept across epochs (training and test loaders, each made once per run) give the
+    losses, test metrics and weights of loading in the main process."""
+    made = []
+    monkeypatch.setattr(train_module, "eval_loader", lambda *a, **k: made.append(k) or eval_loader(*a, **k))
     runs = [train(tiny_config(tmp_path / str(workers), workers=workers, epochs=3, eval_every=1), log=quiet)
             for workers in (0, 2)]
-    assert [r["train_loss"] for r in runs[0]["history"]] == [r["train_loss"] for r in runs[1]["history"]]
+    assert [made_with["workers"] for made_with in made] == [0, 2] and all(k["persistent"] for k in made)
+    for key in ("train_loss", "test"):
+        assert [r[key] for r in runs[0]["history"]] == [r[key] for r in runs[1]["history"]], key
     weights = [run["model"].state_dict() for run in runs]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
