@@ -58,10 +58,6 @@ class EpochBatches(Sampler):
             yield batch
 
 
-def _tensor(array) -> torch.Tensor:
-    return torch.from_numpy(array)
-
-
 class _ByValue:
     """A tensor that pickles as its numpy array and unpickles as a tensor again (no shared memory)."""
 
@@ -69,7 +65,7 @@ class _ByValue:
         self.array = tensor.numpy()
 
     def __reduce__(self):
-        return _tensor, (self.array,)
+        return torch.from_numpy, (self.array,)
 
 
 def _by_value(value: Any) -> Any:

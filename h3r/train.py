@@ -211,7 +211,8 @@ def benchmark_loader(config: TrainConfig, batches: int = 50, step_ms: float = 0.
         before = time.perf_counter()
         images += len(next(iterator)["index"])
         waiting += time.perf_counter() - before
-        time.sleep(step_ms / 1000)
+        if step_ms:
+            time.sleep(step_ms / 1000)
     elapsed = time.perf_counter() - start
     return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
             "loader_wait_fraction": waiting / elapsed if elapsed > 0 else float("nan"), "step_ms": step_ms,

@@ -4,12 +4,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 import torch.multiprocessing.reductions as reductions
+import h3r.train as train_module
 from h3r.crops import CropDataset
 from h3r.data import open_dataset
+from h3r.evaluate import eval_loader
 from h3r.loading import SMALL_TENSOR_BYTES, EpochBatches, WorkerCollate, _by_value, _ByValue
 from h3r.runtime import Processes
-import h3r.train as train_module
-from h3r.evaluate import eval_loader
 from h3r.train import train, train_loader
 from tests.test_train import quiet, tiny_config
 
