@@ -110,7 +110,7 @@ def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, vi
     height, width = image.shape[:2]
     pillow = _pillow_affine_data(plan["affine"])
     x0, y0, x1, y1 = read_region(pillow, transform.config.input_size, width, height)
-    region = np.ascontiguousarray(image[y0:y1 + 1, x0:x1 + 1])
+    region = np.array(image[y0:y1 + 1, x0:x1 + 1])  # a copy: the image may be a read-only cache view
     jitter = plan["jitter"]
     return {
         "pixels": torch.from_numpy(region),

@@ -162,7 +162,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     running.add_argument("--stop-after", type=counting_number(1), metavar="EPOCHS",
                          help="stop after this many epochs (continue later with --resume)")
     running.add_argument("--data-only", action="store_true",
-                         help="measure how many images/s the data loader delivers without the model, then exit")
+                         help="measure how many images/s the data loader delivers without the model (two epochs of at "
+                              "most 200 batches), then exit")
     running.add_argument("--step-ms", type=counting_number(1), metavar="MS",
                          help="with --data-only: a stand-in for the training step (MS ms of sleep per batch) and "
                               "the share of the time the loop would wait for the loader")
@@ -249,11 +250,15 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         result = benchmark_loader(config, step_ms=args.step_ms or 0)
         step = f", a {args.step_ms} ms step per batch" if args.step_ms else ""
         print(f"data loading alone ({config.dataset} {config.train_split}, batch {result['batch_size']}, "
-              f"{result['workers']} workers{step}): {result['images_per_s']:.0f} images/s "
-              f"({result['images']} images in {result['seconds']:.1f} s)")
+              f"{result['workers']} workers{step}):")
+        for epoch in result["epochs"]:
+            waited = (f"; the loop waited for the loader {100 * epoch['loader_wait_fraction']:.1f}% of the time"
+                      if args.step_ms else "")
+            print(f"  epoch {epoch['epoch']}: {epoch['images_per_s']:.0f} images/s "
+                  f"({epoch['images']} images in {epoch['seconds']:.1f} s){waited}")
         if args.step_ms:
-            print(f"the loop waited for the loader {100 * result['loader_wait_fraction']:.1f}% of the time "
-                  f"(a step of {args.step_ms} ms alone would give {1000 * config.batch_size / args.step_ms:.0f} images/s)")
+            print(f"a step of {args.step_ms} ms alone would give {1000 * config.batch_size / args.step_ms:.0f} images/s; "
+                  f"the first epoch renders the synthetic images, later ones read them from the cache")
         else:
             print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
         return 0

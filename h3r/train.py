@@ -187,36 +187,50 @@ def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[
     return factor
 
 
-def benchmark_loader(config: TrainConfig, batches: int = 50, step_ms: float = 0.0) -> dict[str, float]:
-    """Images/s of the training loader alone (augmentation and decoding, no model).
+def benchmark_loader(config: TrainConfig, batches: int = 200, step_ms: float = 0.0, epochs: int = 2) -> dict[str, Any]:
+    """Images/s of the training loader alone (augmentation and decoding, no model), per epoch.
 
     Compare with ``images_per_s`` in ``metrics.jsonl``: when the two are close, loading is
     the bottleneck (add ``workers``). With ``step_ms``, each batch is followed by that many
     milliseconds of sleep, a stand-in for a training step that leaves the CPU to the workers
     (as a GPU step mostly does), and ``loader_wait_fraction`` is the share of the time spent
     waiting for the next batch, as the training loop reports it.
+
+    Times ``epochs`` epochs of at most ``batches`` batches, as training runs them (persistent
+    workers; the first batch, which includes starting the workers, is not counted). The first
+    epoch renders the synthetic images, later ones read them from the cache (those of an epoch
+    cut short by ``batches`` are rendered when first read). ``epochs`` holds one record per
+    epoch; the top-level figures are the last epoch's.
     """
+    if epochs < 1:
+        raise ValueError(f"epochs: expected >= 1, got {epochs}")
     check_reader_options(config.dataset, config.train_options, "train_options")
     seed_everything(config.seed)
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
     crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, config.crop, seed=config.seed)
-    _, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
+    sampler, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
     if len(loader) < 2:
         raise ValueError(f"data-only: {len(crops)} items make {len(loader)} batch of {config.batch_size}; "
                          f"the benchmark skips the first batch and needs at least 2")
-    iterator = iter(loader)
-    next(iterator)  # the first batch includes starting the workers
-    images, waiting, start = 0, 0.0, time.perf_counter()
-    for _ in range(min(batches, len(loader) - 1)):
-        before = time.perf_counter()
-        images += len(next(iterator)["index"])
-        waiting += time.perf_counter() - before
-        if step_ms:
-            time.sleep(step_ms / 1000)
-    elapsed = time.perf_counter() - start
-    return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
-            "loader_wait_fraction": waiting / elapsed if elapsed > 0 else float("nan"), "step_ms": step_ms,
-            "workers": config.workers, "batch_size": config.batch_size}
+    records = []
+    for epoch in range(epochs):
+        iterator = epoch_batches(sampler, loader, epoch)
+        if epoch == 0:
+            next(iterator)  # the first batch includes starting the workers
+        images, waiting, start = 0, 0.0, time.perf_counter()
+        for _ in range(min(batches, len(loader) - (epoch == 0))):
+            before = time.perf_counter()
+            images += len(next(iterator)["index"])
+            waiting += time.perf_counter() - before
+            if step_ms:
+                time.sleep(step_ms / 1000)
+        elapsed = time.perf_counter() - start
+        records.append({"epoch": epoch + 1, "images": images, "seconds": elapsed,
+                        "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
+                        "loader_wait_fraction": waiting / elapsed if elapsed > 0 else float("nan")})
+        del iterator
+    return {**records[-1], "epochs": records, "step_ms": step_ms, "workers": config.workers,
+            "batch_size": config.batch_size}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_face_layout_is_wflw():
 def test_landmarks_lie_on_image_structure():
     """Without noise, blur, lighting and occluders, nearly every landmark sits on an edge or
     corner (contrast in its 3x3 neighbourhood), far more often than random pixels do."""
-    dataset = SyntheticFaces(size=10, image_size=IMAGE_SIZE)
+    dataset = SyntheticFaces(size=10, image_size=IMAGE_SIZE, cache_images=False)
     rng = np.random.default_rng(0)
     plain = Finish(gain=1.0, slope=0.0, direction=0.0, blur=0.0, noise=0.0, grey=False, noise_seed=0)
     at_landmarks, at_random = [], []

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from h3r.data.cache import CachedImage
+
 
 def first_non_finite(values: np.ndarray) -> tuple[int, ...] | None:
     """The index of the first non-finite entry of ``values``, or ``None``."""
@@ -103,6 +105,8 @@ def require_images(entries: Iterable[tuple[str | os.PathLike, str]]) -> None:
 
 
 def _describe_loader(loader: Any) -> str:
+    if isinstance(loader, CachedImage):
+        loader = loader.decode
     if isinstance(loader, functools.partial):
         return ", ".join(str(argument) for argument in loader.args)
     return repr(loader)

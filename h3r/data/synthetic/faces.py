@@ -15,9 +15,9 @@ from h3r import metrics
 from h3r.data.base import landmark_box
 from h3r.data.faces import FaceDataset
 from h3r.data.synthetic.scenery import (DEFAULT_SIZES, SUPERSAMPLE, Finish, Shape, _canvas, _check_split, _colour,
-                                        _ellipse_points, _finish, _item_rng, _new_canvas, _placement_shift,
-                                        _random_clutter, _random_colour, _random_finish, _random_shape, _rotation,
-                                        _skin_colour)
+                                        _ellipse_points, _finish, _image_loaders, _item_rng, _new_canvas,
+                                        _placement_shift, _random_clutter, _random_colour, _random_finish,
+                                        _random_shape, _rotation, _skin_colour)
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
 
 @dataclass(frozen=True)
@@ -378,6 +378,9 @@ class SyntheticFaces(FaceDataset):
             overhang the border by up to 20 % of its extent).
         max_rotation, max_yaw, max_pitch: pose ranges in degrees (uniform in ±max).
         occlusion_prob: probability of an occluder over part of the face.
+        cache_images: keep each rendered image in shared memory (``size`` × ``image_size``² × 3
+            bytes, filled as items are first read), so that it is rendered once, not once per epoch
+            and per evaluation; off where it would take over a quarter of the free ``/dev/shm``.
 
     Every landmark is annotated (``visible`` all True, as WFLW); ``meta["occluded"]`` marks
     those under an occluder, ``meta["yaw"]``/``["pitch"]``/``["roll"]`` give the pose
@@ -392,7 +395,7 @@ class SyntheticFaces(FaceDataset):
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 128, *,
                  keep_inside: bool = True, max_rotation: float = 30.0, max_yaw: float = 30.0,
-                 max_pitch: float = 12.0, occlusion_prob: float = 0.3):
+                 max_pitch: float = 12.0, occlusion_prob: float = 0.3, cache_images: bool = True):
         _check_split(split)
         size = DEFAULT_SIZES[split] if size is None else size
         if size < 1 or image_size < 16:
@@ -406,7 +409,8 @@ class SyntheticFaces(FaceDataset):
                   if scene.occluders else np.zeros(WFLW_NUM_KEYPOINTS, dtype=bool),
                   "yaw": math.degrees(scene.pose.yaw), "pitch": math.degrees(scene.pose.pitch),
                   "roll": math.degrees(scene.pose.roll)} for scene in scenes]
-        super().__init__(split=split, loaders=[functools.partial(render_face, scene) for scene in scenes],
+        loaders = _image_loaders([functools.partial(render_face, scene) for scene in scenes], image_size, cache_images)
+        super().__init__(split=split, loaders=loaders,
                          keypoints=keypoints, boxes=np.stack([scene.box for scene in scenes]),
                          normalisers=metrics.inter_ocular(keypoints, *WFLW_INTER_OCULAR),
                          metas=metas, inter_pupil=metrics.inter_ocular(keypoints, *WFLW_PUPILS))

@@ -16,8 +16,8 @@ from h3r.data.base import LandmarkDataset, Sample, landmark_box
 from h3r.data.coco import COCO_FLIP_PAIRS, COCO_NUM_KEYPOINTS, PERSON_CATEGORY_ID, mean_confident_score
 from h3r.data.synthetic.ground_truth import coco_ground_truth
 from h3r.data.synthetic.scenery import (DEFAULT_SIZES, Finish, Shape, _check_split, _colour, _ellipse_points, _finish,
-                                        _item_rng, _new_canvas, _placement_shift, _random_clutter, _random_colour,
-                                        _random_finish, _random_shape, _rotation, _skin_colour)
+                                        _image_loaders, _item_rng, _new_canvas, _placement_shift, _random_clutter,
+                                        _random_colour, _random_finish, _random_shape, _rotation, _skin_colour)
 
 @dataclass
 class PersonScene:
@@ -245,6 +245,9 @@ class SyntheticPeople(LandmarkDataset):
         keep_inside: keep every joint at least 2 px inside the image (else a person may
             overhang the border by up to 20 % of its extent; joints outside get ``v = 0``).
         occlusion_prob: probability of one or two occluders over the body.
+        cache_images: keep each rendered image in shared memory (``size`` × ``image_size``² × 3
+            bytes, filled as items are first read), so that it is rendered once, not once per epoch
+            and per evaluation; off where it would take over a quarter of the free ``/dev/shm``.
 
     ``visible`` = labelled (COCO ``v > 0``); ``meta["keypoint_flags"]`` holds ``v`` (2 visible,
     1 occluded by an occluder or the head, 0 outside the image); ``meta["area"]`` is the
@@ -258,7 +261,7 @@ class SyntheticPeople(LandmarkDataset):
     flip_pairs = COCO_FLIP_PAIRS
 
     def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 128, *,
-                 keep_inside: bool = True, occlusion_prob: float = 0.35):
+                 keep_inside: bool = True, occlusion_prob: float = 0.35, cache_images: bool = True):
         _check_split(split)
         size = DEFAULT_SIZES[split] if size is None else size
         if size < 1 or image_size < 16:
@@ -266,6 +269,8 @@ class SyntheticPeople(LandmarkDataset):
         self.split, self.seed, self.image_size = split, seed, image_size
         self.scenes = [random_person_scene(_item_rng(seed, split, index), image_size, keep_inside=keep_inside,
                                            occlusion_prob=occlusion_prob) for index in range(size)]
+        self._loaders = _image_loaders([functools.partial(render_person, scene) for scene in self.scenes], image_size,
+                                       cache_images)
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -277,7 +282,7 @@ class SyntheticPeople(LandmarkDataset):
         scene = self.scenes[index]
         keypoints = scene.keypoints.astype(np.float32)
         visible = scene.flags > 0
-        return Sample(load_image=functools.partial(render_person, scene), keypoints=keypoints, visible=visible,
+        return Sample(load_image=self._loaders[index], keypoints=keypoints, visible=visible,
                       box=scene.box.copy(), box_p1=landmark_box(keypoints, visible),
                       meta={"image_id": index + 1, "ann_id": index + 1, "area": scene.area,
                             "keypoint_flags": scene.flags.copy()})

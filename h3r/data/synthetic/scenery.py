@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from h3r.data.cache import SharedImages, shared_memory_allows
 
 SPLIT_STREAMS = {"train": 0, "test": 1}  # the split selects an independent random stream
 DEFAULT_SIZES = {"train": 4000, "test": 500}
@@ -24,6 +27,22 @@ SUPERSAMPLE = 4
 
 def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_STREAMS[split], index])
+
+
+def _image_loaders(renders: Sequence[Callable[[], np.ndarray]], image_size: int,
+                   cache_images: bool) -> list[Callable[[], np.ndarray]]:
+    """Each item's ``load_image``: its render, read through one :class:`SharedImages` with
+    ``cache_images`` (each image rendered once per run, not once per epoch) where shared memory allows."""
+    nbytes = len(renders) * image_size * image_size * 3
+    if cache_images and not shared_memory_allows(nbytes):
+        warnings.warn(f"cache_images: {nbytes / 2 ** 20:.0f} MiB of rendered images would take more than a quarter "
+                      f"of the free shared memory (/dev/shm); rendering every image on each use instead",
+                      ResourceWarning, stacklevel=3)
+        cache_images = False
+    if not cache_images:
+        return list(renders)
+    cache = SharedImages(len(renders), image_size, image_size)
+    return [cache.loader(index, render) for index, render in enumerate(renders)]
 
 
 def _check_split(split: str) -> None:
