@@ -8,7 +8,9 @@ image with Pillow and jitters the colours, all in a DataLoader worker. Here the 
   as :class:`h3r.crops.CropDataset`), build the *same* affine
   (:func:`h3r.transforms.crop_affine`), and cut from the image the smallest axis-aligned
   region the warp reads (the pre-image of the ``S x S`` input, plus a margin). Items are
-  uint8 regions; :func:`collate` pads them to one batch.
+  uint8 regions; :func:`collate` pads them to one batch. A dataset that keeps its images in
+  an image cache (the synthetic sets) can send no pixels at all (``cached_pixels``): the
+  device keeps its own copy of the cache, each image uploaded once.
 * **on the device** (:class:`DeviceAugment`): one batched bilinear warp of the uint8
   regions, the same colour jitter, the same normalisation; keypoints moved by the same
   affines; the visibility and flip rules of the CPU path.
@@ -43,6 +45,7 @@ import torch
 from torch.utils.data import default_collate
 
 from h3r.crops import CropDataset
+from h3r.data.cache import SharedImages
 from h3r.transforms import (GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, apply_affine,
                             crop_affine, flip_permutation)
 
@@ -93,11 +96,13 @@ def read_region(pillow: Sequence[float], size: int, width: int, height: int,
 
 
 def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, visible,
-              rng: Optional[np.random.Generator]) -> dict[str, Any]:
+              rng: Optional[np.random.Generator], *, cut_region: bool = True) -> dict[str, Any]:
     """One item for :class:`DeviceAugment`: the uint8 region the warp reads and the draws.
 
     ``image`` is the decoded ``(H, W, 3)`` uint8 RGB image, ``keypoints`` ``(K, 2)`` and
     ``visible`` ``(K,)`` in image pixels, ``rng`` the item's generator (None: the plain crop).
+    ``cut_region=False``: no ``pixels``, the origin at the image's corner (the warp reads the
+    whole image from :class:`DeviceAugment`'s copy of an image cache).
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     visible = np.asarray(visible, dtype=bool)
@@ -109,11 +114,9 @@ def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, vi
         raise ValueError(f"sample image must be (H, W, 3) uint8 RGB, got shape {image.shape} and dtype {image.dtype}")
     height, width = image.shape[:2]
     pillow = _pillow_affine_data(plan["affine"])
-    x0, y0, x1, y1 = read_region(pillow, transform.config.input_size, width, height)
-    region = np.array(image[y0:y1 + 1, x0:x1 + 1])  # a copy: the image may be a read-only cache view
+    x0, y0, x1, y1 = read_region(pillow, transform.config.input_size, width, height) if cut_region else (0, 0, 0, 0)
     jitter = plan["jitter"]
-    return {
-        "pixels": torch.from_numpy(region),
+    item = {
         "origin": torch.tensor([x0, y0], dtype=torch.int64),
         "image_size": torch.tensor([width, height], dtype=torch.int64),
         "pillow": torch.tensor(pillow, dtype=torch.float64),
@@ -124,10 +127,16 @@ def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, vi
         "image_visible": torch.from_numpy(visible),
         "flipped": plan["flip"],
     }
+    if cut_region:
+        item["pixels"] = torch.from_numpy(np.array(image[y0:y1 + 1, x0:x1 + 1]))  # a copy: the image may be a cache view
+    return item
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch items of :func:`make_item`: regions zero-padded to the largest, ``region_size`` (w, h) kept."""
+    """Batch items of :func:`make_item`: regions zero-padded to the largest, ``region_size`` (w, h) kept
+    (items without ``pixels``, for an image cache, are batched as they are)."""
+    if "pixels" not in items[0]:
+        return default_collate(items)
     height = max(item["pixels"].shape[0] for item in items)
     width = max(item["pixels"].shape[1] for item in items)
     pixels = torch.zeros((len(items), height, width, 3), dtype=torch.uint8)
@@ -146,14 +155,26 @@ class DeviceCropDataset(CropDataset):
     Same seeding (item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``; set
     ``epoch`` or give ``(epoch, position)`` keys as for ``CropDataset``), same draws, same affines; items are
     :func:`make_item` dicts plus ``index``. Use ``collate_fn=DeviceCropDataset.collate``.
+
+    ``cached_pixels=True`` (for a dataset with an ``image_cache``): items carry no pixels; the
+    worker only makes sure the image is in the cache, and the :class:`DeviceAugment` given
+    ``images=dataset.image_cache`` reads it from there.
     """
 
     collate = staticmethod(collate)
 
+    def __init__(self, dataset, crop: CropConfig, seed: Optional[int] = None, indices: Optional[Sequence[int]] = None,
+                 *, cached_pixels: bool = False):
+        super().__init__(dataset, crop, seed, indices)
+        if cached_pixels and getattr(dataset, "image_cache", None) is None:
+            raise ValueError(f"cached_pixels: {getattr(dataset, 'name', type(dataset).__name__)} keeps no image cache")
+        self.cached_pixels = cached_pixels
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, generator = self.resolve(key)
         sample = self.dataset[index]
-        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible, generator)
+        item = make_item(self.transform, sample.image(), sample.box, sample.keypoints, sample.visible, generator,
+                         cut_region=not self.cached_pixels)
         item["index"] = index
         return item
 
@@ -275,14 +296,22 @@ class DeviceAugment:
     ``visible`` (B, K) bool (visible and inside ``[0, S - 1]``, flip pairs swapped),
     ``affine`` (B, 2, 3) float64 image -> input, ``flipped`` (B,) bool, and ``index`` when
     the batch has it; all on ``device``.
+
+    ``images``: the dataset's image cache, for batches without ``pixels``
+    (``DeviceCropDataset(..., cached_pixels=True)``): the warp reads row ``index`` of a copy
+    of it on ``device``, each row uploaded when a batch first needs it (the workers fill the
+    cache before they send a batch that reads it).
     """
 
     def __init__(self, crop: CropConfig, flip_pairs: Sequence[tuple[int, int]] = (), device="cpu", *,
-                 exact: bool = True):
+                 exact: bool = True, images: Optional[SharedImages] = None):
         self.config = crop
         self.flip_pairs = [tuple(pair) for pair in flip_pairs]
         self.device = torch.device(device)
         self.exact = exact
+        self.images = images
+        self._device_images: Optional[torch.Tensor] = None  # the cache's rows on the device
+        self._on_device: Optional[np.ndarray] = None  # which rows are there
         self.mean = torch.tensor(crop.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(crop.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._permutations: dict[int, torch.Tensor] = {}
@@ -293,13 +322,36 @@ class DeviceAugment:
             self._permutations[num_keypoints] = torch.from_numpy(permutation).to(self.device)
         return self._permutations[num_keypoints]
 
+    def _cached_pixels(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` of :attr:`images`, on the device: ``(B, H, W, 3)`` uint8."""
+        if self.images is None:
+            raise ValueError("batch: no 'pixels' (DeviceCropDataset(cached_pixels=True)), and this DeviceAugment "
+                             "was given no image cache to read them from (images=dataset.image_cache)")
+        rows = torch.as_tensor(rows).cpu()
+        if not bool(self.images.filled[rows].all()):
+            raise RuntimeError(f"image cache: rows {rows[~self.images.filled[rows]].tolist()} were never filled; "
+                               f"a DeviceCropDataset with cached_pixels fills them before it sends a batch")
+        if self._device_images is None:
+            self._device_images = torch.empty_like(self.images.pixels, device=self.device)
+            self._on_device = np.zeros(len(self.images), dtype=bool)
+        missing = np.unique(rows.numpy()[~self._on_device[rows.numpy()]])
+        if missing.size:
+            self._device_images[torch.from_numpy(missing).to(self.device)] = (
+                self.images.pixels[torch.from_numpy(missing)].to(self.device))
+            self._on_device[missing] = True
+        return self._device_images[rows.to(self.device)]
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         def put(name):
             return batch[name].to(self.device, non_blocking=True)
 
         size = self.config.input_size
-        crops = warp_bilinear(put("pixels"), put("pillow"), size, image_size=put("image_size"),
-                              origin=put("origin"), region_size=put("region_size"), exact=self.exact)
+        if "pixels" in batch:
+            crops = warp_bilinear(put("pixels"), put("pillow"), size, image_size=put("image_size"),
+                                  origin=put("origin"), region_size=put("region_size"), exact=self.exact)
+        else:
+            crops = warp_bilinear(self._cached_pixels(batch["index"]), put("pillow"), size,
+                                  image_size=put("image_size"), exact=self.exact)
         images = crops.float().mul_(1 / 255)
         jittered = put("jittered")
         if bool(batch["jittered"].any()):

@@ -132,6 +132,16 @@ def open_splits(config: TrainConfig):
     return train_data, test_data
 
 
+def training_crops(config: TrainConfig, train_data) -> CropDataset:
+    """The augmented crops of the training split. With ``gpu_augment`` the workers only decode and cut
+    the region the warp reads (a dataset with an image cache sends no pixels: the device reads its own
+    copy of the cache), and the device warps and jitters (:class:`DeviceAugment`): the same crops."""
+    if config.gpu_augment:
+        return DeviceCropDataset(train_data, config.crop, seed=config.seed,
+                                 cached_pixels=train_data.image_cache is not None)
+    return CropDataset(train_data, config.crop, seed=config.seed)
+
+
 def train_loader(config: TrainConfig, crops: CropDataset, processes: Processes, device: torch.device):
     """The shuffled training loader of this process, with its batch sampler (``set_epoch(e)`` before
     each ``iter``). Its workers persist across epochs: no start-up per epoch, and the next epoch's
@@ -207,7 +217,7 @@ def benchmark_loader(config: TrainConfig, batches: int = 200, step_ms: float = 0
     check_reader_options(config.dataset, config.train_options, "train_options")
     seed_everything(config.seed)
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
-    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, config.crop, seed=config.seed)
+    crops = training_crops(config, train_data)
     sampler, loader = train_loader(config, crops, Processes(), torch.device("cpu"))
     if len(loader) < 2:
         raise ValueError(f"data-only: {len(crops)} items make {len(loader)} batch of {config.batch_size}; "
@@ -317,9 +327,9 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
             except ValueError as error:
                 raise CheckpointError(f"pretrained: {error}") from None
     model.to(device)
-    # --gpu-augment: workers decode and cut the region the warp reads; the device warps and jitters (same crops).
-    crops = (DeviceCropDataset if config.gpu_augment else CropDataset)(train_data, config.crop, seed=config.seed)
-    augment = DeviceAugment(config.crop, train_data.flip_pairs, device) if config.gpu_augment else None
+    crops = training_crops(config, train_data)
+    augment = (DeviceAugment(config.crop, train_data.flip_pairs, device, images=train_data.image_cache)
+               if config.gpu_augment else None)
     sampler, loader = train_loader(config, crops, processes, device)
     optimizer = build_optimizer(config, model, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, len(loader)))

@@ -216,3 +216,47 @@ def test_warp_in_chunks_equals_one_pass():
         parts = warp_bilinear(pixels, pillow, 12, region_size=sizes, image_size=sizes, chunk_pixels=chunk)
         assert torch.equal(parts, whole), chunk
     assert whole.is_contiguous() and whole.shape == (5, 3, 12, 12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "float32"])
+def test_cached_pixels_give_the_batches_of_the_regions(faces, device, exact):
+    """A dataset with an image cache sends no pixels: the warp reads the device's copy of the
+    cache, and the batch is the one the regions give, bit for bit."""
+    regions = DeviceCropDataset(faces, CROP, seed=4)
+    cached = DeviceCropDataset(faces, CROP, seed=4, cached_pixels=True)
+    augment = DeviceAugment(CROP, faces.flip_pairs, device, exact=exact, images=faces.image_cache)
+    for epoch in (0, 1):
+        positions = [(epoch, position) for position in range(len(faces))]
+        items = [cached[key] for key in positions]
+        assert "pixels" not in items[0]
+        expected = augment(collate([regions[key] for key in positions]))
+        out = augment(collate(items))
+        for key in ("image", "keypoints", "visible", "affine", "flipped", "index"):
+            assert torch.equal(out[key], expected[key]), key
+
+
+def test_cached_pixels_through_workers(faces):
+    """Workers fill the cache of the process that made it; that process's DeviceAugment reads it."""
+    fresh = open_dataset("synthetic-face", split="train", size=8, image_size=72)
+    loader = DataLoader(DeviceCropDataset(fresh, CROP, seed=5, indices=range(8), cached_pixels=True), batch_size=8,
+                        num_workers=2, collate_fn=DeviceCropDataset.collate)
+    out = DeviceAugment(CROP, fresh.flip_pairs, images=fresh.image_cache)(next(iter(loader)))
+    regions = DeviceCropDataset(faces, CROP, seed=5)
+    expected = DeviceAugment(CROP, faces.flip_pairs)(collate([regions[i] for i in range(8)]))
+    for key in ("image", "keypoints", "visible", "affine", "flipped"):
+        assert torch.equal(out[key], expected[key]), key
+
+
+def test_cached_pixels_need_a_cache(faces):
+    uncached = open_dataset("synthetic-face", split="train", size=2, image_size=72, cache_images=False)
+    with pytest.raises(ValueError, match="cached_pixels: synthetic-face keeps no image cache"):
+        DeviceCropDataset(uncached, CROP, cached_pixels=True)
+    fresh = open_dataset("synthetic-face", split="train", size=2, image_size=72)
+    batch = collate([DeviceCropDataset(fresh, CROP, cached_pixels=True)[i] for i in range(2)])
+    with pytest.raises(ValueError, match=r"no 'pixels' .* was given no image cache to read them from "
+                                         r"\(images=dataset.image_cache\)"):
+        DeviceAugment(CROP, fresh.flip_pairs)(batch)
+    unread = open_dataset("synthetic-face", split="train", size=2, image_size=72)
+    with pytest.raises(RuntimeError, match=r"image cache: rows \[0, 1\] were never filled"):
+        DeviceAugment(CROP, fresh.flip_pairs, images=unread.image_cache)(batch)

@@ -6,9 +6,12 @@ the centre of the top-left pixel is ``(0, 0)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from h3r.data.cache import SharedImages
 
 
 @dataclass
@@ -43,6 +46,8 @@ class LandmarkDataset:
         num_keypoints: K.
         flip_pairs: 0-based index pairs swapped by a horizontal flip.
         split: the split this object holds.
+        image_cache: where the dataset keeps its decoded images for every process, row ``i``
+            holding item ``i``'s (the synthetic sets), or None.
     Methods:
         ``__len__``, ``__getitem__(i) -> Sample``,
         ``evaluate(predictions, indices=None) -> dict[str, float]``: the dataset's standard
@@ -54,6 +59,7 @@ class LandmarkDataset:
     num_keypoints: int
     flip_pairs: Sequence[tuple[int, int]]
     split: str
+    image_cache: Optional[SharedImages] = None
 
     def __len__(self) -> int:  # pragma: no cover - protocol
         raise NotImplementedError

@@ -409,7 +409,8 @@ class SyntheticFaces(FaceDataset):
                   if scene.occluders else np.zeros(WFLW_NUM_KEYPOINTS, dtype=bool),
                   "yaw": math.degrees(scene.pose.yaw), "pitch": math.degrees(scene.pose.pitch),
                   "roll": math.degrees(scene.pose.roll)} for scene in scenes]
-        loaders = _image_loaders([functools.partial(render_face, scene) for scene in scenes], image_size, cache_images)
+        loaders, self.image_cache = _image_loaders([functools.partial(render_face, scene) for scene in scenes],
+                                                   image_size, cache_images)
         super().__init__(split=split, loaders=loaders,
                          keypoints=keypoints, boxes=np.stack([scene.box for scene in scenes]),
                          normalisers=metrics.inter_ocular(keypoints, *WFLW_INTER_OCULAR),

@@ -269,8 +269,8 @@ class SyntheticPeople(LandmarkDataset):
         self.split, self.seed, self.image_size = split, seed, image_size
         self.scenes = [random_person_scene(_item_rng(seed, split, index), image_size, keep_inside=keep_inside,
                                            occlusion_prob=occlusion_prob) for index in range(size)]
-        self._loaders = _image_loaders([functools.partial(render_person, scene) for scene in self.scenes], image_size,
-                                       cache_images)
+        self._loaders, self.image_cache = _image_loaders(
+            [functools.partial(render_person, scene) for scene in self.scenes], image_size, cache_images)
 
     def __len__(self) -> int:
         return len(self.scenes)

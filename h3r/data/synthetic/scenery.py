@@ -13,7 +13,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -30,9 +30,10 @@ def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _image_loaders(renders: Sequence[Callable[[], np.ndarray]], image_size: int,
-                   cache_images: bool) -> list[Callable[[], np.ndarray]]:
-    """Each item's ``load_image``: its render, read through one :class:`SharedImages` with
-    ``cache_images`` (each image rendered once per run, not once per epoch) where shared memory allows."""
+                   cache_images: bool) -> tuple[list[Callable[[], np.ndarray]], Optional[SharedImages]]:
+    """Each item's ``load_image`` and the cache they read through: its render, read through one
+    :class:`SharedImages` with ``cache_images`` (each image rendered once per run, not once per
+    epoch) where shared memory allows; else the renders themselves and None."""
     nbytes = len(renders) * image_size * image_size * 3
     if cache_images and not shared_memory_allows(nbytes):
         warnings.warn(f"cache_images: {nbytes / 2 ** 20:.0f} MiB of rendered images would take more than a quarter "
@@ -40,9 +41,9 @@ def _image_loaders(renders: Sequence[Callable[[], np.ndarray]], image_size: int,
                       ResourceWarning, stacklevel=3)
         cache_images = False
     if not cache_images:
-        return list(renders)
+        return list(renders), None
     cache = SharedImages(len(renders), image_size, image_size)
-    return [cache.loader(index, render) for index, render in enumerate(renders)]
+    return [cache.loader(index, render) for index, render in enumerate(renders)], cache
 
 
 def _check_split(split: str) -> None:
