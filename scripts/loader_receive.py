@@ -1,37 +1,41 @@
 """How long the training process spends receiving one batch from a data-loader worker.
 
-A loader of precomputed items (no decoding, no augmentation), 2 persistent workers kept well
-ahead (the loop sleeps 15 ms per batch), ``h3r.loading.WorkerCollate`` as in training: the
-median time of ``next()`` over 50 batches of 32 is what remains of the loader in the training
-process once the workers keep up. Run: ``python scripts/loader_receive.py``.
+One real item of the main job (``h3r train``'s defaults) for each way a batch can travel,
+repeated by a loader of 2 persistent workers kept well ahead (the loop sleeps 15 ms per batch)
+with ``h3r.loading.WorkerCollate`` as in training: the median time of ``next()`` over 50 batches
+of 32 is what remains of the loader in the training process once the workers keep up.
+Run: ``python scripts/loader_receive.py``.
 """
+import copy
 import statistics
 import time
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
+from h3r.augment import DeviceCropDataset
+from h3r.configs import load_config
+from h3r.crops import CropDataset
+from h3r.data import open_dataset
 from h3r.loading import WorkerCollate
 
 BATCH, BATCHES = 32, 50
 
 
-class Precomputed(Dataset):
-    """Items shaped like a training item (image of ``shape``, 98 keypoints) that cost nothing to make."""
+class Repeated(Dataset):
+    """One item, copied for every index: items that cost nothing to make."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
-        self.image = torch.zeros(shape, dtype=dtype)
+    def __init__(self, item: dict):
+        self.item = item
 
     def __len__(self) -> int:
         return BATCH * (BATCHES + 10)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.image.clone(), "keypoints": torch.zeros(98, 2), "visible": torch.ones(98, dtype=torch.bool),
-                "affine": torch.zeros(2, 3, dtype=torch.float64), "index": index}
+        return copy.deepcopy(self.item)
 
 
-def receive_ms(shape: tuple[int, ...], dtype: torch.dtype) -> float:
-    loader = DataLoader(Precomputed(shape, dtype), batch_size=BATCH, num_workers=2, collate_fn=WorkerCollate(),
+def receive_ms(item: dict, collate) -> float:
+    loader = DataLoader(Repeated(item), batch_size=BATCH, num_workers=2, collate_fn=WorkerCollate(collate),
                         persistent_workers=True, prefetch_factor=4)
     batches = iter(loader)
     next(batches)
@@ -46,7 +50,15 @@ def receive_ms(shape: tuple[int, ...], dtype: torch.dtype) -> float:
 
 
 if __name__ == "__main__":
-    for what, shape, dtype in (("crops (CPU augmentation)", (3, 64, 64), torch.float32),
-                               ("regions (--gpu-augment)", (60, 60, 3), torch.uint8)):
-        print(f"{what}: {tuple(shape)} {dtype}, batch {BATCH}: {receive_ms(shape, dtype):.2f} ms per batch "
+    config = load_config()
+    faces = open_dataset(config.dataset, split=config.train_split, **{**config.train_options, "size": 1})
+    ways = (("crops (CPU augmentation)", CropDataset(faces, config.crop, seed=0), None),
+            ("regions (--gpu-augment)", DeviceCropDataset(faces, config.crop, seed=0), DeviceCropDataset.collate),
+            ("no pixels (--gpu-augment, image cache)", DeviceCropDataset(faces, config.crop, seed=0, cached_pixels=True),
+             DeviceCropDataset.collate))
+    for what, crops, collate in ways:
+        item = crops[0]
+        pixels = item.get("image", item.get("pixels"))
+        image = "no image" if pixels is None else f"{tuple(pixels.shape)} {pixels.dtype}"
+        print(f"{what}: {image} per item, batch {BATCH}: {receive_ms(item, collate):.2f} ms per batch "
               f"(median of {BATCHES})")
