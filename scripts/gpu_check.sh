@@ -123,7 +123,7 @@ grep -E "^train step:" "$OUT/step.log" 2>/dev/null
 STEP=5
 # 5. The main job on the GPU: low-resolution synthetic faces, bf16 (run folders outside $OUT:
 #    few files come back), with the CPU augmentation (with BASELINE, also the baseline tree's, for the
-#    loader before and after) and then with the on-device one.
+#    loader before and after) and then with the on-device one; then the loader alone (--data-only).
 TRAIN_ARGS=(--device cuda --amp bf16 --workers 8 --no-progress)
 # [TREE=folder] train_run NAME LOG FOLDER ARGS...: 'h3r train' of TREE (default: this tree) with TRAIN_ARGS and
 # ARGS into FOLDER (emptied first), its metrics appended to LOG.
@@ -141,6 +141,11 @@ if [[ -n "${BASELINE:-}" && -f "${BASELINE}/h3r/train.py" ]]; then
   TREE=$BASELINE train_run "train at the baseline" "$OUT/train_baseline.log" /tmp/h3r-gpu-train-baseline
 fi
 train_run "train --gpu-augment" "$OUT/train_gpu_augment.log" /tmp/h3r-gpu-train-augment --gpu-augment
+# The loader alone with the same 8 workers, per epoch (the first renders the images, the second reads the cache):
+# how many images/s it could feed, with the CPU augmentation and with the on-device one.
+run_step "loader alone" "${LOADER_TIMEOUT:-60}" "$OUT/data_only.log" bash -c \
+  'python3 -m h3r train --data-only --workers 8 && python3 -m h3r train --data-only --workers 8 --gpu-augment'
+grep -E "epoch [12]:" "$OUT/data_only.log" 2>/dev/null
 
 STEP=6
 # 6. The training step captured in a CUDA graph: its tests (a short run against the eager one,
