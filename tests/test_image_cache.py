@@ -82,7 +82,7 @@ def test_no_cache_where_shared_memory_is_short(monkeypatch, tmp_path):
     assert shared_memory_allows(1, str(tmp_path)) and not shared_memory_allows(2 ** 62, str(tmp_path))
     assert shared_memory_allows(2 ** 62, str(tmp_path / "absent"))  # no /dev/shm: nothing to measure
     monkeypatch.setattr(scenery, "shared_memory_allows", lambda nbytes: False)
-    with pytest.warns(ResourceWarning, match=r"cache_images: 0 MiB of rendered images would take more than a "
+    with pytest.warns(UserWarning, match=r"cache_images: 0 MiB of rendered images would take more than a "
                                              r"quarter of the free shared memory"):
         faces = SyntheticFaces("test", size=2, image_size=32)
     assert faces[0].image().flags.writeable  # rendered on each use

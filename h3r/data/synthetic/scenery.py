@@ -38,7 +38,7 @@ def _image_loaders(renders: Sequence[Callable[[], np.ndarray]], image_size: int,
     if cache_images and not shared_memory_allows(nbytes):
         warnings.warn(f"cache_images: {nbytes / 2 ** 20:.0f} MiB of rendered images would take more than a quarter "
                       f"of the free shared memory (/dev/shm); rendering every image on each use instead",
-                      ResourceWarning, stacklevel=3)
+                      UserWarning, stacklevel=3)
         cache_images = False
     if not cache_images:
         return list(renders), None
