@@ -238,7 +238,6 @@ def benchmark_loader(config: TrainConfig, batches: int = 200, step_ms: float = 0
         records.append({"epoch": epoch + 1, "images": images, "seconds": elapsed,
                         "images_per_s": images / elapsed if elapsed > 0 else float("nan"),
                         "loader_wait_fraction": waiting / elapsed if elapsed > 0 else float("nan")})
-        del iterator
     return {**records[-1], "epochs": records, "step_ms": step_ms, "workers": config.workers,
             "batch_size": config.batch_size}
 

@@ -37,8 +37,9 @@ class SharedImages:
     shared-memory handle (spawn), so an image decoded by one worker is read by every process
     afterwards. :meth:`load` returns a read-only view into the cache, so nothing that reads an
     image can change what the next reader gets. An image is written whole before its
-    ``filled`` flag; two processes that decode the same item at once write the same pixels
-    (decoders are deterministic).
+    ``filled`` flag, and a process learns of an item another one read through the loader's
+    pipes (a batch, then the next indices), which order the two; two processes that decode the
+    same item at once write the same pixels (decoders are deterministic).
     """
 
     def __init__(self, count: int, height: int, width: int):
