@@ -1,10 +1,13 @@
 """The procedural datasets: determinism, layout (WFLW faces, COCO people), protocol, speed."""
 import dataclasses
+import pickle
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 
+import h3r.data.synthetic.scenery as scenery
 from h3r.data.coco import COCO_FLIP_PAIRS
 from h3r.data.synthetic import (FacePose, Finish, PersonScene, Shape, SyntheticFaces, SyntheticPeople, face_landmarks,
                                 random_body, random_face_shape, render_face, render_person)
@@ -253,3 +256,40 @@ def test_rendering_is_fast(kind):
     for index in range(len(dataset)):
         dataset[index].image()
     assert (time.perf_counter() - start) / len(dataset) < 0.01
+
+
+@pytest.mark.parametrize("kind", [SyntheticFaces, SyntheticPeople])
+def test_large_sets_draw_the_same_scenes_in_parallel(kind, monkeypatch):
+    """Sets of PARALLEL_SCENES items or more draw their scenes in forked processes: the same scenes."""
+    monkeypatch.setattr(scenery, "PARALLEL_SCENES", 8)
+    monkeypatch.setattr(scenery.os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    calls = []
+    monkeypatch.setattr(scenery, "ProcessPoolExecutor",
+                        lambda *args, **kwargs: calls.append(args) or ProcessPoolExecutor(*args, **kwargs))
+    parallel = kind("train", size=24, image_size=40, cache_images=False)
+    assert calls == [(3,)]
+    monkeypatch.setattr(scenery, "PARALLEL_SCENES", 10 ** 9)
+    serial = kind("train", size=24, image_size=40, cache_images=False)
+    assert len(calls) == 1
+    for index in range(24):
+        ours, theirs = parallel[index], serial[index]
+        assert np.array_equal(ours.keypoints, theirs.keypoints) and np.array_equal(ours.box, theirs.box)
+        assert same_values(ours.load_image.args[0], theirs.load_image.args[0])
+        assert np.array_equal(ours.image(), theirs.image())
+
+
+def same_values(a, b) -> bool:
+    """Equal, field by field and element by element (bit for bit for floats and arrays)."""
+    if type(a) is not type(b):
+        return False
+    if dataclasses.is_dataclass(a):
+        return all(same_values(getattr(a, field.name), getattr(b, field.name)) for field in dataclasses.fields(a))
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_values(a[key], b[key]) for key in a)
+    if isinstance(a, float):
+        return pickle.dumps(a) == pickle.dumps(b)
+    return a == b

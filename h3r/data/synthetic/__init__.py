@@ -12,7 +12,8 @@ that their rendered centres are unbiased (see ``_canvas``); Pillow's inclusive e
 filled shapes by ~1/8 px per side.
 
 A dataset builds every item's *scene* (geometry, colours, clutter) when constructed, which
-takes ~2.5 ms per item; ``Sample.load_image`` renders it on demand (~1-2 ms at 96-128 px) and is
+takes ~2.5 ms per item (sets of 400 items or more are drawn by forked processes, one per
+core); ``Sample.load_image`` renders it on demand (~1-2 ms at 96-128 px) and is
 picklable, so data-loader workers can render in parallel. Rendered images are kept in shared
 memory (:class:`h3r.data.cache.SharedImages`, ``cache_images=True``): each is rendered once per
 run, by whichever process reads it first, and read from the cache by every process afterwards.

@@ -15,7 +15,7 @@ from h3r import metrics
 from h3r.data.base import landmark_box
 from h3r.data.faces import FaceDataset
 from h3r.data.synthetic.scenery import (DEFAULT_SIZES, SUPERSAMPLE, Finish, Shape, _canvas, _check_split, _colour,
-                                        _ellipse_points, _finish, _image_loaders, _item_rng, _new_canvas,
+                                        _draw_scenes, _ellipse_points, _finish, _image_loaders, _new_canvas,
                                         _placement_shift, _random_clutter, _random_colour, _random_finish,
                                         _random_shape, _rotation, _skin_colour)
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
@@ -401,9 +401,9 @@ class SyntheticFaces(FaceDataset):
         if size < 1 or image_size < 16:
             raise ValueError(f"size must be >= 1 and image_size >= 16, got {size} and {image_size}")
         self.seed, self.image_size = seed, image_size
-        scenes = [random_face_scene(_item_rng(seed, split, index), image_size, keep_inside=keep_inside,
-                                    max_rotation=max_rotation, max_yaw=max_yaw, max_pitch=max_pitch,
-                                    occlusion_prob=occlusion_prob) for index in range(size)]
+        scenes = _draw_scenes(functools.partial(random_face_scene, image_size=image_size, keep_inside=keep_inside,
+                                                max_rotation=max_rotation, max_yaw=max_yaw, max_pitch=max_pitch,
+                                                occlusion_prob=occlusion_prob), seed, split, size)
         keypoints = np.stack([scene.landmarks for scene in scenes])
         metas = [{"occluded": np.any([shape.contains(scene.landmarks) for shape in scene.occluders], axis=0)
                   if scene.occluders else np.zeros(WFLW_NUM_KEYPOINTS, dtype=bool),

@@ -15,9 +15,10 @@ from h3r import metrics
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
 from h3r.data.coco import COCO_FLIP_PAIRS, COCO_NUM_KEYPOINTS, PERSON_CATEGORY_ID, mean_confident_score
 from h3r.data.synthetic.ground_truth import coco_ground_truth
-from h3r.data.synthetic.scenery import (DEFAULT_SIZES, Finish, Shape, _check_split, _colour, _ellipse_points, _finish,
-                                        _image_loaders, _item_rng, _new_canvas, _placement_shift, _random_clutter,
-                                        _random_colour, _random_finish, _random_shape, _rotation, _skin_colour)
+from h3r.data.synthetic.scenery import (DEFAULT_SIZES, Finish, Shape, _check_split, _colour, _draw_scenes,
+                                        _ellipse_points, _finish, _image_loaders, _new_canvas, _placement_shift,
+                                        _random_clutter, _random_colour, _random_finish, _random_shape, _rotation,
+                                        _skin_colour)
 
 @dataclass
 class PersonScene:
@@ -267,8 +268,9 @@ class SyntheticPeople(LandmarkDataset):
         if size < 1 or image_size < 16:
             raise ValueError(f"size must be >= 1 and image_size >= 16, got {size} and {image_size}")
         self.split, self.seed, self.image_size = split, seed, image_size
-        self.scenes = [random_person_scene(_item_rng(seed, split, index), image_size, keep_inside=keep_inside,
-                                           occlusion_prob=occlusion_prob) for index in range(size)]
+        self.scenes = _draw_scenes(functools.partial(random_person_scene, image_size=image_size,
+                                                     keep_inside=keep_inside, occlusion_prob=occlusion_prob),
+                                   seed, split, size)
         self._loaders, self.image_cache = _image_loaders(
             [functools.partial(render_person, scene) for scene in self.scenes], image_size, cache_images)
 

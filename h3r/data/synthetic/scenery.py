@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
+import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -23,10 +26,31 @@ from h3r.data.cache import SharedImages, shared_memory_allows
 SPLIT_STREAMS = {"train": 0, "test": 1}  # the split selects an independent random stream
 DEFAULT_SIZES = {"train": 4000, "test": 500}
 SUPERSAMPLE = 4
+PARALLEL_SCENES = 400  # sets of at least this many items draw their scenes in several processes
 
 
 def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_STREAMS[split], index])
+
+
+def _draw_range(draw: Callable[[np.random.Generator], Any], seed: int, split: str, start: int, stop: int) -> list:
+    return [draw(_item_rng(seed, split, index)) for index in range(start, stop)]
+
+
+def _draw_scenes(draw: Callable[[np.random.Generator], Any], seed: int, split: str, size: int) -> list:
+    """``[draw(_item_rng(seed, split, i)) for i in range(size)]``: a scene depends on its index
+    alone, so sets of :data:`PARALLEL_SCENES` items or more are drawn by forked processes, one
+    per core (at most 16), with the same result."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = min(cores, 16, size // (PARALLEL_SCENES // 2))
+    if (processes < 2 or "fork" not in multiprocessing.get_all_start_methods()
+            or multiprocessing.current_process().daemon):  # a data-loader worker may not have children
+        return _draw_range(draw, seed, split, 0, size)
+    bounds = np.linspace(0, size, 4 * processes + 1).astype(int).tolist()
+    count = len(bounds) - 1
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = pool.map(_draw_range, [draw] * count, [seed] * count, [split] * count, bounds[:-1], bounds[1:])
+        return [scene for part in parts for scene in part]
 
 
 def _image_loaders(renders: Sequence[Callable[[], np.ndarray]], image_size: int,
