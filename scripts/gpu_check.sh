@@ -57,6 +57,8 @@ run_step() {
   python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
   python3 -c "import cupy; print('cupy', cupy.__version__)" 2>&1
   python3 -c "import h3r_kernels, json; print(json.dumps(h3r_kernels.backends(), indent=1))"
+  echo "cpu cores $(nproc); shared memory (the synthetic sets' image cache takes at most a quarter of it):"
+  df -h /dev/shm | tail -1
 } 2>&1 | tee "$OUT/facts.txt"
 
 STEP=1
