@@ -13,6 +13,7 @@ import functools
 import math
 import multiprocessing
 import os
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -39,11 +40,11 @@ def _draw_range(draw: Callable[[np.random.Generator], Any], seed: int, split: st
 
 def _draw_scenes(draw: Callable[[np.random.Generator], Any], seed: int, split: str, size: int) -> list:
     """``[draw(_item_rng(seed, split, i)) for i in range(size)]``: a scene depends on its index
-    alone, so sets of :data:`PARALLEL_SCENES` items or more are drawn by forked processes, one
-    per core (at most 16), with the same result."""
+    alone, so on Linux sets of :data:`PARALLEL_SCENES` items or more are drawn by forked
+    processes, one per core (at most 16), with the same result."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     processes = min(cores, 16, size // (PARALLEL_SCENES // 2))
-    if (processes < 2 or "fork" not in multiprocessing.get_all_start_methods()
+    if (processes < 2 or not sys.platform.startswith("linux")  # fork is safe on Linux only
             or multiprocessing.current_process().daemon):  # a data-loader worker may not have children
         return _draw_range(draw, seed, split, 0, size)
     bounds = np.linspace(0, size, 4 * processes + 1).astype(int).tolist()
