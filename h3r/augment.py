@@ -232,37 +232,31 @@ def _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact) ->
     region = per_item(region_size, [padded_width, padded_height])
     whole = region if image_size is None else per_item(image_size, None)
     start = per_item(origin, [0, 0])
-    a = pillow.to(device=device, dtype=dtype).view(batch, 6, 1, 1)
+    a0, a1, a2, a3, a4, a5 = pillow.to(device=device, dtype=dtype).view(batch, 6, 1, 1).unbind(1)
     centres = torch.arange(size, device=device, dtype=dtype) + 0.5
     u, v = centres.view(1, 1, size), centres.view(1, size, 1)
-    xin = (a[:, 0] * u + a[:, 1] * v) + a[:, 2]  # (B, S, S), Pillow's affine_transform
-    yin = (a[:, 3] * u + a[:, 4] * v) + a[:, 5]
-    width, height = whole[:, 0].to(dtype), whole[:, 1].to(dtype)
+    xin = (a0 * u + a1 * v) + a2  # (B, S, S), Pillow's affine_transform
+    yin = (a3 * u + a4 * v) + a5
+    width, height = whole.to(dtype).unbind(1)
     inside = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
     xin, yin = xin - 0.5, yin - 0.5
     x_floor, y_floor = torch.floor(xin), torch.floor(yin)
     dx, dy = (xin - x_floor).unsqueeze(-1), (yin - y_floor).unsqueeze(-1)
     # Pillow clamps neighbours to the image; the region holds every pixel an inside sample reads.
-    x_low, y_low = (x_floor.clamp(-2, 2**30).to(torch.int64), y_floor.clamp(-2, 2**30).to(torch.int64))
+    # x and y at once: (B, 2, S, S) int64 against (B, 2, 1, 1) bounds.
+    low = torch.stack([x_floor, y_floor], 1).clamp(-2, 2**30).to(torch.int64)
+    image_last, region_last = whole - 1, region - 1
 
-    def column(x):
-        x = torch.minimum(x.clamp_min(0), whole[:, 0] - 1) - start[:, 0]
-        return torch.minimum(x.clamp_min(0), region[:, 0] - 1)
+    def in_region(position):
+        return (position.clamp_min(0).minimum(image_last) - start).clamp_min(0).minimum(region_last)
 
-    def row(y):
-        y = torch.minimum(y.clamp_min(0), whole[:, 1] - 1) - start[:, 1]
-        return torch.minimum(y.clamp_min(0), region[:, 1] - 1)
-
-    x0, x1, y0, y1 = column(x_low), column(x_low + 1), row(y_low), row(y_low + 1)
+    (x0, y0), (x1, y1) = in_region(low).unbind(1), in_region(low + 1).unbind(1)
     base = (torch.arange(batch, device=device) * (padded_height * padded_width)).view(batch, 1, 1)
-    flat = pixels.reshape(-1, 3)
-
-    def gather(y, x):
-        return flat[base + y * padded_width + x].to(dtype)  # (B, S, S, 3)
-
-    p00, p01 = gather(y0, x0), gather(y0, x1)
+    row0, row1 = base + y0 * padded_width, base + y1 * padded_width
+    index = torch.stack([row0 + x0, row0 + x1, row1 + x0, row1 + x1]).view(-1)
+    # index_select: one gather of the 4 neighbours (advanced indexing is much slower on a CPU)
+    p00, p01, p10, p11 = pixels.reshape(-1, 3).index_select(0, index).to(dtype).view(4, batch, size, size, 3).unbind(0)
     top = p00 + (p01 - p00) * dx
-    p10, p11 = gather(y1, x0), gather(y1, x1)
     bottom = p10 + (p11 - p10) * dx
     value = top + (bottom - top) * dy
     value = torch.where(inside.unsqueeze(-1), value.clamp_(0, 255), 0)
