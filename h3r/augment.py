@@ -53,7 +53,9 @@ __all__ = ["DeviceCropDataset", "DeviceAugment", "collate", "make_item", "plan_a
            "augment_from_seeds", "REGION_MARGIN"]
 
 REGION_MARGIN = 2  # pixels kept around the pre-image of the input, for float32 coordinates
-CHUNK_PIXELS = 1 << 22  # output pixels warped at once: bounds the temporaries (exact: ~100 MiB per (.., 3) float64)
+# Output pixels warped at once: bounds the temporaries (exact: ~100 MiB per (.., 3) float64, and the
+# 4 neighbours are gathered at once).
+CHUNK_PIXELS = 1 << 22
 
 # ----------------------------------------------------------------------------------------------
 # Host side (DataLoader workers): draw the augmentation, cut the region the warp reads.
@@ -128,7 +130,7 @@ def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, vi
         "flipped": plan["flip"],
     }
     if cut_region:
-        item["pixels"] = torch.from_numpy(np.array(image[y0:y1 + 1, x0:x1 + 1]))  # a copy: the image may be a cache view
+        item["pixels"] = torch.from_numpy(np.array(image[y0:y1 + 1, x0:x1 + 1]))  # a copy: the image may be cached
     return item
 
 

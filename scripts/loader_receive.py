@@ -54,8 +54,8 @@ if __name__ == "__main__":
     faces = open_dataset(config.dataset, split=config.train_split, **{**config.train_options, "size": 1})
     ways = (("crops (CPU augmentation)", CropDataset(faces, config.crop, seed=0), None),
             ("regions (--gpu-augment)", DeviceCropDataset(faces, config.crop, seed=0), DeviceCropDataset.collate),
-            ("no pixels (--gpu-augment, image cache)", DeviceCropDataset(faces, config.crop, seed=0, cached_pixels=True),
-             DeviceCropDataset.collate))
+            ("no pixels (--gpu-augment, image cache)",
+             DeviceCropDataset(faces, config.crop, seed=0, cached_pixels=True), DeviceCropDataset.collate))
     for what, crops, collate in ways:
         item = crops[0]
         pixels = item.get("image", item.get("pixels"))
