@@ -323,20 +323,22 @@ class DeviceAugment:
         if self.images is None:
             raise ValueError("batch: no 'pixels' (DeviceCropDataset(cached_pixels=True)), and this DeviceAugment "
                              "was given no image cache to read them from (images=dataset.image_cache)")
-        rows = torch.as_tensor(rows).cpu()
-        if not bool(self.images.filled[rows].all()):
-            raise RuntimeError(f"image cache: rows {rows[~self.images.filled[rows]].tolist()} were never filled; "
-                               f"a DeviceCropDataset with cached_pixels fills them before it sends a batch")
+        host_rows = rows.cpu().numpy()
         if self._device_images is None:
             self._device_images = torch.empty_like(self.images.pixels, device=self.device)
             self._on_device = np.zeros(len(self.images), dtype=bool)
-        missing = np.unique(rows.numpy()[~self._on_device[rows.numpy()]])
-        if missing.size:
+        missing = np.unique(host_rows[~self._on_device[host_rows]])
+        if missing.size:  # rows read for the first time (a row on the device was checked when uploaded)
             missing_rows = torch.from_numpy(missing)
+            unfilled = missing_rows[~self.images.filled.index_select(0, missing_rows)]
+            if unfilled.numel():
+                raise RuntimeError(f"image cache: rows {unfilled.tolist()} were never filled; "
+                                   f"a DeviceCropDataset with cached_pixels fills them before it sends a batch")
             self._device_images.index_copy_(0, missing_rows.to(self.device),
                                             self.images.pixels.index_select(0, missing_rows).to(self.device))
             self._on_device[missing] = True
-        return self._device_images.index_select(0, rows.to(self.device))  # (advanced indexing: 25x slower on a CPU)
+        # non_blocking: the batch's rows are pinned by the loader, and a blocking copy would wait for the GPU
+        return self._device_images.index_select(0, rows.to(self.device, non_blocking=True))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         def put(name):
