@@ -41,8 +41,12 @@ def load_report(path: str | Path) -> dict:
     return report
 
 
+def _shape(shape) -> str:
+    return "×".join(map(str, shape))
+
+
 def _key(row: dict) -> tuple:
-    return row["op"], row["impl"], "×".join(map(str, row["shape"])), row["dtype"]
+    return row["op"], row["impl"], _shape(row["shape"]), row["dtype"]
 
 
 def _commit(report: dict) -> str:
@@ -95,7 +99,7 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['op']} | {r['impl']} | {'×'.join(map(str, r['shape']))} | {r['dtype']} | "
+            f"| {r['op']} | {r['impl']} | {_shape(r['shape'])} | {r['dtype']} | "
             f"{fmt(r['baseline_ms'], '.4g')} | {fmt(r['ms'], '.4g')} | {fmt(r['speedup'], '.2f', '×')} | "
             f"{fmt(r['baseline_pct_copy_bandwidth'], '.1f')} | {fmt(r['pct_copy_bandwidth'], '.1f')} |"
         )
