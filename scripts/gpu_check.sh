@@ -13,7 +13,7 @@
 # Writes under $OUT: facts.txt, gpu_tests.log, gpu_pipeline_tests.log, augment.log,
 # bench.log, bench/report.{json,md}, with BASELINE bench_baseline.log, bench_baseline/report.{json,md} and
 # compare/compare.{json,md}, host.log, host/report.{json,md}, step.log, step/report.{json,md}, train.log,
-# (with BASELINE) train_baseline.log, train_gpu_augment.log, cuda_graphs_tests.log, train_cuda_graphs.log,
+# (with BASELINE) train_baseline.log, train_gpu_augment.log, data_only.log, cuda_graphs_tests.log, train_cuda_graphs.log,
 # train_cuda_graphs_augment.log and train_summary.txt.
 # STEPS="1 3 3b 4" runs only those steps (numbered below; default: all), e.g. to split the session
 # over two device calls. Each step has its own timeout (the *_TIMEOUT variables) and all of them share one budget,
