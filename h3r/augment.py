@@ -12,8 +12,9 @@ image with Pillow and jitters the colours, all in a DataLoader worker. Here the 
   an image cache (the synthetic sets) can send no pixels at all (``cached_pixels``): the
   device keeps its own copy of the cache, each image uploaded once.
 * **on the device** (:class:`DeviceAugment`): one batched bilinear warp of the uint8
-  regions, the same colour jitter, the same normalisation; keypoints moved by the same
-  affines; the visibility and flip rules of the CPU path.
+  regions (:func:`warp_bilinear`: on CUDA one Triton kernel, :mod:`h3r.warp_triton`; the
+  PyTorch operations here are its spec), the same colour jitter, the same normalisation;
+  keypoints moved by the same affines; the visibility and flip rules of the CPU path.
 
 Sampling semantics matched (Pillow's ``Image.transform(..., AFFINE, resample=BILINEAR)``,
 ``libImaging/Geometry.c``: ``affine_transform`` + ``bilinear_filter32RGB`` in
@@ -36,7 +37,9 @@ one level (1/255) where float32 rounding crosses an integer.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import os
 import time
 from typing import Any, Optional, Sequence
 
@@ -187,13 +190,15 @@ class DeviceCropDataset(CropDataset):
 
 def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, image_size: Optional[torch.Tensor] = None,
                   origin: Optional[torch.Tensor] = None, region_size: Optional[torch.Tensor] = None,
-                  exact: bool = True, chunk_pixels: int = CHUNK_PIXELS) -> torch.Tensor:
+                  exact: bool = True, chunk_pixels: int = CHUNK_PIXELS, rows: Optional[torch.Tensor] = None,
+                  backend: str = "auto") -> torch.Tensor:
     """Pillow's bilinear ``AFFINE`` transform of a batch, on ``pixels``' device: ``(B, 3, S, S)`` uint8.
 
     Args:
         pixels: ``(B, Hp, Wp, 3)`` uint8, item ``b`` holding (in its top-left corner) the
             region of its image that starts at image pixel ``origin[b]`` and is
-            ``region_size[b]`` = (w, h) pixels large.
+            ``region_size[b]`` = (w, h) pixels large. With ``rows``: ``(N, Hp, Wp, 3)``, and
+            item ``b`` reads ``pixels[rows[b]]`` (an image cache, read in place).
         pillow: ``(B, 6)`` float64 Pillow coefficients (output corner -> image corner
             coordinates), as :func:`h3r.transforms._pillow_affine_data` gives.
         size: S.
@@ -203,13 +208,33 @@ def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, imag
         region_size: ``(B, 2)`` (w, h) of each region (default: ``(Wp, Hp)``).
         exact: float64 arithmetic in Pillow's order (bit-identical); False: float32.
         chunk_pixels: at most this many output pixels (whole items, at least one) are warped
-            at once, to bound the memory of the temporaries.
+            at once by the PyTorch path, to bound the memory of its temporaries.
+        rows: ``(B,)`` integer rows of ``pixels`` (default: item ``b`` reads ``pixels[b]``).
+        backend: ``"torch"`` (the spec: PyTorch operations, any device), ``"triton"`` (one kernel,
+            :mod:`h3r.warp_triton`: CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1``), or
+            ``"auto"``: Triton for CUDA tensors when it is available (and each image and crop holds
+            under 2**31 bytes), else PyTorch. Both give the same bits.
     """
     if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise ValueError(f"pixels must be (B, H, W, 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
-    batch = pixels.shape[0]
+    batch = pixels.shape[0] if rows is None else rows.shape[0]
+    if rows is not None and (rows.ndim != 1 or rows.dtype.is_floating_point or rows.dtype == torch.bool):
+        raise ValueError(f"rows must be (B,) integers, got {tuple(rows.shape)} {rows.dtype}")
     if pillow.shape != (batch, 6):
         raise ValueError(f"pillow must be (B, 6) = ({batch}, 6), got {tuple(pillow.shape)}")
+    if _warp_backend(backend, pixels, size) == "triton":
+        from h3r import warp_triton
+
+        def per_item(value, default):
+            value = torch.as_tensor(default if value is None else value, device=pixels.device)
+            return value.to(torch.int64).expand(batch, 2)
+
+        padded = [pixels.shape[2], pixels.shape[1]]
+        region = per_item(region_size, padded)
+        return warp_triton.warp(pixels, pillow, size, region if image_size is None else per_item(image_size, None),
+                                per_item(origin, [0, 0]), region, exact, rows)
+    if rows is not None:
+        pixels = pixels.index_select(0, rows.to(device=pixels.device, dtype=torch.int64))
     step = max(1, chunk_pixels // (size * size))
     if batch > step:
         def part(value, start):
@@ -217,9 +242,43 @@ def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, imag
 
         return torch.cat([warp_bilinear(pixels[start:start + step], pillow[start:start + step], size,
                                         image_size=part(image_size, start), origin=part(origin, start),
-                                        region_size=part(region_size, start), exact=exact, chunk_pixels=chunk_pixels)
+                                        region_size=part(region_size, start), exact=exact, chunk_pixels=chunk_pixels,
+                                        backend="torch")
                           for start in range(0, batch, step)])
     return _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact)
+
+
+WARP_BACKENDS = ("auto", "torch", "triton")
+
+
+def _warp_backend(backend: str, pixels: torch.Tensor, size: int) -> str:
+    """The backend :func:`warp_bilinear` runs for ``backend`` on ``pixels``' device (clear errors for the rest)."""
+    if backend not in WARP_BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(WARP_BACKENDS)}, got {backend!r}")
+    if backend == "torch" or (backend == "auto" and not pixels.is_cuda):
+        return "torch"
+    why_not = _triton_cannot_run(pixels.device)
+    if why_not is None and backend == "auto":
+        from h3r import warp_triton
+
+        return "triton" if warp_triton.fits(pixels, size) else "torch"
+    if why_not is None:
+        return "triton"
+    if backend == "auto":
+        return "torch"
+    raise ValueError(f"backend='triton' cannot run here: {why_not}")
+
+
+def _triton_cannot_run(device: torch.device) -> Optional[str]:
+    """None when the Triton warp can run on ``device``'s tensors here, else why not."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting):
+        return f"{device.type} tensors (Triton runs CUDA tensors, or CPU ones with TRITON_INTERPRET=1)"
+    try:
+        importlib.import_module("triton")
+    except Exception as error:  # ImportError, or a broken install
+        return f"triton is not importable ({error}); pip install 'h3r[triton]'"
+    return None
 
 
 def _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact) -> torch.Tensor:
@@ -297,14 +356,19 @@ class DeviceAugment:
     (``DeviceCropDataset(..., cached_pixels=True)``): the warp reads row ``index`` of a copy
     of it on ``device``, each row uploaded when a batch first needs it (the workers fill the
     cache before they send a batch that reads it).
+
+    ``backend``: the warp's (:func:`warp_bilinear`): ``"auto"`` runs one Triton kernel on CUDA
+    (reading the device copy of the cache in place) and PyTorch operations elsewhere.
     """
 
     def __init__(self, crop: CropConfig, flip_pairs: Sequence[tuple[int, int]] = (), device="cpu", *,
-                 exact: bool = True, images: Optional[SharedImages] = None):
+                 exact: bool = True, images: Optional[SharedImages] = None, backend: str = "auto"):
         self.config = crop
         self.flip_pairs = [tuple(pair) for pair in flip_pairs]
         self.device = torch.device(device)
         self.exact = exact
+        self.backend = backend
+        _warp_backend(backend, torch.empty((0, 1, 1, 3), device=self.device), 1)  # a clear error now, not at the first batch
         self.images = images
         self._device_images: Optional[torch.Tensor] = None  # the cache's rows on the device
         self._on_device: Optional[np.ndarray] = None  # which rows are there
@@ -318,12 +382,15 @@ class DeviceAugment:
             self._permutations[num_keypoints] = torch.from_numpy(permutation).to(self.device)
         return self._permutations[num_keypoints]
 
-    def _cached_pixels(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows ``rows`` of :attr:`images`, on the device: ``(B, H, W, 3)`` uint8."""
+    def _cached_pixels(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device copy of :attr:`images` ``(N, H, W, 3)`` uint8, with rows ``rows`` in it, and ``rows`` on the device."""
         if self.images is None:
             raise ValueError("batch: no 'pixels' (DeviceCropDataset(cached_pixels=True)), and this DeviceAugment "
                              "was given no image cache to read them from (images=dataset.image_cache)")
         host_rows = rows.cpu().numpy()
+        if host_rows.size and (host_rows.min() < 0 or host_rows.max() >= len(self.images)):
+            raise IndexError(f"batch 'index': rows must lie in [0, {len(self.images)}) of the image cache, "
+                             f"got {host_rows.min()}..{host_rows.max()}")
         if self._device_images is None:
             self._device_images = torch.empty_like(self.images.pixels, device=self.device)
             self._on_device = np.zeros(len(self.images), dtype=bool)
@@ -338,7 +405,7 @@ class DeviceAugment:
                                             self.images.pixels.index_select(0, missing_rows).to(self.device))
             self._on_device[missing] = True
         # non_blocking: the batch's rows are pinned by the loader, and a blocking copy would wait for the GPU
-        return self._device_images.index_select(0, rows.to(self.device, non_blocking=True))
+        return self._device_images, rows.to(self.device, non_blocking=True)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         def put(name):
@@ -347,10 +414,12 @@ class DeviceAugment:
         size = self.config.input_size
         if "pixels" in batch:
             crops = warp_bilinear(put("pixels"), put("pillow"), size, image_size=put("image_size"),
-                                  origin=put("origin"), region_size=put("region_size"), exact=self.exact)
+                                  origin=put("origin"), region_size=put("region_size"), exact=self.exact,
+                                  backend=self.backend)
         else:
-            crops = warp_bilinear(self._cached_pixels(batch["index"]), put("pillow"), size,
-                                  image_size=put("image_size"), exact=self.exact)
+            cache, rows = self._cached_pixels(batch["index"])
+            crops = warp_bilinear(cache, put("pillow"), size, image_size=put("image_size"), rows=rows,
+                                  exact=self.exact, backend=self.backend)
         images = crops.float().mul_(1 / 255)
         jittered = put("jittered")
         if bool(batch["jittered"].any()):
@@ -408,8 +477,9 @@ def _random_affine_cases(count: int, seed: int = 0):
         yield image, box, size, config
 
 
-def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed: int = 0) -> dict[str, float]:
-    """Warp ``count`` random cases with Pillow and with :func:`warp_bilinear` on ``device``;
+def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed: int = 0,
+                        backend: str = "auto") -> dict[str, float]:
+    """Warp ``count`` random cases with Pillow and with :func:`warp_bilinear` (``backend``) on ``device``;
     the max and mean absolute difference in levels (1 level = 1/255) and the share of pixels that differ."""
     from PIL import Image
 
@@ -423,7 +493,7 @@ def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed:
         region = torch.from_numpy(np.ascontiguousarray(image[y0:y1 + 1, x0:x1 + 1]))[None].to(device)
         got = warp_bilinear(region, torch.tensor([pillow], dtype=torch.float64), size,
                             image_size=torch.tensor([[image.shape[1], image.shape[0]]]),
-                            origin=torch.tensor([[x0, y0]]), exact=exact)
+                            origin=torch.tensor([[x0, y0]]), exact=exact, backend=backend)
         error = np.abs(got[0].permute(1, 2, 0).cpu().numpy().astype(np.int64) - expected.astype(np.int64))
         worst, total = max(worst, int(error.max())), total + float(error.sum())
         differing, pixels = differing + int((error > 0).sum()), pixels + error.size
@@ -432,12 +502,13 @@ def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed:
 
 
 def measure_throughput(device="cpu", batch: int = 256, size: int = 256, region: int = 320, exact: bool = True,
-                       repeats: int = 10) -> dict[str, float]:
-    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints)."""
+                       repeats: int = 10, backend: str = "auto") -> dict[str, float]:
+    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints) with the
+    warp's ``backend``."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     crop = CropConfig(input_size=size, colour_jitter=0.2, flip_prob=0.5)
-    augment = DeviceAugment(crop, [(0, 1)], device, exact=exact)
+    augment = DeviceAugment(crop, [(0, 1)], device, exact=exact, backend=backend)
     items = []
     rng = np.random.default_rng(0)
     transform = TopDownTransform(crop, [(0, 1)])
@@ -461,26 +532,38 @@ def measure_throughput(device="cpu", batch: int = 256, size: int = 256, region: 
     times.sort()
     median = times[len(times) // 2]
     return {"batch": batch, "input_size": size, "padded_region": list(host["pixels"].shape[1:3]), "exact": exact,
-            "median_ms": median, "images_per_s": batch * 1e3 / median}
+            "backend": backend, "median_ms": median, "images_per_s": batch * 1e3 / median}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m h3r.augment",
                                      description="On-device warp vs Pillow (the CPU path), and its throughput.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cases", type=int, default=60)
+    parser.add_argument("--cases", type=int, default=60, help="random cases warped by Pillow too (0: none)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--backends", default="auto",
+                        help="the warp's backends to measure, comma-separated: auto, torch, triton (default: auto)")
     args = parser.parse_args(argv)
+    backends = [name.strip() for name in args.backends.split(",")]
+    for name in backends:
+        if name not in WARP_BACKENDS:
+            parser.error(f"--backends: expected names among {', '.join(WARP_BACKENDS)}, got {name!r}")
+        try:
+            _warp_backend(name, torch.empty((0, 1, 1, 3), device=args.device), 1)
+        except ValueError as error:
+            parser.error(f"--backends {name}: {error}")
     results = {}
-    for exact in (True, False):
-        name = "exact" if exact else "float32"
-        results[f"equivalence_{name}"] = measure_equivalence(args.device, exact, args.cases)
-        print(f"{args.device} {name:7s} warp vs Pillow: {results[f'equivalence_{name}']}", flush=True)
-        results[f"throughput_{name}"] = measure_throughput(args.device, args.batch, args.size, exact=exact,
-                                                          repeats=args.repeats)
-        print(f"{args.device} {name:7s} throughput: {results[f'throughput_{name}']}", flush=True)
+    for backend in backends:
+        for exact in (True, False):
+            name = f"{backend} {'exact' if exact else 'float32'}"
+            if args.cases > 0:
+                results[f"equivalence {name}"] = measure_equivalence(args.device, exact, args.cases, backend=backend)
+                print(f"{args.device} {name:14s} warp vs Pillow: {results[f'equivalence {name}']}", flush=True)
+            results[f"throughput {name}"] = measure_throughput(args.device, args.batch, args.size, exact=exact,
+                                                              repeats=args.repeats, backend=backend)
+            print(f"{args.device} {name:14s} throughput: {results[f'throughput {name}']}", flush=True)
     return results
 
 

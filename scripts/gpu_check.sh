@@ -66,17 +66,19 @@ STEP=1
 #    Every gpu-marked test but the pipeline's (step 2) and the CUDA-graph training runs (step 6).
 run_step "gpu tests" "${GPU_TEST_TIMEOUT:-200}" "$OUT/gpu_tests.log" \
   python3 -m pytest -q -n 8 -p no:cacheprovider -m gpu tests \
-  --ignore=tests/test_gpu_pipeline.py --ignore=tests/test_train_steps.py
+  --ignore=tests/test_gpu_pipeline.py --ignore=tests/test_warp_triton.py --ignore=tests/test_train_steps.py
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" 2>/dev/null | tail -3
 
 STEP=2
-# 2. On-device augmentation on CUDA: equivalence with the CPU path (Pillow), then the warp's
-#    max/mean error against Pillow (exact and float32 modes) and its throughput per batch.
-run_step "gpu pipeline tests" "${PIPELINE_TEST_TIMEOUT:-60}" "$OUT/gpu_pipeline_tests.log" \
-  python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/test_gpu_pipeline.py
+# 2. On-device augmentation on CUDA: equivalence with the CPU path (Pillow) and of the Triton warp with its
+#    PyTorch spec, then the warp's max/mean error against Pillow (exact and float32 modes) and the
+#    throughput per batch, PyTorch warp against Triton warp: an HRNet-sized batch, then the main job's.
+run_step "gpu pipeline tests" "${PIPELINE_TEST_TIMEOUT:-75}" "$OUT/gpu_pipeline_tests.log" \
+  python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/test_gpu_pipeline.py tests/test_warp_triton.py
 grep -E "passed|failed|error|exact|float32" "$OUT/gpu_pipeline_tests.log" 2>/dev/null | tail -8
-run_step "augment check" "${AUGMENT_TIMEOUT:-45}" "$OUT/augment.log" \
-  python3 -m h3r.augment --device cuda --cases 60 --batch 256 --size 256
+run_step "augment check" "${AUGMENT_TIMEOUT:-75}" "$OUT/augment.log" bash -c \
+  'python3 -m h3r.augment --device cuda --cases 60 --batch 256 --size 256 --backends torch,triton &&
+   python3 -m h3r.augment --device cuda --cases 0 --batch 32 --size 64 --repeats 50 --backends torch,triton'
 cat "$OUT/augment.log" 2>/dev/null
 
 STEP=3

@@ -203,16 +203,19 @@ def _cuobjdump() -> str:
     return str(path)
 
 
-def inspect_cubin(cubin: bytes, trips: Optional[Sequence[int]] = None) -> dict:
-    """Resources and instruction classes of one compiled kernel; with the ``trips`` of its
-    loops, also ``dynamic``: the instructions one thread runs (:func:`dynamic_counts`)."""
-    tool = _cuobjdump()
+def cuobjdump(cubin: bytes, option: str) -> str:
+    """What ``cuobjdump <option>`` (``-sass``, ``-res-usage``) prints for a compiled kernel."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "kernel.cubin"
         path.write_bytes(cubin)
-        resources = subprocess.run([tool, "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, check=True).stdout
-    facts = {**parse_resources(resources), **parse_sass(sass)}
+        return subprocess.run([_cuobjdump(), option, str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def inspect_cubin(cubin: bytes, trips: Optional[Sequence[int]] = None) -> dict:
+    """Resources and instruction classes of one compiled kernel; with the ``trips`` of its
+    loops, also ``dynamic``: the instructions one thread runs (:func:`dynamic_counts`)."""
+    sass = cuobjdump(cubin, "-sass")
+    facts = {**parse_resources(cuobjdump(cubin, "-res-usage")), **parse_sass(sass)}
     facts["dynamic"] = None if trips is None else dynamic_counts(sass, trips)
     return facts
 
