@@ -12,9 +12,10 @@ image with Pillow and jitters the colours, all in a DataLoader worker. Here the 
   an image cache (the synthetic sets) can send no pixels at all (``cached_pixels``): the
   device keeps its own copy of the cache, each image uploaded once.
 * **on the device** (:class:`DeviceAugment`): one batched bilinear warp of the uint8
-  regions (:func:`warp_bilinear`: on CUDA one Triton kernel, :mod:`h3r.warp_triton`; the
-  PyTorch operations here are its spec), the same colour jitter, the same normalisation;
-  keypoints moved by the same affines; the visibility and flip rules of the CPU path.
+  regions (:func:`warp_bilinear`), the same colour jitter (:func:`jitter_colours`), the same
+  normalisation; keypoints moved by the same affines; the visibility and flip rules of the CPU
+  path. On CUDA the warp and then the jitter and normalisation are two Triton kernels
+  (:mod:`h3r.warp_triton`); the PyTorch operations here are their spec, and run elsewhere.
 
 Sampling semantics matched (Pillow's ``Image.transform(..., AFFINE, resample=BILINEAR)``,
 ``libImaging/Geometry.c``: ``affine_transform`` + ``bilinear_filter32RGB`` in
@@ -225,14 +226,11 @@ def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, imag
     if _warp_backend(backend, pixels, size) == "triton":
         from h3r import warp_triton
 
-        def per_item(value, default):
-            value = torch.as_tensor(default if value is None else value, device=pixels.device)
-            return value.to(torch.int64).expand(batch, 2)
+        def per_item(value):  # a (2,) value serves every item
+            return None if value is None else torch.as_tensor(value, device=pixels.device).expand(batch, 2)
 
-        padded = [pixels.shape[2], pixels.shape[1]]
-        region = per_item(region_size, padded)
-        return warp_triton.warp(pixels, pillow, size, region if image_size is None else per_item(image_size, None),
-                                per_item(origin, [0, 0]), region, exact, rows)
+        return warp_triton.warp(pixels, pillow, size, per_item(image_size), per_item(origin), per_item(region_size),
+                                exact, rows)
     if rows is not None:
         pixels = pixels.index_select(0, rows.to(device=pixels.device, dtype=torch.int64))
     step = max(1, chunk_pixels // (size * size))
@@ -357,8 +355,9 @@ class DeviceAugment:
     of it on ``device``, each row uploaded when a batch first needs it (the workers fill the
     cache before they send a batch that reads it).
 
-    ``backend``: the warp's (:func:`warp_bilinear`): ``"auto"`` runs one Triton kernel on CUDA
-    (reading the device copy of the cache in place) and PyTorch operations elsewhere.
+    ``backend``: the warp's (:func:`warp_bilinear`): ``"auto"`` runs Triton kernels on CUDA (the
+    warp, reading the device copy of the cache in place, then the jitter and normalisation:
+    :func:`h3r.warp_triton.finish`) and PyTorch operations elsewhere.
     """
 
     def __init__(self, crop: CropConfig, flip_pairs: Sequence[tuple[int, int]] = (), device="cpu", *,
@@ -413,19 +412,25 @@ class DeviceAugment:
 
         size = self.config.input_size
         if "pixels" in batch:
-            crops = warp_bilinear(put("pixels"), put("pillow"), size, image_size=put("image_size"),
-                                  origin=put("origin"), region_size=put("region_size"), exact=self.exact,
-                                  backend=self.backend)
+            pixels = put("pixels")
+            backend = _warp_backend(self.backend, pixels, size)
+            crops = warp_bilinear(pixels, put("pillow"), size, image_size=put("image_size"), origin=put("origin"),
+                                  region_size=put("region_size"), exact=self.exact, backend=backend)
         else:
             cache, rows = self._cached_pixels(batch["index"])
+            backend = _warp_backend(self.backend, cache, size)
             crops = warp_bilinear(cache, put("pillow"), size, image_size=put("image_size"), rows=rows,
-                                  exact=self.exact, backend=self.backend)
-        images = crops.float().mul_(1 / 255)
-        jittered = put("jittered")
-        if bool(batch["jittered"].any()):
-            changed = jitter_colours(images, put("jitter"))
-            images = torch.where(jittered.view(-1, 1, 1, 1), changed, images)
-        images = images.sub_(self.mean).div_(self.std)
+                                  exact=self.exact, backend=backend)
+        if backend == "triton":  # one more kernel: [0, 1], the jitter, the normalisation
+            from h3r import warp_triton
+
+            images = warp_triton.finish(crops, put("jitter"), put("jittered"), self.mean, self.std)
+        else:
+            images = crops.float().mul_(1 / 255)
+            if bool(batch["jittered"].any()):
+                changed = jitter_colours(images, put("jitter"))
+                images = torch.where(put("jittered").view(-1, 1, 1, 1), changed, images)
+            images = images.sub_(self.mean).div_(self.std)
 
         affine = put("affine")
         moved = apply_affine(put("image_keypoints").to(torch.float64), affine)

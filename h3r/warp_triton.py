@@ -1,17 +1,22 @@
-"""The batched bilinear warp of :func:`h3r.augment.warp_bilinear` as one Triton kernel.
+"""The image half of :class:`h3r.augment.DeviceAugment` as two Triton kernels (on CUDA, by default).
 
-Same sampling as the PyTorch path (:func:`h3r.augment._warp_chunk`, the spec, itself Pillow's),
-bit for bit: each output pixel computes its source position, clamps its 4 neighbours, gathers
-them and interpolates in the same operation order, in float64 (``exact``) or float32. Floating
-point contraction is off (``enable_fp_fusion=False``: no fused multiply-add, in LLVM and in
-``ptxas``), so every product and sum is rounded as in Pillow and in PyTorch's one-op-at-a-time
-arithmetic.
+* :func:`warp`: the batched bilinear warp of :func:`h3r.augment.warp_bilinear`. Same sampling as
+  the PyTorch path (:func:`h3r.augment._warp_chunk`, the spec, itself Pillow's), bit for bit: each
+  output pixel computes its source position, clamps its 4 neighbours, gathers them and
+  interpolates in the same operation order, in float64 (``exact``) or float32. It can read an
+  image cache in place (``rows``: item ``b`` warps image ``rows[b]``).
+* :func:`finish`: uint8 crops to normalised float32 inputs, with the colour jitter of
+  :func:`h3r.augment.jitter_colours`: one program per crop, a first pass for the jitter's mean
+  grey, a second for the pixels. Elementwise the same bits as the PyTorch operations; the mean
+  grey is summed in another order (within float32 rounding).
 
-Why a kernel: the PyTorch path issues about 60 operations per batch and keeps float64
-temporaries of ``(B, S, S, 3)`` (about 20 passes over them); the kernel is one launch that
-reads the gathered bytes and writes the ``(B, 3, S, S)`` uint8 crops once. It can also read an
-image cache in place (``rows``: item ``b`` warps image ``rows[b]``), without gathering the
-batch's images into a new tensor first.
+Floating-point contraction is off (``enable_fp_fusion=False``: no fused multiply-add, in LLVM and
+in ``ptxas``) and divisions are IEEE ones (``div_rn``; Triton's ``/`` is approximate), so every
+product, sum and quotient is rounded as in Pillow and in PyTorch's one-op-at-a-time arithmetic.
+
+Why kernels: for a batch of the main job the PyTorch path dispatches 113 operations that each
+launch a GPU kernel (25 with these two, most of them the keypoints') and keeps float64 temporaries
+of ``(B, S, S, 3)``; the kernels read the gathered bytes once and write the inputs once.
 """
 from __future__ import annotations
 
@@ -25,12 +30,14 @@ import triton.language as tl
 
 BLOCK_PIXELS = 256  # output pixels per program
 NUM_WARPS = 4
+FINISH_BLOCK = 1024  # pixels per step of a finishing program (one program per crop)
 
 
 @triton.jit
 def _warp_kernel(pixels_ptr, rows_ptr, pillow_ptr, image_size_ptr, origin_ptr, region_size_ptr, out_ptr,
                  padded_height, padded_width, size,
-                 HAS_ROWS: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr):
+                 HAS_ROWS: tl.constexpr, HAS_IMAGE_SIZE: tl.constexpr, HAS_ORIGIN: tl.constexpr,
+                 HAS_REGION: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr):
     """Program (p, b): output pixels ``p * BLOCK ...`` (row-major in ``S x S``) of item ``b``."""
     item = tl.program_id(1)
     pixel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -47,13 +54,25 @@ def _warp_kernel(pixels_ptr, rows_ptr, pillow_ptr, image_size_ptr, origin_ptr, r
     a3 = tl.load(pillow_ptr + item * 6 + 3).to(compute)
     a4 = tl.load(pillow_ptr + item * 6 + 4).to(compute)
     a5 = tl.load(pillow_ptr + item * 6 + 5).to(compute)
-    image_width = tl.load(image_size_ptr + item * 2 + 0).to(tl.int32)
-    image_height = tl.load(image_size_ptr + item * 2 + 1).to(tl.int32)
-    origin_x = tl.load(origin_ptr + item * 2 + 0).to(tl.int32)
-    origin_y = tl.load(origin_ptr + item * 2 + 1).to(tl.int32)
-    # (never past the padded batch, whatever region_size says: no read leaves the item's pixels)
-    region_width = tl.minimum(tl.load(region_size_ptr + item * 2 + 0).to(tl.int32), padded_width)
-    region_height = tl.minimum(tl.load(region_size_ptr + item * 2 + 1).to(tl.int32), padded_height)
+    # (the region never past the padded batch, whatever region_size says: no read leaves the item's pixels)
+    if HAS_REGION:
+        region_width = tl.minimum(tl.load(region_size_ptr + item * 2 + 0).to(tl.int32), padded_width)
+        region_height = tl.minimum(tl.load(region_size_ptr + item * 2 + 1).to(tl.int32), padded_height)
+    else:
+        region_width = padded_width
+        region_height = padded_height
+    if HAS_ORIGIN:
+        origin_x = tl.load(origin_ptr + item * 2 + 0).to(tl.int32)
+        origin_y = tl.load(origin_ptr + item * 2 + 1).to(tl.int32)
+    else:
+        origin_x = 0
+        origin_y = 0
+    if HAS_IMAGE_SIZE:
+        image_width = tl.load(image_size_ptr + item * 2 + 0).to(tl.int32)
+        image_height = tl.load(image_size_ptr + item * 2 + 1).to(tl.int32)
+    else:
+        image_width = region_width
+        image_height = region_height
     if HAS_ROWS:
         source = tl.load(rows_ptr + item)
     else:
@@ -104,13 +123,14 @@ def fits(pixels: torch.Tensor, size: int) -> bool:
     return math.prod(pixels.shape[1:]) < 2**31 and 3 * size * size < 2**31
 
 
-def warp(pixels: torch.Tensor, pillow: torch.Tensor, size: int, image_size: torch.Tensor, origin: torch.Tensor,
-         region_size: torch.Tensor, exact: bool, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+def warp(pixels: torch.Tensor, pillow: torch.Tensor, size: int, image_size: Optional[torch.Tensor] = None,
+         origin: Optional[torch.Tensor] = None, region_size: Optional[torch.Tensor] = None, exact: bool = True,
+         rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(B, 3, S, S)`` uint8 crops: item ``b`` warps ``pixels[rows[b]]`` (``rows`` None: ``pixels[b]``).
 
-    ``pixels`` ``(N, Hp, Wp, 3)`` uint8 (contiguous), ``pillow`` ``(B, 6)``, ``image_size``,
-    ``origin`` and ``region_size`` ``(B, 2)`` (integers), all on one device; see
-    :func:`h3r.augment.warp_bilinear` for their meaning.
+    ``pixels`` ``(N, Hp, Wp, 3)`` uint8, ``pillow`` ``(B, 6)``; ``image_size``, ``origin`` and
+    ``region_size`` ``(B, 2)`` integers or None (the defaults of :func:`h3r.augment.warp_bilinear`,
+    which says what they mean), all on one device.
     """
     batch = pillow.shape[0]
     device = pixels.device
@@ -121,16 +141,95 @@ def warp(pixels: torch.Tensor, pillow: torch.Tensor, size: int, image_size: torc
     if batch == 0:
         return out
 
-    def per_item(value, dtype):
-        return value.to(device=device, dtype=dtype).contiguous()
+    def per_item(value, dtype):  # None: not read by the kernel (any pointer)
+        return pixels if value is None else value.to(device=device, dtype=dtype).contiguous()
 
     grid = (triton.cdiv(size * size, BLOCK_PIXELS), batch)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         _warp_kernel[grid](
-            pixels.contiguous(), per_item(rows, torch.int64) if rows is not None else pixels,
-            per_item(pillow, torch.float64), per_item(image_size, torch.int64), per_item(origin, torch.int64),
-            per_item(region_size, torch.int64), out, pixels.shape[1], pixels.shape[2], size,
-            HAS_ROWS=rows is not None, EXACT=exact, BLOCK=BLOCK_PIXELS, num_warps=NUM_WARPS,
-            enable_fp_fusion=False)
+            pixels.contiguous(), per_item(rows, torch.int64), per_item(pillow, torch.float64),
+            per_item(image_size, torch.int64), per_item(origin, torch.int64), per_item(region_size, torch.int64), out,
+            pixels.shape[1], pixels.shape[2], size, HAS_ROWS=rows is not None, HAS_IMAGE_SIZE=image_size is not None,
+            HAS_ORIGIN=origin is not None, HAS_REGION=region_size is not None, EXACT=exact, BLOCK=BLOCK_PIXELS,
+            num_warps=NUM_WARPS, enable_fp_fusion=False)
     return out
 
+
+@triton.jit
+def _grey(red, green, blue, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr):
+    """ITU-R 601 luma, summed in :func:`h3r.augment.jitter_colours`' order."""
+    return (red * W0 + green * W1) + blue * W2
+
+
+@triton.jit
+def _finish_kernel(crops_ptr, factors_ptr, jittered_ptr, mean_ptr, std_ptr, out_ptr, pixels,
+                   W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, BLOCK: tl.constexpr):
+    """Program b: item ``b``'s crop, uint8 -> [0, 1] -> colour jitter (when the item has one) -> normalised."""
+    item = tl.program_id(0)
+    crop = crops_ptr + item.to(tl.int64) * 3 * pixels
+    out = out_ptr + item.to(tl.int64) * 3 * pixels
+    jittered = tl.load(jittered_ptr + item) != 0
+    brightness = tl.load(factors_ptr + item * 3 + 0)
+    contrast = tl.load(factors_ptr + item * 3 + 1)
+    saturation = tl.load(factors_ptr + item * 3 + 2)
+    offsets = tl.arange(0, BLOCK)
+    mean_grey = 0.0
+    if jittered:  # the mean grey of the brightened crop: one pass first
+        total = tl.zeros((BLOCK,), dtype=tl.float32)
+        start = 0
+        while start < pixels:  # runtime loops are `while` loops: the interpreter cannot range() over an argument
+            pixel = start + offsets
+            live = pixel < pixels
+            red = tl.load(crop + pixel, mask=live, other=0).to(tl.float32) * (1 / 255) * brightness
+            green = tl.load(crop + pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255) * brightness
+            blue = tl.load(crop + 2 * pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255) * brightness
+            total += tl.where(live, _grey(red, green, blue, W0, W1, W2), 0.0)
+            start += BLOCK
+        mean_grey = tl.math.div_rn(tl.sum(total, axis=0), pixels.to(tl.float32))
+    start = 0
+    while start < pixels:
+        pixel = start + offsets
+        live = pixel < pixels
+        red = tl.load(crop + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+        green = tl.load(crop + pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+        blue = tl.load(crop + 2 * pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+        if jittered:
+            red = (red * brightness - mean_grey) * contrast + mean_grey
+            green = (green * brightness - mean_grey) * contrast + mean_grey
+            blue = (blue * brightness - mean_grey) * contrast + mean_grey
+            luma = _grey(red, green, blue, W0, W1, W2)
+            red = tl.minimum(tl.maximum((red - luma) * saturation + luma, 0.0), 1.0)
+            green = tl.minimum(tl.maximum((green - luma) * saturation + luma, 0.0), 1.0)
+            blue = tl.minimum(tl.maximum((blue - luma) * saturation + luma, 0.0), 1.0)
+        # IEEE division (div_rn), as PyTorch's: Triton's `/` is the approximate div.full.f32
+        tl.store(out + pixel, tl.math.div_rn(red - tl.load(mean_ptr + 0), tl.load(std_ptr + 0)), mask=live)
+        tl.store(out + pixels + pixel, tl.math.div_rn(green - tl.load(mean_ptr + 1), tl.load(std_ptr + 1)), mask=live)
+        tl.store(out + 2 * pixels + pixel, tl.math.div_rn(blue - tl.load(mean_ptr + 2), tl.load(std_ptr + 2)),
+                 mask=live)
+        start += BLOCK
+
+
+def finish(crops: torch.Tensor, factors: torch.Tensor, jittered: torch.Tensor, mean: torch.Tensor,
+           std: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, S, S)`` float32 network inputs from the uint8 ``crops``: in [0, 1], the colour jitter of
+    :func:`h3r.augment.jitter_colours` for items with ``jittered`` (``factors`` ``(B, 3)``: brightness,
+    contrast, saturation), then ``(x - mean) / std`` per channel. Elementwise the same bits as the
+    PyTorch path; the jitter's mean grey is summed in another order (float32 rounding)."""
+    from h3r.transforms import GREY_WEIGHTS
+
+    batch, _, height, width = crops.shape
+    device = crops.device
+    out = torch.empty(crops.shape, dtype=torch.float32, device=device)
+    if batch == 0:
+        return out
+
+    def values(tensor, dtype):
+        return tensor.to(device=device, dtype=dtype).contiguous()
+
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        _finish_kernel[(batch,)](
+            crops.contiguous(), values(factors, torch.float32), values(jittered, torch.int8),
+            values(mean.reshape(3), torch.float32), values(std.reshape(3), torch.float32), out, height * width,
+            W0=GREY_WEIGHTS[0], W1=GREY_WEIGHTS[1], W2=GREY_WEIGHTS[2], BLOCK=FINISH_BLOCK, num_warps=NUM_WARPS,
+            enable_fp_fusion=False)
+    return out

@@ -128,11 +128,45 @@ def test_device_augment_batches_equal_the_spec(faces, device, cached):
     crop = CropConfig(input_size=40, rotation=30.0, scale_jitter=0.25, translate=0.1, flip_prob=0.5, colour_jitter=0.3)
     crops = DeviceCropDataset(faces, crop, seed=9, cached_pixels=cached)
     images = faces.image_cache if cached else None
-    batch = collate([crops[(1, position)] for position in range(len(faces))])
+    items = [crops[(1, position)] for position in range(len(faces))]
+    items[0]["jittered"] = items[5]["jittered"] = False
+    batch = collate(items)
     by_torch = DeviceAugment(crop, faces.flip_pairs, device, images=images, backend="torch")(batch)
     by_triton = DeviceAugment(crop, faces.flip_pairs, device, images=images, backend="triton")(batch)
-    for key in ("image", "keypoints", "visible", "affine", "flipped", "index"):
+    for key in ("keypoints", "visible", "affine", "flipped", "index"):
         assert torch.equal(by_triton[key], by_torch[key]), key
+    assert_finished_alike(by_triton["image"], by_torch["image"], batch["jittered"], crop.std)
+
+
+def assert_finished_alike(got: torch.Tensor, expected: torch.Tensor, jittered: torch.Tensor, std) -> None:
+    """Bit for bit where an item has no colour jitter; with one, within float32 rounding of its
+    mean grey (summed in another order): 4e-7 in [0, 1] units (1 level = 3.9e-3)."""
+    assert got.dtype == torch.float32 and got.shape == expected.shape and got.is_contiguous()
+    plain = ~jittered.to(got.device)
+    assert torch.equal(got[plain], expected[plain])
+    scale = torch.tensor(std, device=got.device).view(1, 3, 1, 1)
+    assert float(((got - expected) * scale).abs().max()) <= 4e-7
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [16, 33, 40])  # 33 x 33 = 1,089 pixels: a whole and a partial block of 1,024
+def test_finishing_kernel_equals_the_spec(device, size):
+    """uint8 crops -> [0, 1] -> colour jitter where asked -> normalised, against the PyTorch operations."""
+    from h3r import warp_triton
+    from h3r.augment import jitter_colours
+
+    generator = torch.Generator().manual_seed(size)
+    crops = torch.randint(0, 256, (6, 3, size, size), generator=generator, dtype=torch.uint8).to(device)
+    crops[1] = 255  # saturated: the clamp
+    factors = (0.6 + 0.8 * torch.rand(6, 3, generator=generator)).to(device)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+    for jittered in ([True, True, False, True, False, True], [False] * 6):
+        jittered = torch.tensor(jittered, device=device)
+        images = crops.float().mul_(1 / 255)
+        expected = torch.where(jittered.view(-1, 1, 1, 1), jitter_colours(images, factors), images).sub_(mean).div_(std)
+        got = warp_triton.finish(crops, factors, jittered, mean, std)
+        assert_finished_alike(got, expected, jittered, std.flatten().tolist())
 
 
 @pytest.mark.gpu
@@ -185,8 +219,9 @@ def test_rows_outside_the_cache_are_refused(faces):
 
 def test_no_fused_multiply_add_on_the_gpu():
     """Compiled for sm_90 without a GPU (a subprocess: interpreted kernels are not compiled): no
-    ``fma`` in the PTX nor ``FFMA``/``DFMA`` in the SASS, in either mode and for both layouts, and
-    the same kernel compiled with contraction allowed does have them (the check can fail)."""
+    ``fma`` in the PTX nor ``FFMA``/``DFMA`` in the SASS of the warp (either mode, both layouts), no
+    ``fma`` in the PTX of the finishing kernel, whose divisions are IEEE ones; the warp compiled
+    with contraction allowed does have them (the check can fail)."""
     script = """
 import re, torch
 from h3r import warp_triton
@@ -204,17 +239,27 @@ def compile_warp(exact, rows, fusion=False):
         finally:
             vars(kernel).pop("run", None)
     (compiled_kernel,) = [entry[1] for entry in compiled]
+    return contractions(compiled_kernel)
+def contractions(compiled_kernel):
     listing = sass.cuobjdump(compiled_kernel.asm["cubin"], "-sass")
     return len(re.findall(r"\\bfma\\.", compiled_kernel.asm["ptx"])), len(re.findall(r"\\b[DF]FMA\\b", listing))
-print([compile_warp(exact, rows) for exact in (True, False) for rows in (False, True)], compile_warp(True, False, True))
+with sass.compile_only(90) as compiled:
+    warp_triton.finish(torch.zeros(4, 3, 64, 64, dtype=torch.uint8), torch.ones(4, 3), torch.ones(4, dtype=torch.bool),
+                       torch.zeros(3), torch.ones(3))
+(finishing,) = [entry[1] for entry in compiled]
+divisions = sorted(set(re.findall(r"\\bdiv\\.[a-z]+\\.f32", finishing.asm["ptx"])))
+print([compile_warp(exact, rows) for exact in (True, False) for rows in (False, True)] + [contractions(finishing)],
+      divisions, compile_warp(True, False, True))
 """
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    unfused, control = result.stdout.strip().rsplit("] ", 1)
-    assert re.fullmatch(r"\[(\(0, 0\)(, )?){4}", unfused), result.stdout
+    unfused, divisions, control = re.fullmatch(r"(\[.*\]) (\[.*\]) (\(.*\))", result.stdout.strip()).groups()
+    # the finishing kernel's SASS has FFMAs: those of the correctly rounded division's own routine
+    assert re.fullmatch(r"\[(\(0, 0\), ){4}\(0, \d+\)\]", unfused), result.stdout
+    assert divisions == "['div.rn.f32']", result.stdout  # IEEE, as PyTorch's (`/` would give div.full.f32)
     ptx_fma, sass_fma = (int(n) for n in re.findall(r"\d+", control))
     assert ptx_fma > 0 and sass_fma > 0, result.stdout
 
