@@ -355,9 +355,9 @@ class DeviceAugment:
     of it on ``device``, each row uploaded when a batch first needs it (the workers fill the
     cache before they send a batch that reads it).
 
-    ``backend``: the warp's (:func:`warp_bilinear`): ``"auto"`` runs Triton kernels on CUDA (the
-    warp, reading the device copy of the cache in place, then the jitter and normalisation:
-    :func:`h3r.warp_triton.finish`) and PyTorch operations elsewhere.
+    ``backend`` (as :func:`warp_bilinear`'s): ``"auto"`` runs Triton kernels on CUDA (the warp,
+    reading the device copy of the cache in place, then the jitter and normalisation:
+    :func:`h3r.warp_triton.finish`) and PyTorch operations elsewhere; ``"torch"`` or ``"triton"`` force one.
     """
 
     def __init__(self, crop: CropConfig, flip_pairs: Sequence[tuple[int, int]] = (), device="cpu", *,
@@ -508,8 +508,8 @@ def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed:
 
 def measure_throughput(device="cpu", batch: int = 256, size: int = 256, region: int = 320, exact: bool = True,
                        repeats: int = 10, backend: str = "auto") -> dict[str, float]:
-    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints) with the
-    warp's ``backend``."""
+    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints), its
+    ``backend`` (``"triton"``: the image kernels of :mod:`h3r.warp_triton`)."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
     crop = CropConfig(input_size=size, colour_jitter=0.2, flip_prob=0.5)
