@@ -6,15 +6,15 @@ image with Pillow and jitters the colours, all in a DataLoader worker. Here the 
 * **in the worker** (:class:`DeviceCropDataset`): decode the image, draw the *same*
   augmentation from the *same* generator (``np.random.default_rng([seed, epoch, index])``,
   as :class:`h3r.crops.CropDataset`), build the *same* affine
-  (:func:`h3r.transforms.crop_affine`), and cut from the image the smallest axis-aligned
-  region the warp reads (the pre-image of the ``S x S`` input, plus a margin). Items are
-  uint8 regions; :func:`collate` pads them to one batch. A dataset that keeps its images in
+  (:func:`h3r.transforms.crop_affine`), move the keypoints as the CPU path does
+  (:meth:`h3r.transforms.TopDownTransform.crop_keypoints`: the same bits), and cut from the image
+  the smallest axis-aligned region the warp reads (the pre-image of the ``S x S`` input, plus a
+  margin). Items are uint8 regions; :func:`collate` pads them to one batch. A dataset that keeps its images in
   an image cache (the synthetic sets) can send no pixels at all (``cached_pixels``): the
   device keeps its own copy of the cache, each image uploaded once.
 * **on the device** (:class:`DeviceAugment`): one batched bilinear warp of the uint8
   regions (:func:`warp_bilinear`), the same colour jitter (:func:`jitter_colours`), the same
-  normalisation; keypoints moved by the same affines; the visibility and flip rules of the CPU
-  path. On CUDA the warp and then the jitter and normalisation are two Triton kernels
+  normalisation. On CUDA the warp and then the jitter and normalisation are two Triton kernels
   (:mod:`h3r.warp_triton`); the PyTorch operations here are their spec, and run elsewhere.
 
 Sampling semantics matched (Pillow's ``Image.transform(..., AFFINE, resample=BILINEAR)``,
@@ -50,8 +50,7 @@ from torch.utils.data import default_collate
 
 from h3r.crops import CropDataset
 from h3r.data.cache import SharedImages
-from h3r.transforms import (GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, apply_affine,
-                            crop_affine, flip_permutation)
+from h3r.transforms import GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, crop_affine
 
 __all__ = ["DeviceCropDataset", "DeviceAugment", "collate", "make_item", "plan_augmentation", "warp_bilinear",
            "augment_from_seeds", "REGION_MARGIN"]
@@ -103,7 +102,8 @@ def read_region(pillow: Sequence[float], size: int, width: int, height: int,
 
 def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, visible,
               rng: Optional[np.random.Generator], *, cut_region: bool = True) -> dict[str, Any]:
-    """One item for :class:`DeviceAugment`: the uint8 region the warp reads and the draws.
+    """One item for :class:`DeviceAugment`: the uint8 region the warp reads, the draws, and the
+    keypoints in input pixels (``keypoints``, ``visible``: the CPU path's, bit for bit).
 
     ``image`` is the decoded ``(H, W, 3)`` uint8 RGB image, ``keypoints`` ``(K, 2)`` and
     ``visible`` ``(K,)`` in image pixels, ``rng`` the item's generator (None: the plain crop).
@@ -122,15 +122,16 @@ def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, vi
     pillow = _pillow_affine_data(plan["affine"])
     x0, y0, x1, y1 = read_region(pillow, transform.config.input_size, width, height) if cut_region else (0, 0, 0, 0)
     jitter = plan["jitter"]
+    moved, visible = transform.crop_keypoints(keypoints, visible, plan["affine"], plan["flip"])
     item = {
+        "keypoints": moved,
+        "visible": visible,
         "origin": torch.tensor([x0, y0], dtype=torch.int64),
         "image_size": torch.tensor([width, height], dtype=torch.int64),
         "pillow": torch.tensor(pillow, dtype=torch.float64),
         "affine": torch.from_numpy(plan["affine"]),
         "jitter": torch.tensor(jitter if jitter is not None else (1.0, 1.0, 1.0), dtype=torch.float32),
         "jittered": jitter is not None,
-        "image_keypoints": torch.from_numpy(keypoints),
-        "image_visible": torch.from_numpy(visible),
         "flipped": plan["flip"],
     }
     if cut_region:
@@ -186,7 +187,7 @@ class DeviceCropDataset(CropDataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# Device side: the warp, the colour jitter, the normalisation, the keypoints.
+# Device side: the warp, the colour jitter, the normalisation.
 
 
 def warp_bilinear(pixels: torch.Tensor, pillow: torch.Tensor, size: int, *, image_size: Optional[torch.Tensor] = None,
@@ -345,10 +346,11 @@ class DeviceAugment:
     """The device half of the augmentation: a :func:`collate` batch in, the CPU path's batch out.
 
     ``augment(batch)`` returns ``image`` (B, 3, S, S) float32 normalised as
-    :class:`TopDownTransform` does, ``keypoints`` (B, K, 2) float32 in input pixels,
-    ``visible`` (B, K) bool (visible and inside ``[0, S - 1]``, flip pairs swapped),
-    ``affine`` (B, 2, 3) float64 image -> input, ``flipped`` (B,) bool, and ``index`` when
-    the batch has it; all on ``device``.
+    :class:`TopDownTransform` does, and the batch's ``keypoints`` (B, K, 2) float32 in input pixels,
+    ``visible`` (B, K) bool (visible and inside ``[0, S - 1]``, flip pairs swapped; both made by
+    the workers, :func:`make_item`), ``affine`` (B, 2, 3) float64 image -> input, ``flipped`` (B,)
+    bool, and ``index`` when the batch has it; all on ``device``. ``flip_pairs``: those
+    :func:`augment_from_seeds` makes items with.
 
     ``images``: the dataset's image cache, for batches without ``pixels``
     (``DeviceCropDataset(..., cached_pixels=True)``): the warp reads row ``index`` of a copy
@@ -373,13 +375,6 @@ class DeviceAugment:
         self._on_device: Optional[np.ndarray] = None  # which rows are there
         self.mean = torch.tensor(crop.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(crop.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._permutations: dict[int, torch.Tensor] = {}
-
-    def _permutation(self, num_keypoints: int) -> torch.Tensor:
-        if num_keypoints not in self._permutations:
-            permutation = flip_permutation(num_keypoints, self.flip_pairs)
-            self._permutations[num_keypoints] = torch.from_numpy(permutation).to(self.device)
-        return self._permutations[num_keypoints]
 
     def _cached_pixels(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The device copy of :attr:`images` ``(N, H, W, 3)`` uint8, with rows ``rows`` in it, and ``rows`` on the device."""
@@ -432,17 +427,8 @@ class DeviceAugment:
                 images = torch.where(put("jittered").view(-1, 1, 1, 1), changed, images)
             images = images.sub_(self.mean).div_(self.std)
 
-        affine = put("affine")
-        moved = apply_affine(put("image_keypoints").to(torch.float64), affine)
-        inside = (torch.isfinite(moved) & (moved >= 0) & (moved <= size - 1)).all(dim=-1)
-        visible = put("image_visible") & inside
-        flipped = put("flipped")
-        if bool(batch["flipped"].any()):
-            permutation = self._permutation(moved.shape[1])
-            moved = torch.where(flipped.view(-1, 1, 1), moved[:, permutation], moved)
-            visible = torch.where(flipped.view(-1, 1), visible[:, permutation], visible)
-        out = {"image": images, "keypoints": moved.to(torch.float32), "visible": visible, "affine": affine,
-               "flipped": flipped}
+        out = {"image": images, "keypoints": put("keypoints"), "visible": put("visible"), "affine": put("affine"),
+               "flipped": put("flipped")}
         if "index" in batch:
             out["index"] = batch["index"]
         return out
@@ -508,7 +494,7 @@ def measure_equivalence(device="cpu", exact: bool = True, count: int = 60, seed:
 
 def measure_throughput(device="cpu", batch: int = 256, size: int = 256, region: int = 320, exact: bool = True,
                        repeats: int = 10, backend: str = "auto") -> dict[str, float]:
-    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints), its
+    """Milliseconds per batch of :class:`DeviceAugment` (warp + jitter + normalise + keypoints' copy), its
     ``backend`` (``"triton"``: the image kernels of :mod:`h3r.warp_triton`)."""
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)

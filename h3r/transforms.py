@@ -272,16 +272,24 @@ class TopDownTransform:
             image_tensor = _jitter_colours(image_tensor, config.colour_jitter, rng)
         image_tensor.sub_(self.mean).div_(self.std)
 
-        moved = apply_affine(keypoints, affine)
-        inside = np.all(np.isfinite(moved) & (moved >= 0) & (moved <= size - 1), axis=1)
-        visible = visible & inside
-        if augmentation["flip"]:
-            permutation = flip_permutation(len(keypoints), self.flip_pairs)
-            moved, visible = moved[permutation], visible[permutation]
+        moved, visible = self.crop_keypoints(keypoints, visible, affine, augmentation["flip"])
         return {
             "image": image_tensor,
-            "keypoints": torch.from_numpy(moved.astype(np.float32)),
-            "visible": torch.from_numpy(visible),
+            "keypoints": moved,
+            "visible": visible,
             "affine": torch.from_numpy(affine),
             "flipped": augmentation["flip"],
         }
+
+    def crop_keypoints(self, keypoints: np.ndarray, visible: np.ndarray, affine: np.ndarray,
+                       flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, 2)`` float64 image-pixel keypoints and ``(K,)`` visibility -> input pixels ``(K, 2)``
+        float32 and visibility (visible *and* finite inside ``[0, S - 1]``), flip pairs swapped when ``flip``."""
+        size = self.config.input_size
+        moved = apply_affine(keypoints, affine)
+        inside = np.all(np.isfinite(moved) & (moved >= 0) & (moved <= size - 1), axis=1)
+        visible = visible & inside
+        if flip:
+            permutation = flip_permutation(len(keypoints), self.flip_pairs)
+            moved, visible = moved[permutation], visible[permutation]
+        return torch.from_numpy(moved.astype(np.float32)), torch.from_numpy(visible)

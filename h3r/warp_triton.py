@@ -14,9 +14,9 @@ Floating-point contraction is off (``enable_fp_fusion=False``: no fused multiply
 in ``ptxas``) and divisions are IEEE ones (``div_rn``; Triton's ``/`` is approximate), so every
 product, sum and quotient is rounded as in Pillow and in PyTorch's one-op-at-a-time arithmetic.
 
-Why kernels: for a batch of the main job the PyTorch path dispatches 113 operations that each
-launch a GPU kernel (25 with these two, most of them the keypoints') and keeps float64 temporaries
-of ``(B, S, S, 3)``; the kernels read the gathered bytes once and write the inputs once.
+Why kernels: for a batch of the main job the PyTorch path dispatches 94 operations that each
+launch a GPU kernel (5 with these two) and keeps float64 temporaries of ``(B, S, S, 3)``; the
+kernels read the gathered bytes once and write the inputs once.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The warp must equal Pillow's bilinear AFFINE transform (exact mode: bit for bit; float32
 mode: within one level, 1/255), and a whole training batch must equal the CPU path's
 ``CropDataset`` batch for the same seeds: images within 1/255 (in [0, 1] units, before
-normalisation), keypoints within 1e-4 input pixels, the same visibility, affines and flips.
+normalisation), the same keypoints, visibility, affines and flips, bit for bit.
 The same checks run on CUDA where there is a device (marker ``gpu``).
 """
 import numpy as np
@@ -136,14 +136,12 @@ def compare_batches(cpu: dict, device: dict, crop: CropConfig, exact: bool) -> d
     # grey); float32: a warped pixel may move one level, which the contrast and saturation factors scale.
     allowed = 1e-5 if exact else LEVEL * (1 + crop.colour_jitter) ** 2 + 1e-5
     assert float(error.max()) <= allowed
-    keypoint_error = (device["keypoints"].cpu() - cpu["keypoints"]).abs()
     assert device["keypoints"].dtype == torch.float32
-    assert float(keypoint_error.max()) <= 1e-4
+    assert torch.equal(device["keypoints"].cpu(), cpu["keypoints"])  # moved by the workers, as the CPU path does
     assert torch.equal(device["visible"].cpu(), cpu["visible"])
     assert torch.equal(device["affine"].cpu(), cpu["affine"])
     assert torch.equal(device["flipped"].cpu(), torch.as_tensor(cpu["flipped"]))
-    return {"image_max": float(error.max()), "image_mean": float(error.mean()),
-            "keypoints_max": float(keypoint_error.max())}
+    return {"image_max": float(error.max()), "image_mean": float(error.mean())}
 
 
 @pytest.mark.parametrize("device", DEVICES)
