@@ -287,6 +287,49 @@ def test_oks_nms():
     assert kept == [1, 2]
 
 
+def test_oks_nms_counts_a_non_finite_keypoint_as_far_away():
+    """A NaN prediction overlaps nothing: it must not suppress the others (a NaN OKS would drop them all)."""
+    base = np.random.default_rng(1).uniform(0, 100, (17, 2))
+    nan = np.full((17, 2), np.nan)
+    assert oks_nms(np.stack([nan, base, base + 0.5]), np.array([0.99, 0.9, 0.8]), np.full(3, 1e4)) == [0, 1]
+    one_nan = base.copy()
+    one_nan[3] = np.nan  # 16 of 17 keypoints coincide: OKS 16/17 > 0.9, still a duplicate
+    assert oks_nms(np.stack([one_nan, base]), np.array([0.99, 0.9]), np.full(2, 1e4)) == [0]
+
+
+def _scored_items(boxes, image_ids):
+    dataset = COCODataset.__new__(COCODataset)
+    dataset._items = [{"image_id": image_id, "detection_score": None, "box": np.asarray(box, dtype=np.float32)}
+                      for box, image_id in zip(boxes, image_ids)]
+    return dataset
+
+
+def test_coco_results_remove_duplicates_with_ground_truth_boxes_as_hrnet():
+    """OKS-NMS per image with ground-truth boxes too, the area that of the square crop (1.25 max(w, h))²:
+    a tall box (100 x 300) whose duplicate is 8 px off has OKS 0.95 with that area (0.86 with 1.25² w h)."""
+    tall = [0, 0, 100, 300]
+    dataset = _scored_items([tall, tall, tall], [1, 1, 2])
+    base = np.random.default_rng(2).uniform(0, 1, (17, 2)) * [100, 300]
+    predictions = np.stack([base, base + 8, base])
+    scores = np.ones((3, 17))
+    scores[1] = 0.9
+    results = dataset.results(predictions, keypoint_scores=scores)
+    assert [(r["image_id"], r["score"]) for r in results] == [(1, 1.0), (2, 1.0)]
+    far = np.stack([base, base + 60, base])  # another person: both kept
+    assert [r["image_id"] for r in dataset.results(far, keypoint_scores=scores)] == [1, 1, 2]
+
+
+def test_coco_results_keep_a_finite_prediction_beside_a_nan_one():
+    dataset = _scored_items([[0, 0, 100, 100], [1, 1, 101, 101]], [1, 1])
+    base = np.random.default_rng(3).uniform(0, 100, (17, 2))
+    scores = np.stack([np.full(17, 0.99), np.full(17, 0.9)])
+    results = dataset.results(np.stack([np.full((17, 2), np.nan), base]), keypoint_scores=scores)
+    assert len(results) == 2 and results[1]["keypoints"][:2] == pytest.approx(base[0].tolist())
+    nan_scores = scores.copy()
+    nan_scores[0] = np.nan  # a NaN keypoint score counts as none above 0.2: instance score 0
+    assert sorted(r["score"] for r in dataset.results(np.stack([base + 50, base]), keypoint_scores=nan_scores)) == [0.0, 0.9]
+
+
 def test_coco_hrnet_image_layout(coco_root):
     (coco_root / "images").mkdir()
     shutil.move(coco_root / "val2017", coco_root / "images" / "val2017")

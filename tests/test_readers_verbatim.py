@@ -24,6 +24,7 @@ Where each record comes from:
 """
 import json
 import os
+import re
 import textwrap
 
 import h5py
@@ -332,6 +333,46 @@ def test_aflw_info_release_mat_layout(tmp_path):
     test = open_dataset("aflw", str(tmp_path), "test", train_size=1)
     np.testing.assert_allclose(test[0].box, [268, 140, 630, 502])
     assert test[0].meta["normaliser"] == pytest.approx(362.0)
+
+
+def _aflw_mat(folder, names, points=np.array(AFLW_POINTS), box=(268.0, 630.0, 140.0, 502.0)):
+    cell = np.empty((len(names), 1), dtype=object)
+    cell[:, 0] = names
+    data = np.tile(np.concatenate([points[:, 0], points[:, 1]]), (len(names), 1))
+    scipy.io.savemat(folder / "AFLWinfo_release.mat", {
+        "bbox": np.tile(np.array(box), (len(names), 1)), "data": data, "mask_new": np.ones((len(names), 19)),
+        "nameList": cell, "ra": np.arange(1.0, len(names) + 1)[None]})
+
+
+def test_aflw_mat_image_names_are_read_as_written_else_as_jpg(tmp_path):
+    """``nameList`` lists some images as ``.png`` (the raw AFLW flickr copies have them so); SAN's
+    converted copies are all ``.jpg``: the name as written first, then its ``.jpg``, else an error naming both."""
+    _aflw_mat(tmp_path, ["0/image00013.png", "2/image04010.jpg", "3/image20001.png"])
+    _image(tmp_path / "flickr" / "0" / "image00013.png")
+    _image(tmp_path / "flickr" / "2" / "image04010.jpg")
+    _image(tmp_path / "flickr" / "3" / "image20001.jpg")  # listed as .png, converted to .jpg
+    train = open_dataset("aflw", str(tmp_path), "train", train_size=2)
+    assert [train[i].meta["image_path"] for i in range(2)] == ["0/image00013.png", "2/image04010.jpg"]
+    test = open_dataset("aflw", str(tmp_path), "test", train_size=2)
+    assert test[0].meta["image_path"] == "3/image20001.jpg"
+    verify_readable(train, None), verify_readable(test, None)
+    os.remove(tmp_path / "flickr" / "3" / "image20001.jpg")
+    missing = re.escape(f"AFLWinfo_release.mat: nameList{{3}}: image {tmp_path / 'flickr' / '3' / 'image20001.png'} "
+                        f"not found (nor {tmp_path / 'flickr' / '3' / 'image20001.jpg'})")
+    with pytest.raises(FileNotFoundError, match=missing):
+        open_dataset("aflw", str(tmp_path), "test", train_size=2)
+
+
+def test_aflw_frontal_rule_in_the_files_float64(tmp_path):
+    """SAN's check_front compares the .mat's float64 values: a landmark 1e-5 px inside the box edge
+    is inside (in float32 it would round onto the edge, and the face would leave AFLW-Frontal)."""
+    points = np.array(AFLW_POINTS)
+    points[3, 0] = 629.99999  # the box's x2 is 630
+    _aflw_mat(tmp_path, [AFLW_IMAGE, AFLW_IMAGE], points)
+    _image(tmp_path / "flickr" / AFLW_IMAGE)
+    assert len(open_dataset("aflw", str(tmp_path), "frontal", train_size=1)) == 1
+    test = open_dataset("aflw", str(tmp_path), "test", train_size=1)
+    assert test.subsets["frontal"].tolist() == [True]
 
 
 # ------------------------------------------------------------------------------------- MPII

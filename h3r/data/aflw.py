@@ -5,7 +5,8 @@
 ``hdf5storage.loadmat`` would) and the AFLW images under ``root/flickr/`` (``image_dir``). Fields:
 ``bbox`` N×4 ``[x1, x2, y1, y2]`` (note the order), ``data`` N×38 (19 x then 19 y),
 ``mask_new`` N×19 (1 = visible), ``nameList`` N×1 cell of paths relative to ``flickr/``
-(the extension is replaced by ``.jpg``, as SAN does), ``ra`` a 1-based permutation of the N
+(read as written; where that file is missing, the same stem with ``.jpg``, as SAN's converted
+copies are named: :func:`aflw_image`), ``ra`` a 1-based permutation of the N
 faces: the first 20,000 are the training set, the remaining 4,386 the test set (AFLW-Full).
 AFLW-Frontal (1,165) is the test faces whose 19 landmarks are all visible and strictly
 inside the box (SAN's rule). NME normaliser: √(w·h) of the box (SAN), w = x2 − x1, h = y2 − y1.
@@ -77,8 +78,9 @@ def _load_mat(path: str) -> dict[str, np.ndarray]:
 
 def read_aflw_mat(path: str) -> dict[str, np.ndarray | list]:
     """All faces of ``AFLWinfo_release.mat`` in file order: ``keypoints (N, 19, 2)``,
-    ``boxes (N, 4)`` as x1, y1, x2, y2, ``visible (N, 19)`` bool, ``names`` (N paths),
-    ``order`` (the 0-based permutation ``ra − 1``)."""
+    ``boxes (N, 4)`` as x1, y1, x2, y2, ``visible (N, 19)`` bool, ``names`` (N paths, as
+    ``nameList`` writes them: see :func:`aflw_image`), ``order`` (the 0-based permutation ``ra − 1``),
+    and ``frontal (N,)``: :func:`is_frontal` on the file's float64 values."""
     require_file(path, "AFLW annotation file")
     mat = _load_mat(path)
     for field in ("bbox", "data", "mask_new", "nameList", "ra"):
@@ -115,15 +117,33 @@ def read_aflw_mat(path: str) -> dict[str, np.ndarray | list]:
         text = matlab_string(entry)
         if not text:
             raise ValueError(f"{path}: nameList{{{index + 1}}} is not a file name: {entry!r}")
-        names.append(os.path.splitext(text)[0] + ".jpg")
+        names.append(text)
     x1, x2, y1, y2 = arrays["bbox"].T
+    keypoints = np.stack([data[:, :AFLW_NUM_KEYPOINTS], data[:, AFLW_NUM_KEYPOINTS:]], axis=-1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1)
+    visible = arrays["mask_new"] != 0
     return {
-        "keypoints": np.stack([data[:, :AFLW_NUM_KEYPOINTS], data[:, AFLW_NUM_KEYPOINTS:]], axis=-1).astype(np.float32),
-        "boxes": np.stack([x1, y1, x2, y2], axis=1).astype(np.float32),
-        "visible": arrays["mask_new"] != 0,
+        "keypoints": keypoints.astype(np.float32),
+        "boxes": boxes.astype(np.float32),
+        "visible": visible,
         "names": names,
         "order": np.rint(order).astype(np.int64) - 1,
+        "frontal": is_frontal(keypoints, visible, boxes),  # in float64, as SAN's check_front
     }
+
+
+def aflw_image(image_root: str, name: str, where: str) -> str:
+    """The image file of ``nameList`` entry ``name`` under ``image_root``: the name as written,
+    else the same stem with ``.jpg`` (SAN's converted copies; some listed extensions are wrong,
+    as SRT's ``GEN_aflw.py`` notes); ``FileNotFoundError`` naming both when neither exists."""
+    written = os.path.join(image_root, name)
+    if os.path.isfile(written):
+        return written
+    converted = os.path.splitext(written)[0] + ".jpg"
+    if os.path.isfile(converted):
+        return converted
+    alternative = "" if converted == written else f" (nor {converted})"
+    raise FileNotFoundError(f"{where}: image {written} not found{alternative}")
 
 
 def is_frontal(keypoints: np.ndarray, visible: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -207,26 +227,23 @@ class AFLW(FaceDataset):
         if not 0 < train_size < len(table["order"]):
             raise ValueError(f"AFLW train_size: {train_size} does not split the {len(table['order'])} faces of {path}")
         chosen = table["order"][:train_size] if split == "train" else table["order"][train_size:]
-        keypoints, boxes, visible = table["keypoints"][chosen], table["boxes"][chosen], table["visible"][chosen]
-        frontal = is_frontal(keypoints, visible, boxes)
         if split == "frontal":
-            chosen, keypoints, boxes, visible = chosen[frontal], keypoints[frontal], boxes[frontal], visible[frontal]
-        names = [table["names"][index] for index in chosen]
-        require_images((os.path.join(image_root, name), f"{path}: nameList{{{index + 1}}}")
-                       for index, name in zip(chosen, names))
+            chosen = chosen[table["frontal"][chosen]]
+        keypoints, boxes, visible = table["keypoints"][chosen], table["boxes"][chosen], table["visible"][chosen]
+        files = [aflw_image(image_root, table["names"][index], f"{path}: nameList{{{index + 1}}}") for index in chosen]
         width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         bad = np.flatnonzero(~((width > 0) & (height > 0)))
         if bad.size:
             raise ValueError(f"{path}: bbox of face {chosen[bad[0]] + 1} has no area: {boxes[bad[0]].tolist()} (x1, y1, x2, y2)")
         super().__init__(
             split=split,
-            loaders=[image_loader(os.path.join(image_root, name)) for name in names],
+            loaders=[image_loader(file) for file in files],
             keypoints=keypoints,
             boxes=boxes,
             normalisers=np.sqrt(width.astype(np.float64) * height),
-            metas=[{"image_path": name, "face": int(index) + 1, "occluded": ~seen}
-                   for name, index, seen in zip(names, chosen, visible)],
-            subsets={"frontal": frontal} if split == "test" else None,
+            metas=[{"image_path": os.path.relpath(file, image_root), "face": int(index) + 1, "occluded": ~seen}
+                   for file, index, seen in zip(files, chosen, visible)],
+            subsets={"frontal": table["frontal"][chosen]} if split == "test" else None,
         )
 
     def _init_from_csv(self, split: str, image_root: str) -> None:

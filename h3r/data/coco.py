@@ -65,7 +65,7 @@ COCOEVAL_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "iscrowd", "num_k
 # Top-down rescoring and duplicate removal of HRNet / mmpose (datasets.md §6.1).
 KEYPOINT_SCORE_THRESHOLD = 0.2  # keypoint scores above this are averaged into the instance score
 OKS_NMS_THRESHOLD = 0.9  # detections overlapping a better one by OKS > this are dropped
-NMS_AREA_PADDING = 1.25  # OKS area of a prediction = (1.25 w) (1.25 h) of its box, as the crop
+NMS_AREA_PADDING = 1.25  # OKS area of a prediction = (1.25 max(w, h))², the square crop of its box (HRNet: the crop's area)
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -98,8 +98,8 @@ def xywh_to_xyxy(box: Sequence[float]) -> np.ndarray:
 def mean_confident_score(keypoint_scores: np.ndarray) -> np.ndarray:
     """Per instance ``(N,)``: the mean of its keypoint scores ``(N, 17)`` above 0.2, or 0 when
     none is (the keypoint part of HRNet's / mmpose's instance rescoring)."""
-    confident = keypoint_scores > KEYPOINT_SCORE_THRESHOLD
-    return (keypoint_scores * confident).sum(axis=1) / np.maximum(confident.sum(axis=1), 1)
+    confident = keypoint_scores > KEYPOINT_SCORE_THRESHOLD  # False for NaN: a NaN score counts as none
+    return np.where(confident, keypoint_scores, 0.0).sum(axis=1) / np.maximum(confident.sum(axis=1), 1)
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
@@ -107,7 +107,9 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
     """Greedy non-maximum suppression by object keypoint similarity (one image's predictions).
 
     ``keypoints`` ``(N, 17, 2)`` pixels, ``scores`` ``(N,)``, ``areas`` ``(N,)`` pixels².
-    Returns the kept indices, best first. OKS as COCOeval computes it, all keypoints counted.
+    Returns the kept indices, best first. OKS as COCOeval computes it, all keypoints counted; a
+    keypoint that is not finite (in either prediction) adds 0, as if far away (as
+    :func:`h3r.metrics.coco_keypoint_ap` scores it), so it suppresses nothing.
     """
     order = list(np.argsort(-np.asarray(scores), kind="stable"))
     variances = (2 * COCO_OKS_SIGMAS) ** 2
@@ -119,7 +121,9 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray,
             break
         squared = ((keypoints[rest] - keypoints[best]) ** 2).sum(axis=-1)
         area = (areas[best] + areas[rest]) / 2 + np.spacing(1)
-        oks = np.exp(-squared / variances / area[:, None] / 2).mean(axis=1)
+        with np.errstate(invalid="ignore"):
+            terms = np.exp(-squared / variances / area[:, None] / 2)
+        oks = np.where(np.isfinite(terms), terms, 0.0).mean(axis=1)
         order = list(rest[oks <= threshold])
     return kept
 
@@ -373,8 +377,10 @@ class COCODataset(LandmarkDataset):
 
         Scoring as HRNet / mmpose top-down: instance score = box score × mean of the
         keypoint scores above 0.2 (0 when none is), the box score being the detection score
-        (1 for ground-truth boxes); ``keypoint_scores`` ``(N, 17)`` default to 1. With
-        detections, duplicates are then removed per image by OKS-NMS at 0.9.
+        (1 for ground-truth boxes); ``keypoint_scores`` ``(N, 17)`` default to 1. Duplicates are
+        then removed per image by OKS-NMS at 0.9, with ground-truth boxes too (as HRNet's and
+        mmpose's evaluation: two people whose predictions nearly coincide keep one), the area of
+        a prediction being that of its square crop, ``(1.25 max(w, h))²``.
         """
         indices = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=int)
         predictions = np.asarray(predictions, dtype=np.float64)
@@ -398,9 +404,9 @@ class COCODataset(LandmarkDataset):
                                    for item in items])
             scores = box_scores * mean_confident[rows]
             kept = range(len(rows))
-            if self.uses_detections:
+            if len(rows) > 1:
                 sizes = np.array([item["box"][2:] - item["box"][:2] for item in items], dtype=np.float64)
-                areas = NMS_AREA_PADDING ** 2 * sizes[:, 0] * sizes[:, 1]
+                areas = (NMS_AREA_PADDING * sizes.max(axis=1)) ** 2
                 kept = oks_nms(predictions[rows], scores, areas)
             for position in kept:
                 row = rows[position]
