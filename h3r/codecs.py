@@ -280,10 +280,15 @@ class IntegralCodec:
         return (error * mask).sum() / (2 * mask.sum()).clamp_min(1)
 
     def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(coords (B, K, 2) input pixels, scores (B, K) = the largest softmax probability)``."""
-        probabilities = _cell_probabilities(logits.float())
-        scores = probabilities.flatten(2).amax(dim=-1)
-        return _expected_cell(probabilities) * self.stride, scores
+        """``(coords (B, K, 2) input pixels, scores (B, K) = 1)``.
+
+        The scores are 1, as mmpose's integral regression gives (``RegressionLabel.decode``): a
+        softmax peak is no confidence on the heatmap scale that COCO's instance rescoring
+        assumes (it keeps keypoint scores above 0.2; a peak probability is about 0.04 for a
+        spread of 2 cells, which would zero every instance score and rank detections by list order).
+        """
+        coords = soft_argmax(logits.float()) * self.stride
+        return coords, torch.ones(coords.shape[:2], dtype=coords.dtype, device=coords.device)
 
 
 def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
