@@ -286,6 +286,104 @@ def test_cofw_matlab_v73_layout(tmp_path):
     verify_readable(dataset, count=2)
 
 
+# ----------------------------------------------------------------- HRNet csv files of 300W and WFLW
+
+# ChoiDM/PIPnet data/300w/face_landmarks_300w_valid_challenge.csv (HRNet's file): the header and the first row.
+W300_CSV_HEADER = "image_name,scale,center_w,center_h," + ",".join(
+    f"original_{index}_{axis}" for index in range(68) for axis in "xy")
+W300_CSV_ROW = (
+    "ibug/image_99.jpg,0.55,364.5,112.0,327.832346,57.357609,318.69515099999995,73.466566,312.411702,93.417362,"
+    "312.79627999999997,114.89344399999999,319.824966,130.47247099999998,332.187777,144.28698400000002,"
+    "348.94809399999997,155.75739199999998,361.894127,163.463176,375.252293,166.942542,383.557961,163.77598600000002,"
+    "387.517597,154.936757,391.937212,143.273153,398.818731,131.898435,405.337777,122.507168,411.9083,"
+    "110.93925300000001,412.077574,99.733811,410.822699,90.04821,346.48618999999997,65.173606,356.749569,"
+    "59.473378000000004,368.803199,57.493561,379.767599,61.745716,389.18642,69.186534,401.83448799999996,72.421227,"
+    "406.52088399999997,70.029276,410.45659700000004,67.90229000000001,414.224851,66.187438,416.56895699999995,"
+    "68.045827,395.994354,78.91272,397.20138399999996,88.524739,399.085511,97.94355999999999,401.236419,107.555578,"
+    "380.102517,109.125079,386.26090800000003,113.859321,392.879276,116.97621399999998,398.529842,115.237439,"
+    "402.800475,111.90523999999999,355.058639,73.048664,364.839932,68.722925,372.69106800000003,70.09196700000001,"
+    "377.375648,80.39016099999999,370.32122400000003,76.693674,362.54548700000004,74.61635,397.1278,82.852065,"
+    "402.875874,78.360682,408.436872,77.48719,410.024173,82.633129,407.391179,83.140953,402.465556,82.923833,"
+    "354.455124,122.190726,371.601837,120.49979599999999,385.92417400000005,120.306599,391.022702,122.481429,"
+    "396.38074900000004,121.65898,397.924512,124.244128,396.285058,130.448548,391.477234,138.492881,387.784378,"
+    "142.814989,382.59015899999997,142.743221,376.262494,140.205918,365.735966,135.088913,357.11204100000003,"
+    "123.204558,383.31510299999997,125.861474,389.353879,126.46498899999999,393.433129,127.16601000000001,"
+    "394.835171,130.03823,389.762381,136.077008,385.029955,136.560908,378.821904,134.846055")
+
+
+def test_300w_hrnet_csv_row(tmp_path):
+    _write(tmp_path / "face_landmarks_300w_valid_challenge.csv", W300_CSV_HEADER + "\n" + W300_CSV_ROW + "\n")
+    _image(tmp_path / "images" / "ibug" / "image_99.jpg", height=240, width=480)
+    dataset = open_dataset("300w", str(tmp_path), "challenging")
+    assert dataset.source == "csv" and len(dataset) == 1
+    item = dataset[0]
+    points = np.array(W300_CSV_ROW.split(",")[4:], dtype=np.float64).reshape(68, 2)
+    np.testing.assert_allclose(item.keypoints, points, rtol=1e-6)  # as written, as HRNet reads them
+    assert tuple(item.keypoints[0]) == pytest.approx((327.832346, 57.357609))
+    # HRNet's box: side 200 * scale around the centre, the tight landmark box's larger side rounded outwards
+    np.testing.assert_allclose(item.box, [364.5 - 55, 112 - 55, 364.5 + 55, 112 + 55])
+    low, high = np.floor(points.min(axis=0)), np.ceil(points.max(axis=0))
+    assert (high - low).max() == 110 and tuple((low + high) / 2) == (364.5, 112.0)
+    assert item.meta["normaliser"] == pytest.approx(np.linalg.norm(points[36] - points[45]), rel=1e-6)
+    assert item.meta["annotation"].endswith("face_landmarks_300w_valid_challenge.csv:2")
+    verify_readable(dataset)
+
+
+def test_300w_hrnet_csv_full_split_reports_its_subsets(tmp_path):
+    helen = W300_CSV_ROW.replace("ibug/image_99.jpg", "helen/testset/296814969_3.jpg", 1)
+    _write(tmp_path / "face_landmarks_300w_valid.csv", "\n".join([W300_CSV_HEADER, helen, W300_CSV_ROW]) + "\n")
+    _image(tmp_path / "images" / "ibug" / "image_99.jpg")
+    _image(tmp_path / "images" / "helen" / "testset" / "296814969_3.jpg")
+    full = open_dataset("300w", str(tmp_path), "full")
+    assert {name: mask.tolist() for name, mask in full.subsets.items()} == {
+        "common": [True, False], "challenging": [False, True]}
+    results = full.evaluate(np.stack([full[0].keypoints, full[1].keypoints + 1.0]))
+    assert results["common/nme"] == 0.0 and results["challenging/nme"] > 0
+    with pytest.raises(FileNotFoundError, match="300W test: neither the iBUG folders .* nor HRNet's .*face_landmarks_300w_test.csv exist"):
+        open_dataset("300w", str(tmp_path), "test")
+    with pytest.raises(ValueError, match="300W source: expected 'pts' .* or 'csv'"):
+        open_dataset("300w", str(tmp_path), "full", source="json")
+    _write(tmp_path / "face_landmarks_300w_valid.csv", W300_CSV_HEADER + "\n" + W300_CSV_ROW.rsplit(",", 1)[0] + "\n")
+    with pytest.raises(ValueError, match=r"face_landmarks_300w_valid.csv:2: expected 140 columns, got 139"):
+        open_dataset("300w", str(tmp_path), "full")
+
+
+WFLW_CSV_HEADER = "image_name,scale,center_w,center_h," + ",".join(
+    f"original_{index}_{axis}" for index in range(98) for axis in "xy")
+
+
+def _wflw_csv_row(name, points):
+    """A row as HRNet's WFLW csv writes it: centre and scale from the landmark box rounded outwards."""
+    low, high = np.floor(points.min(axis=0)), np.ceil(points.max(axis=0))
+    centre, scale = (low + high) / 2, (high - low).max() / 200
+    return ",".join([name, repr(float(scale)), repr(float(centre[0])), repr(float(centre[1]))]
+                    + [repr(float(value)) for value in points.reshape(-1)])
+
+
+def test_wflw_hrnet_csv_rows_and_subsets(tmp_path):
+    points = np.array(WFLW_COORDINATES.split(), dtype=np.float64).reshape(98, 2)
+    other = "2--Demonstration/2_Demonstration_Demonstrators_2_1.jpg"
+    rows = [_wflw_csv_row(WFLW_IMAGE, points), _wflw_csv_row(other, points + 3)]
+    _write(tmp_path / "face_landmarks_wflw_test.csv", "\n".join([WFLW_CSV_HEADER, *rows]) + "\n")
+    _write(tmp_path / "face_landmarks_wflw_test_blur.csv", "\n".join([WFLW_CSV_HEADER, rows[1]]) + "\n")
+    _image(tmp_path / "images" / WFLW_IMAGE)
+    _image(tmp_path / "images" / other)
+    test = open_dataset("wflw", str(tmp_path), "test")
+    assert test.source == "csv" and len(test) == 2
+    np.testing.assert_allclose(test[0].keypoints, points, rtol=1e-6)
+    assert test.subsets == {"blur": test.subsets["blur"]} and test.subsets["blur"].tolist() == [False, True]
+    assert test[0].meta["normaliser"] == pytest.approx(np.linalg.norm(points[60] - points[72]), rel=1e-6)
+    blur = open_dataset("wflw", str(tmp_path), "test", subset="blur")
+    assert len(blur) == 1 and blur[0].meta["image_path"] == other
+    verify_readable(test, None)
+    _write(tmp_path / "face_landmarks_wflw_test_blur.csv",
+           "\n".join([WFLW_CSV_HEADER, _wflw_csv_row(other, points + 9)]) + "\n")
+    with pytest.raises(ValueError, match="face_landmarks_wflw_test_blur.csv:2: no face of .*face_landmarks_wflw_test.csv"):
+        open_dataset("wflw", str(tmp_path), "test")
+    with pytest.raises(FileNotFoundError, match="WFLW: neither the official list .* nor HRNet's .*face_landmarks_wflw_train.csv exists"):
+        open_dataset("wflw", str(tmp_path), "train")
+
+
 # ------------------------------------------------------------------------------------- AFLW
 
 AFLW_IMAGE = "3/image22568.jpg"

@@ -18,8 +18,9 @@ from h3r.data.checks import verify_readable
 
 # What ``root`` must hold, shown when it is missing.
 EXPECTED_LAYOUT = {
-    "wflw": "the WFLW folder with WFLW_annotations/ and WFLW_images/",
-    "300w": "the iBUG 300W download with afw/, helen/, lfpw/, ibug/ and 300W/ (folders of images + .pts)",
+    "wflw": "the WFLW folder with WFLW_annotations/ and WFLW_images/, or HRNet's face_landmarks_wflw_*.csv + images/",
+    "300w": ("the iBUG 300W download with afw/, helen/, lfpw/, ibug/ and 300W/ (folders of images + .pts), "
+             "or HRNet's face_landmarks_300w_*.csv + images/"),
     "pts": "a folder tree of images with a .pts file beside each",
     "cofw": "COFW_train_color.mat and COFW_test_color.mat",
     "aflw": "AFLWinfo_release.mat + flickr/, or HRNet's face_landmarks_aflw_*.csv + images/",
@@ -47,7 +48,7 @@ def open_dataset(name: str, root: str | None = None, split: str = "train", **opt
     """Open dataset ``name`` (one of ``DATASET_NAMES``) from ``root`` for ``split``.
 
     ``options`` go to the reader, e.g. ``subset="largepose"`` for WFLW, ``source="csv"`` for
-    AFLW, ``detections=...`` for COCO, ``size=``/``seed=`` for the synthetic sets (which take
+    WFLW, 300W or AFLW (HRNet's files), ``detections=...`` for COCO, ``size=``/``seed=`` for the synthetic sets (which take
     no ``root``).
     """
     if name not in DATASET_NAMES:

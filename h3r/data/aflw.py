@@ -23,7 +23,6 @@ and ``frontal`` (AFLW-Frontal); evaluating ``test`` from the mat also reports ``
 """
 from __future__ import annotations
 
-import csv
 import os
 
 import h5py
@@ -32,6 +31,7 @@ import scipy.io
 
 from h3r.data.checks import matlab_string, require_finite, require_images
 from h3r.data.faces import FaceDataset, require_file
+from h3r.data.hrnet_csv import read_hrnet_csv, square_boxes
 from h3r.data.images import image_loader
 
 AFLW_NUM_KEYPOINTS = 19
@@ -40,7 +40,6 @@ AFLW_MAT = "AFLWinfo_release.mat"
 AFLW_TRAIN_SIZE = 20000  # first entries of ``ra`` that form the training set
 AFLW_CSV = {"train": "face_landmarks_aflw_train.csv", "test": "face_landmarks_aflw_test.csv",
             "frontal": "face_landmarks_aflw_test_frontal.csv"}
-AFLW_CSV_COLUMNS = 5 + 2 * AFLW_NUM_KEYPOINTS
 AFLW_IMAGE_DIRS = {"mat": "flickr", "csv": "images"}
 
 
@@ -155,39 +154,10 @@ def is_frontal(keypoints: np.ndarray, visible: np.ndarray, boxes: np.ndarray) ->
 
 def read_aflw_csv(path: str) -> dict[str, np.ndarray | list]:
     """An HRNet AFLW csv: ``names``, ``keypoints (N, 19, 2)``, ``box_size (N,)``, ``centre (N, 2)``, ``lines``."""
-    names, rows, line_numbers = [], [], []
-    with open(require_file(path, "AFLW csv"), newline="") as file:
-        reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None or len(header) != AFLW_CSV_COLUMNS:
-            raise ValueError(f"{path}:1: expected a header of {AFLW_CSV_COLUMNS} columns "
-                             f"(image_name, scale, box_size, center_w, center_h, 19 × (x, y))")
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != AFLW_CSV_COLUMNS:
-                raise ValueError(f"{path}:{reader.line_num}: expected {AFLW_CSV_COLUMNS} columns, got {len(row)}")
-            try:
-                values = np.array(row[1:], dtype=np.float64)
-            except ValueError as error:
-                raise ValueError(f"{path}:{reader.line_num}: non-numeric value: {error}") from None
-            require_finite(values, f"{path}:{reader.line_num}", "values", names=header[1:])
-            rows.append(values)
-            names.append(row[0])
-            line_numbers.append(reader.line_num)
-    if not rows:
-        raise ValueError(f"{path}: no rows after the header")
-    values = np.stack(rows)
-    bad = np.flatnonzero(~(values[:, 1] > 0))
-    if bad.size:
-        raise ValueError(f"{path}:{line_numbers[bad[0]]}: box_size must be positive, got {values[bad[0], 1]}")
-    return {
-        "names": names,
-        "box_size": values[:, 1],
-        "centre": values[:, 2:4],
-        "keypoints": values[:, 4:].reshape(-1, AFLW_NUM_KEYPOINTS, 2).astype(np.float32),
-        "lines": line_numbers,
-    }
+    table = read_hrnet_csv(path, AFLW_NUM_KEYPOINTS, ("scale", "box_size", "center_w", "center_h"), "AFLW csv")
+    return {"names": table["names"], "box_size": table["box_size"],
+            "centre": np.stack([table["center_w"], table["center_h"]], axis=1), "keypoints": table["keypoints"],
+            "lines": table["lines"]}
 
 
 class AFLW(FaceDataset):
@@ -251,12 +221,11 @@ class AFLW(FaceDataset):
         table = read_aflw_csv(path)
         require_images((os.path.join(image_root, name), f"{path}:{number}")
                        for name, number in zip(table["names"], table["lines"]))
-        half = table["box_size"][:, None] / 2.0
         super().__init__(
             split=split,
             loaders=[image_loader(os.path.join(image_root, name)) for name in table["names"]],
             keypoints=table["keypoints"],
-            boxes=np.concatenate([table["centre"] - half, table["centre"] + half], axis=1),
+            boxes=square_boxes(table["centre"], table["box_size"]),
             normalisers=table["box_size"],
             metas=[{"image_path": name, "annotation": f"{path}:{number}"}
                    for name, number in zip(table["names"], table["lines"])],

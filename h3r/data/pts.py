@@ -23,7 +23,8 @@ from h3r import metrics
 from h3r.data.base import landmark_box
 from h3r.data.cofw import COFW_FLIP_PAIRS, COFW_INTER_OCULAR, COFW_NUM_KEYPOINTS, COFW_PUPILS
 from h3r.data.faces import FaceDataset, require_file
-from h3r.data.checks import require_finite
+from h3r.data.checks import require_finite, require_images
+from h3r.data.hrnet_csv import HRNET_COLUMNS, HRNET_SCALE_PIXELS, read_hrnet_csv, square_boxes
 from h3r.data.images import IMAGE_EXTENSIONS, image_loader
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
 
@@ -47,6 +48,15 @@ W300_SPLITS = {
 W300_SUBSETS = {
     "full": {"common": ("helen/testset", "lfpw/testset"), "challenging": ("ibug",)},
     "test": {"indoor": ("300W/01_Indoor",), "outdoor": ("300W/02_Outdoor",)},
+}
+# HRNet's csv of each split (HRNet-Facial-Landmark-Detection data/300w/; images under images/),
+# and the folder its image paths start with for each subset (its private test set is under Test/).
+W300_CSV = {"train": "face_landmarks_300w_train.csv", "common": "face_landmarks_300w_valid_common.csv",
+            "challenging": "face_landmarks_300w_valid_challenge.csv", "full": "face_landmarks_300w_valid.csv",
+            "test": "face_landmarks_300w_test.csv"}
+W300_CSV_SUBSETS = {
+    "full": {"common": ("helen/testset", "lfpw/testset"), "challenging": ("ibug",)},
+    "test": {"indoor": ("Test/01_Indoor", "300W/01_Indoor"), "outdoor": ("Test/02_Outdoor", "300W/02_Outdoor")},
 }
 
 
@@ -144,6 +154,12 @@ class W300(FaceDataset):
     distance between the centroids of the eye contours (36–41, 42–47). FR/AUC are reported at
     0.05 (STAR), 0.08 (the 300W challenge) and 0.1. The ``.pts`` files give no face box, so
     ``Sample.box`` is the landmark box (P1, as H3R's 300W script).
+
+    ``source="csv"``: HRNet's files instead (``root`` = HRNet's ``data/300w``):
+    ``face_landmarks_300w_{train,valid_common,valid_challenge,valid,test}.csv`` for the splits
+    above, images under ``images/`` (:mod:`h3r.data.hrnet_csv`; coordinates as written, as HRNet
+    reads them; ``Sample.box`` is HRNet's square box of side ``200 * scale``). Default: the iBUG
+    folders where ``root`` has the split's, else the csv.
     """
 
     name = "300w"
@@ -151,10 +167,25 @@ class W300(FaceDataset):
     flip_pairs = W300_FLIP_PAIRS
     thresholds = (0.05, 0.08, 0.1)
 
-    def __init__(self, root: str, split: str = "train"):
+    def __init__(self, root: str, split: str = "train", source: str | None = None):
         if split not in W300_SPLITS:
             raise ValueError(f"300W split: expected one of {tuple(W300_SPLITS)}, got {split!r}")
         self.root = os.fspath(root)
+        if source is None:
+            folders = [os.path.join(self.root, folder) for folder in W300_SPLITS[split]]
+            csv_file = os.path.join(self.root, W300_CSV[split])
+            if any(os.path.isdir(folder) for folder in folders):
+                source = "pts"
+            elif os.path.isfile(csv_file):
+                source = "csv"
+            else:
+                raise FileNotFoundError(f"300W {split}: neither the iBUG folders {folders} nor HRNet's {csv_file} exist")
+        if source not in ("pts", "csv"):
+            raise ValueError(f"300W source: expected 'pts' (the iBUG download) or 'csv' (HRNet's), got {source!r}")
+        self.source = source
+        if source == "csv":
+            self._init_from_csv(split)
+            return
         images, keypoints, folders = [], [], []
         for folder in W300_SPLITS[split]:
             for image, pts in find_annotated_images(os.path.join(self.root, folder)):
@@ -177,6 +208,28 @@ class W300(FaceDataset):
             normalisers=metrics.inter_ocular(keypoints, *W300_INTER_OCULAR),
             inter_pupil=metrics.inter_ocular(keypoints, *W300_PUPILS),
             metas=[{"image_path": os.path.relpath(path, self.root), "folder": folder} for path, folder in zip(images, folders)],
+            subsets=subsets,
+        )
+
+    def _init_from_csv(self, split: str) -> None:
+        path = os.path.join(self.root, W300_CSV[split])
+        table = read_hrnet_csv(path, W300_NUM_KEYPOINTS, HRNET_COLUMNS, "300W csv")
+        origins = [f"{path}:{number}" for number in table["lines"]]
+        image_dir = os.path.join(self.root, "images")
+        require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["names"], origins))
+        names = [name.replace("\\", "/") for name in table["names"]]
+        subsets = {subset: np.array([any(name.startswith(folder + "/") for folder in folders) for name in names])
+                   for subset, folders in W300_CSV_SUBSETS.get(split, {}).items()}
+        keypoints = table["keypoints"]
+        super().__init__(
+            split=split,
+            loaders=[image_loader(os.path.join(image_dir, name)) for name in table["names"]],
+            keypoints=keypoints,
+            boxes=square_boxes(np.stack([table["center_w"], table["center_h"]], axis=1),
+                               HRNET_SCALE_PIXELS * table["scale"]),
+            normalisers=metrics.inter_ocular(keypoints, *W300_INTER_OCULAR),
+            inter_pupil=metrics.inter_ocular(keypoints, *W300_PUPILS),
+            metas=[{"image_path": name, "annotation": origin} for name, origin in zip(table["names"], origins)],
             subsets=subsets,
         )
 

@@ -24,6 +24,14 @@ tight landmark box (P1); the NME normaliser is the inter-ocular distance between
 eye corners 60 and 72, and ``nme_ip`` uses the pupils 96 and 97. Every value must be finite
 (a ``nan`` or ``inf`` token is an error naming ``file:line``) and the rectangle must have a
 positive width and height.
+
+``source="csv"``: HRNet's files instead (``root`` = HRNet's ``data/wflw``):
+``face_landmarks_wflw_{train,test}.csv`` and ``face_landmarks_wflw_test_<attribute>.csv`` (a header,
+then ``image_name, scale, center_w, center_h, x0, y0, ..., x97, y97``; :mod:`h3r.data.hrnet_csv`)
+with the images under ``images/``. ``Sample.box`` is HRNet's square box (side ``200 * scale``
+around the centre: the tight landmark box's larger side), so P1 and P2 coincide up to its
+rounding. The attribute subsets of the full test split are the faces of the subset files that
+are present (matched to the test rows by image and landmarks); there are no attribute flags.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ import numpy as np
 from h3r import metrics
 from h3r.data.checks import require_finite, require_images
 from h3r.data.faces import FaceDataset, require_file
+from h3r.data.hrnet_csv import HRNET_COLUMNS, HRNET_SCALE_PIXELS, read_hrnet_csv, square_boxes
 from h3r.data.images import image_loader
 
 WFLW_NUM_KEYPOINTS = 98
@@ -56,6 +65,12 @@ WFLW_MATCH_TOLERANCE = 1e-3
 LIST_DIR = os.path.join("WFLW_annotations", "list_98pt_rect_attr_train_test")
 SUBSET_DIR = os.path.join("WFLW_annotations", "list_98pt_test")
 IMAGE_DIR = "WFLW_images"
+CSV_IMAGE_DIR = "images"  # HRNet's data/wflw/images/
+
+
+def csv_path(root: str, split: str, subset: str | None = None) -> str:
+    """HRNet's csv of ``split``, or of the test ``subset``."""
+    return os.path.join(root, f"face_landmarks_wflw_{split}{'' if subset is None else '_' + subset}.csv")
 
 
 def list_path(root: str, split: str) -> str:
@@ -191,14 +206,16 @@ class WFLW(FaceDataset):
     (``"largepose" | "expression" | "illumination" | "makeup" | "occlusion" | "blur"``) read
     from its official 197-field list and matched to the test list for its rectangle and flags.
     Evaluating the full test split also reports each attribute subset (``"largepose/nme"``,
-    ...), selected by the attribute flags the subsets are built from.
+    ...), selected by the attribute flags the subsets are built from. ``source``: ``"lists"``
+    (the official annotations) or ``"csv"`` (HRNet's files); default: the lists where ``root``
+    has them, else the csv.
     """
 
     name = "wflw"
     num_keypoints = WFLW_NUM_KEYPOINTS
     flip_pairs = WFLW_FLIP_PAIRS
 
-    def __init__(self, root: str, split: str = "train", subset: str | None = None):
+    def __init__(self, root: str, split: str = "train", subset: str | None = None, source: str | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"WFLW split: expected 'train' or 'test', got {split!r}")
         if subset is not None and (split != "test" or subset not in WFLW_ATTRIBUTES):
@@ -206,6 +223,21 @@ class WFLW(FaceDataset):
                              f"got {subset!r} with split={split!r}")
         self.root = os.fspath(root)
         self.subset = subset
+        if source is None:
+            lists = list_path(self.root, split)
+            csv_file = csv_path(self.root, split, subset)
+            if os.path.isfile(lists):
+                source = "lists"
+            elif os.path.isfile(csv_file):
+                source = "csv"
+            else:
+                raise FileNotFoundError(f"WFLW: neither the official list {lists} nor HRNet's {csv_file} exists")
+        if source not in ("lists", "csv"):
+            raise ValueError(f"WFLW source: expected 'lists' (the official annotations) or 'csv' (HRNet's), got {source!r}")
+        self.source = source
+        if source == "csv":
+            self._init_from_csv(split, subset)
+            return
         path = list_path(self.root, split)
         table = read_wflw_list(path)
         annotations = [f"{path}:{number}" for number in table["lines"]]
@@ -237,5 +269,36 @@ class WFLW(FaceDataset):
             normalisers=metrics.inter_ocular(keypoints, *WFLW_INTER_OCULAR),
             inter_pupil=metrics.inter_ocular(keypoints, *WFLW_PUPILS),
             metas=metas,
+            subsets=subsets,
+        )
+
+    def _init_from_csv(self, split: str, subset: str | None) -> None:
+        path = csv_path(self.root, split, subset)
+        table = read_hrnet_csv(path, WFLW_NUM_KEYPOINTS, HRNET_COLUMNS, "WFLW csv")
+        origins = [f"{path}:{number}" for number in table["lines"]]
+        image_dir = os.path.join(self.root, CSV_IMAGE_DIR)
+        require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["names"], origins))
+        subsets = {}
+        if split == "test" and subset is None:  # the subset files present, matched to these rows
+            test = {"image_names": table["names"], "keypoints": table["keypoints"], "lines": table["lines"]}
+            for attribute in WFLW_ATTRIBUTES:
+                subset_file = csv_path(self.root, "test", attribute)
+                if os.path.isfile(subset_file):
+                    members = read_hrnet_csv(subset_file, WFLW_NUM_KEYPOINTS, HRNET_COLUMNS, "WFLW csv")
+                    members = {"image_names": members["names"], "keypoints": members["keypoints"],
+                               "lines": members["lines"]}
+                    mask = np.zeros(len(origins), dtype=bool)
+                    mask[match_subset(members, subset_file, test, path)] = True
+                    subsets[attribute] = mask
+        keypoints = table["keypoints"]
+        super().__init__(
+            split=split,
+            loaders=[image_loader(os.path.join(image_dir, name)) for name in table["names"]],
+            keypoints=keypoints,
+            boxes=square_boxes(np.stack([table["center_w"], table["center_h"]], axis=1),
+                               HRNET_SCALE_PIXELS * table["scale"]),
+            normalisers=metrics.inter_ocular(keypoints, *WFLW_INTER_OCULAR),
+            inter_pupil=metrics.inter_ocular(keypoints, *WFLW_PUPILS),
+            metas=[{"image_path": name, "annotation": origin} for name, origin in zip(table["names"], origins)],
             subsets=subsets,
         )

@@ -1,0 +1,66 @@
+"""HRNet's face-landmark csv files (HRNet-Facial-Landmark-Detection ``data/<dataset>/``), shared by
+the WFLW, 300W and AFLW readers.
+
+A file is a header row, then one row per face: ``image_name`` (relative to ``images/``), a few
+numeric columns (300W and WFLW: ``scale, center_w, center_h``; AFLW: ``scale, box_size,
+center_w, center_h``), then the landmarks ``x0, y0, x1, y1, ...``. ``scale`` is the side of the
+face's square box over 200 (HRNet's convention: for 300W and WFLW the box is the tight landmark
+box, rounded outwards to whole pixels, its larger side), centred on ``(center_w, center_h)``.
+Coordinates are used as written, as HRNet's loaders use them.
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from h3r.data.checks import require_finite
+from h3r.data.faces import require_file
+
+HRNET_SCALE_PIXELS = 200.0  # HRNet's box side = scale * 200
+HRNET_COLUMNS = ("scale", "center_w", "center_h")  # between the image name and the landmarks (300W, WFLW)
+
+
+def read_hrnet_csv(path: str, num_keypoints: int, columns: tuple[str, ...], what: str) -> dict:
+    """The rows of an HRNet csv: ``names`` (image paths), one float64 ``(N,)`` array per name in
+    ``columns`` (the numeric columns between the image name and the landmarks), ``keypoints``
+    ``(N, num_keypoints, 2)`` float32 and ``lines`` (the rows' line numbers). Errors name ``path:line``."""
+    width = 1 + len(columns) + 2 * num_keypoints
+    names, rows, line_numbers = [], [], []
+    with open(require_file(path, what), newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        if header is None or len(header) != width:
+            raise ValueError(f"{path}:1: expected a header of {width} columns "
+                             f"(image_name, {', '.join(columns)}, {num_keypoints} × (x, y))")
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != width:
+                raise ValueError(f"{path}:{reader.line_num}: expected {width} columns, got {len(row)}")
+            try:
+                values = np.array(row[1:], dtype=np.float64)
+            except ValueError as error:
+                raise ValueError(f"{path}:{reader.line_num}: non-numeric value: {error}") from None
+            require_finite(values, f"{path}:{reader.line_num}", "values", names=header[1:])
+            rows.append(values)
+            names.append(row[0])
+            line_numbers.append(reader.line_num)
+    if not rows:
+        raise ValueError(f"{path}: no rows after the header")
+    values = np.stack(rows)
+    table = {name: values[:, position] for position, name in enumerate(columns)}
+    for name in ("scale", "box_size"):
+        if name in table:
+            bad = np.flatnonzero(~(table[name] > 0))
+            if bad.size:
+                raise ValueError(f"{path}:{line_numbers[bad[0]]}: {name} must be positive, got {table[name][bad[0]]}")
+    table.update(names=names, lines=line_numbers,
+                 keypoints=values[:, len(columns):].reshape(-1, num_keypoints, 2).astype(np.float32))
+    return table
+
+
+def square_boxes(centre: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` ``x1, y1, x2, y2`` of squares of ``side`` ``(N,)`` centred on ``centre`` ``(N, 2)``."""
+    half = np.asarray(side, dtype=np.float64)[:, None] / 2.0
+    return np.concatenate([centre - half, centre + half], axis=1)
