@@ -11,11 +11,14 @@ Coordinates are used as written, as HRNet's loaders use them.
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 
-from h3r.data.checks import require_finite
+from h3r import metrics
+from h3r.data.checks import require_finite, require_images
 from h3r.data.faces import require_file
+from h3r.data.images import image_loader
 
 HRNET_SCALE_PIXELS = 200.0  # HRNet's box side = scale * 200
 HRNET_COLUMNS = ("scale", "center_w", "center_h")  # between the image name and the landmarks (300W, WFLW)
@@ -64,3 +67,40 @@ def square_boxes(centre: np.ndarray, side: np.ndarray) -> np.ndarray:
     """``(N, 4)`` ``x1, y1, x2, y2`` of squares of ``side`` ``(N,)`` centred on ``centre`` ``(N, 2)``."""
     half = np.asarray(side, dtype=np.float64)[:, None] / 2.0
     return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def hrnet_face_items(path: str, num_keypoints: int, image_dir: str, what: str, inter_ocular: tuple,
+                     pupils: tuple) -> tuple[dict, dict]:
+    """The rows of a 300W or WFLW csv (:func:`read_hrnet_csv`, its images checked to exist under
+    ``image_dir``) and the :class:`~h3r.data.faces.FaceDataset` arguments for them: HRNet's square
+    boxes, the inter-ocular normaliser and inter-pupil distance of the landmark pairs given."""
+    table = read_hrnet_csv(path, num_keypoints, HRNET_COLUMNS, what)
+    origins = [f"{path}:{number}" for number in table["lines"]]
+    require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["names"], origins))
+    keypoints = table["keypoints"]
+    return table, {
+        "loaders": [image_loader(os.path.join(image_dir, name)) for name in table["names"]],
+        "keypoints": keypoints,
+        "boxes": square_boxes(np.stack([table["center_w"], table["center_h"]], axis=1),
+                              HRNET_SCALE_PIXELS * table["scale"]),
+        "normalisers": metrics.inter_ocular(keypoints, *inter_ocular),
+        "inter_pupil": metrics.inter_ocular(keypoints, *pupils),
+        "metas": [{"image_path": name, "annotation": origin} for name, origin in zip(table["names"], origins)],
+    }
+
+
+def pick_source(dataset: str, source: str | None, official: str, official_files: str, found: bool,
+                csv_file: str) -> str:
+    """``source`` checked (``official`` or ``"csv"``), or chosen when None: ``official`` where its
+    files (``official_files``, a description) are ``found``, else HRNet's csv where ``csv_file``
+    exists, else ``FileNotFoundError`` naming both. ``dataset`` names the dataset in messages."""
+    if source is None:
+        if found:
+            return official
+        if os.path.isfile(csv_file):
+            return "csv"
+        raise FileNotFoundError(f"{dataset}: neither {official_files} nor HRNet's {csv_file} exists")
+    if source not in (official, "csv"):
+        raise ValueError(f"{dataset.split()[0]} source: expected {official!r} (the official files) or 'csv' "
+                         f"(HRNet's), got {source!r}")
+    return source

@@ -23,8 +23,8 @@ from h3r import metrics
 from h3r.data.base import landmark_box
 from h3r.data.cofw import COFW_FLIP_PAIRS, COFW_INTER_OCULAR, COFW_NUM_KEYPOINTS, COFW_PUPILS
 from h3r.data.faces import FaceDataset, require_file
-from h3r.data.checks import require_finite, require_images
-from h3r.data.hrnet_csv import HRNET_COLUMNS, HRNET_SCALE_PIXELS, read_hrnet_csv, square_boxes
+from h3r.data.checks import require_finite
+from h3r.data.hrnet_csv import hrnet_face_items, pick_source
 from h3r.data.images import IMAGE_EXTENSIONS, image_loader
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
 
@@ -171,18 +171,10 @@ class W300(FaceDataset):
         if split not in W300_SPLITS:
             raise ValueError(f"300W split: expected one of {tuple(W300_SPLITS)}, got {split!r}")
         self.root = os.fspath(root)
-        if source is None:
-            folders = [os.path.join(self.root, folder) for folder in W300_SPLITS[split]]
-            csv_file = os.path.join(self.root, W300_CSV[split])
-            if any(os.path.isdir(folder) for folder in folders):
-                source = "pts"
-            elif os.path.isfile(csv_file):
-                source = "csv"
-            else:
-                raise FileNotFoundError(f"300W {split}: neither the iBUG folders {folders} nor HRNet's {csv_file} exist")
-        if source not in ("pts", "csv"):
-            raise ValueError(f"300W source: expected 'pts' (the iBUG download) or 'csv' (HRNet's), got {source!r}")
-        self.source = source
+        folders = [os.path.join(self.root, folder) for folder in W300_SPLITS[split]]
+        self.source = source = pick_source(f"300W {split}", source, "pts", f"the iBUG folders {folders}",
+                                           any(os.path.isdir(folder) for folder in folders),
+                                           os.path.join(self.root, W300_CSV[split]))
         if source == "csv":
             self._init_from_csv(split)
             return
@@ -212,26 +204,12 @@ class W300(FaceDataset):
         )
 
     def _init_from_csv(self, split: str) -> None:
-        path = os.path.join(self.root, W300_CSV[split])
-        table = read_hrnet_csv(path, W300_NUM_KEYPOINTS, HRNET_COLUMNS, "300W csv")
-        origins = [f"{path}:{number}" for number in table["lines"]]
-        image_dir = os.path.join(self.root, "images")
-        require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["names"], origins))
+        table, items = hrnet_face_items(os.path.join(self.root, W300_CSV[split]), W300_NUM_KEYPOINTS,
+                                        os.path.join(self.root, "images"), "300W csv", W300_INTER_OCULAR, W300_PUPILS)
         names = [name.replace("\\", "/") for name in table["names"]]
         subsets = {subset: np.array([any(name.startswith(folder + "/") for folder in folders) for name in names])
                    for subset, folders in W300_CSV_SUBSETS.get(split, {}).items()}
-        keypoints = table["keypoints"]
-        super().__init__(
-            split=split,
-            loaders=[image_loader(os.path.join(image_dir, name)) for name in table["names"]],
-            keypoints=keypoints,
-            boxes=square_boxes(np.stack([table["center_w"], table["center_h"]], axis=1),
-                               HRNET_SCALE_PIXELS * table["scale"]),
-            normalisers=metrics.inter_ocular(keypoints, *W300_INTER_OCULAR),
-            inter_pupil=metrics.inter_ocular(keypoints, *W300_PUPILS),
-            metas=[{"image_path": name, "annotation": origin} for name, origin in zip(table["names"], origins)],
-            subsets=subsets,
-        )
+        super().__init__(split=split, subsets=subsets, **items)
 
 
 # Layouts a generic .pts folder is recognised by: K → (flip pairs, inter-ocular pair, inter-pupil pair).

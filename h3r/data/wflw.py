@@ -42,7 +42,7 @@ import numpy as np
 from h3r import metrics
 from h3r.data.checks import require_finite, require_images
 from h3r.data.faces import FaceDataset, require_file
-from h3r.data.hrnet_csv import HRNET_COLUMNS, HRNET_SCALE_PIXELS, read_hrnet_csv, square_boxes
+from h3r.data.hrnet_csv import HRNET_COLUMNS, hrnet_face_items, pick_source, read_hrnet_csv
 from h3r.data.images import image_loader
 
 WFLW_NUM_KEYPOINTS = 98
@@ -223,18 +223,9 @@ class WFLW(FaceDataset):
                              f"got {subset!r} with split={split!r}")
         self.root = os.fspath(root)
         self.subset = subset
-        if source is None:
-            lists = list_path(self.root, split)
-            csv_file = csv_path(self.root, split, subset)
-            if os.path.isfile(lists):
-                source = "lists"
-            elif os.path.isfile(csv_file):
-                source = "csv"
-            else:
-                raise FileNotFoundError(f"WFLW: neither the official list {lists} nor HRNet's {csv_file} exists")
-        if source not in ("lists", "csv"):
-            raise ValueError(f"WFLW source: expected 'lists' (the official annotations) or 'csv' (HRNet's), got {source!r}")
-        self.source = source
+        lists = list_path(self.root, split)
+        self.source = source = pick_source("WFLW", source, "lists", f"the official list {lists}", os.path.isfile(lists),
+                                           csv_path(self.root, split, subset))
         if source == "csv":
             self._init_from_csv(split, subset)
             return
@@ -274,10 +265,8 @@ class WFLW(FaceDataset):
 
     def _init_from_csv(self, split: str, subset: str | None) -> None:
         path = csv_path(self.root, split, subset)
-        table = read_hrnet_csv(path, WFLW_NUM_KEYPOINTS, HRNET_COLUMNS, "WFLW csv")
-        origins = [f"{path}:{number}" for number in table["lines"]]
-        image_dir = os.path.join(self.root, CSV_IMAGE_DIR)
-        require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["names"], origins))
+        table, items = hrnet_face_items(path, WFLW_NUM_KEYPOINTS, os.path.join(self.root, CSV_IMAGE_DIR), "WFLW csv",
+                                        WFLW_INTER_OCULAR, WFLW_PUPILS)
         subsets = {}
         if split == "test" and subset is None:  # the subset files present, matched to these rows
             test = {"image_names": table["names"], "keypoints": table["keypoints"], "lines": table["lines"]}
@@ -287,18 +276,6 @@ class WFLW(FaceDataset):
                     members = read_hrnet_csv(subset_file, WFLW_NUM_KEYPOINTS, HRNET_COLUMNS, "WFLW csv")
                     members = {"image_names": members["names"], "keypoints": members["keypoints"],
                                "lines": members["lines"]}
-                    mask = np.zeros(len(origins), dtype=bool)
-                    mask[match_subset(members, subset_file, test, path)] = True
-                    subsets[attribute] = mask
-        keypoints = table["keypoints"]
-        super().__init__(
-            split=split,
-            loaders=[image_loader(os.path.join(image_dir, name)) for name in table["names"]],
-            keypoints=keypoints,
-            boxes=square_boxes(np.stack([table["center_w"], table["center_h"]], axis=1),
-                               HRNET_SCALE_PIXELS * table["scale"]),
-            normalisers=metrics.inter_ocular(keypoints, *WFLW_INTER_OCULAR),
-            inter_pupil=metrics.inter_ocular(keypoints, *WFLW_PUPILS),
-            metas=[{"image_path": name, "annotation": origin} for name, origin in zip(table["names"], origins)],
-            subsets=subsets,
-        )
+                    subsets[attribute] = np.zeros(len(test["lines"]), dtype=bool)
+                    subsets[attribute][match_subset(members, subset_file, test, path)] = True
+        super().__init__(split=split, subsets=subsets, **items)
