@@ -271,7 +271,6 @@ def test_coco_detections(coco_root):
 def test_coco_instance_score():
     """Box score times the mean of the keypoint scores above 0.2 (0 when none is)."""
     dataset = COCODataset.__new__(COCODataset)
-    dataset.uses_detections = False
     dataset._items = [{"image_id": 1, "detection_score": None}, {"image_id": 2, "detection_score": None}]
     scores = np.full((2, 17), 0.1)
     scores[0, :4] = [0.5, 0.7, 0.9, 0.3]

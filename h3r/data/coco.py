@@ -156,10 +156,8 @@ class COCODataset(LandmarkDataset):
         self.images = self._index_images()
         self._check_annotations()
         if detections is None:
-            self.uses_detections = False
             self._items = self._ground_truth_items()
         else:
-            self.uses_detections = True
             self._items = self._detection_items(detections, detection_threshold)
         used = dict.fromkeys(item["image_id"] for item in self._items)
         require_images((self.image_dir / self.images[image_id]["file_name"],
