@@ -172,7 +172,7 @@ def test_wflw_bad_arguments(wflw_root, tmp_path):
     with pytest.raises(ValueError, match="WFLW split"):
         WFLW(wflw_root[0], "val")
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="WFLW: neither the official list .*list_98pt_rect_attr_test.txt nor "
+    with pytest.raises(FileNotFoundError, match="WFLW test: neither the official list .*list_98pt_rect_attr_test.txt nor "
                                                 "HRNet's .*face_landmarks_wflw_test.csv exists"):
         WFLW(str(tmp_path / "empty"), "test")
     with pytest.raises(FileNotFoundError, match="WFLW annotation list not found: .*list_98pt_rect_attr_test.txt"):

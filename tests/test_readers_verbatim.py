@@ -380,7 +380,7 @@ def test_wflw_hrnet_csv_rows_and_subsets(tmp_path):
            "\n".join([WFLW_CSV_HEADER, _wflw_csv_row(other, points + 9)]) + "\n")
     with pytest.raises(ValueError, match="face_landmarks_wflw_test_blur.csv:2: no face of .*face_landmarks_wflw_test.csv"):
         open_dataset("wflw", str(tmp_path), "test")
-    with pytest.raises(FileNotFoundError, match="WFLW: neither the official list .* nor HRNet's .*face_landmarks_wflw_train.csv exists"):
+    with pytest.raises(FileNotFoundError, match="WFLW train: neither the official list .* nor HRNet's .*face_landmarks_wflw_train.csv exists"):
         open_dataset("wflw", str(tmp_path), "train")
 
 

@@ -89,18 +89,18 @@ def hrnet_face_items(path: str, num_keypoints: int, image_dir: str, what: str, i
     }
 
 
-def pick_source(dataset: str, source: str | None, official: str, official_files: str, found: bool,
+def pick_source(dataset: str, split: str, source: str | None, official: str, official_files: str, found: bool,
                 csv_file: str) -> str:
     """``source`` checked (``official`` or ``"csv"``), or chosen when None: ``official`` where its
     files (``official_files``, a description) are ``found``, else HRNet's csv where ``csv_file``
-    exists, else ``FileNotFoundError`` naming both. ``dataset`` names the dataset in messages."""
+    exists, else ``FileNotFoundError`` naming both."""
     if source is None:
         if found:
             return official
         if os.path.isfile(csv_file):
             return "csv"
-        raise FileNotFoundError(f"{dataset}: neither {official_files} nor HRNet's {csv_file} exists")
+        raise FileNotFoundError(f"{dataset} {split}: neither {official_files} nor HRNet's {csv_file} exists")
     if source not in (official, "csv"):
-        raise ValueError(f"{dataset.split()[0]} source: expected {official!r} (the official files) or 'csv' "
-                         f"(HRNet's), got {source!r}")
+        raise ValueError(f"{dataset} source: expected {official!r} (the official files) or 'csv' (HRNet's), "
+                         f"got {source!r}")
     return source

@@ -172,7 +172,7 @@ class W300(FaceDataset):
             raise ValueError(f"300W split: expected one of {tuple(W300_SPLITS)}, got {split!r}")
         self.root = os.fspath(root)
         folders = [os.path.join(self.root, folder) for folder in W300_SPLITS[split]]
-        self.source = source = pick_source(f"300W {split}", source, "pts", f"the iBUG folders {folders}",
+        self.source = source = pick_source("300W", split, source, "pts", f"the iBUG folders {folders}",
                                            any(os.path.isdir(folder) for folder in folders),
                                            os.path.join(self.root, W300_CSV[split]))
         if source == "csv":

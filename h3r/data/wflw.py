@@ -223,13 +223,12 @@ class WFLW(FaceDataset):
                              f"got {subset!r} with split={split!r}")
         self.root = os.fspath(root)
         self.subset = subset
-        lists = list_path(self.root, split)
-        self.source = source = pick_source("WFLW", source, "lists", f"the official list {lists}", os.path.isfile(lists),
-                                           csv_path(self.root, split, subset))
+        path = list_path(self.root, split)
+        self.source = source = pick_source("WFLW", split, source, "lists", f"the official list {path}",
+                                           os.path.isfile(path), csv_path(self.root, split, subset))
         if source == "csv":
             self._init_from_csv(split, subset)
             return
-        path = list_path(self.root, split)
         table = read_wflw_list(path)
         annotations = [f"{path}:{number}" for number in table["lines"]]
         origins = annotations  # the file:line that names each face's image
