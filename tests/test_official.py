@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -199,10 +200,13 @@ class RefDetector(nn.Module):
         return 4.0 * (xy * weights[..., None]).sum(-2)
 
     def resized_crop(self, image, bbox):
-        bbox = torch.as_tensor(bbox, dtype=torch.float32).view(1, 4)
-        wh = (bbox[:, 2:] - bbox[:, :2] + 1).max(1)[0] * self.scale
-        xy = (bbox[:, :2] + bbox[:, 2:] - wh[:, None] + 1) / 2.0
-        rect = torch.cat([xy, xy + wh[:, None]], 1)
+        if bbox is None:  # their api.py without a box: the whole image
+            rect = torch.Tensor([[0, 0, image.width, image.height]])
+        else:
+            bbox = torch.as_tensor(bbox, dtype=torch.float32).view(1, 4)
+            wh = (bbox[:, 2:] - bbox[:, :2] + 1).max(1)[0] * self.scale
+            xy = (bbox[:, :2] + bbox[:, 2:] - wh[:, None] + 1) / 2.0
+            rect = torch.cat([xy, xy + wh[:, None]], 1)
         patch = image.crop(rect[0].tolist()).resize((self.size, self.size), Image.BILINEAR)
         data = torch.from_numpy(np.array(patch)).permute(2, 0, 1).float().div(255)
         return ((data - MEAN) / STD)[None], rect
@@ -304,7 +308,8 @@ def test_released_layout_is_reproduced(tmp_path, reference_detectors, arch, flip
     official = load_official(folder)
     assert official.crop.flip is flip and official.config.arch == arch and official.codec.k == 9
     num_keypoints = ACCEPTANCE[arch][0]
-    cases = [(random_image(2), [20.0, 15.5, 61.0, 50.0]), (random_image(3, 64, 80), [-4.0, 30.0, 40.25, 71.0])]
+    cases = [(random_image(2), [20.0, 15.5, 61.0, 50.0]), (random_image(3, 64, 80), [-4.0, 30.0, 40.25, 71.0]),
+             (random_image(4, 48, 72), None)]  # no box: the whole image
     with torch.no_grad():
         for image, box in cases:
             expected = reference(image, box)[0]
@@ -559,6 +564,26 @@ def test_eval_command_runs_their_protocol(tmp_path, capsys):
     with torch.no_grad():
         expected = np.stack([reference(Image.fromarray(data[i].image()), data[i].box)[0].numpy() for i in range(3)])
     assert results["metrics"]["nme"] == pytest.approx(data.evaluate(expected)["nme"], abs=1e-5)
+
+
+def test_eval_of_a_released_folder_refuses_hrnet_csv_data(tmp_path):
+    """Their protocol crops from the official files' boxes (WFLW's rectangles, 300W's 1-based .pts
+    landmarks): HRNet's csv files have other boxes and perhaps another origin, so they are refused."""
+    from h3r.evaluate import evaluate_checkpoint
+
+    reference = randomise(RefDetector("mobilenetv2", 68, 64, flip=False), seed=4)
+    folder = write_folder(tmp_path / "mobilenet_64x64_p1", reference)
+    header = "image_name,scale,center_w,center_h," + ",".join(f"original_{i}_{axis}" for i in range(68) for axis in "xy")
+    points = np.random.default_rng(0).uniform(10, 50, (68, 2))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "face_landmarks_300w_valid.csv").write_text(
+        header + "\n" + ",".join(["ibug/a.jpg", "0.2", "30", "30"] + [repr(float(v)) for v in points.ravel()]) + "\n")
+    os.makedirs(tmp_path / "data" / "images" / "ibug")
+    Image.new("RGB", (64, 64)).save(tmp_path / "data" / "images" / "ibug" / "a.jpg")
+    with pytest.raises(ValueError, match="the authors' protocol reads the official 300w files .*not HRNet's csv"):
+        evaluate_checkpoint(folder, dataset="300w", data_root=str(tmp_path / "data"), device="cpu",
+                            out=str(tmp_path / "report"))
+    assert not (tmp_path / "report").exists()
 
 
 @pytest.mark.parametrize("setting, value, least", [("batch_size", 0, 1), ("workers", -1, 0), ("draw", -1, 0)])

@@ -421,12 +421,16 @@ class OfficialCrop:
         ``image``: a PIL image or an ``(H, W, 3)`` uint8 RGB array. Pillow rounds the
         rectangle's corners (``round``) and fills outside the image with black; the crop is
         resized to ``S x S`` with Pillow's bilinear filter (what torchvision's ``Resize`` does
-        to a PIL image).
+        to a PIL image). ``box=None``: the whole image, ``(0, 0, W, H)``, neither squared nor
+        enlarged (their ``api.py`` without a box).
         """
         picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         if picture.mode != "RGB":
             picture = picture.convert("RGB")
-        rect = self.rect(box)
+        if box is None:
+            rect = torch.tensor([0.0, 0.0, picture.width, picture.height], dtype=torch.float32)
+        else:
+            rect = self.rect(box)
         if rect.shape != (4,):
             raise ValueError(f"box: expected one box (4,), got shape {tuple(rect.shape)}")
         size = self.input_size
@@ -496,15 +500,19 @@ class OfficialModel:
         return coords, scores
 
     @torch.no_grad()
-    def predict(self, image, boxes, flip: Optional[bool] = None) -> torch.Tensor:
-        """Landmarks in image pixels for one image: ``boxes (4,)`` -> ``(K, 2)``, ``(N, 4)`` -> ``(N, K, 2)``.
+    def predict(self, image, boxes=None, flip: Optional[bool] = None) -> torch.Tensor:
+        """Landmarks in image pixels for one image: ``boxes (4,)`` -> ``(K, 2)``, ``(N, 4)`` -> ``(N, K, 2)``,
+        None -> ``(K, 2)`` from the whole image (:meth:`OfficialCrop.crop`).
 
         What their ``FacialLandmarkDetector(img, bbox)`` returns (``image``: PIL image or
         ``(H, W, 3)`` uint8 RGB array; boxes ``x1, y1, x2, y2`` in image pixels).
         """
-        boxes_array = np.asarray(boxes, dtype=np.float32)
-        single = boxes_array.ndim == 1
-        crops = [self.crop.crop(image, box) for box in boxes_array.reshape(-1, 4)]
+        if boxes is None:
+            crops, single = [self.crop.crop(image, None)], True
+        else:
+            boxes_array = np.asarray(boxes, dtype=np.float32)
+            single = boxes_array.ndim == 1
+            crops = [self.crop.crop(image, box) for box in boxes_array.reshape(-1, 4)]
         images = torch.stack([data for data, _ in crops])
         rects = torch.stack([rect for _, rect in crops]).to(self.device)
         coords, _ = self.predict_inputs(images, flip)
