@@ -1,12 +1,14 @@
-"""The Triton warp (h3r/warp_triton.py) against its spec, the PyTorch warp of h3r/augment.py.
+"""The Triton kernels of the device augmentation (h3r/warp_triton.py) against their spec, the
+PyTorch operations of h3r/augment.py.
 
-Bit for bit, in exact (float64) and float32 modes: single items (regions of random images
-under random rotations, scales, shifts and flips, boxes past the edges), a padded batch of
-regions, an image cache read in place through ``rows``, the defaults, whole ``DeviceAugment``
-batches. On the CPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, conftest.py);
-the same tests run on CUDA where there is one (marker ``gpu``). The GPU's arithmetic equals the
-interpreter's only without fused multiply-adds: a compile for sm_90 (no GPU needed) checks that
-none is emitted.
+The warp bit for bit, in exact (float64) and float32 modes: single items (regions of random
+images under random rotations, scales, shifts and flips, boxes past the edges), a padded batch
+of regions, an image cache read in place through ``rows``, the defaults. The finishing kernel
+(colour jitter, normalisation) bit for bit without jitter, within float32 rounding of the mean
+grey with it; whole ``DeviceAugment`` batches. On the CPU the kernels run in Triton's interpreter
+(``TRITON_INTERPRET=1``, conftest.py); the same tests run on CUDA where there is one (marker
+``gpu``). The GPU's arithmetic equals the interpreter's only without fused multiply-adds and with
+IEEE divisions: a compile for sm_90 (no GPU needed) checks both.
 """
 import os
 import re
