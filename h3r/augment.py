@@ -38,9 +38,7 @@ one level (1/255) where float32 rounding crosses an integer.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
-import os
 import time
 from typing import Any, Optional, Sequence
 
@@ -257,27 +255,24 @@ def _warp_backend(backend: str, pixels: torch.Tensor, size: int) -> str:
     if backend == "torch" or (backend == "auto" and not pixels.is_cuda):
         return "torch"
     why_not = _triton_cannot_run(pixels.device)
-    if why_not is None and backend == "auto":
+    if backend == "auto":
         from h3r import warp_triton
 
-        return "triton" if warp_triton.fits(pixels, size) else "torch"
-    if why_not is None:
-        return "triton"
-    if backend == "auto":
-        return "torch"
-    raise ValueError(f"backend='triton' cannot run here: {why_not}")
+        return "triton" if why_not is None and warp_triton.fits(pixels, size) else "torch"
+    if why_not is not None:
+        raise ValueError(f"backend='triton' cannot run here: {why_not}")
+    return "triton"
 
 
 def _triton_cannot_run(device: torch.device) -> Optional[str]:
-    """None when the Triton warp can run on ``device``'s tensors here, else why not."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if device.type != "cuda" and not (device.type == "cpu" and interpreting):
+    """None when the Triton kernels can run on ``device``'s tensors here, else why not
+    (:mod:`h3r_kernels.backends` probes Triton)."""
+    from h3r_kernels.backends import backends, interpreting
+
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
         return f"{device.type} tensors (Triton runs CUDA tensors, or CPU ones with TRITON_INTERPRET=1)"
-    try:
-        importlib.import_module("triton")
-    except Exception as error:  # ImportError, or a broken install
-        return f"triton is not importable ({error}); pip install 'h3r[triton]'"
-    return None
+    triton_backend = backends()["triton"]
+    return None if triton_backend["available"] else triton_backend["reason"]
 
 
 def _warp_chunk(pixels, pillow, size, image_size, origin, region_size, exact) -> torch.Tensor:
@@ -539,8 +534,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     backends = [name.strip() for name in args.backends.split(",")]
     for name in backends:
-        if name not in WARP_BACKENDS:
-            parser.error(f"--backends: expected names among {', '.join(WARP_BACKENDS)}, got {name!r}")
         try:
             _warp_backend(name, torch.empty((0, 1, 1, 3), device=args.device), 1)
         except ValueError as error:

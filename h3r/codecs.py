@@ -1,6 +1,6 @@
 """Codecs: where a coordinate becomes a heatmap, and a heatmap becomes a coordinate again.
 
-This module is the only place in :mod:`h3r` that calls :mod:`h3r_kernels`, so the
+This module is the only place in :mod:`h3r` that calls :mod:`h3r_kernels`' ops, so the
 methods compared by the project share everything else (data, crops, model, optimiser).
 
 A codec answers three questions:

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 # The checkpoint format, the crops and the device live in their own modules; their names stay importable from here.
-from h3r.checkpoints import CHECKPOINT_FORMAT, CheckpointError, checkpoint_checksum, load_checkpoint
+from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_checksum,  # noqa: F401 (re-exported)
+                             load_checkpoint)
 from h3r.codecs import build_codec
 from h3r.configs import TrainConfig, config_from_dict
 from h3r.crops import CropDataset, eval_crop

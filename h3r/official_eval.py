@@ -107,7 +107,7 @@ def evaluate_official(folder: str | Path, *, dataset: Optional[str] = None, data
     if getattr(data, "source", None) == "csv":  # their scripts read the official files: P2 and 300W's 1-based boxes
         raise ValueError(f"data root {data_root}: the authors' protocol reads the official {dataset_name} files "
                          f"({'the WFLW_annotations lists' if dataset_name == 'wflw' else 'the iBUG .pts folders'}), "
-                         f"not HRNet's csv (its boxes and coordinate origin differ)")
+                         f"not HRNet's csv (its boxes differ, and its coordinate origin may)")
     if data.num_keypoints != config.num_keypoints:
         raise ValueError(f"dataset: {dataset_name} has {data.num_keypoints} keypoints but {config.path} "
                          f"(HEATMAP.OUT_CHANNEL) predicts {config.num_keypoints}")

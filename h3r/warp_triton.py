@@ -14,13 +14,13 @@ Floating-point contraction is off (``enable_fp_fusion=False``: no fused multiply
 in ``ptxas``) and divisions are IEEE ones (``div_rn``; Triton's ``/`` is approximate), so every
 product, sum and quotient is rounded as in Pillow and in PyTorch's one-op-at-a-time arithmetic.
 
-Why kernels: for a batch of the main job the PyTorch path dispatches 94 operations that each
-launch a GPU kernel (5 with these two) and keeps float64 temporaries of ``(B, S, S, 3)``; the
-kernels read the gathered bytes once and write the inputs once.
+Why kernels: for a batch of the main job the PyTorch path dispatches 94 operations that are not
+views, nearly all of them GPU kernels, and keeps float64 temporaries of ``(B, S, S, 3)``; with these
+two kernels it is 4 (the kernels and their two outputs' allocations), which read the gathered
+bytes once and write the inputs once.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
@@ -28,9 +28,18 @@ import torch
 import triton
 import triton.language as tl
 
+from h3r.transforms import GREY_WEIGHTS
+from h3r_kernels.triton._common import device_guard
+
 BLOCK_PIXELS = 256  # output pixels per program
 NUM_WARPS = 4
 FINISH_BLOCK = 1024  # pixels per step of a finishing program (one program per crop)
+
+
+@triton.jit
+def _in_region(position, image_extent, origin, region_extent):
+    """A neighbour's image coordinate clamped to the image (Pillow), then into the region that holds it."""
+    return tl.minimum(tl.maximum(tl.minimum(tl.maximum(position, 0), image_extent - 1) - origin, 0), region_extent - 1)
 
 
 @triton.jit
@@ -95,12 +104,10 @@ def _warp_kernel(pixels_ptr, rows_ptr, pillow_ptr, image_size_ptr, origin_ptr, r
     dy = yin - y_floor
     x_low = tl.minimum(tl.maximum(x_floor, -2.0), 1073741824.0).to(tl.int32)
     y_low = tl.minimum(tl.maximum(y_floor, -2.0), 1073741824.0).to(tl.int32)
-    # Clamped to the image (Pillow), then into the region that holds those pixels.
-    x0 = tl.minimum(tl.maximum(tl.minimum(tl.maximum(x_low, 0), image_width - 1) - origin_x, 0), region_width - 1)
-    x1 = tl.minimum(tl.maximum(tl.minimum(tl.maximum(x_low + 1, 0), image_width - 1) - origin_x, 0), region_width - 1)
-    y0 = tl.minimum(tl.maximum(tl.minimum(tl.maximum(y_low, 0), image_height - 1) - origin_y, 0), region_height - 1)
-    y1 = tl.minimum(tl.maximum(tl.minimum(tl.maximum(y_low + 1, 0), image_height - 1) - origin_y, 0),
-                    region_height - 1)
+    x0 = _in_region(x_low, image_width, origin_x, region_width)
+    x1 = _in_region(x_low + 1, image_width, origin_x, region_width)
+    y0 = _in_region(y_low, image_height, origin_y, region_height)
+    y1 = _in_region(y_low + 1, image_height, origin_y, region_height)
 
     p00 = (y0 * padded_width + x0) * 3
     p01 = (y0 * padded_width + x1) * 3
@@ -145,7 +152,7 @@ def warp(pixels: torch.Tensor, pillow: torch.Tensor, size: int, image_size: Opti
         return pixels if value is None else value.to(device=device, dtype=dtype).contiguous()
 
     grid = (triton.cdiv(size * size, BLOCK_PIXELS), batch)
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+    with device_guard(pixels):
         _warp_kernel[grid](
             pixels.contiguous(), per_item(rows, torch.int64), per_item(pillow, torch.float64),
             per_item(image_size, torch.int64), per_item(origin, torch.int64), per_item(region_size, torch.int64), out,
@@ -162,6 +169,15 @@ def _grey(red, green, blue, W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr
 
 
 @triton.jit
+def _unit_rgb(crop, pixels, pixel, live):
+    """The three channels of ``pixel`` of a ``(3, S, S)`` uint8 crop, in [0, 1] (``x * (1/255)``, as PyTorch's ``mul_``)."""
+    red = tl.load(crop + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+    green = tl.load(crop + pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+    blue = tl.load(crop + 2 * pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+    return red, green, blue
+
+
+@triton.jit
 def _finish_kernel(crops_ptr, factors_ptr, jittered_ptr, mean_ptr, std_ptr, out_ptr, pixels,
                    W0: tl.constexpr, W1: tl.constexpr, W2: tl.constexpr, BLOCK: tl.constexpr):
     """Program b: item ``b``'s crop, uint8 -> [0, 1] -> colour jitter (when the item has one) -> normalised."""
@@ -172,6 +188,8 @@ def _finish_kernel(crops_ptr, factors_ptr, jittered_ptr, mean_ptr, std_ptr, out_
     brightness = tl.load(factors_ptr + item * 3 + 0)
     contrast = tl.load(factors_ptr + item * 3 + 1)
     saturation = tl.load(factors_ptr + item * 3 + 2)
+    mean_red, mean_green, mean_blue = tl.load(mean_ptr + 0), tl.load(mean_ptr + 1), tl.load(mean_ptr + 2)
+    std_red, std_green, std_blue = tl.load(std_ptr + 0), tl.load(std_ptr + 1), tl.load(std_ptr + 2)
     offsets = tl.arange(0, BLOCK)
     mean_grey = 0.0
     if jittered:  # the mean grey of the brightened crop: one pass first
@@ -180,19 +198,16 @@ def _finish_kernel(crops_ptr, factors_ptr, jittered_ptr, mean_ptr, std_ptr, out_
         while start < pixels:  # runtime loops are `while` loops: the interpreter cannot range() over an argument
             pixel = start + offsets
             live = pixel < pixels
-            red = tl.load(crop + pixel, mask=live, other=0).to(tl.float32) * (1 / 255) * brightness
-            green = tl.load(crop + pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255) * brightness
-            blue = tl.load(crop + 2 * pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255) * brightness
-            total += tl.where(live, _grey(red, green, blue, W0, W1, W2), 0.0)
+            red, green, blue = _unit_rgb(crop, pixels, pixel, live)
+            grey = _grey(red * brightness, green * brightness, blue * brightness, W0, W1, W2)
+            total += tl.where(live, grey, 0.0)
             start += BLOCK
         mean_grey = tl.math.div_rn(tl.sum(total, axis=0), pixels.to(tl.float32))
     start = 0
     while start < pixels:
         pixel = start + offsets
         live = pixel < pixels
-        red = tl.load(crop + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
-        green = tl.load(crop + pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
-        blue = tl.load(crop + 2 * pixels + pixel, mask=live, other=0).to(tl.float32) * (1 / 255)
+        red, green, blue = _unit_rgb(crop, pixels, pixel, live)
         if jittered:
             red = (red * brightness - mean_grey) * contrast + mean_grey
             green = (green * brightness - mean_grey) * contrast + mean_grey
@@ -202,10 +217,9 @@ def _finish_kernel(crops_ptr, factors_ptr, jittered_ptr, mean_ptr, std_ptr, out_
             green = tl.minimum(tl.maximum((green - luma) * saturation + luma, 0.0), 1.0)
             blue = tl.minimum(tl.maximum((blue - luma) * saturation + luma, 0.0), 1.0)
         # IEEE division (div_rn), as PyTorch's: Triton's `/` is the approximate div.full.f32
-        tl.store(out + pixel, tl.math.div_rn(red - tl.load(mean_ptr + 0), tl.load(std_ptr + 0)), mask=live)
-        tl.store(out + pixels + pixel, tl.math.div_rn(green - tl.load(mean_ptr + 1), tl.load(std_ptr + 1)), mask=live)
-        tl.store(out + 2 * pixels + pixel, tl.math.div_rn(blue - tl.load(mean_ptr + 2), tl.load(std_ptr + 2)),
-                 mask=live)
+        tl.store(out + pixel, tl.math.div_rn(red - mean_red, std_red), mask=live)
+        tl.store(out + pixels + pixel, tl.math.div_rn(green - mean_green, std_green), mask=live)
+        tl.store(out + 2 * pixels + pixel, tl.math.div_rn(blue - mean_blue, std_blue), mask=live)
         start += BLOCK
 
 
@@ -215,8 +229,6 @@ def finish(crops: torch.Tensor, factors: torch.Tensor, jittered: torch.Tensor, m
     :func:`h3r.augment.jitter_colours` for items with ``jittered`` (``factors`` ``(B, 3)``: brightness,
     contrast, saturation), then ``(x - mean) / std`` per channel. Elementwise the same bits as the
     PyTorch path; the jitter's mean grey is summed in another order (float32 rounding)."""
-    from h3r.transforms import GREY_WEIGHTS
-
     batch, _, height, width = crops.shape
     device = crops.device
     out = torch.empty(crops.shape, dtype=torch.float32, device=device)
@@ -226,9 +238,9 @@ def finish(crops: torch.Tensor, factors: torch.Tensor, jittered: torch.Tensor, m
     def values(tensor, dtype):
         return tensor.to(device=device, dtype=dtype).contiguous()
 
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+    with device_guard(crops):
         _finish_kernel[(batch,)](
-            crops.contiguous(), values(factors, torch.float32), values(jittered, torch.int8),
+            crops.contiguous(), values(factors, torch.float32), values(jittered, torch.bool),
             values(mean.reshape(3), torch.float32), values(std.reshape(3), torch.float32), out, height * width,
             W0=GREY_WEIGHTS[0], W1=GREY_WEIGHTS[1], W2=GREY_WEIGHTS[2], BLOCK=FINISH_BLOCK, num_warps=NUM_WARPS,
             enable_fp_fusion=False)

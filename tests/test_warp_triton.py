@@ -281,4 +281,4 @@ def test_the_augment_command_measures_each_backend(capsys):
         "throughput auto exact", "throughput auto float32"}
     with pytest.raises(SystemExit):
         main(["--device", "cpu", "--backends", "torch,cuda"])
-    assert "--backends: expected names among auto, torch, triton, got 'cuda'" in capsys.readouterr().err
+    assert "--backends cuda: backend: expected one of auto, torch, triton, got 'cuda'" in capsys.readouterr().err
