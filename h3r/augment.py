@@ -48,6 +48,7 @@ from torch.utils.data import default_collate
 
 from h3r.crops import CropDataset
 from h3r.data.cache import SharedImages
+from h3r.loading import PackedBatch
 from h3r.transforms import GREY_WEIGHTS, CropConfig, TopDownTransform, _pillow_affine_data, crop_affine
 
 __all__ = ["DeviceCropDataset", "DeviceAugment", "collate", "make_item", "plan_augmentation", "warp_bilinear",
@@ -137,21 +138,23 @@ def make_item(transform: TopDownTransform, image: np.ndarray, box, keypoints, vi
     return item
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(items: list[dict[str, Any]]) -> PackedBatch:
     """Batch items of :func:`make_item`: regions zero-padded to the largest, ``region_size`` (w, h) kept
-    (items without ``pixels``, for an image cache, are batched as they are)."""
-    if "pixels" not in items[0]:
-        return default_collate(items)
-    height = max(item["pixels"].shape[0] for item in items)
-    width = max(item["pixels"].shape[1] for item in items)
-    pixels = torch.zeros((len(items), height, width, 3), dtype=torch.uint8)
-    for row, item in enumerate(items):
-        region = item["pixels"]
-        pixels[row, :region.shape[0], :region.shape[1]] = region
-    sizes = torch.tensor([[item["pixels"].shape[1], item["pixels"].shape[0]] for item in items], dtype=torch.int64)
-    batch = default_collate([{key: value for key, value in item.items() if key != "pixels"} for item in items])
-    batch["pixels"], batch["region_size"] = pixels, sizes
-    return batch
+    (items without ``pixels``, for an image cache, are batched as they are). The batch's small
+    tensors share one buffer (:class:`h3r.loading.PackedBatch`): one pinned allocation and one copy
+    to the device for all of them."""
+    fields = default_collate([{key: value for key, value in item.items() if key != "pixels"} for item in items])
+    if "pixels" in items[0]:
+        height = max(item["pixels"].shape[0] for item in items)
+        width = max(item["pixels"].shape[1] for item in items)
+        pixels = torch.zeros((len(items), height, width, 3), dtype=torch.uint8)
+        for row, item in enumerate(items):
+            region = item["pixels"]
+            pixels[row, :region.shape[0], :region.shape[1]] = region
+        fields["pixels"] = pixels
+        fields["region_size"] = torch.tensor([[item["pixels"].shape[1], item["pixels"].shape[0]] for item in items],
+                                             dtype=torch.int64)
+    return PackedBatch(fields)
 
 
 class DeviceCropDataset(CropDataset):
@@ -338,7 +341,8 @@ def jitter_colours(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 class DeviceAugment:
-    """The device half of the augmentation: a :func:`collate` batch in, the CPU path's batch out.
+    """The device half of the augmentation: a :func:`collate` batch in (or a dict of its CPU tensors,
+    packed here), the CPU path's batch out.
 
     ``augment(batch)`` returns ``image`` (B, 3, S, S) float32 normalised as
     :class:`TopDownTransform` does, and the batch's ``keypoints`` (B, K, 2) float32 in input pixels,
@@ -371,12 +375,12 @@ class DeviceAugment:
         self.mean = torch.tensor(crop.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(crop.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
-    def _cached_pixels(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The device copy of :attr:`images` ``(N, H, W, 3)`` uint8, with rows ``rows`` in it, and ``rows`` on the device."""
+    def _cached_pixels(self, rows: torch.Tensor) -> torch.Tensor:
+        """The device copy of :attr:`images` ``(N, H, W, 3)`` uint8, with the rows ``rows`` (host) in it."""
         if self.images is None:
             raise ValueError("batch: no 'pixels' (DeviceCropDataset(cached_pixels=True)), and this DeviceAugment "
                              "was given no image cache to read them from (images=dataset.image_cache)")
-        host_rows = rows.cpu().numpy()
+        host_rows = rows.numpy()
         if host_rows.size and (host_rows.min() < 0 or host_rows.max() >= len(self.images)):
             raise IndexError(f"batch 'index': rows must lie in [0, {len(self.images)}) of the image cache, "
                              f"got {host_rows.min()}..{host_rows.max()}")
@@ -393,23 +397,23 @@ class DeviceAugment:
             self._device_images.index_copy_(0, missing_rows.to(self.device),
                                             self.images.pixels.index_select(0, missing_rows).to(self.device))
             self._on_device[missing] = True
-        # non_blocking: the batch's rows are pinned by the loader, and a blocking copy would wait for the GPU
-        return self._device_images, rows.to(self.device, non_blocking=True)
+        return self._device_images
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        def put(name):
-            return batch[name].to(self.device, non_blocking=True)
-
+    def __call__(self, batch: PackedBatch | dict[str, torch.Tensor]) -> dict[str, Any]:
+        if not isinstance(batch, PackedBatch):  # a batch not made by collate: pack it here
+            batch = PackedBatch(batch)
+        cache = None if "pixels" in batch else self._cached_pixels(batch["index"])
+        # One copy of the packed fields (pinned by the loader: non_blocking does not wait for the GPU).
+        put = batch.to(self.device, non_blocking=True).__getitem__
         size = self.config.input_size
-        if "pixels" in batch:
+        if cache is None:
             pixels = put("pixels")
             backend = _warp_backend(self.backend, pixels, size)
             crops = warp_bilinear(pixels, put("pillow"), size, image_size=put("image_size"), origin=put("origin"),
                                   region_size=put("region_size"), exact=self.exact, backend=backend)
         else:
-            cache, rows = self._cached_pixels(batch["index"])
             backend = _warp_backend(self.backend, cache, size)
-            crops = warp_bilinear(cache, put("pillow"), size, image_size=put("image_size"), rows=rows,
+            crops = warp_bilinear(cache, put("pillow"), size, image_size=put("image_size"), rows=put("index"),
                                   exact=self.exact, backend=backend)
         if backend == "triton":  # one more kernel: [0, 1], the jitter, the normalisation
             from h3r import warp_triton
@@ -504,7 +508,7 @@ def measure_throughput(device="cpu", batch: int = 256, size: int = 256, region: 
         items.append(make_item(transform, image, box, rng.uniform(0, region, size=(17, 2)), np.ones(17, bool), rng))
     host = collate(items)
     if device.type == "cuda":
-        host = {key: value.pin_memory() if isinstance(value, torch.Tensor) else value for key, value in host.items()}
+        host = host.pin_memory()
     augment(host)
     times = []
     for _ in range(repeats):

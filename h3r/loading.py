@@ -10,16 +10,22 @@ data-loader worker to the main process.
   ms of the main process's time per batch of 6 such tensors on the 2-core development machine;
   12 with ``--gpu-augment``), which the training loop waited for. Large tensors (the images)
   still go through shared memory.
+* :class:`PackedBatch`: a batch whose small tensors share one buffer, so that it is pinned, sent
+  from a worker and copied to the device as one tensor (the ``--gpu-augment`` batches: 11 fields).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import math
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch.utils.data import Sampler, default_collate, get_worker_info
 
 # Tensors of at most this many bytes cross from a worker to the main process by value.
 SMALL_TENSOR_BYTES = 1 << 16
+# A PackedBatch starts every tensor at a multiple of this many bytes: each view keeps its dtype's
+# alignment, and 16-byte aligned pointers let kernels load vectors.
+PACK_ALIGNMENT = 16
 
 
 class EpochBatches(Sampler):
@@ -94,3 +100,88 @@ class WorkerCollate:
     def __call__(self, items: list) -> Any:
         batch = self.collate(items)
         return batch if get_worker_info() is None else _by_value(batch)
+
+
+class PackedBatch:
+    """A batch (names → CPU tensors) whose small tensors (up to :data:`SMALL_TENSOR_BYTES` each)
+    share one uint8 buffer; larger ones (images) are kept apart.
+
+    Each tensor is pinned, sent and copied on its own: one host-to-device copy (and one pinned
+    allocation, one pickled array) per field. Packed, a batch costs one for all its small
+    tensors, plus one per large tensor. ``batch[name]`` is the tensor (a small one is a view of
+    the buffer: same dtype, shape and bits), ``name in batch``, ``batch.keys()``;
+    ``batch.to(device, non_blocking=True)`` is the same batch on ``device``, and ``pin_memory()``
+    (which the DataLoader calls) the same batch in pinned memory. From a worker the buffer is
+    pickled by value, the large tensors as torch sends tensors (shared memory).
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        layout, large, offset = {}, {}, 0
+        for name, tensor in tensors.items():
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+                raise ValueError(f"batch: '{name}' must be a CPU tensor to be packed, got "
+                                 f"{getattr(tensor, 'device', type(tensor).__name__)}")
+            if tensor.nbytes > SMALL_TENSOR_BYTES:
+                large[name] = tensor
+                continue
+            layout[name] = (tensor.dtype, tuple(tensor.shape), offset)
+            offset += -(-tensor.nbytes // PACK_ALIGNMENT) * PACK_ALIGNMENT
+        buffer = torch.zeros(offset, dtype=torch.uint8)
+        for name, (_, _, start) in layout.items():
+            flat = tensors[name].detach().contiguous().reshape(-1).view(torch.uint8)
+            buffer[start:start + flat.numel()] = flat
+        self._assign(buffer, layout, large, tuple(tensors))
+
+    @classmethod
+    def _from_parts(cls, buffer, layout, large, names) -> "PackedBatch":
+        batch = cls.__new__(cls)
+        batch._assign(buffer, layout, large, names)
+        return batch
+
+    def _assign(self, buffer: torch.Tensor, layout: dict, large: dict, names: tuple[str, ...]) -> None:
+        self.buffer = buffer  # the small tensors' bytes
+        self._layout = layout  # name → (dtype, shape, byte offset)
+        self._large = large  # name → tensor
+        self._names = names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._large:
+            return self._large[name]
+        if name not in self._layout:
+            raise KeyError(f"batch has no '{name}' (it has {', '.join(self._names)})")
+        dtype, shape, offset = self._layout[name]
+        size = math.prod(shape) * dtype.itemsize
+        return self.buffer[offset:offset + size].view(dtype).view(shape)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._layout or name in self._large
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+    def to(self, device, non_blocking: bool = False) -> "PackedBatch":
+        """The batch on ``device``: one copy of the buffer and one per large tensor (none where they are)."""
+        return self._from_parts(self.buffer.to(device, non_blocking=non_blocking), self._layout,
+                                {name: tensor.to(device, non_blocking=non_blocking)
+                                 for name, tensor in self._large.items()}, self._names)
+
+    def pin_memory(self, device=None) -> "PackedBatch":
+        return self._from_parts(self.buffer.pin_memory(), self._layout,
+                                {name: tensor.pin_memory() for name, tensor in self._large.items()}, self._names)
+
+    def __reduce__(self):
+        return _rebuild_packed, (self.buffer.numpy(), self._layout, self._large, self._names)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}: {tuple(self[name].shape)} {self[name].dtype}" for name in self._names)
+        return f"PackedBatch({fields}; {self.buffer.numel()} bytes packed, on {self.buffer.device})"
+
+
+def _rebuild_packed(buffer, layout, large, names) -> PackedBatch:
+    return PackedBatch._from_parts(torch.from_numpy(buffer), layout, large, names)

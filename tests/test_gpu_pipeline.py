@@ -229,9 +229,14 @@ def test_cached_pixels_give_the_batches_of_the_regions(faces, device, exact):
         items = [cached[key] for key in positions]
         assert "pixels" not in items[0]
         expected = augment(collate([regions[key] for key in positions]))
-        out = augment(collate(items))
+        batch = collate(items)
+        # every field a view of one buffer: one pinned allocation and one copy to the device
+        assert all(batch[name].untyped_storage().data_ptr() == batch.buffer.data_ptr() for name in batch)
+        out = augment(batch)
+        unpacked = augment({name: batch[name].clone() for name in batch})  # not from collate: packed by augment
         for key in ("image", "keypoints", "visible", "affine", "flipped", "index"):
             assert torch.equal(out[key], expected[key]), key
+            assert torch.equal(unpacked[key], expected[key]), key
 
 
 def test_cached_pixels_through_workers(faces):

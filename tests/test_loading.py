@@ -1,5 +1,6 @@
-"""How batches reach the training loop (h3r/loading.py): epoch keys for persistent workers, and
-small tensors sent from the workers by value."""
+"""How batches reach the training loop (h3r/loading.py): epoch keys for persistent workers,
+small tensors sent from the workers by value, packed batches."""
+import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -8,9 +9,10 @@ import h3r.train as train_module
 from h3r.crops import CropDataset
 from h3r.data import open_dataset
 from h3r.evaluate import eval_loader
-from h3r.loading import SMALL_TENSOR_BYTES, EpochBatches, WorkerCollate, _by_value, _ByValue
+from h3r.loading import PACK_ALIGNMENT, SMALL_TENSOR_BYTES, EpochBatches, PackedBatch, WorkerCollate, _by_value, _ByValue
 from h3r.runtime import Processes
 from h3r.train import train, train_loader
+from tests.conftest import HAS_CUDA
 from tests.test_train import quiet, tiny_config
 
 
@@ -98,3 +100,81 @@ def test_training_does_not_depend_on_the_number_of_workers(tmp_path, monkeypatch
         assert [r[key] for r in runs[0]["history"]] == [r[key] for r in runs[1]["history"]], key
     weights = [run["model"].state_dict() for run in runs]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def fields(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch's worth of tensors of every kind a batch holds, and one large one."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "keypoints": torch.randn(4, 5, 2, generator=generator),
+        "visible": torch.rand(4, 5, generator=generator) > 0.5,
+        "pillow": torch.randn(4, 6, generator=generator, dtype=torch.float64),
+        "index": torch.randint(0, 1000, (4,), generator=generator),
+        "half": torch.randn(4, 3, generator=generator).to(torch.bfloat16),
+        "count": torch.tensor(7, dtype=torch.int32),  # 0-d
+        "none": torch.empty(0, 2, dtype=torch.float64),
+        "flags": torch.tensor([True, False, True, True]),
+        "pixels": torch.randint(0, 256, (4, 96, 96, 3), generator=generator, dtype=torch.uint8),  # > 64 KiB
+    }
+
+
+def assert_same_batch(batch, expected: dict[str, torch.Tensor]) -> None:
+    assert list(batch.keys()) == list(expected)
+    for name, tensor in expected.items():
+        assert batch[name].dtype == tensor.dtype and batch[name].shape == tensor.shape, name
+        assert torch.equal(batch[name].cpu().view(-1).view(torch.uint8) if tensor.numel() else batch[name].cpu(),
+                           tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor), name
+
+
+def test_a_packed_batch_gives_back_every_tensor_bit_for_bit():
+    tensors = fields()
+    tensors["keypoints"][0, 0, 0] = float("nan")  # bits, not values
+    batch = PackedBatch(tensors)
+    assert_same_batch(batch, tensors)
+    assert batch["pixels"] is tensors["pixels"]  # large: kept apart, not copied
+    assert "pixels" in batch and "index" in batch and "image" not in batch and len(batch) == len(tensors)
+    small = [name for name in tensors if name != "pixels"]
+    start = batch.buffer.data_ptr()
+    assert all((batch[name].data_ptr() - start) % PACK_ALIGNMENT == 0 for name in small)
+    assert all(batch[name].untyped_storage().data_ptr() == start for name in small)  # views of one buffer
+    assert batch.buffer.numel() <= sum(-(-tensors[name].nbytes // 16) * 16 for name in small)
+    with pytest.raises(KeyError, match="batch has no 'image' \\(it has keypoints, visible, pillow"):
+        batch["image"]
+
+
+def test_a_packed_batch_takes_only_cpu_tensors():
+    with pytest.raises(ValueError, match="batch: 'keypoints' must be a CPU tensor to be packed, got meta"):
+        PackedBatch({"index": torch.arange(3), "keypoints": torch.empty(3, 2, device="meta")})
+    with pytest.raises(ValueError, match="batch: 'flipped' must be a CPU tensor to be packed, got bool"):
+        PackedBatch({"flipped": True})
+
+
+def test_a_packed_batch_from_a_worker_sends_its_large_tensors_only_through_shared_memory(monkeypatch):
+    class Batches(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return fields(index)
+
+    received = []
+    rebuild = reductions.rebuild_storage_fd
+    batches = iter(DataLoader(Batches(), batch_size=None, num_workers=1, collate_fn=WorkerCollate(PackedBatch)))
+    monkeypatch.setattr(reductions, "rebuild_storage_fd", lambda *a: received.append(a) or rebuild(*a))
+    for index, batch in enumerate(batches):
+        assert isinstance(batch, PackedBatch)
+        assert_same_batch(batch, fields(index))
+    assert len(received) == 3  # the pixels; every small tensor came in the buffer, by value
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_a_packed_batch_is_pinned_and_copied_as_one_buffer():
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    tensors = fields()
+    pinned = pin_memory(PackedBatch(tensors))  # what the DataLoader's pinning thread calls
+    assert isinstance(pinned, PackedBatch) and pinned.buffer.is_pinned() and pinned["pixels"].is_pinned()
+    on_device = pinned.to("cuda", non_blocking=True)
+    assert on_device.buffer.is_cuda and all(on_device[name].is_cuda for name in tensors)
+    assert_same_batch(on_device, tensors)

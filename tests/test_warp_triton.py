@@ -210,13 +210,11 @@ def test_bad_backends_and_rows(faces, monkeypatch):
 def test_rows_outside_the_cache_are_refused(faces):
     crop = CropConfig(input_size=16)
     augment = DeviceAugment(crop, faces.flip_pairs, images=faces.image_cache)
-    batch = collate([DeviceCropDataset(faces, crop, seed=0, cached_pixels=True)[i] for i in range(2)])
-    batch["index"] = torch.tensor([0, len(faces)])
-    with pytest.raises(IndexError, match=r"rows must lie in \[0, 10\) of the image cache, got 0\.\.10"):
-        augment(batch)
-    batch["index"] = torch.tensor([-1, 0])
-    with pytest.raises(IndexError, match="got -1..0"):
-        augment(batch)
+    items = [DeviceCropDataset(faces, crop, seed=0, cached_pixels=True)[i] for i in range(2)]
+    for rows, message in (([0, len(faces)], r"rows must lie in \[0, 10\) of the image cache, got 0\.\.10"),
+                          ([-1, 0], "got -1..0")):
+        with pytest.raises(IndexError, match=message):
+            augment(collate([{**item, "index": row} for item, row in zip(items, rows)]))
 
 
 def test_no_fused_multiply_add_on_the_gpu():
