@@ -176,7 +176,8 @@ class PackedBatch:
                                 {name: tensor.pin_memory() for name, tensor in self._large.items()}, self._names)
 
     def __reduce__(self):
-        return _rebuild_packed, (self.buffer.numpy(), self._layout, self._large, self._names)
+        on_cpu = self.buffer.device.type == "cpu"  # by value; a device buffer as torch sends tensors
+        return _rebuild_packed, (self.buffer.numpy() if on_cpu else self.buffer, self._layout, self._large, self._names)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}: {tuple(self[name].shape)} {self[name].dtype}" for name in self._names)
@@ -184,4 +185,5 @@ class PackedBatch:
 
 
 def _rebuild_packed(buffer, layout, large, names) -> PackedBatch:
-    return PackedBatch._from_parts(torch.from_numpy(buffer), layout, large, names)
+    return PackedBatch._from_parts(buffer if isinstance(buffer, torch.Tensor) else torch.from_numpy(buffer),
+                                   layout, large, names)
