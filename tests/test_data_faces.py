@@ -1,5 +1,6 @@
 """Face readers on files written in the real formats by h3r.data.writers_face:
 write → read round trips, protocol conventions, and errors that name the bad file."""
+import dataclasses
 import os
 
 import h5py
@@ -11,7 +12,7 @@ from h3r import metrics
 from h3r.data import DATASET_NAMES, open_dataset
 from h3r.data.aflw import AFLW
 from h3r.data.base import Sample
-from h3r.data.cofw import COFW, COFW_FLIP_PAIRS
+from h3r.data.cofw import COFW, COFW_FLIP_PAIRS, COFW_GREY_FILES, cofw_path, read_cofw_annotations
 from h3r.data.pts import W300, PtsFolder, read_pts
 from h3r.data.wflw import WFLW, WFLW_ATTRIBUTES
 from h3r.data.writers_face import (
@@ -383,12 +384,95 @@ def test_cofw_malformed_mat_names_file_and_variable(cofw_root, edit, message):
         COFW(root, "train")
 
 
-def test_cofw_not_hdf5_or_missing(tmp_path):
+def test_cofw_unreadable_or_missing(tmp_path):
     _write_text(tmp_path / "COFW_train_color.mat", "MATLAB 5.0 MAT-file, not HDF5")
-    with pytest.raises(ValueError, match=r"COFW_train_color.mat: not a MATLAB v7.3"):
+    with pytest.raises(ValueError, match=r"COFW_train_color.mat: cannot read as a MATLAB .mat file"):
         COFW(str(tmp_path), "train")
-    with pytest.raises(FileNotFoundError, match=r"COFW .mat file not found: .*COFW_test_color.mat"):
+    with pytest.raises(FileNotFoundError, match=r"COFW .mat file not found: .*COFW_test_color.mat "
+                                                r"\(nor the grayscale release's .*COFW_test.mat\)"):
         COFW(str(tmp_path), "test")
+
+
+@pytest.mark.parametrize("mat_format", ["5", "7"])
+def test_cofw_pre_hdf5_file_reads_as_the_v73_file(cofw_root, mat_format):
+    """The same faces (a grey image, occ = 1 flags) written both ways read back bit for bit alike."""
+    root, samples = cofw_root
+    assert samples[1].image().ndim == 2 and samples[0].meta["occluded"].any()
+    other = os.path.join(root, f"v{mat_format}")
+    path = write_cofw(other, "train", samples, mat_format=mat_format)
+    write_cofw(other, "test", samples[:2], mat_format=mat_format)
+    with open(path, "rb") as file:
+        assert file.read(19) == b"MATLAB 5.0 MAT-file"
+    assert not h5py.is_hdf5(path) and h5py.is_hdf5(os.path.join(root, "COFW_train_color.mat"))
+    expected = read_cofw_annotations(os.path.join(root, "COFW_train_color.mat"), "train")
+    actual = read_cofw_annotations(path, "train")
+    assert actual.keys() == expected.keys()
+    for key, values in expected.items():
+        assert actual[key].dtype == values.dtype
+        np.testing.assert_array_equal(actual[key], values)
+    for split in ("train", "test"):
+        hdf5, pre_hdf5 = COFW(root, split), COFW(other, split)
+        for attribute in ("keypoints", "boxes", "normalisers", "inter_pupil"):
+            np.testing.assert_array_equal(getattr(pre_hdf5, attribute), getattr(hdf5, attribute))
+        for index in range(len(hdf5)):
+            np.testing.assert_array_equal(pre_hdf5[index].meta["occluded"], hdf5[index].meta["occluded"])
+            image, reference = pre_hdf5[index].image(), hdf5[index].image()
+            assert image.dtype == reference.dtype and image.shape == reference.shape
+            np.testing.assert_array_equal(image, reference)
+
+
+def test_cofw_pre_hdf5_file_has_matlab_layout(cofw_root):
+    root, samples = cofw_root
+    path = write_cofw(os.path.join(root, "v5"), "train", samples, mat_format="5")
+    mat = scipy.io.loadmat(path)
+    assert mat["IsTr"].shape == (3, 1) and mat["IsTr"].dtype == object
+    assert mat["IsTr"][0, 0].shape == (IMAGE_SIZE, IMAGE_SIZE + 8, 3) and mat["IsTr"][0, 0].dtype == np.uint8  # H×W×3
+    assert mat["IsTr"][1, 0].shape == (IMAGE_SIZE, IMAGE_SIZE + 8)  # grey H×W
+    assert mat["phisTr"].shape == (3, 87) and mat["phisTr"].dtype == np.float64 and mat["bboxesTr"].shape == (3, 4)
+    np.testing.assert_allclose(mat["phisTr"][2, 0], samples[2].keypoints[0, 0] + 1, atol=1e-5)  # 1-based x1
+    np.testing.assert_allclose(mat["phisTr"][0, 58:], samples[0].meta["occluded"])
+    np.testing.assert_allclose(mat["bboxesTr"][0], [5, 6, 30, 30])  # x, y (1-based), w, h
+
+
+@pytest.mark.parametrize("mat_format", ["7.3", "5"])
+def test_cofw_rgba_cell_reads_as_rgb_in_both_kinds(tmp_path, mat_format):
+    samples = make_samples(2, 29, seed=12)
+    rgba = np.dstack([samples[1].image(), np.full((IMAGE_SIZE, IMAGE_SIZE + 8), 7, np.uint8)])
+    samples[1] = dataclasses.replace(samples[1], load_image=lambda: rgba)
+    write_cofw(str(tmp_path), "train", samples, mat_format=mat_format)
+    check_image(COFW(str(tmp_path), "train")[1], rgba[:, :, :3])
+
+
+def test_cofw_grayscale_release_file_names(tmp_path):
+    samples = make_samples(3, 29, seed=9, grey=(0, 1, 2))
+    write_cofw(str(tmp_path), "test", samples, mat_format="5", file_name=COFW_GREY_FILES["test"])
+    assert cofw_path(str(tmp_path), "test") == str(tmp_path / "COFW_test.mat")
+    dataset = COFW(str(tmp_path), "test")
+    assert_same_faces(dataset, samples, atol=1e-5)
+    check_image(dataset[2], np.repeat(samples[2].image()[:, :, None], 3, axis=2))
+    write_cofw(str(tmp_path), "test", samples[:2])  # the color file, once there, is the one read
+    assert cofw_path(str(tmp_path), "test") == str(tmp_path / "COFW_test_color.mat")
+    assert len(COFW(str(tmp_path), "test")) == 2
+
+
+def test_cofw_pre_hdf5_file_is_loaded_once_per_process(tmp_path, monkeypatch):
+    loads = []
+    loadmat = scipy.io.loadmat
+    monkeypatch.setattr(scipy.io, "loadmat", lambda path, **options: loads.append(path) or loadmat(path, **options))
+    samples = make_samples(3, 29, seed=10)
+    path = write_cofw(str(tmp_path), "train", samples, mat_format="5")
+    dataset = COFW(str(tmp_path), "train")
+    images = [dataset[index].image() for index in range(len(dataset))]
+    assert len(loads) == 1
+    images[0][:] = 0  # the caller's copy: the cached pixels stay as they were
+    check_image(dataset[0], samples[0].image())
+    assert len(loads) == 1
+    changed = make_samples(3, 29, seed=11)
+    write_cofw(str(tmp_path), "train", changed, mat_format="5")  # the same size: only the mtime tells
+    status = os.stat(path)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # a new mtime even on a coarse clock
+    check_image(dataset[1], changed[1].image())
+    assert len(loads) == 2
 
 
 # ---------------------------------------------------------------- AFLW

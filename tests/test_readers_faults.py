@@ -362,6 +362,77 @@ def test_cofw_string_matrix_is_rejected(tmp_path):
         open_dataset("cofw", str(tmp_path), "train")
 
 
+# ------------------------------------------------------------------ COFW: MATLAB v5/v7 (pre-HDF5) .mat
+
+
+def rewrite_mat5(path, edit):
+    mat = {key: value for key, value in scipy.io.loadmat(path).items() if not key.startswith("__")}
+    edit(mat)
+    scipy.io.savemat(path, mat)
+
+
+def set_cell(mat, index, image):
+    mat["IsTr"][index, 0] = image
+
+
+@pytest.mark.parametrize("edit, message", [
+    pytest.param(lambda mat: mat.pop("phisTr"), r"variable 'phisTr' missing \(found \['IsTr', 'bboxesTr'\]\)",
+                 id="missing"),
+    pytest.param(lambda mat: mat.__setitem__("phisTr", mat["phisTr"].T),
+                 r"'phisTr' has shape \(87, 3\), expected \(N, 87\) \(MATLAB N×87\)", id="transposed"),
+    pytest.param(lambda mat: mat.__setitem__("bboxesTr", np.array(["abcd"] * 3)),
+                 r"'bboxesTr' should be a numeric matrix \(MATLAB N×4 double\)", id="string"),
+    pytest.param(lambda mat: mat.__setitem__("IsTr", np.zeros((3, 1))),
+                 r"'IsTr' should be an N×1 cell of images \(scipy \(N, 1\) object array\), got float64 \(3, 1\)",
+                 id="not-a-cell"),
+    pytest.param(lambda mat: set_cell(mat, 1, mat["IsTr"][1, 0].astype(np.float64)),
+                 r"IsTr\{2\} is not a uint8 image .*got float64 \(20, 24, 3\)", id="double-image"),
+    pytest.param(lambda mat: set_cell(mat, 2, mat["IsTr"][2, 0][:, :, :2]),
+                 r"IsTr\{3\} is not a uint8 image .*got uint8 \(20, 24, 2\)", id="two-channels"),
+    pytest.param(lambda mat: set_cell(mat, 0, np.zeros((0, 24), np.uint8)), r"IsTr\{1\} is not a uint8 image",
+                 id="empty-image"),
+    pytest.param(lambda mat: mat.__setitem__("bboxesTr", mat["bboxesTr"][:2]),
+                 r"3 images in 'IsTr', 3 shapes in 'phisTr', 2 boxes in 'bboxesTr'", id="counts"),
+    pytest.param(lambda mat: mat["phisTr"].__setitem__((1, 3), np.nan),
+                 r"'phisTr' record 2: landmarks: x of point 4 is nan", id="nan-landmark"),
+    pytest.param(lambda mat: mat["bboxesTr"].__setitem__((0, 2), np.inf), r"'bboxesTr' record 1: box: w is inf",
+                 id="inf-box"),
+    pytest.param(lambda mat: mat["phisTr"].__setitem__((1, 60), 3.0),
+                 r"'phisTr' record 2: occlusion flag of point 3 is 3.0, expected 0 or 1", id="occlusion-flag"),
+    pytest.param(lambda mat: mat["bboxesTr"].__setitem__((2, 3), 0.0),
+                 r"'bboxesTr' record 3: box \[x, y, w, h\] = \[3.0, 4.0, 18.0, 0.0\] has no area", id="no-area"),
+])
+def test_cofw_pre_hdf5_mat_faults_name_file_and_variable(tmp_path, edit, message):
+    path = write_cofw(str(tmp_path), "train", faces(3, 29), mat_format="5")
+    open_dataset("cofw", str(tmp_path), "train")  # valid before the edit
+    rewrite_mat5(path, edit)
+    with pytest.raises(ValueError, match=r"COFW_train_color.mat: " + message):
+        open_dataset("cofw", str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("mat_format", ["7.3", "5"])
+def test_cofw_two_channel_cell_is_rejected_in_both_kinds(tmp_path, mat_format):
+    samples = faces(2, 29)
+    two_channels = samples[1].image()[:, :, :2]
+    samples[1] = Sample(load_image=lambda: two_channels, keypoints=samples[1].keypoints, visible=samples[1].visible,
+                        box=samples[1].box, box_p1=samples[1].box_p1)
+    write_cofw(str(tmp_path), "train", samples, mat_format=mat_format)
+    with pytest.raises(ValueError, match=r"COFW_train_color.mat: IsTr\{2\} is not a uint8 image"):
+        open_dataset("cofw", str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("mat_format", ["5", "7"])
+@pytest.mark.parametrize("fraction", [0.5, 0.999])
+def test_cofw_truncated_pre_hdf5_mat_names_the_file(tmp_path, mat_format, fraction):
+    path = write_cofw(str(tmp_path), "train", faces(3, 29), mat_format=mat_format)
+    with open(path, "rb") as file:
+        content = file.read()
+    with open(path, "wb") as file:
+        file.write(content[:int(len(content) * fraction)])
+    with pytest.raises(ValueError, match=r"COFW_train_color.mat: cannot read as a MATLAB .mat file"):
+        open_dataset("cofw", str(tmp_path), "train")
+
+
 # ------------------------------------------------------------------ verify_readable
 
 
@@ -391,6 +462,17 @@ def test_verify_readable_on_a_cofw_image(tmp_path):
         file["#refs#"].create_dataset("image0", data=np.zeros((3, 24, 20), dtype=np.float32))
         file["IsTr"][0, 0] = file["#refs#/image0"].ref
     with pytest.raises(ValueError, match=r"cofw train: item 0: cannot read image .*COFW_train_color.mat, IsTr, 0"):
+        verify_readable(dataset)
+
+
+def test_verify_readable_on_a_pre_hdf5_cofw_file_damaged_after_opening(tmp_path):
+    path = write_cofw(str(tmp_path), "train", faces(2, 29), mat_format="5")
+    dataset = open_dataset("cofw", str(tmp_path), "train")
+    verify_readable(dataset)
+    with open(path, "r+b") as file:
+        file.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=r"cofw train: item 0: cannot read image .*COFW_train_color.mat, IsTr, 0: "
+                                         r".*cannot read as a MATLAB .mat file"):
         verify_readable(dataset)
 
 

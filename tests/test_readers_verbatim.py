@@ -11,7 +11,9 @@ Where each record comes from:
 - ``.pts``: ``tests/data/300vw/001/annot/000006.pts`` of mmpose, verbatim (68 points).
 - COFW: the MATLAB v7.3 layout of ``COFW_train_color.mat`` (HDF5 user block with the MATLAB
   header, ``#refs#``, an N×1 cell of uint8 images, N×87 ``phisTr``, N×4 ``bboxesTr``), built
-  here with h5py, not with our writer; values illustrative.
+  here with h5py, not with our writer; values illustrative. And the grayscale release's
+  ``COFW_test.mat`` (``IsT``, ``phisT``, ``bboxesT``) as a compressed MATLAB v5 file (what
+  ``save -v7`` writes), built with ``scipy.io.savemat``.
 - AFLW: the face of ``image22568.jpg`` from mmpose's ``tests/data/aflw/test_aflw.json`` (HRNet's
   csv values: centre, scale, box_size, 19 points) as an HRNet csv row, and the same face in the
   ``AFLWinfo_release.mat`` field layout (``bbox`` ``[x1 x2 y1 y2]``, ``data`` 19 x then 19 y,
@@ -283,6 +285,25 @@ def test_cofw_matlab_v73_layout(tmp_path):
     np.testing.assert_allclose(dataset[1].box, [8.5, 6.0, 28.5, 21.0])
     np.testing.assert_array_equal(dataset[0].image(), colour)
     np.testing.assert_array_equal(dataset[1].image(), np.repeat(grey[:, :, None], 3, axis=2))
+    verify_readable(dataset, count=2)
+
+
+def test_cofw_grayscale_release_as_matlab_v7(tmp_path):
+    rng = np.random.default_rng(2)
+    greys = [rng.integers(0, 256, (24, 32), dtype=np.uint8), rng.integers(0, 256, (20, 30), dtype=np.uint8)]
+    cell = np.empty((2, 1), dtype=object)  # MATLAB N×1 cell
+    cell[0, 0], cell[1, 0] = greys
+    phis = np.stack([cofw_phis(2), cofw_phis(3)])
+    boxes = np.array([[8.0, 6.0, 24.0, 16.0], [9.5, 7.0, 20.0, 12.0]])  # x, y, w, h (1-based)
+    scipy.io.savemat(tmp_path / "COFW_test.mat", {"IsT": cell, "phisT": phis, "bboxesT": boxes}, do_compression=True)
+    dataset = open_dataset("cofw", str(tmp_path), "test")
+    assert len(dataset) == 2
+    np.testing.assert_allclose(dataset[1].keypoints[:, 0], phis[1, :29] - 1, atol=1e-5)
+    np.testing.assert_allclose(dataset[1].keypoints[:, 1], phis[1, 29:58] - 1, atol=1e-5)
+    np.testing.assert_array_equal(dataset[0].meta["occluded"], phis[0, 58:] == 1)
+    np.testing.assert_allclose(dataset[1].box, [8.5, 6.0, 28.5, 18.0])
+    for index, grey in enumerate(greys):
+        np.testing.assert_array_equal(dataset[index].image(), np.repeat(grey[:, :, None], 3, axis=2))
     verify_readable(dataset, count=2)
 
 

@@ -22,7 +22,7 @@ EXPECTED_LAYOUT = {
     "300w": ("the iBUG 300W download with afw/, helen/, lfpw/, ibug/ and 300W/ (folders of images + .pts), "
              "or HRNet's face_landmarks_300w_*.csv + images/"),
     "pts": "a folder tree of images with a .pts file beside each",
-    "cofw": "COFW_train_color.mat and COFW_test_color.mat",
+    "cofw": "COFW_train_color.mat and COFW_test_color.mat (or the grayscale COFW_train.mat and COFW_test.mat)",
     "aflw": "AFLWinfo_release.mat + flickr/, or HRNet's face_landmarks_aflw_*.csv + images/",
     "mpii": "annot/{train,valid,test}.json, annot/gt_valid.mat and images/",
     "coco": "annotations/person_keypoints_{train,val}2017.json and {train,val}2017/",

@@ -2,7 +2,8 @@
 
 ``source="mat"``: ``root/AFLWinfo_release.mat`` (Zhu et al., CVPR'16; read with
 ``scipy.io.loadmat``, or with h5py if the copy is MATLAB v7.3 / HDF5, as PIPNet's
-``hdf5storage.loadmat`` would) and the AFLW images under ``root/flickr/`` (``image_dir``). Fields:
+``hdf5storage.loadmat`` would: :func:`~h3r.data.matfiles.load_mat`) and the AFLW images
+under ``root/flickr/`` (``image_dir``). Fields:
 ``bbox`` N×4 ``[x1, x2, y1, y2]`` (note the order), ``data`` N×38 (19 x then 19 y),
 ``mask_new`` N×19 (1 = visible), ``nameList`` N×1 cell of paths relative to ``flickr/``
 (read as written; where that file is missing, the same stem with ``.jpg``, as SAN's converted
@@ -25,14 +26,13 @@ from __future__ import annotations
 
 import os
 
-import h5py
 import numpy as np
-import scipy.io
 
 from h3r.data.checks import matlab_string, require_finite, require_images
 from h3r.data.faces import FaceDataset, require_file
 from h3r.data.hrnet_csv import read_hrnet_csv, square_boxes
 from h3r.data.images import image_loader
+from h3r.data.matfiles import load_mat
 
 AFLW_NUM_KEYPOINTS = 19
 AFLW_FLIP_PAIRS = ((0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9), (12, 14), (15, 17))  # 18 (chin) unpaired
@@ -43,45 +43,13 @@ AFLW_CSV = {"train": "face_landmarks_aflw_train.csv", "test": "face_landmarks_af
 AFLW_IMAGE_DIRS = {"mat": "flickr", "csv": "images"}
 
 
-def _load_mat73(path: str) -> dict[str, np.ndarray]:
-    """The variables of a MATLAB v7.3 (HDF5) file in MATLAB's orientation (h5py sees them
-    transposed); a cell becomes an object array of its decoded entries (char → ``str``)."""
-    def decode(file: h5py.File, item) -> object:
-        values = np.asarray(item)
-        kind = item.attrs.get("MATLAB_class", b"")
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        if values.dtype == h5py.ref_dtype:
-            cell = np.empty(values.shape[::-1], dtype=object)
-            for index in np.ndindex(values.shape):
-                cell[index[::-1]] = decode(file, file[values[index]])
-            return cell
-        if kind == "char":
-            return "".join(chr(int(code)) for code in values.T.reshape(-1))
-        return values.T
-
-    with h5py.File(path, "r") as file:
-        return {name: decode(file, file[name]) for name in file if isinstance(file[name], h5py.Dataset)}
-
-
-def _load_mat(path: str) -> dict[str, np.ndarray]:
-    """``scipy.io.loadmat`` for MATLAB v5/v7 files, h5py for v7.3 (HDF5) ones; a damaged file
-    is a ``ValueError`` naming it."""
-    try:
-        if h5py.is_hdf5(path):
-            return _load_mat73(path)
-        return scipy.io.loadmat(path)
-    except Exception as error:  # scipy raises MatReadError, ValueError, TypeError, zlib.error ...; h5py OSError
-        raise ValueError(f"{path}: cannot read as a MATLAB .mat file (scipy.io.loadmat for v5/v7, h5py for "
-                         f"v7.3): {error}") from None
-
-
 def read_aflw_mat(path: str) -> dict[str, np.ndarray | list]:
     """All faces of ``AFLWinfo_release.mat`` in file order: ``keypoints (N, 19, 2)``,
     ``boxes (N, 4)`` as x1, y1, x2, y2, ``visible (N, 19)`` bool, ``names`` (N paths, as
     ``nameList`` writes them: see :func:`aflw_image`), ``order`` (the 0-based permutation ``ra − 1``),
     and ``frontal (N,)``: :func:`is_frontal` on the file's float64 values."""
     require_file(path, "AFLW annotation file")
-    mat = _load_mat(path)
+    mat = load_mat(path)
     for field in ("bbox", "data", "mask_new", "nameList", "ra"):
         if field not in mat:
             raise ValueError(f"{path}: field '{field}' missing (AFLWinfo_release.mat has bbox, data, mask_new, nameList, ra)")

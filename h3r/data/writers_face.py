@@ -126,37 +126,54 @@ def _matlab_double(file: h5py.File, name: str, matrix: np.ndarray) -> None:
     dataset.attrs["MATLAB_class"] = np.bytes_("double")
 
 
-def write_cofw(root: str, split: str, samples: Sequence[Sample]) -> str:
-    """Write ``COFW_<split>_color.mat`` as MATLAB v7.3 (HDF5 with the MATLAB header and the
-    MATLAB layout: ``IsTr``/``IsT`` an N×1 cell of uint8 images, ``phisTr``/``phisT`` N×87
-    ``[x (1-based), y (1-based), occlusion]``, ``bboxesTr``/``bboxesT`` N×4 ``[x, y, w, h]``).
-    Occlusion flags come from ``meta["occluded"]`` (default none). Returns the file's path."""
+def write_cofw(root: str, split: str, samples: Sequence[Sample], mat_format: str = "7.3",
+               file_name: str | None = None) -> str:
+    """Write ``COFW_<split>_color.mat`` (or ``file_name``, e.g. the grayscale release's
+    ``COFW_<split>.mat``) in the MATLAB layout: ``IsTr``/``IsT`` an N×1 cell of uint8 images,
+    ``phisTr``/``phisT`` N×87 ``[x (1-based), y (1-based), occlusion]``, ``bboxesTr``/``bboxesT``
+    N×4 ``[x, y, w, h]``. Occlusion flags come from ``meta["occluded"]`` (default none).
+
+    ``mat_format``: ``"7.3"`` HDF5 with the MATLAB header (h5py, as MATLAB's ``save -v7.3``),
+    ``"7"`` or ``"5"`` the pre-HDF5 format, compressed or not (``scipy.io.savemat``, as MATLAB's
+    ``save -v7`` / ``-v6``). Returns the file's path."""
     if split not in COFW_FILES:
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if mat_format not in ("7.3", "7", "5"):
+        raise ValueError(f"mat_format: expected '7.3', '7' or '5', got {mat_format!r}")
     _check_keypoints(samples, COFW_NUM_KEYPOINTS, "COFW")
     images_name, shapes_name, boxes_name = COFW_VARIABLES[split]
-    phis, boxes = [], []
-    for sample in samples:
+    phis, boxes, images = [], [], []
+    for index, sample in enumerate(samples):
         points = np.asarray(sample.keypoints, dtype=np.float64) + 1.0
         occluded = np.asarray(sample.meta.get("occluded", np.zeros(COFW_NUM_KEYPOINTS)), dtype=np.float64)
         phis.append(np.concatenate([points[:, 0], points[:, 1], occluded]))
         x1, y1, x2, y2 = np.asarray(sample.box, dtype=np.float64)
         boxes.append([x1 + 1.0, y1 + 1.0, x2 - x1, y2 - y1])
-    path = os.path.join(root, COFW_FILES[split])
+        image = np.asarray(sample.image())
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"samples[{index}]: expected a uint8 (H, W) or (H, W, 3) image, got {image.dtype} {image.shape}")
+        images.append(image)
+    phis = np.array(phis).reshape(len(samples), 3 * COFW_NUM_KEYPOINTS)
+    boxes = np.array(boxes).reshape(len(samples), 4)
+    path = os.path.join(root, COFW_FILES[split] if file_name is None else file_name)
     os.makedirs(root, exist_ok=True)
+    if mat_format != "7.3":
+        cell = np.empty((len(images), 1), dtype=object)  # filled one by one: equal shapes must not stack
+        for index, image in enumerate(images):
+            cell[index, 0] = image
+        scipy.io.savemat(path, {images_name: cell, shapes_name: phis, boxes_name: boxes}, format="5",
+                         do_compression=mat_format == "7")
+        return path
     with h5py.File(path, "w", userblock_size=512) as file:
         references = file.create_group("#refs#")
-        cell = file.create_dataset(images_name, (1, len(samples)), dtype=h5py.ref_dtype)
+        cell = file.create_dataset(images_name, (1, len(images)), dtype=h5py.ref_dtype)
         cell.attrs["MATLAB_class"] = np.bytes_("cell")
-        for index, sample in enumerate(samples):
-            image = np.asarray(sample.image())
-            if image.dtype != np.uint8 or image.ndim not in (2, 3):
-                raise ValueError(f"samples[{index}]: expected a uint8 (H, W) or (H, W, 3) image, got {image.dtype} {image.shape}")
+        for index, image in enumerate(images):
             stored = references.create_dataset(f"image{index}", data=image.T)  # (H, W, 3) → MATLAB's (3, W, H)
             stored.attrs["MATLAB_class"] = np.bytes_("uint8")
             cell[0, index] = stored.ref
-        _matlab_double(file, shapes_name, np.array(phis).reshape(len(samples), 3 * COFW_NUM_KEYPOINTS))
-        _matlab_double(file, boxes_name, np.array(boxes).reshape(len(samples), 4))
+        _matlab_double(file, shapes_name, phis)
+        _matlab_double(file, boxes_name, boxes)
     _write_mat73_header(path)
     return path
 
