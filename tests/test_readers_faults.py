@@ -7,6 +7,7 @@ image mid-epoch), or a ``nan`` that trained silently.
 """
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -16,6 +17,7 @@ import scipy.io
 from h3r.data import open_dataset, verify_readable
 from h3r.data.base import Sample
 from h3r.data.checks import require_finite
+from h3r.data.images import write_image
 from h3r.data.writers_face import write_aflw_csv, write_aflw_mat, write_cofw, write_pts_images, write_wflw
 from h3r.data.writers_pose import write_coco, write_coco_detections, write_mpii
 
@@ -497,3 +499,20 @@ def test_training_decodes_one_image_per_split_before_the_first_step(tmp_path, ca
     assert code == 2
     assert f"{first.name}: cannot decode" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dataset, name, text", [
+    ("300w", "ibug/image_006.pts", "version: 1\nn_points: 68\n{\n1 2 \xb0\n"),
+    ("wflw", "WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_train.txt", "1 2\n3 \xb0 4\n"),
+    ("coco", "annotations/person_keypoints_val2017.json", '{"images": [],\n"info": "\xb0"}'),
+])
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path, dataset, name, text):
+    """e.g. a Latin-1 file: the error names file:line, not a bare UnicodeDecodeError."""
+    path = tmp_path / name
+    os.makedirs(path.parent, exist_ok=True)
+    path.write_bytes(text.encode("latin-1"))
+    if dataset == "300w":
+        write_image(str(tmp_path / "ibug" / "image_006.jpg"), np.zeros((4, 4, 3), np.uint8))
+    line = text[:text.index("\xb0")].count("\n") + 1
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}:{line}: not UTF-8 text \(byte 0xb0 at offset"):
+        open_dataset(dataset, str(tmp_path), {"300w": "challenging", "wflw": "train", "coco": "val"}[dataset])

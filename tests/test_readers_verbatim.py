@@ -369,6 +369,79 @@ def test_300w_hrnet_csv_full_split_reports_its_subsets(tmp_path):
         open_dataset("300w", str(tmp_path), "full")
 
 
+def test_300w_hrnet_csv_finds_the_images_the_ibug_download_names_otherwise(tmp_path):
+    """HRNet's csv names ibug/image_092_01.jpg and Test/0{1,2}_*/; the iBUG download has
+    "ibug/image_092 _01.jpg" (a space) and 300W/0{1,2}_*/: images/ may hold the download as it is."""
+    renamed = W300_CSV_ROW.replace("ibug/image_99.jpg", "ibug/image_092_01.jpg", 1)
+    _write(tmp_path / "face_landmarks_300w_valid_challenge.csv", W300_CSV_HEADER + "\n" + renamed + "\n")
+    _image(tmp_path / "images" / "ibug" / "image_092 _01.jpg")
+    challenging = open_dataset("300w", str(tmp_path), "challenging")
+    assert challenging[0].meta["image_path"] == "ibug/image_092_01.jpg"  # as the csv writes it
+    np.testing.assert_array_equal(challenging[0].image().shape, (24, 32, 3))
+
+    rows = [W300_CSV_ROW.replace("ibug/image_99.jpg", f"Test/{folder}", 1)
+            for folder in ("01_Indoor/indoor_001.png", "02_Outdoor/outdoor_044.png")]
+    _write(tmp_path / "face_landmarks_300w_test.csv", "\n".join([W300_CSV_HEADER, *rows]) + "\n")
+    _image(tmp_path / "images" / "300W" / "01_Indoor" / "indoor_001.png")
+    _image(tmp_path / "images" / "Test" / "02_Outdoor" / "outdoor_044.png")  # as the csv names it: read so
+    test = open_dataset("300w", str(tmp_path), "test")
+    assert {name: mask.tolist() for name, mask in test.subsets.items()} == {"indoor": [True, False],
+                                                                           "outdoor": [False, True]}
+    verify_readable(test, count=None)
+    os.remove(tmp_path / "images" / "300W" / "01_Indoor" / "indoor_001.png")
+    with pytest.raises(FileNotFoundError, match=r"face_landmarks_300w_test.csv:2: image .*images/Test/01_Indoor/"
+                                                r"indoor_001.png not found \(nor .*images/300W/01_Indoor/indoor_001.png\)"):
+        open_dataset("300w", str(tmp_path), "test")
+
+
+# ------------------------------------------------- the same files as other tools save them
+
+def _variants(text: str) -> dict[str, bytes]:
+    """``text`` as Windows editors (a byte-order mark, CRLF) and old Mac tools (CR) may save it."""
+    data = text.encode()
+    return {"bom+crlf": b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n"), "cr": data.replace(b"\n", b"\r")}
+
+
+@pytest.mark.parametrize("variant", ["bom+crlf", "cr"])
+def test_text_files_saved_with_a_byte_order_mark_or_other_line_ends_read_the_same(tmp_path, variant):
+    plain, saved = tmp_path / "plain", tmp_path / "saved"
+    for root in (plain, saved):
+        _image(root / "WFLW_images" / WFLW_IMAGE)
+        _image(root / "ibug" / "image_006.jpg")
+        _image(root / "csv" / "images" / "ibug" / "image_99.jpg")
+        _image(root / "coco" / "val2017" / "000000040083.jpg")
+    files = {
+        "WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_train.txt": WFLW_LINE_207 * 2,
+        "ibug/image_006.pts": PTS_300VW_000006,
+        "csv/face_landmarks_300w_valid_challenge.csv": W300_CSV_HEADER + "\n" + W300_CSV_ROW + "\n",
+        "coco/annotations/person_keypoints_val2017.json": json.dumps(
+            {"images": [COCO_IMAGE], "annotations": [COCO_ANNOTATION], "categories": [COCO_CATEGORY]}, indent=1),
+    }
+    for name, text in files.items():
+        _write(plain / name, text)
+        os.makedirs(os.path.dirname(saved / name), exist_ok=True)
+        (saved / name).write_bytes(_variants(text)[variant])
+    for dataset, folder, split in (("wflw", "", "train"), ("300w", "", "challenging"), ("300w", "csv", "challenging"),
+                                   ("coco", "coco", "val")):
+        expected, got = (open_dataset(dataset, str(root / folder), split) for root in (plain, saved))
+        assert len(got) == len(expected) > 0, dataset
+        for index in range(len(got)):
+            np.testing.assert_array_equal(got[index].keypoints, expected[index].keypoints)
+            np.testing.assert_array_equal(got[index].box, expected[index].box)
+
+
+def test_pts_folders_skip_what_macos_archives_add(tmp_path):
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\xff\xfe"  # a ._name file's start
+    _write(tmp_path / "faces" / "einstein.pts", PTS_300VW_000006)
+    _image(tmp_path / "faces" / "einstein.jpg")
+    for name in ("faces/._einstein.pts", "faces/._einstein.jpg", "__MACOSX/faces/._einstein.pts",
+                 "__MACOSX/faces/._einstein.jpg"):
+        os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
+        (tmp_path / name).write_bytes(apple_double)
+    dataset = open_dataset("pts", str(tmp_path))
+    assert len(dataset) == 1 and dataset[0].meta["image_path"] == os.path.join("faces", "einstein.jpg")
+
+
 WFLW_CSV_HEADER = "image_name,scale,center_w,center_h," + ",".join(
     f"original_{index}_{axis}" for index in range(98) for axis in "xy")
 

@@ -28,8 +28,8 @@ import os
 
 import numpy as np
 
-from h3r.data.checks import matlab_string, require_finite, require_images
-from h3r.data.faces import FaceDataset, require_file
+from h3r.data.checks import matlab_string, require_file, require_finite, require_images
+from h3r.data.faces import FaceDataset
 from h3r.data.hrnet_csv import read_hrnet_csv, square_boxes
 from h3r.data.images import image_loader
 from h3r.data.matfiles import load_mat

@@ -1,4 +1,5 @@
-"""Checks the readers share: numbers that must be finite, images that must exist, and
+"""Checks the readers share: files that must exist, text that must be UTF-8
+(:func:`read_text`), numbers that must be finite, images that must exist, and
 :func:`verify_readable`, which decodes the first images of a dataset before training starts.
 
 The rule for non-finite annotation values (``nan``, ``inf``, as text tokens, as JSON
@@ -15,11 +16,42 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from h3r.data.cache import CachedImage
+
+
+def require_file(path: str | os.PathLike, what: str) -> str:
+    """``path`` as a string if it is a file, else ``FileNotFoundError`` saying what it should be."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of the file ``path`` (a ``what``: named in errors), decoded as UTF-8; a leading
+    byte-order mark (as Windows editors write one) is dropped. Bytes that are not UTF-8 are a
+    ``ValueError`` naming ``path:line`` (e.g. a macOS ``._name`` resource file)."""
+    data = open(require_file(path, what), "rb").read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"{os.fspath(path)}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                         f"{error.start}); expected a {what}") from None
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of :func:`read_text`, without their ends (``\\n``, ``\\r\\n`` or ``\\r``); element
+    ``i`` is line ``i + 1``. A final line end starts no extra line."""
+    lines = re.split(r"\r\n|\r|\n", read_text(path, what))
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def first_non_finite(values: np.ndarray) -> tuple[int, ...] | None:

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
-from h3r.data.checks import is_number, number_array, require_finite, require_images
+from h3r.data.checks import is_number, number_array, read_text, require_finite, require_images
 from h3r.data.images import image_loader
 from h3r.metrics import coco_keypoint_ap
 
@@ -70,10 +70,7 @@ NMS_AREA_PADDING = 1.25  # OKS area of a prediction = (1.25 max(w, h))², the sq
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """Parse a JSON file; a missing, empty or truncated file raises an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, what)
     if not text.strip():
         raise ValueError(f"{what} {path} is empty; expected JSON")
     try:

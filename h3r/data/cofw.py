@@ -46,8 +46,8 @@ import h5py
 import numpy as np
 
 from h3r import metrics
-from h3r.data.checks import require_finite
-from h3r.data.faces import FaceDataset, require_file
+from h3r.data.checks import require_file, require_finite
+from h3r.data.faces import FaceDataset
 from h3r.data.images import as_rgb
 from h3r.data.matfiles import is_hdf5_mat, load_mat
 

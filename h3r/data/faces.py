@@ -7,7 +7,6 @@ are in ``meta["occluded"]``.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -103,9 +102,3 @@ class FaceDataset(LandmarkDataset):
         return results
 
 
-def require_file(path: str | os.PathLike, what: str) -> str:
-    """``path`` as a string if it is a file, else ``FileNotFoundError`` saying what it should be."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    return path

@@ -11,13 +11,14 @@ Coordinates are used as written, as HRNet's loaders use them.
 from __future__ import annotations
 
 import csv
+import io
 import os
+from typing import Callable, Sequence
 
 import numpy as np
 
 from h3r import metrics
-from h3r.data.checks import require_finite, require_images
-from h3r.data.faces import require_file
+from h3r.data.checks import read_text, require_finite
 from h3r.data.images import image_loader
 
 HRNET_SCALE_PIXELS = 200.0  # HRNet's box side = scale * 200
@@ -30,25 +31,24 @@ def read_hrnet_csv(path: str, num_keypoints: int, columns: tuple[str, ...], what
     ``(N, num_keypoints, 2)`` float32 and ``lines`` (the rows' line numbers). Errors name ``path:line``."""
     width = 1 + len(columns) + 2 * num_keypoints
     names, rows, line_numbers = [], [], []
-    with open(require_file(path, what), newline="") as file:
-        reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None or len(header) != width:
-            raise ValueError(f"{path}:1: expected a header of {width} columns "
-                             f"(image_name, {', '.join(columns)}, {num_keypoints} × (x, y))")
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != width:
-                raise ValueError(f"{path}:{reader.line_num}: expected {width} columns, got {len(row)}")
-            try:
-                values = np.array(row[1:], dtype=np.float64)
-            except ValueError as error:
-                raise ValueError(f"{path}:{reader.line_num}: non-numeric value: {error}") from None
-            require_finite(values, f"{path}:{reader.line_num}", "values", names=header[1:])
-            rows.append(values)
-            names.append(row[0])
-            line_numbers.append(reader.line_num)
+    reader = csv.reader(io.StringIO(read_text(path, what), newline=""))
+    header = next(reader, None)
+    if header is None or len(header) != width:
+        raise ValueError(f"{path}:1: expected a header of {width} columns "
+                         f"(image_name, {', '.join(columns)}, {num_keypoints} × (x, y))")
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != width:
+            raise ValueError(f"{path}:{reader.line_num}: expected {width} columns, got {len(row)}")
+        try:
+            values = np.array(row[1:], dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"{path}:{reader.line_num}: non-numeric value: {error}") from None
+        require_finite(values, f"{path}:{reader.line_num}", "values", names=header[1:])
+        rows.append(values)
+        names.append(row[0])
+        line_numbers.append(reader.line_num)
     if not rows:
         raise ValueError(f"{path}: no rows after the header")
     values = np.stack(rows)
@@ -69,17 +69,30 @@ def square_boxes(centre: np.ndarray, side: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def find_image(image_dir: str, name: str, aliases: Sequence[str], where: str) -> str:
+    """``image_dir/name``, else the first of ``image_dir/alias`` that exists; ``FileNotFoundError``
+    ``"<where>: image <path> not found"`` naming every path tried."""
+    candidates = [os.path.join(image_dir, candidate) for candidate in (name, *aliases)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    tried = f" (nor {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
+    raise FileNotFoundError(f"{where}: image {candidates[0]} not found{tried}")
+
+
 def hrnet_face_items(path: str, num_keypoints: int, image_dir: str, what: str, inter_ocular: tuple,
-                     pupils: tuple) -> tuple[dict, dict]:
+                     pupils: tuple, aliases: Callable[[str], Sequence[str]] = lambda name: ()) -> tuple[dict, dict]:
     """The rows of a 300W or WFLW csv (:func:`read_hrnet_csv`, its images checked to exist under
-    ``image_dir``) and the :class:`~h3r.data.faces.FaceDataset` arguments for them: HRNet's square
-    boxes, the inter-ocular normaliser and inter-pupil distance of the landmark pairs given."""
+    ``image_dir``: :func:`find_image`, with the other names ``aliases(csv name)`` an image may have)
+    and the :class:`~h3r.data.faces.FaceDataset` arguments for them: HRNet's square boxes, the
+    inter-ocular normaliser and inter-pupil distance of the landmark pairs given. ``meta["image_path"]``
+    is the name as the csv writes it."""
     table = read_hrnet_csv(path, num_keypoints, HRNET_COLUMNS, what)
     origins = [f"{path}:{number}" for number in table["lines"]]
-    require_images((os.path.join(image_dir, name), origin) for name, origin in zip(table["names"], origins))
+    files = [find_image(image_dir, name, aliases(name), origin) for name, origin in zip(table["names"], origins)]
     keypoints = table["keypoints"]
     return table, {
-        "loaders": [image_loader(os.path.join(image_dir, name)) for name in table["names"]],
+        "loaders": [image_loader(file) for file in files],
         "keypoints": keypoints,
         "boxes": square_boxes(np.stack([table["center_w"], table["center_h"]], axis=1),
                               HRNET_SCALE_PIXELS * table["scale"]),

@@ -22,8 +22,8 @@ import numpy as np
 from h3r import metrics
 from h3r.data.base import landmark_box
 from h3r.data.cofw import COFW_FLIP_PAIRS, COFW_INTER_OCULAR, COFW_NUM_KEYPOINTS, COFW_PUPILS
-from h3r.data.faces import FaceDataset, require_file
-from h3r.data.checks import require_finite
+from h3r.data.faces import FaceDataset
+from h3r.data.checks import read_lines, require_finite
 from h3r.data.hrnet_csv import hrnet_face_items, pick_source
 from h3r.data.images import IMAGE_EXTENSIONS, image_loader
 from h3r.data.wflw import WFLW_FLIP_PAIRS, WFLW_INTER_OCULAR, WFLW_NUM_KEYPOINTS, WFLW_PUPILS
@@ -60,14 +60,29 @@ W300_CSV_SUBSETS = {
 }
 
 
+# HRNet's 300W csv files name two kinds of image otherwise than the iBUG download does: one ibug
+# image whose file name has a space (FaRL's ibug300w.py maps it too), and the private test set,
+# under Test/ where the download has 300W/. The name as written is tried first.
+W300_CSV_RENAMED = {"ibug/image_092_01.jpg": "ibug/image_092 _01.jpg"}
+W300_CSV_TEST_PREFIX = ("Test/", "300W/")
+
+
+def w300_csv_aliases(name: str) -> tuple[str, ...]:
+    """The names the image of HRNet's 300W csv name ``name`` may have in the iBUG download."""
+    name = name.replace("\\", "/")
+    if name in W300_CSV_RENAMED:
+        return (W300_CSV_RENAMED[name],)
+    written, official = W300_CSV_TEST_PREFIX
+    return (official + name[len(written):],) if name.startswith(written) else ()
+
+
 def read_pts(path: str) -> np.ndarray:
     """Landmarks ``(n_points, 2)`` float32 of a ``.pts`` file, converted to 0-based pixels.
 
     Raises ``ValueError`` naming ``path:line`` for a malformed file, including a non-finite
     coordinate (``nan``, ``inf``).
     """
-    with open(require_file(path, ".pts file")) as file:
-        lines = [line.strip() for line in file]
+    lines = [line.strip() for line in read_lines(path, ".pts file")]
     while lines and not lines[-1]:
         lines.pop()
     if len(lines) < 3 or not lines[0].startswith("version:") or not lines[1].startswith("n_points:") or lines[2] != "{":
@@ -107,21 +122,28 @@ def write_pts(path: str, keypoints: np.ndarray) -> None:
         file.write("\n".join(lines) + "\n")
 
 
+# What archives made on macOS add: a folder of resource files, and a "._name" file beside each file.
+MACOS_METADATA_FOLDER = "__MACOSX"
+MACOS_METADATA_PREFIX = "._"
+
+
 def find_annotated_images(folder: str, recursive: bool = False) -> list[tuple[str, str]]:
     """``(image path, .pts path)`` pairs, sorted, for every ``.pts`` under ``folder``.
 
     The image beside a ``.pts`` has the same stem and any extension of a format Pillow reads
     (``IMAGE_EXTENSIONS``: .jpg, .png, .bmp, .ppm, .pgm, .tif/.tiff, .gif, .webp, ..., in any
     case, e.g. ``.JPG``). Images without a ``.pts`` (e.g. the ``*_mirror.jpg`` of some 300W
-    copies) are skipped; a ``.pts`` without an image beside it, or with two (``a.jpg`` and
-    ``a.png``), is an error naming it.
+    copies) are skipped, and so is macOS metadata (``__MACOSX/`` folders and ``._name`` files,
+    which archives made on a Mac hold beside each file); a ``.pts`` without an image beside it, or
+    with two (``a.jpg`` and ``a.png``), is an error naming it.
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder of images and .pts files not found: {folder}")
     walk = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
     pairs = []
     for directory, subdirectories, files in walk:
-        subdirectories.sort()
+        subdirectories[:] = sorted(name for name in subdirectories if name != MACOS_METADATA_FOLDER)
+        files = [name for name in files if not name.startswith(MACOS_METADATA_PREFIX)]
         images: dict[str, list[str]] = {}
         for file in sorted(files):
             stem, extension = os.path.splitext(file)
@@ -158,8 +180,10 @@ class W300(FaceDataset):
     ``source="csv"``: HRNet's files instead (``root`` = HRNet's ``data/300w``):
     ``face_landmarks_300w_{train,valid_common,valid_challenge,valid,test}.csv`` for the splits
     above, images under ``images/`` (:mod:`h3r.data.hrnet_csv`; coordinates as written, as HRNet
-    reads them; ``Sample.box`` is HRNet's square box of side ``200 * scale``). Default: the iBUG
-    folders where ``root`` has the split's, else the csv.
+    reads them; ``Sample.box`` is HRNet's square box of side ``200 * scale``); an image missing
+    under its csv name is looked for under the iBUG download's (:func:`w300_csv_aliases`), so
+    ``images/`` may hold the download as it is. Default: the iBUG folders where ``root`` has the
+    split's, else the csv.
     """
 
     name = "300w"
@@ -205,7 +229,8 @@ class W300(FaceDataset):
 
     def _init_from_csv(self, split: str) -> None:
         table, items = hrnet_face_items(os.path.join(self.root, W300_CSV[split]), W300_NUM_KEYPOINTS,
-                                        os.path.join(self.root, "images"), "300W csv", W300_INTER_OCULAR, W300_PUPILS)
+                                        os.path.join(self.root, "images"), "300W csv", W300_INTER_OCULAR, W300_PUPILS,
+                                        aliases=w300_csv_aliases)
         names = [name.replace("\\", "/") for name in table["names"]]
         subsets = {subset: np.array([any(name.startswith(folder + "/") for folder in folders) for name in names])
                    for subset, folders in W300_CSV_SUBSETS.get(split, {}).items()}

@@ -40,8 +40,8 @@ import os
 import numpy as np
 
 from h3r import metrics
-from h3r.data.checks import require_finite, require_images
-from h3r.data.faces import FaceDataset, require_file
+from h3r.data.checks import read_lines, require_finite, require_images
+from h3r.data.faces import FaceDataset
 from h3r.data.hrnet_csv import HRNET_COLUMNS, hrnet_face_items, pick_source, read_hrnet_csv
 from h3r.data.images import image_loader
 
@@ -99,34 +99,33 @@ def read_wflw_list(path: str) -> dict[str, np.ndarray | list]:
     ``lines`` (1-based line numbers). Raises ``ValueError`` naming ``path:line`` for a malformed line.
     """
     keypoints, rects, attributes, names, line_numbers = [], [], [], [], []
-    with open(require_file(path, "WFLW annotation list")) as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != WFLW_FIELDS:
-                hint = (" (197 fields is the layout of the list_98pt_test/ files: coordinates + image name)"
-                        if len(fields) == WFLW_SUBSET_FIELDS else "")
-                raise ValueError(
-                    f"{path}:{number}: expected {WFLW_FIELDS} space-separated fields (196 coordinates, 4 rectangle "
-                    f"values, 6 attribute flags, image name), got {len(fields)}{hint}"
-                )
-            values = _coordinates(fields[:-1], path, number, "coordinate, rectangle or attribute")
-            flags = values[200:206]
-            if not np.isin(flags, (0, 1)).all():
-                raise ValueError(f"{path}:{number}: attribute flags must be 0 or 1, got {fields[200:206]}")
-            require_finite(values[:196], f"{path}:{number}", "landmark coordinates")
-            require_finite(values[196:200], f"{path}:{number}", "rectangle",
-                           names=("x_min", "y_min", "x_max", "y_max"))
-            x_min, y_min, x_max, y_max = values[196:200]
-            if not (x_max > x_min and y_max > y_min):
-                raise ValueError(f"{path}:{number}: rectangle {fields[196:200]} (x_min y_min x_max y_max) "
-                                 f"has no area")
-            keypoints.append(values[:196].reshape(WFLW_NUM_KEYPOINTS, 2))
-            rects.append(values[196:200])
-            attributes.append(flags)
-            names.append(fields[-1])
-            line_numbers.append(number)
+    for number, line in enumerate(read_lines(path, "WFLW annotation list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != WFLW_FIELDS:
+            hint = (" (197 fields is the layout of the list_98pt_test/ files: coordinates + image name)"
+                    if len(fields) == WFLW_SUBSET_FIELDS else "")
+            raise ValueError(
+                f"{path}:{number}: expected {WFLW_FIELDS} space-separated fields (196 coordinates, 4 rectangle "
+                f"values, 6 attribute flags, image name), got {len(fields)}{hint}"
+            )
+        values = _coordinates(fields[:-1], path, number, "coordinate, rectangle or attribute")
+        flags = values[200:206]
+        if not np.isin(flags, (0, 1)).all():
+            raise ValueError(f"{path}:{number}: attribute flags must be 0 or 1, got {fields[200:206]}")
+        require_finite(values[:196], f"{path}:{number}", "landmark coordinates")
+        require_finite(values[196:200], f"{path}:{number}", "rectangle",
+                       names=("x_min", "y_min", "x_max", "y_max"))
+        x_min, y_min, x_max, y_max = values[196:200]
+        if not (x_max > x_min and y_max > y_min):
+            raise ValueError(f"{path}:{number}: rectangle {fields[196:200]} (x_min y_min x_max y_max) "
+                             f"has no area")
+        keypoints.append(values[:196].reshape(WFLW_NUM_KEYPOINTS, 2))
+        rects.append(values[196:200])
+        attributes.append(flags)
+        names.append(fields[-1])
+        line_numbers.append(number)
     if not names:
         raise ValueError(f"{path}: no annotation lines")
     return {
@@ -145,20 +144,19 @@ def read_wflw_subset_list(path: str) -> dict[str, np.ndarray | list]:
     Raises ``ValueError`` naming ``path:line`` for a malformed line.
     """
     keypoints, names, line_numbers = [], [], []
-    with open(require_file(path, "WFLW test subset list"), encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != WFLW_SUBSET_FIELDS:
-                raise ValueError(f"{path}:{number}: expected {WFLW_SUBSET_FIELDS} space-separated fields "
-                                 f"(196 coordinates, image name), as the official list_98pt_test files have; "
-                                 f"got {len(fields)}")
-            values = _coordinates(fields[:-1], path, number, "coordinate")
-            require_finite(values, f"{path}:{number}", "landmark coordinates")
-            keypoints.append(values.reshape(WFLW_NUM_KEYPOINTS, 2))
-            names.append(fields[-1])
-            line_numbers.append(number)
+    for number, line in enumerate(read_lines(path, "WFLW test subset list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != WFLW_SUBSET_FIELDS:
+            raise ValueError(f"{path}:{number}: expected {WFLW_SUBSET_FIELDS} space-separated fields "
+                             f"(196 coordinates, image name), as the official list_98pt_test files have; "
+                             f"got {len(fields)}")
+        values = _coordinates(fields[:-1], path, number, "coordinate")
+        require_finite(values, f"{path}:{number}", "landmark coordinates")
+        keypoints.append(values.reshape(WFLW_NUM_KEYPOINTS, 2))
+        names.append(fields[-1])
+        line_numbers.append(number)
     if not names:
         raise ValueError(f"{path}: no annotation lines")
     return {"keypoints": np.stack(keypoints), "image_names": names, "lines": line_numbers}
