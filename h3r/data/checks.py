@@ -36,7 +36,8 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     """The text of the file ``path`` (a ``what``: named in errors), decoded as UTF-8; a leading
     byte-order mark (as Windows editors write one) is dropped. Bytes that are not UTF-8 are a
     ``ValueError`` naming ``path:line`` (e.g. a macOS ``._name`` resource file)."""
-    data = open(require_file(path, what), "rb").read()
+    with open(require_file(path, what), "rb") as file:
+        data = file.read()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
