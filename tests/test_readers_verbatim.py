@@ -270,6 +270,20 @@ def cofw_phis(seed=0):
     return np.concatenate([x, y, occluded])  # one MATLAB row: x1..x29 y1..y29 occ1..occ29
 
 
+def assert_cofw_faces(dataset, phis: np.ndarray, images: list, second_box: list) -> None:
+    """The two faces of ``phis`` (MATLAB rows, 1-based), their images (a 2-D one is grey) and the
+    second face's box (x1, y1, x2, y2, 0-based)."""
+    assert len(dataset) == 2
+    np.testing.assert_allclose(dataset[1].keypoints[:, 0], phis[1, :29] - 1, atol=1e-5)
+    np.testing.assert_allclose(dataset[1].keypoints[:, 1], phis[1, 29:58] - 1, atol=1e-5)
+    np.testing.assert_array_equal(dataset[0].meta["occluded"], phis[0, 58:] == 1)
+    np.testing.assert_allclose(dataset[1].box, second_box)
+    for index, image in enumerate(images):
+        expected = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+        np.testing.assert_array_equal(dataset[index].image(), expected)
+    verify_readable(dataset, count=2)
+
+
 def test_cofw_matlab_v73_layout(tmp_path):
     rng = np.random.default_rng(1)
     colour = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -277,15 +291,7 @@ def test_cofw_matlab_v73_layout(tmp_path):
     phis = np.stack([cofw_phis(0), cofw_phis(1)])
     boxes = np.array([[8.0, 6.0, 24.0, 16.0], [9.5, 7.0, 20.0, 15.0]])  # x, y, w, h (1-based)
     write_matlab_cofw(str(tmp_path / "COFW_train_color.mat"), [colour, grey], phis, boxes)
-    dataset = open_dataset("cofw", str(tmp_path), "train")
-    assert len(dataset) == 2
-    np.testing.assert_allclose(dataset[1].keypoints[:, 0], phis[1, :29] - 1, atol=1e-5)
-    np.testing.assert_allclose(dataset[1].keypoints[:, 1], phis[1, 29:58] - 1, atol=1e-5)
-    np.testing.assert_array_equal(dataset[0].meta["occluded"], phis[0, 58:] == 1)
-    np.testing.assert_allclose(dataset[1].box, [8.5, 6.0, 28.5, 21.0])
-    np.testing.assert_array_equal(dataset[0].image(), colour)
-    np.testing.assert_array_equal(dataset[1].image(), np.repeat(grey[:, :, None], 3, axis=2))
-    verify_readable(dataset, count=2)
+    assert_cofw_faces(open_dataset("cofw", str(tmp_path), "train"), phis, [colour, grey], [8.5, 6.0, 28.5, 21.0])
 
 
 def test_cofw_grayscale_release_as_matlab_v7(tmp_path):
@@ -296,15 +302,7 @@ def test_cofw_grayscale_release_as_matlab_v7(tmp_path):
     phis = np.stack([cofw_phis(2), cofw_phis(3)])
     boxes = np.array([[8.0, 6.0, 24.0, 16.0], [9.5, 7.0, 20.0, 12.0]])  # x, y, w, h (1-based)
     scipy.io.savemat(tmp_path / "COFW_test.mat", {"IsT": cell, "phisT": phis, "bboxesT": boxes}, do_compression=True)
-    dataset = open_dataset("cofw", str(tmp_path), "test")
-    assert len(dataset) == 2
-    np.testing.assert_allclose(dataset[1].keypoints[:, 0], phis[1, :29] - 1, atol=1e-5)
-    np.testing.assert_allclose(dataset[1].keypoints[:, 1], phis[1, 29:58] - 1, atol=1e-5)
-    np.testing.assert_array_equal(dataset[0].meta["occluded"], phis[0, 58:] == 1)
-    np.testing.assert_allclose(dataset[1].box, [8.5, 6.0, 28.5, 18.0])
-    for index, grey in enumerate(greys):
-        np.testing.assert_array_equal(dataset[index].image(), np.repeat(grey[:, :, None], 3, axis=2))
-    verify_readable(dataset, count=2)
+    assert_cofw_faces(open_dataset("cofw", str(tmp_path), "test"), phis, greys, [8.5, 6.0, 28.5, 18.0])
 
 
 # ----------------------------------------------------------------- HRNet csv files of 300W and WFLW
