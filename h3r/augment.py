@@ -55,6 +55,10 @@ __all__ = ["DeviceCropDataset", "DeviceAugment", "collate", "make_item", "plan_a
            "augment_from_seeds", "REGION_MARGIN"]
 
 REGION_MARGIN = 2  # pixels kept around the pre-image of the input, for float32 coordinates
+# The batch fields DeviceAugment reads (pixels, origin and region_size only for regions, index
+# only for the image cache).
+DEVICE_FIELDS = ("pixels", "origin", "region_size", "index", "image_size", "pillow", "jitter", "jittered",
+                 "keypoints", "visible", "affine", "flipped")
 # Output pixels warped at once: bounds the temporaries (exact: ~100 MiB per (.., 3) float64, and the
 # 4 neighbours are gathered at once).
 CHUNK_PIXELS = 1 << 22
@@ -380,7 +384,7 @@ class DeviceAugment:
         if self.images is None:
             raise ValueError("batch: no 'pixels' (DeviceCropDataset(cached_pixels=True)), and this DeviceAugment "
                              "was given no image cache to read them from (images=dataset.image_cache)")
-        host_rows = rows.numpy()
+        host_rows = rows.cpu().numpy()
         if host_rows.size and (host_rows.min() < 0 or host_rows.max() >= len(self.images)):
             raise IndexError(f"batch 'index': rows must lie in [0, {len(self.images)}) of the image cache, "
                              f"got {host_rows.min()}..{host_rows.max()}")
@@ -400,8 +404,8 @@ class DeviceAugment:
         return self._device_images
 
     def __call__(self, batch: PackedBatch | dict[str, torch.Tensor]) -> dict[str, Any]:
-        if not isinstance(batch, PackedBatch):  # a batch not made by collate: pack it here
-            batch = PackedBatch(batch)
+        if not isinstance(batch, PackedBatch):  # a batch not made by collate: pack what is read here
+            batch = PackedBatch({name: batch[name] for name in DEVICE_FIELDS if name in batch})
         cache = None if "pixels" in batch else self._cached_pixels(batch["index"])
         # One copy of the packed fields (pinned by the loader: non_blocking does not wait for the GPU).
         put = batch.to(self.device, non_blocking=True).__getitem__

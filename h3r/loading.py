@@ -103,50 +103,50 @@ class WorkerCollate:
 
 
 class PackedBatch:
-    """A batch (names → CPU tensors) whose small tensors (up to :data:`SMALL_TENSOR_BYTES` each)
-    share one uint8 buffer; larger ones (images) are kept apart.
+    """A batch (names → tensors) whose small CPU tensors (up to :data:`SMALL_TENSOR_BYTES` each)
+    share one uint8 buffer; the others (images, tensors already on a device) are kept apart.
 
     Each tensor is pinned, sent and copied on its own: one host-to-device copy (and one pinned
     allocation, one pickled array) per field. Packed, a batch costs one for all its small
-    tensors, plus one per large tensor. ``batch[name]`` is the tensor (a small one is a view of
-    the buffer: same dtype, shape and bits), ``name in batch``, ``batch.keys()``;
-    ``batch.to(device, non_blocking=True)`` is the same batch on ``device``, and ``pin_memory()``
-    (which the DataLoader calls) the same batch in pinned memory. From a worker the buffer is
-    pickled by value, the large tensors as torch sends tensors (shared memory).
+    tensors, plus one per tensor kept apart. ``batch[name]`` is the tensor (a small one is a view
+    of the buffer: same dtype, shape and bits); ``name in batch``, ``keys()``, ``values()``,
+    ``items()`` and ``get()`` as for a dict (read-only); ``batch.to(device, non_blocking=True)``
+    is the same batch on ``device``, and ``pin_memory()`` (which the DataLoader calls) the same
+    batch in pinned memory. From a worker the buffer is pickled by value, the tensors kept apart
+    as torch sends tensors (shared memory).
     """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]):
-        layout, large, offset = {}, {}, 0
+        layout, apart, offset = {}, {}, 0
         for name, tensor in tensors.items():
-            if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
-                raise ValueError(f"batch: '{name}' must be a CPU tensor to be packed, got "
-                                 f"{getattr(tensor, 'device', type(tensor).__name__)}")
-            if tensor.nbytes > SMALL_TENSOR_BYTES:
-                large[name] = tensor
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"batch: '{name}' must be a tensor to be packed, got {type(tensor).__name__}")
+            if tensor.nbytes > SMALL_TENSOR_BYTES or tensor.device.type != "cpu":
+                apart[name] = tensor
                 continue
             layout[name] = (tensor.dtype, tuple(tensor.shape), offset)
             offset += -(-tensor.nbytes // PACK_ALIGNMENT) * PACK_ALIGNMENT
         buffer = torch.zeros(offset, dtype=torch.uint8)
         for name, (_, _, start) in layout.items():
-            flat = tensors[name].detach().contiguous().reshape(-1).view(torch.uint8)
+            flat = tensors[name].detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
             buffer[start:start + flat.numel()] = flat
-        self._assign(buffer, layout, large, tuple(tensors))
+        self._assign(buffer, layout, apart, tuple(tensors))
 
     @classmethod
-    def _from_parts(cls, buffer, layout, large, names) -> "PackedBatch":
+    def _from_parts(cls, buffer, layout, apart, names) -> "PackedBatch":
         batch = cls.__new__(cls)
-        batch._assign(buffer, layout, large, names)
+        batch._assign(buffer, layout, apart, names)
         return batch
 
-    def _assign(self, buffer: torch.Tensor, layout: dict, large: dict, names: tuple[str, ...]) -> None:
+    def _assign(self, buffer: torch.Tensor, layout: dict, apart: dict, names: tuple[str, ...]) -> None:
         self.buffer = buffer  # the small tensors' bytes
         self._layout = layout  # name → (dtype, shape, byte offset)
-        self._large = large  # name → tensor
+        self._apart = apart  # name → tensor
         self._names = names
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name in self._large:
-            return self._large[name]
+        if name in self._apart:
+            return self._apart[name]
         if name not in self._layout:
             raise KeyError(f"batch has no '{name}' (it has {', '.join(self._names)})")
         dtype, shape, offset = self._layout[name]
@@ -154,7 +154,7 @@ class PackedBatch:
         return self.buffer[offset:offset + size].view(dtype).view(shape)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._layout or name in self._large
+        return name in self._layout or name in self._apart
 
     def __len__(self) -> int:
         return len(self._names)
@@ -165,25 +165,35 @@ class PackedBatch:
     def keys(self) -> tuple[str, ...]:
         return self._names
 
+    def values(self) -> list[torch.Tensor]:
+        return [self[name] for name in self._names]
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, self[name]) for name in self._names]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
     def to(self, device, non_blocking: bool = False) -> "PackedBatch":
-        """The batch on ``device``: one copy of the buffer and one per large tensor (none where they are)."""
+        """The batch on ``device``: one copy of the buffer and one per tensor kept apart (none where they are)."""
         return self._from_parts(self.buffer.to(device, non_blocking=non_blocking), self._layout,
                                 {name: tensor.to(device, non_blocking=non_blocking)
-                                 for name, tensor in self._large.items()}, self._names)
+                                 for name, tensor in self._apart.items()}, self._names)
 
     def pin_memory(self, device=None) -> "PackedBatch":
         return self._from_parts(self.buffer.pin_memory(), self._layout,
-                                {name: tensor.pin_memory() for name, tensor in self._large.items()}, self._names)
+                                {name: tensor.pin_memory() if tensor.device.type == "cpu" else tensor
+                                 for name, tensor in self._apart.items()}, self._names)
 
     def __reduce__(self):
         on_cpu = self.buffer.device.type == "cpu"  # by value; a device buffer as torch sends tensors
-        return _rebuild_packed, (self.buffer.numpy() if on_cpu else self.buffer, self._layout, self._large, self._names)
+        return _rebuild_packed, (self.buffer.numpy() if on_cpu else self.buffer, self._layout, self._apart, self._names)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}: {tuple(self[name].shape)} {self[name].dtype}" for name in self._names)
         return f"PackedBatch({fields}; {self.buffer.numel()} bytes packed, on {self.buffer.device})"
 
 
-def _rebuild_packed(buffer, layout, large, names) -> PackedBatch:
+def _rebuild_packed(buffer, layout, apart, names) -> PackedBatch:
     return PackedBatch._from_parts(buffer if isinstance(buffer, torch.Tensor) else torch.from_numpy(buffer),
-                                   layout, large, names)
+                                   layout, apart, names)

@@ -233,7 +233,8 @@ def test_cached_pixels_give_the_batches_of_the_regions(faces, device, exact):
         # every field a view of one buffer: one pinned allocation and one copy to the device
         assert all(batch[name].untyped_storage().data_ptr() == batch.buffer.data_ptr() for name in batch)
         out = augment(batch)
-        unpacked = augment({name: batch[name].clone() for name in batch})  # not from collate: packed by augment
+        # not from collate (and with a field it does not read): packed by augment
+        unpacked = augment({"names": [f"face {i}" for i in range(len(items))], **{k: v.clone() for k, v in batch.items()}})
         for key in ("image", "keypoints", "visible", "affine", "flipped", "index"):
             assert torch.equal(out[key], expected[key]), key
             assert torch.equal(unpacked[key], expected[key]), key

@@ -142,10 +142,15 @@ def test_a_packed_batch_gives_back_every_tensor_bit_for_bit():
         batch["image"]
 
 
-def test_a_packed_batch_takes_only_cpu_tensors():
-    with pytest.raises(ValueError, match="batch: 'keypoints' must be a CPU tensor to be packed, got meta"):
-        PackedBatch({"index": torch.arange(3), "keypoints": torch.empty(3, 2, device="meta")})
-    with pytest.raises(ValueError, match="batch: 'flipped' must be a CPU tensor to be packed, got bool"):
+def test_a_packed_batch_keeps_device_tensors_apart_and_takes_only_tensors():
+    on_device = torch.empty(3, 2, device="meta")
+    batch = PackedBatch({"index": torch.arange(3), "keypoints": on_device, "conj": torch.tensor([1 + 2j]).conj()})
+    assert batch["keypoints"] is on_device and batch.buffer.numel() == 32 + 16  # 24 + 8 bytes, 16-aligned
+    assert torch.equal(batch["conj"], torch.tensor([1 - 2j]))  # a conjugate view packed as its values
+    assert [name for name, _ in batch.items()] == list(batch.keys()) == ["index", "keypoints", "conj"]
+    assert batch.values()[1] is on_device and batch.get("image") is None and torch.equal(batch.get("index"),
+                                                                                         torch.arange(3))
+    with pytest.raises(ValueError, match="batch: 'flipped' must be a tensor to be packed, got bool"):
         PackedBatch({"flipped": True})
 
 

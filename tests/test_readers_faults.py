@@ -433,6 +433,9 @@ def test_cofw_truncated_pre_hdf5_mat_names_the_file(tmp_path, mat_format, fracti
         file.write(content[:int(len(content) * fraction)])
     with pytest.raises(ValueError, match=r"COFW_train_color.mat: cannot read as a MATLAB .mat file"):
         open_dataset("cofw", str(tmp_path), "train")
+    os.symlink(tmp_path, tmp_path.parent / f"{tmp_path.name}-link")  # the error names the path as given
+    with pytest.raises(ValueError, match=rf"{tmp_path.name}-link/COFW_train_color.mat: cannot read"):
+        open_dataset("cofw", str(tmp_path.parent / f"{tmp_path.name}-link"), "train")
 
 
 # ------------------------------------------------------------------ verify_readable
@@ -503,6 +506,7 @@ def test_training_decodes_one_image_per_split_before_the_first_step(tmp_path, ca
 
 @pytest.mark.parametrize("dataset, name, text", [
     ("300w", "ibug/image_006.pts", "version: 1\nn_points: 68\n{\n1 2 \xb0\n"),
+    ("300w", "ibug/image_006.pts", "version: 1\rn_points: 68\r{\r1 2 \xb0\r"),  # old Mac line ends
     ("wflw", "WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_train.txt", "1 2\n3 \xb0 4\n"),
     ("coco", "annotations/person_keypoints_val2017.json", '{"images": [],\n"info": "\xb0"}'),
 ])
@@ -513,6 +517,6 @@ def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path, dataset, name, 
     path.write_bytes(text.encode("latin-1"))
     if dataset == "300w":
         write_image(str(tmp_path / "ibug" / "image_006.jpg"), np.zeros((4, 4, 3), np.uint8))
-    line = text[:text.index("\xb0")].count("\n") + 1
+    line = len(re.split("\r|\n", text[:text.index("\xb0")]))
     with pytest.raises(ValueError, match=rf"{re.escape(name)}:{line}: not UTF-8 text \(byte 0xb0 at offset"):
         open_dataset(dataset, str(tmp_path), {"300w": "challenging", "wflw": "train", "coco": "val"}[dataset])

@@ -41,7 +41,7 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
+        line = len(re.split(rb"\r\n|\r|\n", data[:error.start]))  # the line ends read_lines splits at
         raise ValueError(f"{os.fspath(path)}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
                          f"{error.start}); expected a {what}") from None
 

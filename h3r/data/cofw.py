@@ -80,14 +80,14 @@ def _open_mat73(path: str) -> h5py.File:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_mat5(real_path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
-    return load_mat(real_path)
+def _cached_mat5(path: str, real_path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    return load_mat(path)  # errors name the path as given; the real path keys the cache
 
 
 def _loaded_mat5(path: str) -> dict[str, np.ndarray]:
     """The variables of the v5/v7 file ``path``, loaded once per process (again once it changes)."""
     status = os.stat(path)
-    return _cached_mat5(os.path.realpath(path), status.st_mtime_ns, status.st_size)
+    return _cached_mat5(path, os.path.realpath(path), status.st_mtime_ns, status.st_size)
 
 
 def _variable(variables, path: str, name: str):
