@@ -345,8 +345,8 @@ def jitter_colours(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 class DeviceAugment:
-    """The device half of the augmentation: a :func:`collate` batch in (or a dict of its CPU tensors,
-    packed here), the CPU path's batch out.
+    """The device half of the augmentation: a :func:`collate` batch in (or a dict of its tensors: the
+    fields read here are packed), the CPU path's batch out.
 
     ``augment(batch)`` returns ``image`` (B, 3, S, S) float32 normalised as
     :class:`TopDownTransform` does, and the batch's ``keypoints`` (B, K, 2) float32 in input pixels,
