@@ -84,6 +84,7 @@ def test_study_writes_its_outputs_resumes_and_reports_failures(tmp_path, monkeyp
     assert len(on_disk["summary"]) == len(preset.methods)
     markdown = (out / "study.md").read_text()
     assert "quantization only" in markdown and "h3r-linear" in markdown and "stride 8 (4×4)" in markdown
+    assert "This run overrides the preset's strides: see the grid below." in markdown  # smoke has strides 4, 8
 
     # Re-running skips every finished cell and reuses its scores.
     messages.clear()

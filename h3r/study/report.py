@@ -9,7 +9,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from h3r.study.presets import METHODS
+from h3r.study.presets import METHODS, PRESETS
+
+# The settings that make a study's grid: where a run's differ from its preset's, its report says so.
+GRID_FIELDS = ("datasets", "methods", "strides", "seeds", "backbone", "input_size", "epochs", "batch_size",
+               "synthetic_sizes")
 
 
 def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -42,10 +46,23 @@ def _format(value: Optional[float], digits: int = 4) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def overridden(settings: dict[str, Any]) -> list[str]:
+    """The :data:`GRID_FIELDS` of a run's ``settings`` that differ from its preset's (the command's overrides)."""
+    preset = PRESETS.get(settings["preset"])
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    return [name for name in GRID_FIELDS
+            if preset is not None and name in settings and plain(getattr(preset, name)) != plain(settings[name])]
+
+
 def markdown(record: dict[str, Any]) -> str:
     settings = record["settings"]
+    changed = overridden(settings)
     lines = [f"# h3r study: preset '{settings['preset']}'", "",
-             f"{settings['description']}.", "",
+             f"{settings['description']}."
+             + (f" This run overrides the preset's {', '.join(changed)}: see the grid below." if changed else ""), "",
              f"- command: `{settings['command']}`" if settings.get("command") else "- command: (Python API)",
              f"- commit: {settings['commit']}; started {settings['started']}; wall time "
              f"{settings['wall_seconds']:.0f} s",
