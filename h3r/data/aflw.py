@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from h3r.data.checks import matlab_string, require_file, require_finite, require_images
+from h3r.data.checks import find_image, matlab_string, require_file, require_finite, require_images
 from h3r.data.faces import FaceDataset
 from h3r.data.hrnet_csv import read_hrnet_csv, square_boxes
 from h3r.data.images import image_loader
@@ -103,14 +103,7 @@ def aflw_image(image_root: str, name: str, where: str) -> str:
     """The image file of ``nameList`` entry ``name`` under ``image_root``: the name as written,
     else the same stem with ``.jpg`` (SAN's converted copies; some listed extensions are wrong,
     as SRT's ``GEN_aflw.py`` notes); ``FileNotFoundError`` naming both when neither exists."""
-    written = os.path.join(image_root, name)
-    if os.path.isfile(written):
-        return written
-    converted = os.path.splitext(written)[0] + ".jpg"
-    if os.path.isfile(converted):
-        return converted
-    alternative = "" if converted == written else f" (nor {converted})"
-    raise FileNotFoundError(f"{where}: image {written} not found{alternative}")
+    return find_image(image_root, name, (os.path.splitext(name)[0] + ".jpg",), where)
 
 
 def is_frontal(keypoints: np.ndarray, visible: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -129,6 +129,18 @@ def matlab_string(value: Any) -> str | None:
         value = array.reshape(-1)[0]
 
 
+def find_image(folder: str, name: str, aliases: Sequence[str], where: str) -> str:
+    """``folder/name``, else the first ``folder/alias`` that exists (other names the file may have
+    in some copies of a dataset); ``FileNotFoundError`` ``"<where>: image <path> not found"``
+    naming every path tried."""
+    candidates = list(dict.fromkeys(os.path.join(folder, candidate) for candidate in (name, *aliases)))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    tried = f" (nor {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
+    raise FileNotFoundError(f"{where}: image {candidates[0]} not found{tried}")
+
+
 def require_images(entries: Iterable[tuple[str | os.PathLike, str]]) -> None:
     """Every ``(image path, where)`` must be an existing file (a ``stat``, no decoding);
     otherwise ``FileNotFoundError`` ``"<where>: image <path> not found"``."""

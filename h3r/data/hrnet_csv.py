@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from h3r import metrics
-from h3r.data.checks import read_text, require_finite
+from h3r.data.checks import find_image, read_text, require_finite
 from h3r.data.images import image_loader
 
 HRNET_SCALE_PIXELS = 200.0  # HRNet's box side = scale * 200
@@ -69,21 +69,10 @@ def square_boxes(centre: np.ndarray, side: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
-def find_image(image_dir: str, name: str, aliases: Sequence[str], where: str) -> str:
-    """``image_dir/name``, else the first of ``image_dir/alias`` that exists; ``FileNotFoundError``
-    ``"<where>: image <path> not found"`` naming every path tried."""
-    candidates = [os.path.join(image_dir, candidate) for candidate in (name, *aliases)]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    tried = f" (nor {', '.join(candidates[1:])})" if len(candidates) > 1 else ""
-    raise FileNotFoundError(f"{where}: image {candidates[0]} not found{tried}")
-
-
 def hrnet_face_items(path: str, num_keypoints: int, image_dir: str, what: str, inter_ocular: tuple,
                      pupils: tuple, aliases: Callable[[str], Sequence[str]] = lambda name: ()) -> tuple[dict, dict]:
     """The rows of a 300W or WFLW csv (:func:`read_hrnet_csv`, its images checked to exist under
-    ``image_dir``: :func:`find_image`, with the other names ``aliases(csv name)`` an image may have)
+    ``image_dir``: :func:`~h3r.data.checks.find_image`, with the other names ``aliases(csv name)`` an image may have)
     and the :class:`~h3r.data.faces.FaceDataset` arguments for them: HRNet's square boxes, the
     inter-ocular normaliser and inter-pupil distance of the landmark pairs given. ``meta["image_path"]``
     is the name as the csv writes it."""

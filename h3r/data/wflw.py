@@ -264,15 +264,15 @@ class WFLW(FaceDataset):
         path = csv_path(self.root, split, subset)
         table, items = hrnet_face_items(path, WFLW_NUM_KEYPOINTS, os.path.join(self.root, CSV_IMAGE_DIR), "WFLW csv",
                                         WFLW_INTER_OCULAR, WFLW_PUPILS)
+        def as_list(rows: dict) -> dict:  # the fields match_subset reads, named as the official lists' readers do
+            return {"image_names": rows["names"], "keypoints": rows["keypoints"], "lines": rows["lines"]}
+
         subsets = {}
         if split == "test" and subset is None:  # the subset files present, matched to these rows
-            test = {"image_names": table["names"], "keypoints": table["keypoints"], "lines": table["lines"]}
             for attribute in WFLW_ATTRIBUTES:
                 subset_file = csv_path(self.root, "test", attribute)
                 if os.path.isfile(subset_file):
                     members = read_hrnet_csv(subset_file, WFLW_NUM_KEYPOINTS, HRNET_COLUMNS, "WFLW csv")
-                    members = {"image_names": members["names"], "keypoints": members["keypoints"],
-                               "lines": members["lines"]}
-                    subsets[attribute] = np.zeros(len(test["lines"]), dtype=bool)
-                    subsets[attribute][match_subset(members, subset_file, test, path)] = True
+                    subsets[attribute] = np.zeros(len(table["lines"]), dtype=bool)
+                    subsets[attribute][match_subset(as_list(members), subset_file, as_list(table), path)] = True
         super().__init__(split=split, subsets=subsets, **items)
