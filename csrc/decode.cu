@@ -79,12 +79,22 @@ __device__ __forceinline__ int slot_cell(int method, int s, int peak, int width,
     return (r >= 0 && r < height && c >= 0 && c < width) ? r * width + c : -1;
 }
 
+// What linear weighting divides the values by (h3r_kernels.reference.linear_scale): the peak
+// where it is finite and > 0, else 1; the numerators then lie in [0, 1] and cannot overflow their sum.
+template <typename A>
+__device__ __forceinline__ A linear_scale(A peak_value) {
+    return peak_value > A(0) && h3r::is_finite(peak_value) ? peak_value : A(1);
+}
+
 // The unnormalised weight of a selected value (h3r_kernels.reference._weights): softmax
 // exp(v - peak), taken as 1 when v == peak (so infinite peaks are limits: the cells equal to
-// the peak share the weight); linear max(v, 0), or [v == +inf] when the peak is +inf.
+// the peak share the weight); linear max(v, 0) / linear_scale(peak), or [v == +inf] when the
+// peak is +inf.
 template <typename A>
 __device__ __forceinline__ A weight_numerator(A v, A peak_value, int linear) {
-    if (linear) return h3r::is_pos_inf(peak_value) ? (v == peak_value ? A(1) : A(0)) : h3r::clamp_min_zero(v);
+    if (linear)
+        return h3r::is_pos_inf(peak_value) ? (v == peak_value ? A(1) : A(0))
+                                           : h3r::clamp_min_zero(v) / linear_scale(peak_value);
     return v == peak_value ? A(1) : h3r::exp_(v - peak_value);
 }
 
@@ -282,7 +292,7 @@ __global__ void __launch_bounds__(H3R_BLOCK) decode_backward_kernel(
                 if (!linear)
                     g = weight_numerator(v, peak_value, 0) / total * direction;
                 else if (v > A(0) && total > A(0))
-                    g = direction / total;
+                    g = direction / linear_scale(peak_value) / total;
             }
             if (s == peak_slot) g += grad_scores[map];
             grad[map * map_size + cell] = Storage<T>::store(g);

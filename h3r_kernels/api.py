@@ -9,6 +9,12 @@ import torch
 from . import checks, eager, ops, reference, rng
 
 
+def _constants(*tensors):
+    """``tensors`` detached (None kept): keypoints, masks and weights are constants for autograd, on the
+    fast path and the registered op alike (a backend's own tensor ops would otherwise differentiate them)."""
+    return tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+
+
 def _draws(keypoints, rounding: str, seed: Optional[int], seed_tensor, expected: bool):
     """The op's ``(keypoints, rounding, seed)`` from a checked seed (an int, or None: a fresh one is
     drawn). With a seed tensor (:func:`checks.device_seed`) the random rounding is done here, on the
@@ -57,14 +63,16 @@ def encode(
             of the 4 neighbours, or the same mixture of 4 Gaussians).
         dtype: output dtype.
 
-    A keypoint whose target cell lies off the map gives an all-zero map.
+    A keypoint whose target cell lies off the map gives an all-zero map. The maps are data, not a
+    function of the keypoints for autograd: no gradient flows to ``keypoints`` on any path.
     """
+    keypoints, visible = _constants(keypoints, visible)
     seed_tensor = checks.device_seed(seed, keypoints)
     height, width, sigma, seed = checks.check_encode(
         keypoints, heatmap_size, visible, sigma, rounding, 0 if seed_tensor is not None else seed, dtype
     )
     checks.check_backend(backend)
-    expected = bool(expected)
+    expected = checks.as_flag("expected", expected)
     keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, expected)
     op = eager.encode if eager.takes_fast_path(keypoints, visible) else ops.encode
     return op(keypoints, visible, height, width, sigma, rounding, seed, expected, dtype, backend)
@@ -118,6 +126,7 @@ def heatmap_loss(
     ``"none"`` for its ``unbiased=True`` variant). mmpose 0.x squared the weight and halved
     the loss: pass ``weight=w**2`` and multiply by 0.5.
     """
+    keypoints, visible, weight = _constants(keypoints, visible, weight)
     seed_tensor = checks.device_seed(seed, keypoints)
     sigma, seed = checks.check_heatmap_loss(
         logits, keypoints, visible, sigma, rounding, 0 if seed_tensor is not None else seed, loss, reduction, weight
@@ -151,7 +160,8 @@ def decode(
             ``"linear"``: ``max(v, 0)`` normalised to sum to one, the probability-weighted
             mean of the theory. Use it on probabilities, e.g. ``decode(logits.sigmoid(),
             weights="linear")``; if all selected values are <= 0 the peak cell is returned.
-        k: 1..32 (and at most H*W). ``window``: odd, >= 1. Any integer type (not bool).
+        k: 1..32 (and at most H*W). ``window``: odd, 1..31 (``window**2 <= 1024`` cells). Any
+            integer type (not bool).
 
     ``scores`` is each map's maximum. Differentiable wrt ``heatmaps`` through the weights;
     the gradient is non-zero only on the selected cells (and the peak, through ``scores``).

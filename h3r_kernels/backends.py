@@ -90,10 +90,12 @@ def select(
     ``dtype`` and ``map_cells`` (H * W) describe the maps, for the ``auto`` rule.
     """
     check_backend(backend)
+    source = f"backend={backend!r}"
     if backend == "auto":
         backend = os.environ.get("H3R_BACKEND", "auto") or "auto"
         if backend not in ("auto", "reference", "triton", "cuda"):
             raise ValueError(f"H3R_BACKEND: expected auto, reference, triton or cuda, got {backend!r}")
+        source = f"backend={backend!r} (from the environment variable H3R_BACKEND)"
     if backend == "auto":
         if device.type != "cuda":
             return _module("reference", op)
@@ -103,11 +105,11 @@ def select(
         return _module("reference", op)
     available, reason = _probe(backend)
     if not available:
-        raise RuntimeError(f"backend={backend!r} is not available here: {reason}")
+        raise RuntimeError(f"{source} is not available here: {reason}")
     if backend == "cuda" and device.type != "cuda":
-        raise RuntimeError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        raise RuntimeError(f"{source} needs CUDA tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and not interpreting():
         raise RuntimeError(
-            f"backend='triton' got tensors on {device}: that needs TRITON_INTERPRET=1 set before importing h3r_kernels"
+            f"{source} got tensors on {device}: that needs TRITON_INTERPRET=1 set before importing h3r_kernels"
         )
     return _module(backend, op)

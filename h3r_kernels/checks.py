@@ -32,6 +32,7 @@ WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # (below it the factor overflows to -inf and the peak becomes exp(0 * -inf) = NaN).
 FLOAT32_MAX = 3.4028234663852886e38
 MIN_SIGMA = math.sqrt(0.5 / FLOAT32_MAX)  # 3.8332e-20
+MAX_MAP_CELLS = 2**31 - 1  # H * W of one map: the kernels index its cells in int32
 
 
 def _shape(t: torch.Tensor) -> tuple:
@@ -58,14 +59,14 @@ def _scalar(value, integral: bool):
     """
     if isinstance(value, bool):
         return None
-    if isinstance(value, (torch.SymInt, torch.SymFloat)):
-        return value if isinstance(value, torch.SymInt) or not integral else None
     if isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
-            return None
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex() or value.is_meta:
+            return None  # a meta tensor has no value to read
         if integral and value.is_floating_point():
             return None
-        value = value.item()
+        value = value.item()  # a SymInt/SymFloat while torch.export traces a 0-d tensor
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        return value if isinstance(value, torch.SymInt) or not integral else None
     elif type(value).__module__ == "numpy":
         if getattr(value, "shape", ()) != () or not hasattr(value, "item"):
             return None
@@ -77,7 +78,12 @@ def _scalar(value, integral: bool):
         return None
     if integral:
         return int(value) if isinstance(value, numbers.Integral) else None
-    return float(value) if isinstance(value, numbers.Real) else None
+    if not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range: as large as a float gets
+        return math.inf if value > 0 else -math.inf
 
 
 def as_sigma(sigma) -> float:
@@ -137,6 +143,14 @@ def as_int(name: str, value, requirement: str) -> int:
     if result is None:
         raise TypeError(f"{name}: expected {requirement}, got {_type_name(value)} {value!r}")
     return result
+
+
+def as_flag(name: str, value) -> bool:
+    """A yes/no option (``expected``) as a Python bool: a bool or a NumPy bool, nothing that merely has a truth value."""
+    if isinstance(value, bool) or type(value).__module__ == "numpy" and getattr(value, "dtype", None) == bool \
+            and getattr(value, "shape", None) == ():
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {_type_name(value)} {value!r}")
 
 
 def check_choice(name: str, value: str, choices: tuple) -> None:
@@ -201,6 +215,9 @@ def check_heatmap_size(heatmap_size) -> tuple[int, int]:
         ok = False
     if not ok or height < 1 or width < 1:
         raise ValueError(f"heatmap_size: expected (H, W) with H, W >= 1, got {heatmap_size!r}")
+    if isinstance(height * width, int) and height * width > MAX_MAP_CELLS:
+        raise ValueError(f"heatmap_size: expected at most 2**31 - 1 cells per map (the kernels index a map's cells "
+                         f"in 32 bits), got {height} x {width}")
     return height, width
 
 

@@ -44,19 +44,22 @@ def _loss_module_for(grad: torch.Tensor, backend: str):
     return select("heatmap_loss", grad.device, backend, grad.dtype, grad.shape[-2] * grad.shape[-1] if grad.dim() == 4 else 0)
 
 
-def run_heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> torch.Tensor:
-    return _loss_module_for(grad, backend).heatmap_loss_backward(grad, grad_output.contiguous(), reduction)
+def run_heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str,
+                              dtype: torch.dtype) -> torch.Tensor:
+    """The logits' gradient, of ``dtype`` (theirs): the saved ``grad`` times ``grad_output``."""
+    return _loss_module_for(grad, backend).heatmap_loss_backward(grad, grad_output.contiguous(), reduction, dtype)
 
 
 def run_scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> None:
     _loss_module_for(grad, backend).scale_grad_(grad, grad_output.contiguous(), reduction)
 
 
-def scales_in_place(grad: torch.Tensor) -> bool:
+def scales_in_place(grad: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the loss backward scales the saved gradient in place: plain CUDA tensors in eager
-    mode (no pass over the gradient when the incoming one is 1). On the CPU and while tracing a
-    new tensor is made, so ``retain_graph`` and ``gradcheck`` work there."""
-    return grad.is_cuda and type(grad) is torch.Tensor
+    mode, saved in the logits' ``dtype`` (no pass over the gradient when the incoming one is 1).
+    On the CPU and while tracing a new tensor is made, so ``retain_graph`` and ``gradcheck`` work
+    there; so it is for float16 logits, whose gradient is saved in float32 (``spec.saved_grad_dtype``)."""
+    return grad.is_cuda and type(grad) is torch.Tensor and grad.dtype == dtype
 
 
 def run_decode(heatmaps, method, k, weights, window, backend) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

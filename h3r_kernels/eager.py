@@ -70,18 +70,19 @@ class _HeatmapLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, keypoints, visible, weight, sigma, rounding, seed, loss, reduction, backend):
         value, grad = run_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, True, backend, weight)
-        ctx.reduction, ctx.backend = reduction, backend
+        ctx.reduction, ctx.backend, ctx.dtype = reduction, backend, logits.dtype
         ctx.save_for_backward(grad)
         return value
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # as the registered op: its backward ops have no derivative
     def backward(ctx, grad_value):
         (grad,) = ctx.saved_tensors
         with _named("h3r::heatmap_loss_backward"):
-            if scales_in_place(grad):
+            if scales_in_place(grad, ctx.dtype):
                 run_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
             else:
-                grad = run_heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend)
+                grad = run_heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend, ctx.dtype)
         return grad, *(None,) * 9
 
 
@@ -103,6 +104,7 @@ class _Decode(torch.autograd.Function):
         return coords, scores
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # as the registered op: its backward op has no derivative
     def backward(ctx, grad_coords, grad_scores):
         heatmaps, indices = ctx.saved_tensors
         grad_coords, grad_scores = decode_output_grads(heatmaps, grad_coords, grad_scores)

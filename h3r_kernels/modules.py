@@ -50,7 +50,7 @@ class HeatmapEncoder(nn.Module):
         checks.check_dtype(dtype)
         checks.check_backend(backend)
         self.rounding = rounding
-        self.expected = bool(expected)
+        self.expected = checks.as_flag("expected", expected)
         self.dtype = dtype
         self.backend = backend
 

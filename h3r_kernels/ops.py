@@ -75,19 +75,22 @@ def _loss_value_like(logits: torch.Tensor, reduction: str) -> torch.Tensor:
 @heatmap_loss.register_fake
 def _(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight=None):
     checks.check_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, weight)
-    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
+    grad = (torch.empty_like(logits, dtype=spec.saved_grad_dtype(logits.dtype), memory_format=torch.contiguous_format)
+            if compute_grad else logits.new_empty(0))
     return _loss_value_like(logits, reduction), grad
 
 
 @torch.library.custom_op("h3r::heatmap_loss_backward", mutates_args=())
-def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str) -> torch.Tensor:
-    """The backward of ``heatmap_loss``: the gradient saved by the forward times the incoming one."""
-    return run_heatmap_loss_backward(grad, grad_output, reduction, backend)
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str, backend: str,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """The backward of ``heatmap_loss``: the gradient saved by the forward times the incoming one, as
+    the logits' ``dtype``."""
+    return run_heatmap_loss_backward(grad, grad_output, reduction, backend, dtype)
 
 
 @heatmap_loss_backward.register_fake
-def _(grad, grad_output, reduction, backend):
-    return torch.empty_like(grad)
+def _(grad, grad_output, reduction, backend, dtype):
+    return torch.empty_like(grad, dtype=dtype)
 
 
 @torch.library.custom_op("h3r::heatmap_loss_scale_grad_", mutates_args=("grad",))
@@ -102,6 +105,7 @@ def _(grad, grad_output, reduction, backend):
 
 
 def _loss_setup_context(ctx, inputs, output):
+    ctx.dtype = inputs[0].dtype
     ctx.reduction = inputs[7]
     ctx.compute_grad = inputs[8]
     ctx.backend = inputs[9]
@@ -123,8 +127,8 @@ def _loss_backward(ctx, grad_value, grad_grad):
     if not ctx.compute_grad:
         raise RuntimeError("heatmap_loss: backward needs the op to be called with compute_grad=True")
     (grad,) = ctx.saved_tensors
-    if not scales_in_place(grad):
-        return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend), *(None,) * 10
+    if not scales_in_place(grad, ctx.dtype):
+        return heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend, ctx.dtype), *(None,) * 10
     heatmap_loss_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
     return grad, *(None,) * 10
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from . import rng, spec
-from .spec import compute_dtype  # noqa: F401  (re-exported: the backends' compute dtype)
+from .spec import compute_dtype, saved_grad_dtype  # noqa: F401  (compute_dtype re-exported: the backends' compute dtype)
 
 
 def _unknown(argument: str, value: str):
@@ -144,7 +144,8 @@ def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, d
 
 
 def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=None):
-    """Loss and its gradient with respect to ``logits`` (for an incoming gradient of 1).
+    """Loss and its gradient with respect to ``logits`` (for an incoming gradient of 1), the
+    gradient in :func:`~h3r_kernels.spec.saved_grad_dtype` (float32 for float16 logits).
 
     Per pixel: ``bce`` = ``max(z, 0) - z t + log(1 + exp(-|z|))`` (gradient ``sigmoid(z) - t``),
     ``mse`` = ``(z - t)^2`` (gradient ``2 (z - t)``). A keypoint contributes when it is
@@ -190,13 +191,15 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
     if factor is not None:
         pixel_grad = pixel_grad * (factor[..., None, None] if factor.dim() else factor)
     grad = torch.where(live, pixel_grad, torch.zeros_like(pixel_grad))
-    return value, grad.to(logits.dtype)
+    return value, grad.to(saved_grad_dtype(logits.dtype))
 
 
-def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The saved gradient times the incoming gradient (a scalar, or ``(B, K)`` for ``none``)."""
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str,
+                          dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The saved gradient times the incoming gradient (a scalar, or ``(B, K)`` for ``none``), as
+    ``dtype`` (the logits'; default the saved gradient's)."""
     scale = grad_output[..., None, None] if reduction == "none" else grad_output
-    return (grad.to(compute_dtype(grad.dtype)) * scale).to(grad.dtype)
+    return (grad.to(compute_dtype(grad.dtype)) * scale).to(grad.dtype if dtype is None else dtype)
 
 
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:
@@ -231,6 +234,12 @@ def _selected_cells(flat: torch.Tensor, width: int, height: int, method: str, k:
     return torch.where(inside, r * width + c, torch.full_like(r, -1))
 
 
+def linear_scale(peak: torch.Tensor) -> torch.Tensor:
+    """What ``linear`` weighting divides the selected values by before summing them: the peak value
+    where it is finite and > 0, else 1."""
+    return torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
+
+
 def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised weights over the selected slots, and for ``linear`` the normaliser (0: fallback).
 
@@ -238,9 +247,12 @@ def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot:
     normalised, with ``exp(v - m) = 1`` for ``v == m``, so that an infinite peak is the limit
     of softmax: ``m = +inf`` shares the weight equally among the ``+inf`` cells (others 0), and
     ``m = -inf`` (every selected cell ``-inf``) among all selected cells. ``linear``:
-    ``max(v, 0) / sum``, where for ``m = +inf`` the ``+inf`` cells count 1 and the others 0
-    (the same limit); when the sum is not > 0 all weight goes to the peak cell. A NaN peak
-    (the map holds a NaN) gives NaN or fallback weights; :func:`decode` makes its coordinates NaN.
+    ``max(v, 0) / sum``, computed as ``(max(v, 0) / m) / sum(max(v, 0) / m)`` for a finite
+    ``m > 0`` (:func:`linear_scale`: the numerators lie in [0, 1], so their sum cannot overflow
+    even where the values' own sum would), where for ``m = +inf`` the ``+inf`` cells count 1 and
+    the others 0 (the same limit); when the sum is not > 0 all weight goes to the peak cell. A
+    NaN peak (the map holds a NaN) gives NaN or fallback weights; :func:`decode` makes its
+    coordinates NaN. For ``linear`` the normaliser returned is that sum of scaled numerators.
     """
     peak = values[..., peak_slot : peak_slot + 1]
     if weights == "softmax":
@@ -249,7 +261,7 @@ def _weights(values: torch.Tensor, valid: torch.Tensor, weights: str, peak_slot:
         return torch.softmax(shifted, dim=-1), torch.ones_like(values[..., 0])
     if weights != "linear":
         raise _unknown("weights", weights)
-    positive = torch.clamp(values, min=0)
+    positive = torch.clamp(values, min=0) / linear_scale(peak)
     positive = torch.where(peak == float("inf"), (values == peak).to(values.dtype), positive)
     positive = torch.where(valid, positive, torch.zeros_like(values))
     total = positive.sum(-1)
@@ -289,7 +301,8 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
     """Gradient of ``decode`` wrt ``heatmaps``: non-zero only on the selected cells.
 
     Coordinates: ``softmax`` gives ``w_j ((x_j - x) gx + (y_j - y) gy)``; ``linear`` gives
-    ``[v_j > 0] ((x_j - x) gx + (y_j - y) gy) / sum`` (zero in the all-zero fallback);
+    ``[v_j > 0] ((x_j - x) gx + (y_j - y) gy) / m / sum`` with ``m`` and ``sum`` as in
+    :func:`_weights` (zero in the all-zero fallback);
     ``argmax`` coordinates are piecewise constant, and so are the coordinates of a map whose
     maximum is not finite (NaN or +-inf): their gradient is zero. Scores (the maximum) send
     their gradient to the peak cell.
@@ -315,7 +328,8 @@ def decode_backward(heatmaps, indices, grad_coords, grad_scores, method, weights
     else:
         live = (values > 0) & valid & (total > 0).unsqueeze(-1)
         safe_total = torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
-        slot_grad = torch.where(live, direction / safe_total, torch.zeros_like(values))
+        scale = linear_scale(values[..., peak : peak + 1])
+        slot_grad = torch.where(live, direction / scale / safe_total, torch.zeros_like(values))
     finite_peak = torch.isfinite(values[..., peak : peak + 1])
     slot_grad = torch.where(valid & finite_peak, slot_grad, torch.zeros_like(slot_grad))
     slot_grad[..., peak] += grad_scores.to(acc)

@@ -118,6 +118,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def saved_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the gradient ``heatmap_loss`` computes in its forward for ``dtype`` logits: theirs,
+    but float32 for float16. Divided by ``count * H * W`` ("mean") before the incoming gradient (a
+    GradScaler's scale) multiplies it, a float16 gradient would fall below float16's smallest
+    subnormal (6e-8) almost everywhere; bfloat16 has float32's range."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 # --------------------------------------------------------------------------- CUDA C constants
 
 BLOCK = 256  # threads per block of every CUDA C kernel

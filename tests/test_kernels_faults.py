@@ -146,3 +146,79 @@ def test_decode_never_returns_the_nan_cell_as_a_location(backend, method, weight
     assert torch.isfinite(coords[~nan_maps]).all() and torch.isfinite(scores[~nan_maps]).all()
     want = h3r_kernels.decode(maps, method=method, k=5, weights=weights, backend="reference")
     torch.testing.assert_close((coords, scores), want, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- autograd (second fault probe)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "registered-op"])
+def test_float16_loss_gradient_survives_the_mean(backend, fast):
+    """float16 logits: the forward keeps its 1/(count*H*W)-scaled gradient in float32, so a
+    GradScaler-sized incoming gradient gives the float32 gradient to float16 precision (saved in
+    float16 it underflowed to 0 at 85% of the pixels, 51% relative error)."""
+    torch.manual_seed(0)
+    base = torch.randn(8, 17, 32, 24, device=DEVICE) - 4
+    keypoints = torch.rand(8, 17, 2, device=DEVICE) * torch.tensor([23.0, 31.0], device=DEVICE)
+    grads = {}
+    for dtype in (torch.float32, torch.float16):
+        logits = base.to(dtype, copy=True).requires_grad_()
+        with h3r_kernels.eager.fast_path(fast):
+            (h3r_kernels.heatmap_loss(logits, keypoints, seed=3, backend=backend) * 2.0**14).backward()
+        assert logits.grad.dtype == dtype
+        grads[dtype] = logits.grad.float()
+    want, got = grads[torch.float32], grads[torch.float16]
+    assert (got == 0).float().mean() <= (want == 0).float().mean() + 0.001
+    assert torch.linalg.vector_norm(got - want) <= 2e-3 * torch.linalg.vector_norm(want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "registered-op"])
+@pytest.mark.parametrize("logits_grad", [True, False], ids=["logits-trained", "logits-frozen"])
+def test_no_gradient_reaches_keypoints_or_weight(backend, fast, logits_grad):
+    """``weight`` and ``keypoints`` are constants on every path, whether or not the logits need a gradient."""
+    logits = torch.randn(1, 2, 6, 6, device=DEVICE, requires_grad=logits_grad)
+    keypoints = (torch.rand(1, 2, 2, device=DEVICE) * 5).requires_grad_()
+    weight = torch.ones(1, 2, device=DEVICE, requires_grad=True)
+    with h3r_kernels.eager.fast_path(fast):
+        value = h3r_kernels.heatmap_loss(logits, keypoints, weight=weight, sigma=1.5, rounding="none", seed=1,
+                                         loss="mse", backend=backend)
+        maps = h3r_kernels.encode(keypoints, (6, 6), sigma=1.5, rounding="none", backend=backend)
+    assert value.requires_grad == logits_grad and not maps.requires_grad
+    if logits_grad:
+        value.backward()
+        assert logits.grad is not None
+    assert keypoints.grad is None and weight.grad is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "registered-op"])
+def test_second_derivatives_are_refused_not_wrong(backend, fast):
+    """The backward passes have no derivative of their own: differentiating them raises on every path
+    (a gradient that silently did not require one dropped a gradient penalty)."""
+    logits = torch.randn(1, 2, 5, 5, device=DEVICE, requires_grad=True)
+    keypoints = torch.rand(1, 2, 2, device=DEVICE) * 4
+    with h3r_kernels.eager.fast_path(fast):
+        for value in (h3r_kernels.heatmap_loss(logits, keypoints, seed=0, backend=backend),
+                      h3r_kernels.decode(logits, backend=backend)[0].sum()):
+            (grad,) = torch.autograd.grad(value, logits, create_graph=True)
+            with pytest.raises(RuntimeError):
+                torch.autograd.grad(grad.pow(2).sum(), logits)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["topk", "local"])
+def test_linear_weights_of_values_whose_sum_overflows(backend, method):
+    """Cells of 3e38 and 3 x 2e38 sum past the float32 maximum; the linear weights are still 3/9 and
+    2/9 (the values are divided by the peak before they are summed): they decoded to (0, 0) before."""
+    maps = torch.zeros(1, 1, 8, 8, device=DEVICE)
+    maps[0, 0, 5:7, 3:5] = 2e38
+    maps[0, 0, 5, 3] = 3e38
+    maps = maps.requires_grad_()
+    coords, _ = h3r_kernels.decode(maps, method=method, k=4, weights="linear", backend=backend)
+    w = torch.tensor([3.0, 2.0, 2.0, 2.0]) / 9.0  # (5,3) (5,4) (6,3) (6,4)
+    want = torch.tensor([[[float(w @ torch.tensor([3.0, 4, 3, 4])), float(w @ torch.tensor([5.0, 5, 6, 6]))]]],
+                        device=DEVICE)
+    torch.testing.assert_close(coords, want, rtol=1e-6, atol=1e-5)
+    coords.sum().backward()
+    assert torch.isfinite(maps.grad).all()

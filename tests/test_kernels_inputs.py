@@ -267,6 +267,15 @@ MAPS = torch.zeros(2, 3, 4, 5)
         (lambda: h3r_kernels.decode(MAPS, k=True), TypeError, r"k: expected an integer in \[1, 32\], got bool True"),
         (lambda: h3r_kernels.decode(MAPS, k=4.0), TypeError, "k: .*got float 4.0"),
         (lambda: h3r_kernels.decode(MAPS, method="local", window=np.float32(3)), TypeError, "window: .*got numpy.float32"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), sigma=10**400), ValueError, "sigma: expected a finite number >= 0, got inf"),
+        (lambda: h3r_kernels.encode(KP, (10**30, 5)), ValueError, r"heatmap_size: expected at most 2\*\*31 - 1 cells"),
+        (lambda: h3r_kernels.encode(KP, (2**62, 2)), ValueError, r"heatmap_size: expected at most 2\*\*31 - 1 cells"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), expected="no"), TypeError, "expected: expected True or False, got str 'no'"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), expected=torch.tensor([True, False])), TypeError,
+         "expected: expected True or False, got a 1-d torch.bool tensor"),
+        (lambda: h3r_kernels.HeatmapEncoder((4, 4), expected=1), TypeError, "expected: expected True or False, got int 1"),
+        (lambda: h3r_kernels.encode(KP, (4, 4), seed=torch.tensor(3, device="meta")), TypeError,
+         "seed: .*got a 0-d torch.int64 tensor"),
     ],
 )
 def test_bad_numbers_are_named_with_their_type(call, error, match):
@@ -298,3 +307,25 @@ def test_smallest_sigma_gives_finite_unit_peaks(backend):
     value = h3r_kernels.heatmap_loss(logits, keypoints, sigma=checks.MIN_SIGMA, rounding="nearest", backend=backend)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+
+
+def test_a_backend_forced_by_the_environment_is_named(monkeypatch):
+    """H3R_BACKEND=cuda without CuPy/GPU: the error says the environment variable chose it."""
+    monkeypatch.setenv("H3R_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match=r"backend='cuda' \(from the environment variable H3R_BACKEND\) "
+                                           r"(is not available here|needs CUDA tensors)"):
+        h3r_kernels.encode(KP, (4, 4), seed=0)
+
+
+def test_export_with_a_zero_d_seed_tensor():
+    """torch.export traces a 0-d CPU seed tensor (its value is symbolic there), and the exported
+    program draws what the eager call draws."""
+    class Encode(torch.nn.Module):
+        def forward(self, keypoints, seed):
+            return h3r_kernels.encode(keypoints, (6, 7), seed=seed)
+
+    keypoints = torch.rand(2, 3, 2) * 5
+    seed = torch.tensor(11)
+    exported = torch.export.export(Encode(), (keypoints, seed))
+    assert torch.equal(exported.module()(keypoints, seed), h3r_kernels.encode(keypoints, (6, 7), seed=11))
+    assert torch.equal(exported.module()(keypoints, torch.tensor(12)), h3r_kernels.encode(keypoints, (6, 7), seed=12))

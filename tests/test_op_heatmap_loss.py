@@ -139,7 +139,7 @@ def test_gradient_scaling_ops_match_reference(backend, device, dtype):
     for grad_output, reduction in ((per_map, "none"), (torch.tensor(1.0, dtype=acc, device=device), "mean"),
                                    (torch.tensor(-1.5, dtype=acc, device=device), "sum")):
         want = reference.heatmap_loss_backward(grad, grad_output, reduction)
-        assert torch.equal(torch.ops.h3r.heatmap_loss_backward(grad, grad_output, reduction, backend), want)
+        assert torch.equal(torch.ops.h3r.heatmap_loss_backward(grad, grad_output, reduction, backend, dtype), want)
         scaled = grad.clone()
         torch.ops.h3r.heatmap_loss_scale_grad_(scaled, grad_output, reduction, backend)
         assert torch.equal(scaled, want)

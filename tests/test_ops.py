@@ -28,13 +28,15 @@ def test_opcheck_encode(backend, device):
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("loss,sigma", [("bce", 0.0), ("mse", 1.0)])
-def test_opcheck_heatmap_loss(backend, device, reduction, loss, sigma):
-    logits = torch.randn(2, 3, 6, 7, device=device, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_opcheck_heatmap_loss(backend, device, reduction, loss, sigma, dtype):
+    """float16 logits save a float32 gradient (spec.saved_grad_dtype); the backward returns float16."""
+    logits = torch.randn(2, 3, 6, 7, device=device).to(dtype).requires_grad_()
     args = (logits, _keypoints(device=device), None, sigma, "random", 3, loss, reduction, True, backend)
     torch.library.opcheck(torch.ops.h3r.heatmap_loss.default, args)
     grad = torch.randn(2, 3, 6, 7, device=device)
     grad_output = torch.randn(2, 3, device=device) if reduction == "none" else torch.tensor(1.7, device=device)
-    torch.library.opcheck(torch.ops.h3r.heatmap_loss_backward.default, (grad, grad_output, reduction, backend))
+    torch.library.opcheck(torch.ops.h3r.heatmap_loss_backward.default, (grad, grad_output, reduction, backend, dtype))
     torch.library.opcheck(torch.ops.h3r.heatmap_loss_scale_grad_.default, (grad, grad_output, reduction, backend))
 
 

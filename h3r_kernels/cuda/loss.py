@@ -1,6 +1,8 @@
 """``heatmap_loss`` and its backward on the CUDA C kernels of csrc/loss.cu; signatures as the reference."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -17,6 +19,10 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
     in the accumulation dtype. A weight of 0 is folded into ``visible`` (one tiny elementwise op),
     so the kernels' "contributes" (and the "mean" count) includes it."""
     _module.require_cuda("logits", logits)
+    if compute_grad and spec.saved_grad_dtype(logits.dtype) != logits.dtype:
+        # The kernel writes the gradient in the logits' type: float16 logits are read as a float32 copy
+        # (the values the kernel computes with), so the gradient is float32 (spec.saved_grad_dtype).
+        logits = logits.to(spec.saved_grad_dtype(logits.dtype))
     batch, num, height, width = logits.shape
     device = logits.device
     acc = compute_dtype(logits.dtype)
@@ -149,12 +155,14 @@ def _scale(out: torch.Tensor, grad: torch.Tensor, grad_output: torch.Tensor, red
     )
 
 
-def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The saved gradient times the incoming one (a scalar, or ``(B, K)`` for "none"), as a new tensor."""
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str,
+                          dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The saved gradient times the incoming one (a scalar, or ``(B, K)`` for "none"), as a new tensor
+    of ``dtype`` (the logits'; default the gradient's: the kernel writes that type, then it is cast)."""
     grad = grad.contiguous()
     out = torch.empty_like(grad)
     _scale(out, grad, grad_output, reduction)
-    return out
+    return out if dtype is None else out.to(dtype)
 
 
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> None:

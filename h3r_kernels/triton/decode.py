@@ -199,12 +199,20 @@ def _is_finite(value):
 
 
 @triton.jit
+def _linear_scale(peak):
+    """What ``linear`` weighting divides the values by (:func:`h3r_kernels.reference.linear_scale`): the
+    peak where it is finite and > 0, else 1; the numerators then lie in [0, 1] and their sum cannot overflow."""
+    return tl.where(as_mask((peak > 0) & (peak < float("inf"))), peak, 1.0)
+
+
+@triton.jit
 def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexpr):
     """Normalised weights of the slots (one map per row), as :func:`h3r_kernels.reference._weights`.
 
     ``softmax`` (``WEIGHTS == WEIGHTING_SOFTMAX``): ``exp(v - m)`` normalised, ``m`` the peak slot's value (the
     maximum), with ``exp(v - m) = 1`` for ``v == m`` (infinite peaks are limits: the weight is
-    shared by the cells equal to the peak); ``linear``: ``max(v, 0) / sum`` (for ``m = +inf``
+    shared by the cells equal to the peak); ``linear``: ``max(v, 0) / sum``, each divided by
+    :func:`_linear_scale` first (for ``m = +inf``
     the ``+inf`` cells count 1, the others 0), or all weight on ``PEAK_SLOT`` when the sum is
     not > 0 (NaN included).
     """
@@ -215,7 +223,7 @@ def _weights(values, valid, slots, PEAK_SLOT: tl.constexpr, WEIGHTS: tl.constexp
         weights = exps / tl.sum(exps, axis=1, keep_dims=True)
     else:
         tl.static_assert(WEIGHTS == WEIGHTING_LINEAR)
-        positive = _positive(values, valid)
+        positive = _positive(values, valid) / _linear_scale(shift)
         positive = tl.where(as_mask(shift == float("inf")), tl.where(valid & as_mask(values == shift), 1.0, 0.0),
                             positive)
         total = tl.sum(positive, axis=1, keep_dims=True)
@@ -492,8 +500,9 @@ def _decode_backward_kernel(
     elif WEIGHTS == WEIGHTING_SOFTMAX:
         slot_grad = weights * direction
     else:
-        total = tl.sum(_positive(values, valid), axis=1, keep_dims=True)
-        slot_grad = tl.where(values > 0, direction / tl.where(total > 0, total, 1.0), 0.0)
+        scale = _linear_scale(_peak_value(values, slots, PEAK_SLOT))
+        total = tl.sum(_positive(values, valid) / scale, axis=1, keep_dims=True)
+        slot_grad = tl.where(values > 0, direction / scale / tl.where(total > 0, total, 1.0), 0.0)
         slot_grad = tl.where(total > 0, slot_grad, 0.0)  # the peak fallback is piecewise constant
     # A non-finite maximum (NaN, +-inf) makes the coordinates piecewise constant: no gradient.
     live = valid & _is_finite(_peak_value(values, slots, PEAK_SLOT))

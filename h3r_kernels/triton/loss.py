@@ -224,7 +224,7 @@ def launch_heatmap_loss(
     batch, num, height, width = logits.shape
     fp64 = accumulates_in_fp64(logits.dtype)
     acc_dtype = torch.float64 if fp64 else torch.float32
-    grad = torch.empty_like(logits) if compute_grad else logits.new_empty(0)
+    grad = torch.empty_like(logits, dtype=spec.saved_grad_dtype(logits.dtype)) if compute_grad else logits.new_empty(0)
     if batch * num == 0:
         per_keypoint = logits.new_zeros((batch, num), dtype=acc_dtype)
         return (per_keypoint if reduction == "none" else per_keypoint.sum()), grad
@@ -265,7 +265,8 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
     """``(value, grad)``; same contract as :func:`h3r_kernels.reference.heatmap_loss`.
 
     ``value``: float32 (float64 for float64 logits), a scalar or ``(B, K)`` for "none";
-    ``grad``: d value / d logits in the logits dtype, or an empty tensor without ``compute_grad``.
+    ``grad``: d value / d logits in :func:`~h3r_kernels.spec.saved_grad_dtype` (the logits dtype,
+    float32 for float16), or an empty tensor without ``compute_grad``.
     """
     return launch_heatmap_loss(
         logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, weight=weight
@@ -285,14 +286,16 @@ def _launch_scale_grad(out: torch.Tensor, grad: torch.Tensor, grad_output: torch
         )
 
 
-def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The saved gradient times the incoming one (a scalar, or ``(B, K)`` for "none"), as a new tensor.
+def heatmap_loss_backward(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str,
+                          dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The saved gradient times the incoming one (a scalar, or ``(B, K)`` for "none"), as a new tensor
+    of ``dtype`` (the logits'; default the gradient's).
 
     One bandwidth-bound pass (read ``grad``, write the result) in float32 (float64) arithmetic
     for every dtype; a torch multiply would need extra cast passes for float16/bfloat16 and
     for the ``(B, K)`` case.
     """
-    out = torch.empty_like(grad)
+    out = torch.empty_like(grad, dtype=grad.dtype if dtype is None else dtype)
     _launch_scale_grad(out, grad, grad_output, reduction)
     return out
 
