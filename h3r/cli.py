@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Optional, Sequence
 
 from h3r._compat import tomllib
 from h3r.configs import (AMP_MODES, BACKBONES, CODECS, HEADS, OPTIMIZERS, REFINEMENTS, RUNTIME_FIELDS, SCHEDULES,
-                         SETTING_NAMES, SUPPORTED_STRIDES, TOPK_WEIGHTS, config_from_dict, load_config)
+                         SETTING_NAMES, SUPPORTED_STRIDES, TOPK_WEIGHTS, config_from_dict, load_config,
+                         unused_settings)
 from h3r.data import DATASET_NAMES
 from h3r.study.cli import STUDY_DESCRIPTION, add_study_arguments, run_study
 
@@ -111,8 +113,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--backbone", choices=BACKBONES, help="network (small: CPU-sized)")
     model.add_argument("--head", choices=HEADS, help="binary (one logit per landmark) or two-class (the authors')")
     model.add_argument("--pretrained", metavar="FILE",
-                       help="weights loaded into the model before training: an h3r checkpoint, or one of the "
-                            "authors' released folders (config.yaml + model.pth; docs/OFFICIAL.md)")
+                       help="weights loaded into the model before training: an h3r checkpoint (or run folder: its "
+                            "last.pt), or one of the authors' released folders (config.yaml + model.pth; "
+                            "docs/OFFICIAL.md)")
     model.add_argument("--input-size", type=int, metavar="PX", help="side of the square network input, in pixels")
     model.add_argument("--stride", type=int, choices=SUPPORTED_STRIDES,
                        help="input pixels per heatmap cell (default 4): the heatmap is input-size/stride cells "
@@ -224,10 +227,11 @@ def resume_flags() -> str:
                      for name in RUNTIME_FIELDS)
 
 
-def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def train_settings(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """``(config, checkpoint)`` of ``h3r train`` with ``args``: the checkpoint read for ``--resume``, else None."""
     from h3r.evaluate import load_checkpoint
-    from h3r.train import benchmark_loader, train
 
+    checkpoint = None
     # The options are the settings by their flat names (--input-size: TrainConfig.crop.input_size).
     given = {name: getattr(args, name) for name in SETTING_NAMES if getattr(args, name, None) is not None}
     for option, field_name in (("train_option", "train_options"), ("test_option", "test_options")):
@@ -246,6 +250,30 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = load_config(given.pop("dataset", "synthetic-face"), **given)
     if args.step_ms is not None and not args.data_only:
         parser.error("--step-ms is an option of --data-only")
+    return config, checkpoint
+
+
+def train_config_of(argv: Sequence[str]):
+    """The configuration ``h3r ARGV`` (a ``train`` command) would train, or a ``ValueError`` with the
+    message it would exit with; nothing is read but the dataset defaults (and the checkpoint of ``--resume``)."""
+    def refuse(message: str):
+        raise ValueError(message)
+
+    parser = build_parser()
+    train_parser = parser.parse_args(["train"]).command_parsers["train"]
+    parser.error = train_parser.error = refuse
+    args = parser.parse_args(list(argv))
+    if args.command != "train":
+        raise ValueError(f"expected an 'h3r train' command line, got {shlex.join(argv)}")
+    return train_settings(args, train_parser)[0]
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from h3r.train import benchmark_loader, train
+
+    config, checkpoint = train_settings(args, parser)
+    for setting in unused_settings(config, [name for name in SETTING_NAMES if getattr(args, name, None) is not None]):
+        print(f"h3r train: note: ignored {setting}", file=sys.stderr)
     if args.data_only:
         result = benchmark_loader(config, step_ms=args.step_ms or 0)
         step = f", a {args.step_ms} ms step per batch" if args.step_ms else ""
@@ -263,7 +291,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("compare with images_per_s in a run's metrics.jsonl: if they are close, loading is the bottleneck")
         return 0
     # The checkpoint read above is passed on: train() does not read (and checksum) it again.
-    summary = train(config, resume=checkpoint if args.resume else None, stop_after_epochs=args.stop_after)
+    summary = train(config, resume=checkpoint, stop_after_epochs=args.stop_after)
     is_main_process = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK
     if is_main_process and not summary["finished"]:
         print(f"stopped after epoch {summary['epochs_completed']}/{config.epochs}; continue with: "
@@ -279,6 +307,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw,
                                  decoder={"topk": args.topk, "topk_weights": args.topk_weights, "refine": args.refine})
     settings = result["settings"]
+    for setting in settings.get("ignored_decoder_settings", []):
+        print(f"h3r eval: note: ignored {setting}", file=sys.stderr)
     epoch = f", checkpoint epoch {settings['epoch']}" if settings.get("epoch") is not None else ""
     print(f"{settings['dataset']} {settings['split']} ({settings['items']} items), {settings['codec']} codec"
           f"{epoch}{', flip test' if settings['flip_test'] else ''}:")
@@ -294,6 +324,24 @@ def run_bench(arguments: Sequence[str]) -> int:
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repository), environment.get("PYTHONPATH")]))
     return subprocess.call([sys.executable, "-m", "h3r.benchmark", *arguments], env=environment)
+
+
+def error_message(error: BaseException) -> str:
+    """What the user is told of ``error``. An error raised in a DataLoader worker arrives re-raised with the
+    worker's whole traceback in its message (``Caught ValueError in DataLoader worker process 0. Original
+    Traceback ...``): only the worker's own message is kept, and where it came from."""
+    text = str(error)
+    caught, separator, traceback_text = text.partition("\nOriginal Traceback")
+    if not separator or not caught.startswith("Caught "):
+        return text
+    prefix = f"{type(error).__name__}: "
+    lines = traceback_text.rstrip().splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith(prefix)]
+    if not starts:
+        return text
+    message = "\n".join(lines[starts[-1]:])[len(prefix):]
+    where = caught.removeprefix("Caught ").removeprefix(type(error).__name__).strip().rstrip(".")
+    return f"{message} ({where})"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -312,8 +360,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_study(args)
         return run_eval(args)
     except (ValueError, OSError) as error:  # user errors, unusable files, a full disk: one sentence
-        print(f"h3r {args.command}: error: {error}", file=sys.stderr)
+        print(f"h3r {args.command}: error: {error_message(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = (": the run folder keeps its last completed epoch (continue with 'h3r train --resume <run folder>')"
+                if args.command == "train" else "")
+        print(f"h3r {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
     except RuntimeError as error:
         from h3r.train import TrainingDiverged
 

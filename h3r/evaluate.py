@@ -30,9 +30,9 @@ from tqdm import tqdm
 from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_checksum,  # noqa: F401 (re-exported)
                              load_checkpoint)
 from h3r.codecs import build_codec
-from h3r.configs import TrainConfig, config_from_dict
+from h3r.configs import TrainConfig, config_from_dict, unused_settings
 from h3r.crops import CropDataset, eval_crop
-from h3r.data import check_reader_options, open_dataset
+from h3r.data import check_reader_options, open_dataset, require_items
 from h3r.data.base import LandmarkDataset
 from h3r.loading import WorkerCollate
 from h3r.models import build_model
@@ -69,6 +69,9 @@ def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropC
 
     ``loader``: an :func:`eval_loader` of the same ``dataset`` and ``crop`` to use instead of a new
     one (then ``batch_size``, ``workers`` and ``indices`` are its own)."""
+    if flip_test and not dataset.mirror_known:
+        raise ValueError(f"flip_test: the left/right pairs of {dataset.name}'s {dataset.num_keypoints} landmarks are "
+                         f"unknown, so the mirrored prediction cannot be mapped back; evaluate with --no-flip-test")
     if loader is None:
         loader = eval_loader(dataset, crop, device=device, batch_size=batch_size, workers=workers, indices=indices)
     swap = flip_permutation(dataset.num_keypoints, dataset.flip_pairs)
@@ -184,10 +187,13 @@ def model_and_codec(config: TrainConfig, num_keypoints: int):
 DECODER_FIELDS = ("topk", "topk_weights", "refine")
 
 
-def format_value(value: float) -> str:
+def format_value(value: Optional[float]) -> str:
+    """A metric as the reports show it; None: not defined on this data (e.g. COCO's APl without large people)."""
+    if value is None:
+        return "n/a"
     if isinstance(value, int) and not isinstance(value, bool):  # a count (non_finite)
         return str(value)
-    return "nan" if value is None or not math.isfinite(value) else f"{value:.4f}"
+    return "nan" if not math.isfinite(value) else f"{value:.4f}"
 
 
 def markdown_table(metrics: dict[str, float], baseline: Optional[dict[str, float]] = None) -> str:
@@ -266,7 +272,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     """Evaluate a checkpoint of ``h3r train`` and write the reports.
 
     Unset arguments come from the checkpoint's configuration: the test split of the
-    training dataset (with the run's ``test_options``), its flip-test setting, and
+    training dataset (with the run's ``test_options``; the training split with its
+    ``train_options``), its flip-test setting, and
     ``<run folder>/eval-<dataset>-<split>`` as ``out``. ``options`` are keyword arguments of
     the dataset reader, merged over those. ``decoder`` overrides the run's decoding settings
     (:data:`DECODER_FIELDS`: ``topk``, ``topk_weights``, ``refine``).
@@ -294,17 +301,22 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
                                  workers=workers, out=out, draw=draw, progress=progress)
     checkpoint = load_checkpoint(checkpoint_path)
     config = config_from_dict({**checkpoint["config"], **decoder}, source=f"{checkpoint['path']} configuration")
+    if data_root is not None:
+        data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
     same_data = (dataset is None or dataset == config.dataset) and (data_root is None or data_root == config.data_root)
     dataset_name = dataset or config.dataset
     root = data_root if data_root is not None else (config.data_root if dataset_name == config.dataset else None)
     split = split or config.test_split
-    reader_options = dict(config.test_options) if same_data and split == config.test_split else {}
+    # The run's reader options of the split it names (e.g. the synthetic sets' size and image size).
+    run_options = {config.train_split: config.train_options, config.test_split: config.test_options}
+    reader_options = dict(run_options.get(split, {})) if same_data else {}
     reader_options.update(options or {})
     check_reader_options(dataset_name, reader_options, "options")
     torch_device = resolve_device(device)
     out_dir = Path(out) if out else Path(checkpoint["path"]).parent / f"eval-{dataset_name}-{split}"
     check_output_folder(out_dir, "out")
     data = open_dataset(dataset_name, root=root, split=split, **reader_options)
+    require_items(data, root)
     model, codec = model_and_codec(config, checkpoint["num_keypoints"])
     if data.num_keypoints != checkpoint["num_keypoints"]:
         raise ValueError(f"dataset: {dataset_name} has {data.num_keypoints} keypoints but the checkpoint's model "
@@ -325,6 +337,9 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
                 "stride": config.stride,
                 "heatmap_size": config.heatmap_side, "flip_test": flip_test,
                 "checkpoint": checkpoint["path"], "epoch": checkpoint["epoch"]}
+    ignored = unused_settings(config, decoder)
+    if ignored:
+        settings["ignored_decoder_settings"] = ignored
     paths = write_report(out_dir, metrics, settings, baseline)
     paths["images"] = draw_predictions(data, predictions, out_dir / "images", config.draw if draw is None else draw)
     return {"metrics": metrics, "baseline": baseline, "settings": settings, "paths": paths}

@@ -238,7 +238,8 @@ def coco_keypoint_ap(coco_gt: dict, detections: list[dict]) -> dict[str, float]:
     ``{"image_id", "category_id": 1, "keypoints": [x, y, score] * 17, "score"}``.
 
     Returns the ten COCOeval stats named ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl``
-    (fractions). COCOeval's console output is swallowed.
+    (fractions; None where COCOeval had no ground truth to score, its -1: e.g. ``APl`` and ``ARl``
+    when no person is large). COCOeval's console output is swallowed.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -267,7 +268,7 @@ def coco_keypoint_ap(coco_gt: dict, detections: list[dict]) -> dict[str, float]:
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
+    return {name: None if value == -1 else float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
 
 
 def _finite_detections(detections: list[dict]) -> tuple[list[dict], dict[int, float]]:

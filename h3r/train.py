@@ -35,7 +35,7 @@ from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWrite
                              load_checkpoint, reconcile_run_folder, save_atomic)
 from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict, flat_settings
 from h3r.crops import CropDataset, eval_crop
-from h3r.data import check_reader_options, open_dataset, verify_readable
+from h3r.data import check_reader_options, open_dataset, require_items, verify_readable
 from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, eval_loader, mean_shape,
                           mean_shape_predictions, model_and_codec, predict, write_report)
 from h3r.loading import EpochBatches, WorkerCollate
@@ -73,9 +73,24 @@ def check_run(config: TrainConfig, resume: Optional[str | dict[str, Any]], stop_
     check_reader_options(config.dataset, config.test_options, "test_options")
     if resume is None:
         check_output_folder(config.out if config.out is not None else "runs", "out")
+        if config.out is not None:
+            refuse_earlier_run(Path(config.out))
     else:
         path = Path(resume["path"] if isinstance(resume, dict) else resume)
         check_output_folder(path if path.is_dir() else path.parent, "resume")
+
+
+def refuse_earlier_run(out: Path) -> None:
+    """A fresh run does not write into a folder that holds another run's checkpoints or learning curve: its
+    ``best.pt`` would outlive the new run's epochs. A folder left by a run that stopped before its first
+    checkpoint (``config.json`` and an empty ``metrics.jsonl``) may be reused."""
+    metrics = out / "metrics.jsonl"
+    held = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        held.append("metrics.jsonl")
+    if held:
+        raise ValueError(f"out: {out} already holds a run ({', '.join(held)}); continue it with "
+                         f"'h3r train --resume {out}', or give another --out (or remove that folder)")
 
 
 class NonFiniteTraining(Exception):
@@ -127,8 +142,9 @@ def open_splits(config: TrainConfig):
     """
     train_data = open_dataset(config.dataset, root=config.data_root, split=config.train_split, **config.train_options)
     test_data = open_dataset(config.dataset, root=config.data_root, split=config.test_split, **config.test_options)
-    verify_readable(train_data)
-    verify_readable(test_data)
+    for data in (train_data, test_data):
+        require_items(data, config.data_root)
+        verify_readable(data)
     return train_data, test_data
 
 
@@ -136,6 +152,9 @@ def training_crops(config: TrainConfig, train_data) -> CropDataset:
     """The augmented crops of the training split. With ``gpu_augment`` the workers only decode and cut
     the region the warp reads (a dataset with an image cache sends no pixels: the device reads its own
     copy of the cache), and the device warps and jitters (:class:`DeviceAugment`): the same crops."""
+    if config.crop.flip_prob > 0 and not train_data.mirror_known:
+        raise ValueError(f"flip_prob: the left/right pairs of {train_data.name}'s {train_data.num_keypoints} landmarks "
+                         f"are unknown, so a flipped crop would mislabel them; set flip_prob = 0")
     if config.gpu_augment:
         return DeviceCropDataset(train_data, config.crop, seed=config.seed,
                                  cached_pixels=train_data.image_cache is not None)

@@ -190,3 +190,15 @@ def test_coco_ap_bad_input(change, message):
     change(ground_truth, detections)
     with pytest.raises(ValueError, match=message):
         metrics.coco_keypoint_ap(ground_truth, detections)
+
+
+def test_coco_stats_without_ground_truth_in_their_range_are_none():
+    """COCOeval's -1 ("no ground truth in this area range") is None, shown as n/a, not a score of -1."""
+    from h3r.evaluate import markdown_table
+
+    ground_truth = _coco_ground_truth()
+    ground_truth["annotations"] = [a for a in ground_truth["annotations"] if a["area"] < 96**2]  # no large person
+    results = metrics.coco_keypoint_ap(ground_truth, _detections(ground_truth))
+    assert results["APl"] is None and results["ARl"] is None
+    assert results["AP"] == pytest.approx(1.0) and results["APm"] == pytest.approx(1.0)
+    assert "| APl | n/a |" in markdown_table(results)

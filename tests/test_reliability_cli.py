@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 import h3r.evaluate as evaluate_module
 from h3r import cli
@@ -44,6 +45,15 @@ def one_sentence(err: str, command: str) -> bool:
     (("--lr", "inf"), "lr: expected a finite number, got inf"),
     (("--sigma", "nan"), "sigma: expected a positive number"),
     (("--rotation-is-not-an-option",), "unrecognized arguments"),
+    (("--stride", "8"), "topk: the h3r decoder averages at most 32 activations and at most the heatmap's cells "
+                        "(2x2 = 4 at input 16 px, stride 8); got 9"),
+    (("--topk", "33"), "topk: the h3r decoder averages at most 32 activations"),
+    (("--train-option", "size=abc"), "train_options: the synthetic-face reader's option size expects int | None, "
+                                     "got str 'abc'"),
+    (("--train-option", "size=6.5"), "option size expects int | None, got float 6.5"),
+    (("--test-option", "size=true"), "test_options: the synthetic-face reader's option size expects int | None, "
+                                     "got bool True"),
+    (("--train-option", "image_size=1e9"), "option image_size expects int, got float 1000000000.0"),
 ])
 def test_bad_train_options_are_one_sentence_and_write_nothing(capsys, tmp_path, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)
@@ -142,7 +152,7 @@ def test_stop_after_must_be_positive_in_the_python_api_too(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (("--dataset", "coco", "--data-root", "missing-coco"), "coco: data root missing-coco is not a folder"),
+    (("--dataset", "coco", "--data-root", "missing-coco"), "missing-coco is not a folder"),
     (("--pretrained", "weights.pt"), "pretrained: weights.pt cannot be read: it is truncated or corrupted"),
     (("--pretrained", "random.pt"), "pretrained: random.pt cannot be read"),
 ])
@@ -154,3 +164,148 @@ def test_data_model_and_loader_errors_come_before_the_run_folder(capsys, tmp_pat
     code, _, err = run(capsys, "train", *options, *arguments, "--out", "run")
     assert code == 2 and message in err and one_sentence(err, "train") and "weights_only" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- second fault probe (CLI)
+
+
+def test_a_folder_holding_a_run_is_not_trained_into_again(capsys, tmp_path):
+    """A fresh run into another run's folder is refused (its best.pt would outlive the new run's epochs);
+    a folder left by a run that stopped before its first checkpoint may be reused."""
+    out = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--out", str(out))[0] == 0
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.jsonl")}
+    code, _, err = run(capsys, "train", *TINY, "--codec", "gaussian", "--out", str(out))
+    assert code == 2 and one_sentence(err, "train") and "already holds a run (last.pt, best.pt, metrics.jsonl)" in err
+    assert f"h3r train --resume {out}" in err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "config.json").write_text("{}")
+    (stopped / "metrics.jsonl").write_text("")
+    assert run(capsys, "train", *TINY, "--out", str(stopped))[0] == 0
+    assert (stopped / "last.pt").is_file()
+
+
+def test_a_relative_data_root_is_stored_absolute_and_may_change_on_resume(capsys, tmp_path, monkeypatch):
+    from h3r.configs import load_config
+
+    import shutil
+
+    from tests.test_train import write_cofw_files
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("wflw", data_root="data/WFLW").data_root == str(tmp_path / "data" / "WFLW")
+    (tmp_path / "data").mkdir()
+    write_cofw_files(tmp_path / "data")
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--dataset", "cofw", "--data-root", "data", "--input-size", "16",
+                       "--batch-size", "4", "--workers", "0", "--no-progress", "--device", "cpu", "--epochs", "2",
+                       "--stop-after", "1", "--draw", "0", "--out", str(out))
+    assert code == 0, err
+    assert cli_config(out)["data_root"] == str(tmp_path / "data")
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    monkeypatch.chdir(out)
+    code, _, err = run(capsys, "train", "--resume", str(out), "--data-root", "../moved", "--no-progress")
+    assert code == 0, err
+    assert cli_config(out)["data_root"] == str(tmp_path / "moved")
+
+
+def cli_config(out):
+    import json
+
+    return json.loads((out / "config.json").read_text())
+
+
+def test_eval_of_the_training_split_reads_it_with_the_runs_train_options(run_folder, tmp_path):
+    result = evaluate_module.evaluate_checkpoint(run_folder, split="train", draw=0, device="cpu",
+                                                 out=str(tmp_path / "e"), progress=False)
+    assert result["settings"]["items"] == 8  # train_options size=8, not the reader's default 4,000
+
+
+def test_options_a_codec_does_not_read_are_noted(capsys, tmp_path, run_folder):
+    code, _, err = run(capsys, "train", *TINY, "--codec", "gaussian", "--topk", "5", "--step-epochs", "1",
+                       "--out", str(tmp_path / "run"))
+    assert code == 0
+    assert "h3r train: note: ignored topk (read by the h3r codec, not gaussian)" in err
+    assert "h3r train: note: ignored step_epochs (read by the step schedule, not cosine)" in err
+    code, _, err = run(capsys, "eval", "--checkpoint", str(run_folder), "--refine", "dark", "--draw", "0",
+                       "--out", str(tmp_path / "e"))
+    assert code == 0 and "h3r eval: note: ignored refine (read by the gaussian and dark codecs, not h3r)" in err
+
+
+def test_pretrained_accepts_a_run_folder(capsys, tmp_path, run_folder):
+    code, _, err = run(capsys, "train", *TINY, "--pretrained", str(run_folder), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    code, _, err = run(capsys, "train", *TINY, "--pretrained", str(tmp_path), "--out", str(tmp_path / "run2"))
+    assert code == 2 and f"checkpoint {tmp_path / 'last.pt'} does not exist (give a .pt file, an h3r run folder" in err
+
+
+def test_an_error_in_a_loader_worker_is_one_sentence():
+    """torch re-raises a worker's error with the worker's traceback in its message: the user sees the
+    worker's own message and where it came from."""
+    from torch.utils.data import DataLoader
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise ValueError("cannot decode image data/x.jpg: Truncated File Read")
+
+    with pytest.raises(ValueError) as caught:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)
+    assert cli.error_message(caught.value) == ("cannot decode image data/x.jpg: Truncated File Read "
+                                               "(in DataLoader worker process 0)")
+    assert cli.error_message(ValueError("plain")) == "plain"
+
+
+def test_ctrl_c_says_how_to_continue(capsys, monkeypatch):
+    import h3r.train
+
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h3r.train, "train", interrupted)
+    code, _, err = run(capsys, "train", *TINY)
+    assert code == 130 and "Traceback" not in err
+    assert err.strip() == ("h3r train: interrupted: the run folder keeps its last completed epoch (continue with "
+                           "'h3r train --resume <run folder>')")
+
+
+def test_flip_test_is_refused_where_the_left_right_pairs_are_unknown(tmp_path, run_folder):
+    """A .pts folder of 5 points (no known layout): the mirrored prediction cannot be mapped back."""
+    import numpy as np
+    from PIL import Image
+
+    from h3r.data import open_dataset
+    from h3r.evaluate import predict, load_checkpoint, model_and_codec
+    from h3r.configs import config_from_dict
+    from h3r.crops import eval_crop
+
+    for index in range(2):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / f"face{index}.png")
+        points = "\n".join(f"{3 + 2 * i} {4 + i}" for i in range(5))
+        (tmp_path / f"face{index}.pts").write_text(f"version: 1\nn_points: 5\n{{\n{points}\n}}\n")
+    data = open_dataset("pts", root=str(tmp_path))
+    assert not data.mirror_known
+    checkpoint = load_checkpoint(run_folder)
+    config = config_from_dict(checkpoint["config"])
+    model, codec = model_and_codec(config, 5)
+    with pytest.raises(ValueError, match="flip_test: the left/right pairs of pts's 5 landmarks are unknown"):
+        predict(model, codec, data, eval_crop(config), device=torch.device("cpu"), flip_test=True)
+    assert predict(model, codec, data, eval_crop(config), device=torch.device("cpu")).coords.shape == (2, 5, 2)
+
+
+def test_an_empty_split_is_named():
+    from h3r.data import require_items
+
+    class Empty:
+        name, split = "coco", "val"
+
+        def __len__(self):
+            return 0
+
+    with pytest.raises(ValueError, match=r"coco val \(/data/coco\): the split has no items"):
+        require_items(Empty(), "/data/coco")

@@ -135,6 +135,17 @@ def test_print_commands_gives_one_valid_train_command_per_cell(capsys):
     (("--methods", "h3r,dsnt"), "methods: unknown dsnt"),
     (("--input-size", "40", "--strides", "16"), "not a multiple of stride 16"),
     (("--seeds", "0,0"), "seeds: repeated values"),
+    (("--backbone", "foo"), "cell synthetic-face/gaussian-stride4-seed0: h3r train --dataset synthetic-face"),
+    (("--backbone", "foo"), "would fail: argument --backbone: invalid choice: 'foo'"),
+    (("--preset", "smoke", "--input-size", "16", "--strides", "8", "--methods", "h3r"),
+     "would fail: synthetic-face configuration: topk: the h3r decoder averages at most 32 activations and at most "
+     "the heatmap's cells (2x2 = 4 at input 16 px, stride 8); got 9"),
+    (("--", "--lr", "abc"), "would fail: argument --lr: invalid float value: 'abc'"),
+    (("--", "--step-ms", "5"), "would fail: --step-ms is an option of --data-only"),
+    (("--", "--stride", "8"), "arguments after '--' change what the study sets per cell: stride (4 -> 8; set it "
+                              "with the study's --strides)"),
+    (("--", "--codec", "dark", "--epochs", "3"), "codec ('gaussian' -> 'dark'; set it with the study's --methods), "
+                                                 "epochs (6 -> 3; set it with the study's --epochs)"),
 ])
 def test_bad_study_options_are_named(capsys, arguments, message):
     assert main(["study", "--print-commands", *arguments]) == 2
@@ -177,3 +188,34 @@ def test_head_timings_read_each_checkpoint_once(tmp_path, monkeypatch):
     monkeypatch.setattr(h3r.evaluate, "load_checkpoint", lambda path: reads.append(path) or load_checkpoint(path))
     time_heads(rows, {})
     assert len(reads) == 1 and all(row["head_decode_ms"] > 0 for row in rows)
+
+
+def test_grid_checks_come_before_any_training(tmp_path):
+    """The runner refuses a grid whose cells would not start before it trains one (it used to end the whole
+    study with no message when 'h3r train' exited in-process)."""
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(8,))
+    with pytest.raises(ValueError, match="arguments after '--' change what the study sets per cell: seed"):
+        run_study(preset, tmp_path, extra=("--seed", "5"), say=lambda message: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cell_that_exits_is_reported_and_ctrl_c_stops_the_study(tmp_path, monkeypatch):
+    import h3r.cli
+
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r", "argmax"), strides=(8,))
+
+    def exiting_main(argv):
+        if "h3r" in argv:
+            raise SystemExit(2)  # what argparse does inside 'h3r train'
+        return 0
+
+    monkeypatch.setattr(h3r.cli, "main", exiting_main)
+    record = run_study(preset, tmp_path / "exits", say=lambda message: None)
+    statuses = {row["codec"]: row["status"] for row in record["cells"]}
+    assert statuses["h3r"] == "failed" and "exited with 2" in record["cells"][0]["error"] + record["cells"][1]["error"]
+
+    started = []
+    monkeypatch.setattr(h3r.cli, "main", lambda argv: started.append(argv) or 130)  # h3r train interrupted
+    with pytest.raises(KeyboardInterrupt):
+        run_study(preset, tmp_path / "interrupted", say=lambda message: None)
+    assert len(started) == 1  # no further cell after the interrupted one

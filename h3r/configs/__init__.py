@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -26,6 +27,7 @@ from h3r.models import BACKBONES as BACKBONE_BUILDERS
 from h3r.models import HEAD_KINDS as HEADS
 from h3r.models import STRIDES as SUPPORTED_STRIDES
 from h3r.transforms import CropConfig
+from h3r_kernels.spec import MAX_K as MAX_TOPK
 
 # The vocabularies of the settings: the codec's and the model's own names (above), and these.
 CONFIG_DIR = Path(__file__).parent
@@ -34,7 +36,7 @@ OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
 # Settings that may differ between a run and its resumption: they do not change the result.
-RUNTIME_FIELDS = ("device", "workers", "progress", "draw", "gpu_augment")
+RUNTIME_FIELDS = ("device", "workers", "progress", "draw", "gpu_augment", "data_root")
 POSE_DATASETS = ("mpii", "coco", "synthetic-pose")  # the rest are faces: they set the default Gaussian sigma
 
 
@@ -123,6 +125,13 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        side = self.heatmap_side
+        if self.codec == "h3r" and self.topk > min(MAX_TOPK, side * side):
+            raise ValueError(f"topk: the h3r decoder averages at most {MAX_TOPK} activations and at most the heatmap's "
+                             f"cells ({side}x{side} = {side * side} at input {input_size} px, stride {self.stride}); "
+                             f"got {self.topk}")
+        if self.data_root is not None:  # stored absolute: the run resumes and evaluates from any folder
+            self.data_root = os.path.abspath(os.path.expanduser(os.fspath(self.data_root)))
         non_negative = {"workers": self.workers, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
                         "grad_clip": self.grad_clip, "draw": self.draw, "min_lr_ratio": self.min_lr_ratio}
         for name, value in non_negative.items():
@@ -152,6 +161,20 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field, the crop settings as a ``crop`` table (:func:`config_from_dict` reads it back)."""
         return dataclasses.asdict(self)
+
+
+# Settings read by some codecs only, and the schedule's own.
+CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r",), "sigma": ("gaussian", "dark"),
+                  "refine": ("gaussian", "dark")}
+
+
+def unused_settings(config: TrainConfig, names) -> list[str]:
+    """Of the settings ``names`` a user gave, those ``config`` does not read, each with why (for a note)."""
+    unused = [f"{name} (read by the {' and '.join(CODEC_SETTINGS[name])} codec{'s' * (len(CODEC_SETTINGS[name]) > 1)}, "
+              f"not {config.codec})" for name in names if name in CODEC_SETTINGS and config.codec not in CODEC_SETTINGS[name]]
+    if "step_epochs" in names and config.schedule != "step":
+        unused.append(f"step_epochs (read by the step schedule, not {config.schedule})")
+    return unused
 
 
 def flat_settings(config: TrainConfig) -> dict[str, Any]:

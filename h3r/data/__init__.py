@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import os
 from typing import Any
 
+import numpy as np
+
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
-from h3r.data.checks import verify_readable
+from h3r.data.checks import require_items, verify_readable
 
 
 # What ``root`` must hold, shown when it is missing.
@@ -86,7 +89,31 @@ def check_reader_options(dataset: str, options: dict[str, Any], what: str = "opt
         raise ValueError(f"{what}: the {dataset} reader ({reader.__name__}) takes no option "
                          f"{', '.join(map(repr, unknown))}; its options: {', '.join(accepted) or 'none'}"
                          f"{' (root and split have their own settings)' if {'root', 'split'} & set(unknown) else ''}")
+    annotations = {parameter.name: parameter.annotation for parameter in parameters}
+    for name, value in options.items():
+        if not _has_annotated_type(value, annotations[name]):
+            raise ValueError(f"{what}: the {dataset} reader's option {name} expects {annotations[name]}, "
+                             f"got {type(value).__name__} {value!r}")
+
+
+# The types a reader's option annotation names (they are strings: the readers use postponed annotations).
+_OPTION_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool, np.bool_), "str": (str,),
+                 "None": (type(None),), "os.PathLike": (os.PathLike,), "list[dict]": (list,)}
+
+
+def _has_annotated_type(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` has one of the types of the annotation ``"int | None"`` (True where an annotation is
+    not one of :data:`_OPTION_TYPES`' unions: not checked). A bool is not taken for an int or a float."""
+    if not isinstance(annotation, str):
+        return True
+    names = [name.strip() for name in annotation.split("|")]
+    if not all(name in _OPTION_TYPES for name in names):
+        return True
+    allowed = tuple(kind for name in names for kind in _OPTION_TYPES[name])
+    if isinstance(value, (bool, np.bool_)):
+        return bool in allowed
+    return isinstance(value, allowed)
 
 
 __all__ = ["DATASET_NAMES", "READERS", "LandmarkDataset", "Sample", "check_reader_options", "landmark_box",
-           "open_dataset", "reader_class", "verify_readable"]
+           "open_dataset", "reader_class", "require_items", "verify_readable"]

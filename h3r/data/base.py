@@ -45,6 +45,9 @@ class LandmarkDataset:
         name: e.g. ``"wflw"``.
         num_keypoints: K.
         flip_pairs: 0-based index pairs swapped by a horizontal flip.
+        mirror_known: False where the landmark layout, hence ``flip_pairs``, is unknown (a
+            ``.pts`` folder of an unrecognised K): a flip test or flip augmentation would
+            average or mix left and right landmarks, so both are refused.
         split: the split this object holds.
         image_cache: where the dataset keeps its decoded images for every process, row ``i``
             holding item ``i``'s (the synthetic sets), or None.
@@ -58,6 +61,7 @@ class LandmarkDataset:
     name: str
     num_keypoints: int
     flip_pairs: Sequence[tuple[int, int]]
+    mirror_known: bool = True
     split: str
     image_cache: Optional[SharedImages] = None
 

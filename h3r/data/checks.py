@@ -157,6 +157,15 @@ def _describe_loader(loader: Any) -> str:
     return repr(loader)
 
 
+def require_items(dataset, root: str | None = None) -> None:
+    """Refuse a dataset with no items (an annotation file without a usable record, detections all below
+    the threshold ...): training and evaluation would fail later, far from the cause."""
+    if len(dataset) == 0:
+        label = f"{getattr(dataset, 'name', type(dataset).__name__)} {getattr(dataset, 'split', '')}".strip()
+        raise ValueError(f"{label}{f' ({root})' if root else ''}: the split has no items (no annotated record "
+                         f"the reader could use)")
+
+
 def verify_readable(dataset, count: int | None = 1) -> None:
     """Decode the images of the first ``count`` items of ``dataset`` (all items for ``None``).
 

@@ -250,8 +250,9 @@ class PtsFolder(FaceDataset):
 
     All files must have the same number of points K. For K = 68 (300W), 98 (WFLW) and
     29 (COFW) the dataset's flip pairs and inter-ocular / inter-pupil normalisers apply;
-    for any other K there are no flip pairs and the NME divides by √(w·h) of the landmark
-    box (the box-size normaliser of H3R's AFLW2000 script). ``split`` is only a label.
+    for any other K the flip pairs are unknown (``mirror_known`` False: no flip test) and
+    the NME divides by √(w·h) of the landmark box (the box-size normaliser of H3R's
+    AFLW2000 script). ``split`` is only a label.
     ``Sample.box`` is the landmark box (P1).
     """
 
@@ -271,7 +272,7 @@ class PtsFolder(FaceDataset):
         boxes = np.stack([landmark_box(points) for points in keypoints])
         layout = KNOWN_LAYOUTS.get(self.num_keypoints)
         if layout is None:
-            self.flip_pairs = ()
+            self.flip_pairs, self.mirror_known = (), False
             normalisers = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
             inter_pupil = None
         else:

@@ -68,17 +68,20 @@ def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
     file when it cannot be read, and the missing, unexpected and wrongly shaped entries when
     the checkpoint does not fit.
 
-    ``path`` may also be one of the authors' released folders (``config.yaml`` +
-    ``model.pth``) or its ``model.pth``: their parameter names are mapped to h3r's
-    (:func:`h3r.models.official.load_official_weights`).
+    ``path`` may also be an ``h3r train`` run folder (its ``last.pt``), or one of the authors'
+    released folders (``config.yaml`` + ``model.pth``) or its ``model.pth``: their parameter
+    names are mapped to h3r's (:func:`h3r.models.official.load_official_weights`).
     """
     path = Path(path)
     if official_folder(path) is not None:
         from h3r.models.official import load_official_weights
 
         return load_official_weights(model, path)
+    if path.is_dir():  # an h3r run folder: its last checkpoint, as h3r eval and --resume read it
+        path = path / "last.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"checkpoint {path} does not exist (give a .pt file, an h3r run folder holding "
+                                f"last.pt, or one of the authors' released folders)")
     checkpoint = read_weights_file(path)
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from h3r.study.presets import METHODS, PRESETS
 
@@ -64,7 +65,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    from h3r.study.grid import cells, command_line, train_argv
+    from h3r.study.grid import cells, check_cells, command_line, train_argv
     from h3r.study.runner import run_study as run
 
     preset = PRESETS[args.preset]
@@ -79,6 +80,7 @@ def run_study(args: argparse.Namespace) -> int:
     devices = tuple(args.devices or ())
     jobs = args.jobs if args.jobs is not None else (len(devices) if devices else preset.jobs)
     if args.print_commands:
+        check_cells(preset, Path(out), data_root=args.data_root, extra=extra)
         for index, cell in enumerate(cells(preset)):
             device = devices[index % len(devices)] if devices else None
             print(command_line(train_argv(cell, preset, out, data_root=args.data_root, device=device, extra=extra)))

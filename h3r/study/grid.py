@@ -56,6 +56,35 @@ def train_argv(cell: Cell, preset: Preset, out: Path, *, data_root: Optional[str
     return argv + [*preset.train_args, *extra]
 
 
+# What the study sets per cell, and the study option that sets it (arguments after '--' may not change these).
+CELL_SETTINGS = {"dataset": "--dataset", "codec": "--methods", "stride": "--strides", "seed": "--seeds",
+                 "backbone": "--backbone", "input_size": "--input-size", "epochs": "--epochs",
+                 "batch_size": "--batch-size", "out": "--out"}
+
+
+def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, extra: tuple[str, ...] = ()) -> None:
+    """Refuse, before anything trains, a grid whose ``h3r train`` commands would fail to start (a bad
+    argument after '--', a heatmap too small for the decoder) or would train something other than their
+    cell (an argument after '--' that sets what the study sets per cell: the report would mislabel it)."""
+    from h3r.cli import train_config_of
+    from h3r.configs import flat_settings
+
+    for cell in cells(preset):
+        argv = train_argv(cell, preset, out, data_root=data_root, extra=extra)
+        try:
+            settings = flat_settings(train_config_of(argv))
+        except ValueError as error:
+            raise ValueError(f"cell {cell.key}: {command_line(argv)} would fail: {error}") from None
+        wanted = {"dataset": cell.dataset, "codec": cell.codec, "stride": cell.stride, "seed": cell.seed,
+                  "backbone": preset.backbone, "input_size": preset.input_size, "epochs": preset.epochs,
+                  "batch_size": preset.batch_size, "out": str(cell.run_dir(out))}
+        changed = [name for name, value in wanted.items() if settings[name] != value]
+        if changed:
+            shown = ", ".join(f"{name} ({wanted[name]!r} -> {settings[name]!r}; set it with the study's "
+                              f"{CELL_SETTINGS[name]})" for name in changed)
+            raise ValueError(f"arguments after '--' change what the study sets per cell: {shown}")
+
+
 def command_line(argv: list[str]) -> str:
     """``h3r train ...`` as one shell-quoted line."""
     return shlex.join(["h3r", *argv])

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -27,12 +28,13 @@ import numpy as np
 import torch
 
 from h3r.runtime import cpu_name, git_commit
-from h3r.study.grid import Cell, cells, command_line, train_argv
+from h3r.study.grid import Cell, cells, check_cells, command_line, train_argv
 from h3r.study.presets import Preset
 
 SCHEMA = "h3r-study/1"
 LOG_TAIL_LINES = 15
 HEAD_BATCH = 32  # images per batch of the pooling + head + decoding timing
+INTERRUPTED = 130  # the exit status of an interrupted h3r train (128 + SIGINT)
 
 
 def progress(message: str) -> None:
@@ -80,6 +82,8 @@ def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool,
             try:
                 with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                     code = main(argv)
+            except SystemExit as stop:  # argparse's errors (already written to the log)
+                code = stop.code if isinstance(stop.code, int) else 1
             except Exception as error:  # noqa: BLE001 - a failed cell is reported, not fatal
                 log.write(f"{type(error).__name__}: {error}\n")
                 code = 1
@@ -87,6 +91,8 @@ def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool,
             environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             code = subprocess.call([sys.executable, "-m", "h3r", *argv], stdout=log, stderr=subprocess.STDOUT,
                                    env=environment)
+    if code in (INTERRUPTED, -signal.SIGINT):  # Ctrl-C (h3r train's exit status, or the signal): the study stops too
+        raise KeyboardInterrupt
     seconds = time.perf_counter() - start
     done = finished_epochs(run_dir)
     if code != 0 or done is None or done < epochs:
@@ -191,6 +197,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     if jobs < 1:
         raise ValueError(f"jobs: expected a positive number of parallel cells, got {jobs}")
     out = Path(out)
+    check_cells(preset, out, data_root=data_root, extra=tuple(extra))
     out.mkdir(parents=True, exist_ok=True)
     started, wall_start = datetime.now(timezone.utc), time.perf_counter()
     say(f"h3r study '{preset.name}': {len(preset.datasets)} dataset(s) x {len(preset.methods)} methods "
@@ -245,8 +252,12 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
             results += run_one(index, cell)
     else:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for rows in pool.map(lambda pair: run_one(*pair), enumerate(grid)):
-                results += rows
+            try:
+                for rows in pool.map(lambda pair: run_one(*pair), enumerate(grid)):
+                    results += rows
+            except KeyboardInterrupt:  # no further cell starts; the running ones got the same Ctrl-C
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     say("timing pooling + head + decoding of each finished cell, one at a time ...")
     time_heads(results, {str(cell.run_dir(out)): devices[index % len(devices)] for index, cell in enumerate(grid)})
 
