@@ -238,6 +238,10 @@ def train_settings(args: argparse.Namespace, parser: argparse.ArgumentParser):
         if getattr(args, option):
             given[field_name] = dict(getattr(args, option))
     if args.resume:
+        folder = Path(args.resume)
+        if folder.is_dir() and not (folder / "last.pt").exists() and (folder / "config.json").is_file():
+            raise ValueError(f"resume: {folder} holds no checkpoint yet (its run stopped before its first epoch "
+                             f"ended); start the run again with --out {folder}")
         checkpoint = load_checkpoint(args.resume)
         forbidden = sorted(set(given) - set(RUNTIME_FIELDS))
         if forbidden:

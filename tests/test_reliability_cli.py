@@ -183,6 +183,8 @@ def test_a_folder_holding_a_run_is_not_trained_into_again(capsys, tmp_path):
     stopped.mkdir()
     (stopped / "config.json").write_text("{}")
     (stopped / "metrics.jsonl").write_text("")
+    code, _, err = run(capsys, "train", "--resume", str(stopped))
+    assert code == 2 and one_sentence(err, "train") and f"start the run again with --out {stopped}" in err
     assert run(capsys, "train", *TINY, "--out", str(stopped))[0] == 0
     assert (stopped / "last.pt").is_file()
 
