@@ -12,7 +12,7 @@ from . import checks, eager, ops, reference, rng
 def _constants(*tensors):
     """``tensors`` detached (None kept): keypoints, masks and weights are constants for autograd, on the
     fast path and the registered op alike (a backend's own tensor ops would otherwise differentiate them)."""
-    return tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in tensors)
+    return tuple(t.detach() if isinstance(t, torch.Tensor) and t.requires_grad else t for t in tensors)
 
 
 def _draws(keypoints, rounding: str, seed: Optional[int], seed_tensor, expected: bool):
