@@ -215,7 +215,7 @@ def check_heatmap_size(heatmap_size) -> tuple[int, int]:
         ok = False
     if not ok or height < 1 or width < 1:
         raise ValueError(f"heatmap_size: expected (H, W) with H, W >= 1, got {heatmap_size!r}")
-    if isinstance(height * width, int) and height * width > MAX_MAP_CELLS:
+    if height * width > MAX_MAP_CELLS:
         raise ValueError(f"heatmap_size: expected at most 2**31 - 1 cells per map (the kernels index a map's cells "
                          f"in 32 bits), got {height} x {width}")
     return height, width
