@@ -8,7 +8,7 @@ Conventions, used by every op:
 * ``visible`` is an optional ``(B, K)`` mask: bool, or integer/floating with non-zero meaning
   visible (NaN: invisible);
 * maps are ``(B, K, H, W)``, float32, float16 or bfloat16 (float64 for gradcheck), computed
-  in float32.
+  in float32 (float64 maps in float64).
 
 Ops: :func:`encode`, :func:`heatmap_loss`, :func:`decode`; their ``nn.Module`` forms
 :class:`HeatmapEncoder`, :class:`HeatmapLoss`, :class:`HeatmapDecoder`; :func:`backends` says

@@ -109,8 +109,9 @@ def heatmap_loss(
     makes the loss NaN or infinite (it is not hidden). It is a constant for autograd: no
     gradient flows to it. ``weight`` of 1 everywhere gives the same bits as ``weight=None``.
 
-    ``reduction``: ``"mean"`` divides the (weighted) sum by (contributing keypoints) * H * W,
-    the same divisor as without weights (0 if none contribute); ``"sum"``; ``"none"`` returns
+    ``reduction``: ``"mean"`` divides the (weighted) sum by (contributing keypoints) * H * W:
+    the weights do not change the divisor, except that a keypoint of weight 0 does not
+    contribute (0 if none contribute); ``"sum"``; ``"none"`` returns
     ``(B, K)``, each keypoint's weighted sum over its pixels. The result is float32 (float64
     for float64 logits); differentiable wrt ``logits``.
 

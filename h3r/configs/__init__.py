@@ -22,12 +22,12 @@ from typing import Any, Mapping, Optional
 from h3r._compat import tomllib
 from h3r.codecs import CODEC_NAMES as CODECS
 from h3r.codecs import GAUSSIAN_REFINEMENTS as REFINEMENTS
+from h3r.codecs import MAX_TOPK
 from h3r.codecs import TOPK_WEIGHTS
 from h3r.models import BACKBONES as BACKBONE_BUILDERS
 from h3r.models import HEAD_KINDS as HEADS
 from h3r.models import STRIDES as SUPPORTED_STRIDES
 from h3r.transforms import CropConfig
-from h3r_kernels.spec import MAX_K as MAX_TOPK
 
 # The vocabularies of the settings: the codec's and the model's own names (above), and these.
 CONFIG_DIR = Path(__file__).parent
