@@ -104,7 +104,7 @@ def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropC
     )
 
 
-def dataset_metrics(dataset: LandmarkDataset, predictions: Predictions) -> dict[str, float]:
+def dataset_metrics(dataset: LandmarkDataset, predictions: Predictions) -> dict[str, Optional[float]]:
     """``dataset.evaluate`` of the predictions; datasets that rank instances by keypoint
     confidence (COCO: ``keypoint_scores``) also get the decoded scores."""
     indices = predictions.indices
@@ -112,7 +112,9 @@ def dataset_metrics(dataset: LandmarkDataset, predictions: Predictions) -> dict[
     arguments: dict[str, Any] = {"indices": None if whole else indices}
     if "keypoint_scores" in inspect.signature(dataset.evaluate).parameters:
         arguments["keypoint_scores"] = predictions.scores
-    results = {key: float(value) for key, value in dataset.evaluate(predictions.coords, **arguments).items()}
+    # None: a metric the data cannot define (COCO's APl without large people)
+    results = {key: None if value is None else float(value)
+               for key, value in dataset.evaluate(predictions.coords, **arguments).items()}
     # Items with a NaN or infinite predicted coordinate: every metric scores them as failures.
     results["non_finite"] = int((~np.isfinite(np.asarray(predictions.coords))).any(axis=(1, 2)).sum())
     return results
