@@ -204,7 +204,8 @@ def plot(record: dict[str, Any], path: Path) -> Path:
                     title=f"{dataset}: trained, {settings['backbone']}, {settings['input_size']} px input")
         trained.set_xticks(sides, [str(side) for side in sides], minor=False)
         trained.set_xticks([], minor=True)
-        trained.legend(fontsize=8)
+        if summary:  # no cell scored (all failed): an empty panel, no legend
+            trained.legend(fontsize=8)
         part_a = [row for row in record["quantization"]
                   if row["dataset"] == dataset and row["points"] == "ground truth" and row["applicable"]]
         for method in [*settings["methods"], "h3r-sampled-target"]:
