@@ -219,3 +219,16 @@ def test_a_cell_that_exits_is_reported_and_ctrl_c_stops_the_study(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run_study(preset, tmp_path / "interrupted", say=lambda message: None)
     assert len(started) == 1  # no further cell after the interrupted one
+
+
+def test_ctrl_c_stops_a_parallel_study(tmp_path, monkeypatch):
+    """--jobs 2: an interrupted cell (exit status 130) stops the study; the queued cells never start
+    (the pool used to run every queued cell before it let the interrupt through)."""
+    import h3r.study.runner as runner
+
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(4, 8), seeds=(0, 1, 2))
+    started = []
+    monkeypatch.setattr(runner.subprocess, "call", lambda argv, **keywords: started.append(argv) or 130)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(preset, tmp_path, jobs=2, say=lambda message: None)
+    assert len(cells(preset)) == 6 and 1 <= len(started) <= 2

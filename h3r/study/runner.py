@@ -18,6 +18,7 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -214,7 +215,11 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     threads = max(1, (os.cpu_count() or 1) // jobs)
     results: list[dict[str, Any]] = []
 
+    interrupted = threading.Event()  # set by a cell interrupted with Ctrl-C: no further cell starts
+
     def run_one(index: int, cell: Cell) -> list[dict[str, Any]]:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         device = devices[index % len(devices)]
         run_dir = cell.run_dir(out)
         argv = train_argv(cell, preset, out, data_root=data_root, device=device, extra=tuple(extra))
@@ -225,7 +230,11 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
             outcome = {"status": "not trained", "train_seconds": None, "error": None}
         else:
             say(f"[{index + 1}/{len(grid)}] {cell.key}: training ({command_line(argv)})")
-            outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads, done=done)
+            try:
+                outcome = train_cell(argv, run_dir, preset.epochs, in_process=jobs == 1, threads=threads, done=done)
+            except KeyboardInterrupt:
+                interrupted.set()
+                raise
         scores: dict[str, Any] = {}
         if outcome["status"] in ("trained", "skipped (finished earlier)"):
             try:
