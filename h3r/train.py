@@ -282,6 +282,18 @@ def check_resumable(config: TrainConfig, checkpoint: dict[str, Any]) -> None:
                          f"{', '.join(RUNTIME_FIELDS)} may change, but these differ: {details}")
 
 
+def check_world_size(checkpoint: dict[str, Any], world_size: int) -> None:
+    """A run resumes with the number of processes it was trained by: the steps per epoch, the learning-rate
+    schedule (counted in steps) and each process's share of the data depend on it. Checkpoints written before
+    the number was recorded are not checked."""
+    trained_by = checkpoint.get("world_size")
+    if trained_by is not None and trained_by != world_size:
+        how = "h3r train --resume" if trained_by == 1 else f"torchrun --nproc_per_node {trained_by} -m h3r train --resume"
+        raise ValueError(f"resume: {checkpoint['path']} was trained by {trained_by} process(es), this call has "
+                         f"{world_size}: the steps per epoch, the learning-rate schedule and the data each process "
+                         f"reads depend on it; continue with {how}")
+
+
 def train(config: TrainConfig, *, resume: Optional[str | dict[str, Any]] = None,
           stop_after_epochs: Optional[int] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or continue) a run; returns a summary dict on every process.
@@ -323,6 +335,7 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
     checkpoint = resume if isinstance(resume, dict) else load_checkpoint(resume) if resume else None
     if checkpoint is not None:
         check_resumable(config, checkpoint)
+        check_world_size(checkpoint, processes.world_size)
         runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
         # The run continues in the folder that holds the checkpoint (wherever the run was moved).
         config = config_from_dict({**checkpoint["config"], **runtime, "out": str(Path(checkpoint["path"]).parent)})
@@ -431,7 +444,8 @@ def _train(config: TrainConfig, processes: Processes, resume: Optional[str | dic
             if improved:
                 best = {"epoch": epoch + 1, "value": record["test"][config.metric]}
             state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch + 1,
-                     "global_step": global_step, "num_keypoints": train_data.num_keypoints,
+                     "global_step": global_step, "world_size": processes.world_size,
+                     "num_keypoints": train_data.num_keypoints,
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "history": history, "best": best, "mean_shape": torch.from_numpy(np.asarray(shape, np.float64)),

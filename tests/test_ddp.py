@@ -5,9 +5,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing
 
+from h3r.checkpoints import load_checkpoint
 from h3r.configs import config_from_dict
 from h3r.train import train
 
@@ -54,6 +56,13 @@ def test_two_processes_stay_in_sync(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in records] == [1, 2] and "nme" in records[-1]["test"]
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+
+    # Resuming with another number of processes would rebuild the schedule from other steps per epoch.
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["world_size"] == WORLD_SIZE
+    with pytest.raises(ValueError, match=r"was trained by 2 process\(es\), this call has 1: .*continue with "
+                                         r"torchrun --nproc_per_node 2 -m h3r train --resume"):
+        train(config_from_dict(checkpoint["config"]), resume=checkpoint)
 
 
 def test_torchrun_launches_the_command(tmp_path):
