@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from h3r.models import build_model, load_checkpoint_weights, load_official
-from h3r.models.official import (OfficialCrop, build_official_model, official_to_h3r_state, read_official_config)
+from h3r.models.official import (OfficialCrop, build_official_model, official_to_h3r_state, read_official_config,
+                                 read_official_state)
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -484,6 +485,17 @@ def test_bad_config_names_the_file_and_key(tmp_path, text, key):
     assert str(path) in str(error.value) and key in str(error.value)
 
 
+def test_flip_order_errors_say_what_is_wrong(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("HEATMAP:\n  OUT_CHANNEL: 68\n")
+    with pytest.raises(ValueError, match="FLIP_ORDER: not given, and the default .WFLW.s 98-point order. does not fit .* = 68"):
+        read_official_config(path)
+    path.write_text("HEATMAP:\n  OUT_CHANNEL: 68\nINPUT:\n  FLIP_ORDER: [" + ", ".join(["0"] * 68) + "]\n")
+    with pytest.raises(ValueError, match=r"permutation of 0..67 .*got \[0, 0, .*\.\.\.$") as error:
+        read_official_config(path)
+    assert len(str(error.value).split("got ")[1]) == 80  # a long order is cut short
+
+
 def test_flip_order_may_be_unusable_when_flip_is_off(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("INPUT:\n  FLIP: false\nHEATMAP:\n  OUT_CHANNEL: 68\n")
@@ -537,10 +549,22 @@ def test_pretrained_folder_loads_into_h3r_models(tmp_path, reference_detectors):
         saved = tmp_path / f"{head}.pt"
         torch.save({"model": model.state_dict()}, saved)
         load_checkpoint_weights(build_model("mobilenetv2", 5, head=head), saved)
-    with pytest.raises(ValueError, match="model.pth.*missing keys"):
+    with pytest.raises(ValueError, match="model.pth.*their backbone is not the model's.*missing keys"):
         load_checkpoint_weights(build_model("small", 5, head="two-class"), folder)
-    with pytest.raises(ValueError, match="shape mismatches"):
-        load_checkpoint_weights(build_model("mobilenetv2", 6, head="two-class"), folder)
+    for head in ("two-class", "binary"):
+        with pytest.raises(ValueError, match="they predict 5 landmarks .two logits each., the model 6;.*shape mismatches"):
+            load_checkpoint_weights(build_model("mobilenetv2", 6, head=head), folder)
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "net"])
+def test_official_weights_inside_a_training_checkpoint_load(tmp_path, reference_detectors, wrapper):
+    reference = reference_detectors("mobilenetv2")
+    saved = tmp_path / "model.pth"
+    torch.save({wrapper: {f"module.{key}": value for key, value in reference.state_dict().items()}, "epoch": 3}, saved)
+    assert set(read_official_state(saved)) == set(reference.state_dict())
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, saved)
+    with pytest.raises(ValueError, match=r"model.pth: expected a state dict of tensors .*found keys \['epoch', 'optimizer'\]"):
+        read_official_state(saved)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -191,8 +191,12 @@ def read_official_config(path: str | Path) -> OfficialConfig:
     valid_order = (isinstance(order, (list, tuple)) and all(_is_int(v) for v in order)
                    and sorted(order) == list(range(num_keypoints)))
     if flip and not valid_order:
+        if "FLIP_ORDER" not in (data.get("INPUT") or {}):
+            raise _fail(path, "INPUT.FLIP_ORDER", f"not given, and the default (WFLW's 98-point order) does not fit "
+                        f"HEATMAP.OUT_CHANNEL = {num_keypoints}; give the model's FLIP_ORDER or set INPUT.FLIP: false")
+        shown = repr(order) if len(repr(order)) <= 80 else repr(order)[:77] + "..."
         raise _fail(path, "INPUT.FLIP_ORDER", f"expected a permutation of 0..{num_keypoints - 1} "
-                    f"(HEATMAP.OUT_CHANNEL = {num_keypoints}) since INPUT.FLIP is on, got {order!r}")
+                    f"(HEATMAP.OUT_CHANNEL = {num_keypoints}) since INPUT.FLIP is on, got {shown}")
     return OfficialConfig(
         path=str(path), input_size=int(size[0]), scale=float(scale), box=box, flip=flip,
         flip_order=tuple(int(v) for v in order) if valid_order else None, dataset=inputs["DATASET"], arch=arch,
@@ -328,14 +332,31 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: a Git LFS pointer, not the weights; download the real model.pth "
                          f"(git lfs pull, or the authors' Google Drive bundle)")
     state = read_weights_file(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model", "net"):  # a training checkpoint that holds the weights under one key
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
+        found = f"; found keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) and state else ""
+        raise ValueError(f"{path}: expected a state dict of tensors (or one under 'state_dict', 'model' or "
+                         f"'net'){found}")
     state = {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
     if not is_official_state(state):
         raise ValueError(f"{path}: no 'heatmap_head.head.layers.*' keys: not a torchalign FacialLandmarkDetector")
     return state
+
+
+def _mismatch_hint(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], keypoints: int) -> str:
+    """What a mismatch most likely is, said first: another backbone, or another number of landmarks
+    (``keypoints``: the model's; the official head has two logits per landmark)."""
+    hints = []
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if any(key.startswith("backbone.") for key in missing) and any(key.startswith("backbone.") for key in unexpected):
+        hints.append("their backbone is not the model's (BACKBONE.ARCH or --backbone)")
+    weight = state.get("head.logits.weight")
+    if keypoints and weight is not None and weight.shape[0] != 2 * keypoints:
+        hints.append(f"they predict {weight.shape[0] // 2} landmarks (two logits each), the model {keypoints}")
+    return f": {'; '.join(hints)}" if hints else ""
 
 
 def load_official_weights(model: nn.Module, path: str | Path) -> None:
@@ -370,7 +391,9 @@ def load_official_weights(model: nn.Module, path: str | Path) -> None:
         state["head.logits.bias"] = torch.zeros_like(expected["head.logits.bias"])
     problems = state_dict_mismatches(expected, state, source="official")
     if problems:
-        raise ValueError(f"{path}: the authors' weights do not fit the model (h3r names); " + "; ".join(problems))
+        keypoints = 0 if target is None else target.shape[0] // (1 if getattr(head, "kind", None) == "binary" else 2)
+        raise ValueError(f"{path}: the authors' weights do not fit the model (h3r names)"
+                         f"{_mismatch_hint(expected, state, keypoints)}; " + "; ".join(problems))
     model.load_state_dict(state)
 
 
