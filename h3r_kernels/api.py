@@ -1,12 +1,14 @@
-"""The public functions: argument checks, seed drawing, then the op: the eager fast path
-(:mod:`h3r_kernels.eager`) for plain eager calls, the registered ``torch.ops.h3r`` op otherwise."""
+"""The public functions: argument checks, seed drawing, then the op: under ``torch.func``
+transforms and forward-mode AD the registered ops wrapped for them (:mod:`h3r_kernels.transforms`),
+the eager fast path (:mod:`h3r_kernels.eager`) for plain eager calls, the registered
+``torch.ops.h3r`` op otherwise."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
 import torch
 
-from . import checks, eager, ops, reference, rng
+from . import checks, eager, ops, reference, rng, transforms
 
 
 def _constants(*tensors):
@@ -135,6 +137,8 @@ def heatmap_loss(
     checks.check_backend(backend)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, False)
+    if transforms.differentiating():
+        return transforms.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, backend, weight)
     if eager.takes_fast_path(logits, keypoints, visible, weight):
         return eager.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
     value, _ = ops.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
@@ -177,6 +181,8 @@ def decode(
     """
     k, window = checks.check_decode(heatmaps, method, k, weights, window)
     checks.check_backend(backend)
+    if transforms.differentiating():
+        return transforms.decode(heatmaps, method, k, weights, window, backend)
     if eager.takes_fast_path(heatmaps):
         return eager.decode(heatmaps, method, k, weights, window, backend)
     coords, scores, _ = ops.decode(heatmaps, method, k, weights, window, backend)
