@@ -1,7 +1,9 @@
 """The stride option end to end, and ``h3r study``: part A's closed forms, resume/skip, failures, JSON schema."""
 import json
 import math
+import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +234,72 @@ def test_ctrl_c_stops_a_parallel_study(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_study(preset, tmp_path, jobs=2, say=lambda message: None)
     assert len(cells(preset)) == 6 and 1 <= len(started) <= 2
+
+
+STUDIES = Path(__file__).resolve().parent.parent / "docs" / "study"
+
+
+def _with_seed(record, seed, shift):
+    """``record`` as if trained with another ``seed``: every score moved by ``shift``."""
+    record = json.loads(json.dumps(record))
+    record["settings"]["seeds"], record["settings"]["commit"] = [seed], "abc1234"
+    for row in record["cells"]:
+        row["seed"] = seed
+        row["metrics"] = {name: value + shift for name, value in row["metrics"].items()}
+    return record
+
+
+def test_runs_of_one_grid_merge_into_one_study(tmp_path, capsys):
+    seed0 = json.loads((STUDIES / "pose-128-e24.json").read_text())
+    (tmp_path / "seed1.json").write_text(json.dumps(_with_seed(seed0, 1, 0.1)))
+    out = tmp_path / "merged"
+    assert main(["study", "--merge", str(STUDIES / "pose-128-e24.json"), str(tmp_path / "seed1.json"),
+                 str(STUDIES / "pose-128-e24-dark.json"), "--out", str(out)]) == 0
+    merged = json.loads((out / "study.json").read_text())
+    check_schema(merged)
+    assert merged["settings"]["seeds"] == [0, 1]
+    assert merged["settings"]["methods"] == ["argmax", "quarter", "dark", "h3r", "h3r-linear"]
+    assert merged["settings"]["commit"] == "b8a00af+abc1234+c3451bc" and len(merged["settings"]["parts"]) == 3
+    assert len(merged["cells"]) == 2 * len(seed0["cells"]) + 2
+    rows = {(row["method"], row["stride"]): row for row in merged["summary"]}
+    before = {(row["method"], row["stride"]): row for row in seed0["summary"]}
+    assert rows["quarter", 8]["seeds"] == 2 and rows["dark", 8]["seeds"] == 1
+    assert rows["quarter", 8]["mean"] == pytest.approx(before["quarter", 8]["mean"] + 0.05)
+    assert rows["quarter", 8]["std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert {(row["points"], row["method"], row["stride"]) for row in merged["quantization"]} == {
+        (row["points"], row["method"], row["stride"]) for name in ("pose-128-e24", "pose-128-e24-dark")
+        for row in json.loads((STUDIES / f"{name}.json").read_text())["quantization"]}
+    markdown = (out / "study.md").read_text()
+    assert "- merged from 3 runs by `h3r study --merge" not in markdown  # main() was not called as `h3r study`
+    assert "- merged from 3 runs:" in markdown and "(seeds [1], methods argmax, quarter, h3r, h3r-linear)" in markdown
+    assert (out / "study.png").stat().st_size > 0
+    # a merged study merges again, its parts flattened
+    (tmp_path / "seed2.json").write_text(json.dumps(_with_seed(seed0, 2, -0.1)))
+    assert main(["study", "--merge", str(out), str(tmp_path / "seed2.json"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "study.json").read_text())
+    assert again["settings"]["seeds"] == [0, 1, 2] and len(again["settings"]["parts"]) == 4
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["pose-128-e24.json", "pose-128.json"], r"pose-128.json: settings.epochs is 6, .*pose-128-e24.json has 24"),
+    (["pose-128-e24.json", "pose-128-e24.json"], r"the cell \(dataset, method, stride, seed\) = \('synthetic-pose', "
+                                                 r"'argmax', 4, 0\) is also in"),
+    (["pose-128-e24.json"], "expected at least two study.json files, got 1"),
+    (["pose-128-e24.json", "missing.json"], "missing.json: no such study.json"),
+    (["pose-128-e24.json", "pose-128-e24.md"], "pose-128-e24.md: not a study.json"),
+])
+def test_runs_that_do_not_merge_are_named(tmp_path, capsys, arguments, message):
+    assert main(["study", "--merge", *(str(STUDIES / name) for name in arguments), "--out", str(tmp_path / "m")]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_takes_only_out_and_never_overwrites_a_study(tmp_path, capsys):
+    runs = [str(STUDIES / "pose-128-e24.json"), str(STUDIES / "pose-128-e24-dark.json")]
+    assert main(["study", "--merge", *runs, "--seeds", "1", "--out", str(tmp_path)]) == 2
+    assert "--merge takes only --out: --seeds belong to the runs being merged" in capsys.readouterr().err
+    assert main(["study", "--merge", *runs]) == 2
+    assert "--merge: give --out" in capsys.readouterr().err
+    (tmp_path / "study.json").write_text("{}")
+    assert main(["study", "--merge", *runs, "--out", str(tmp_path)]) == 2
+    assert "already holds a study.json" in capsys.readouterr().err and (tmp_path / "study.json").read_text() == "{}"

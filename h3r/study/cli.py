@@ -23,6 +23,9 @@ methods:
 """ + "\n".join(f"  {name:<11} {method.label}" for name, method in METHODS.items()) + """
 
 Arguments after '--' are given to every 'h3r train', e.g.  h3r study -- --lr 1e-3
+
+Runs of one grid that differ only in seeds or methods (e.g. seeds trained on two machines) make
+one study with  h3r study --merge A/study.json B/study.json --out DIR
 """
 
 
@@ -61,12 +64,44 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: score the cells that are finished and write the outputs")
     parser.add_argument("--rescore", action="store_true", help="re-evaluate finished cells instead of reusing scores")
+    parser.add_argument("--merge", nargs="+", metavar="STUDY_JSON",
+                        help="train nothing: write one study of these runs' cells (the same grid but for seeds or "
+                             "methods) into --out")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def merge_runs(args: argparse.Namespace) -> int:
+    """``--merge``: the studies named written as one into ``--out``, which must not hold a study yet."""
+    from h3r.study.merge import merge_studies
+    from h3r.study.report import write_outputs
+
+    grid_options = [f"--{name.replace('_', '-')}" for name in ("dataset", "data_root", "strides", "seeds", "methods",
+                    "backbone", "input_size", "epochs", "batch_size", "workers", "jobs", "devices")
+                    if getattr(args, name) is not None]
+    grid_options += [f"--{name.replace('_', '-')}" for name in ("print_commands", "collect", "rescore")
+                     if getattr(args, name)] + (["-- ..."] if args.train_args else [])
+    if grid_options:
+        raise ValueError(f"--merge takes only --out: {', '.join(grid_options)} belong to the runs being merged")
+    if not args.out:
+        raise ValueError("--merge: give --out, the folder of the merged study")
+    out = Path(args.out)
+    if (out / "study.json").exists():
+        raise ValueError(f"--out: {out} already holds a study.json; choose another folder")
+    command = shlex.join(["h3r", *sys.argv[1:]]) if sys.argv[1:2] == ["study"] else None
+    record = merge_studies(args.merge, command=command)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_outputs(record, out)
+    print(f"merged {len(args.merge)} runs ({len(record['cells'])} cells, seeds {record['settings']['seeds']}) "
+          f"into {', '.join(str(path) for path in paths)}", file=sys.stderr)
+    return 0
 
 
 def run_study(args: argparse.Namespace) -> int:
     from h3r.study.grid import cells, check_cells, command_line, train_argv
     from h3r.study.runner import run_study as run
+
+    if args.merge:
+        return merge_runs(args)
 
     preset = PRESETS[args.preset]
     overrides = {"strides": args.strides, "seeds": args.seeds, "methods": args.methods, "backbone": args.backbone,

@@ -11,6 +11,8 @@ import numpy as np
 
 from h3r.study.presets import METHODS, PRESETS
 
+SCHEMA = "h3r-study/1"  # study.json's format
+
 # The settings that make a study's grid: where a run's differ from its preset's, its report says so.
 GRID_FIELDS = ("datasets", "methods", "strides", "seeds", "backbone", "input_size", "epochs", "batch_size",
                "synthetic_sizes")
@@ -63,12 +65,11 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [f"# h3r study: preset '{settings['preset']}'", "",
              f"{settings['description']}."
              + (f" This run overrides the preset's {', '.join(changed)}: see the grid below." if changed else ""), "",
-             f"- command: `{settings['command']}`" if settings.get("command") else "- command: (Python API)",
-             f"- commit: {settings['commit']}; started {settings['started']}; wall time "
-             f"{settings['wall_seconds']:.0f} s",
-             f"- machine: {settings['machine']['cpu']}, "
-             f"{settings['machine']['cpu_count']} cores; torch {settings['machine']['torch']}"
-             + (f"; GPU {settings['machine']['cuda']}" if settings['machine'].get('cuda') else ""),
+             *(_provenance(settings) if not settings.get("parts") else [
+                 f"- merged from {len(settings['parts'])} runs"
+                 + (f" by `{settings['command']}`" if settings.get("command") else "") + ":",
+                 *(("  " if index == 0 else "    ") + line for part in settings["parts"]
+                   for index, line in enumerate(_provenance(part, seeds=True)))]),
              f"- grid: {', '.join(settings['datasets'])}; backbone {settings['backbone']}, input "
              f"{settings['input_size']} px; strides {settings['strides']}; seeds {settings['seeds']}; "
              f"{settings['epochs']} epochs of batch {settings['batch_size']}"
@@ -90,6 +91,17 @@ def markdown(record: dict[str, Any]) -> str:
                 lines += [f"- `{row['run_dir']}`: " + (row["error"] or "").splitlines()[0]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _provenance(run: dict[str, Any], seeds: bool = False) -> list[str]:
+    """How a run was made: command, commit, start and wall time, machine (with its seeds and
+    methods for a part of a merged study)."""
+    machine = run["machine"]
+    return [(f"- command: `{run['command']}`" if run.get("command") else "- command: (Python API)")
+            + (f" (seeds {run['seeds']}, methods {', '.join(run['methods'])})" if seeds else ""),
+            f"- commit: {run['commit']}; started {run['started']}; wall time {run['wall_seconds']:.0f} s",
+            f"- machine: {machine['cpu']}, {machine['cpu_count']} cores; torch {machine['torch']}"
+            + (f"; GPU {machine['cuda']}" if machine.get("cuda") else "")]
 
 
 def _part_b_tables(record, dataset, settings) -> list[str]:

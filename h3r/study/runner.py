@@ -31,8 +31,8 @@ import torch
 from h3r.runtime import cpu_name, git_commit
 from h3r.study.grid import Cell, cells, check_cells, command_line, train_argv
 from h3r.study.presets import Preset
+from h3r.study.report import SCHEMA
 
-SCHEMA = "h3r-study/1"
 LOG_TAIL_LINES = 15
 HEAD_BATCH = 32  # images per batch of the pooling + head + decoding timing
 INTERRUPTED = 130  # the exit status of an interrupted h3r train (128 + SIGINT)
