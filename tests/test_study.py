@@ -280,6 +280,30 @@ def test_runs_of_one_grid_merge_into_one_study(tmp_path, capsys):
     assert again["settings"]["seeds"] == [0, 1, 2] and len(again["settings"]["parts"]) == 4
 
 
+def test_strides_run_apart_merge(tmp_path):
+    record = json.loads((STUDIES / "pose-128-e24.json").read_text())
+    for stride in (4, 8):
+        part = json.loads(json.dumps(record))
+        part["settings"]["strides"] = [stride]
+        part["cells"] = [row for row in part["cells"] if row["stride"] == stride]
+        part["quantization"] = [row for row in part["quantization"] if row["stride"] == stride]
+        (tmp_path / f"stride{stride}.json").write_text(json.dumps(part))
+    assert main(["study", "--merge", str(tmp_path / "stride8.json"), str(tmp_path / "stride4.json"),
+                 "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "study.json").read_text())
+    assert merged["settings"]["strides"] == [4, 8]
+    assert sorted((r["method"], r["stride"], r["mean"]) for r in merged["summary"]) == sorted(
+        (r["method"], r["stride"], r["mean"]) for r in record["summary"])
+    # a stride only one method has: the others show "–"
+    lone = json.loads((tmp_path / "stride4.json").read_text())
+    lone["settings"]["strides"], lone["settings"]["methods"] = [16], ["dark"]
+    lone["cells"] = [dict(row, stride=16, heatmap_size=8, method="dark", codec="dark") for row in lone["cells"][:1]]
+    (tmp_path / "lone.json").write_text(json.dumps(lone))
+    assert main(["study", "--merge", str(tmp_path / "m"), str(tmp_path / "lone.json"), "--out", str(tmp_path / "m2")]) == 0
+    table = (tmp_path / "m2" / "study.md").read_text()
+    assert "| argmax | 0.6257 ± 0.0000 | 0.3925 ± 0.0000 | – |" in table
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["pose-128-e24.json", "pose-128.json"], r"pose-128.json: settings.epochs is 6, .*pose-128-e24.json has 24"),
     (["pose-128-e24.json", "pose-128-e24.json"], r"the cell \(dataset, method, stride, seed\) = \('synthetic-pose', "

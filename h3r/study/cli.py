@@ -24,8 +24,8 @@ methods:
 
 Arguments after '--' are given to every 'h3r train', e.g.  h3r study -- --lr 1e-3
 
-Runs of one grid that differ only in seeds or methods (e.g. seeds trained on two machines) make
-one study with  h3r study --merge A/study.json B/study.json --out DIR
+Runs of one grid that differ only in seeds, methods or strides (e.g. seeds trained on two
+machines) make one study with  h3r study --merge A/study.json B/study.json --out DIR
 """
 
 
@@ -65,8 +65,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train nothing: score the cells that are finished and write the outputs")
     parser.add_argument("--rescore", action="store_true", help="re-evaluate finished cells instead of reusing scores")
     parser.add_argument("--merge", nargs="+", metavar="STUDY_JSON",
-                        help="train nothing: write one study of these runs' cells (the same grid but for seeds or "
-                             "methods) into --out")
+                        help="train nothing: write one study of these runs' cells (the same grid but for seeds, "
+                             "methods or strides) into --out")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 

@@ -1,5 +1,5 @@
 """``h3r study --merge``: one study from several runs of the same grid that differ only in their
-seeds or methods (seeds trained on other machines or days, a method added later). The cells are
+seeds, methods or strides (seeds trained on other machines or days, a method or stride added later). The cells are
 put together as they were scored, the summary (mean ± std over seeds) is recomputed, and the
 merged ``study.json`` keeps each run's command, commit, machine and wall time under
 ``settings.parts``."""
@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 from h3r.study.presets import METHODS
 from h3r.study.report import SCHEMA, summarise
 
-UNITED = ("methods", "seeds")  # the settings a merge takes the union of
+UNITED = ("methods", "seeds", "strides")  # the settings a merge takes the union of
 PROVENANCE = ("command", "commit", "machine", "started", "wall_seconds", "jobs", "devices")
 
 
@@ -55,7 +55,7 @@ def merge_studies(paths: Sequence[str | Path], command: Optional[str] = None) ->
             mine, theirs = record["settings"].get(key), first["settings"].get(key)
             if mine != theirs:
                 raise ValueError(f"{path}: settings.{key} is {mine!r}, {first_path} has {theirs!r}; only runs of "
-                                 f"the same grid that differ in their seeds or methods can be merged")
+                                 f"the same grid that differ in their seeds, methods or strides can be merged")
     cells, owner, quantization, seen_rows = [], {}, [], set()
     for path, record in records:
         for row in record["cells"]:
@@ -76,6 +76,7 @@ def merge_studies(paths: Sequence[str | Path], command: Optional[str] = None) ->
         **first["settings"],
         "methods": [name for name in METHODS if any(name in s["methods"] for s in settings_of)],
         "seeds": sorted({seed for s in settings_of for seed in s["seeds"]}),
+        "strides": sorted({stride for s in settings_of for stride in s["strides"]}),
         "command": command, "commit": "+".join(commits), "machine": first["settings"]["machine"],
         "started": min(part["started"] for part in parts if part.get("started")),
         "wall_seconds": round(sum(part["wall_seconds"] or 0.0 for part in parts), 1),
