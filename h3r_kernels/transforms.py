@@ -27,7 +27,8 @@ def differentiating() -> bool:
     if torch.compiler.is_compiling():
         return False
     stack = get_interpreter_stack()
-    return forward_ad._current_level >= 0 or bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack)
+    forward_level = getattr(forward_ad, "_current_level", -1)  # torch's own flag of an open dual_level()
+    return forward_level >= 0 or bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack)
 
 
 class _FirstOrder(torch.autograd.Function):
