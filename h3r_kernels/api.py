@@ -137,7 +137,7 @@ def heatmap_loss(
     checks.check_backend(backend)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     keypoints, rounding, seed = _draws(keypoints, rounding, seed, seed_tensor, False)
-    if transforms.differentiating():
+    if transforms.differentiating(compute_grad):
         return transforms.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, backend, weight)
     if eager.takes_fast_path(logits, keypoints, visible, weight):
         return eager.heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, compute_grad, backend, weight)
@@ -181,7 +181,7 @@ def decode(
     """
     k, window = checks.check_decode(heatmaps, method, k, weights, window)
     checks.check_backend(backend)
-    if transforms.differentiating():
+    if transforms.differentiating(torch.is_grad_enabled() and heatmaps.requires_grad):
         return transforms.decode(heatmaps, method, k, weights, window, backend)
     if eager.takes_fast_path(heatmaps):
         return eager.decode(heatmaps, method, k, weights, window, backend)

@@ -23,6 +23,7 @@ from .dispatch import (
     decode_output_grads, run_decode, run_decode_backward, run_encode, run_heatmap_loss, run_heatmap_loss_backward,
     run_scale_grad_, scales_in_place,
 )
+from .transforms import first_order
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _enabled = [True]
@@ -65,21 +66,27 @@ def encode(keypoints, visible, height, width, sigma, rounding, seed, expected, d
 
 
 class _HeatmapLoss(torch.autograd.Function):
-    """``heatmap_loss`` with ``compute_grad``: the forward computes the gradient, the backward scales it."""
+    """``heatmap_loss`` with ``compute_grad``: the forward computes the gradient, the backward scales it.
+
+    The saved gradient is also an output (the caller drops it), as in the registered op: so a
+    backward with ``create_graph=True`` gives a result connected to this node, and differentiating
+    it raises (:func:`~h3r_kernels.transforms.first_order`) instead of giving 0 (``hessian``)."""
 
     @staticmethod
     def forward(ctx, logits, keypoints, visible, weight, sigma, rounding, seed, loss, reduction, backend):
         value, grad = run_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, True, backend, weight)
         ctx.reduction, ctx.backend, ctx.dtype = reduction, backend, logits.dtype
         ctx.save_for_backward(grad)
-        return value
+        return value, grad
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # as the registered op: its backward ops have no derivative
-    def backward(ctx, grad_value):
+    def backward(ctx, grad_value, _):
         (grad,) = ctx.saved_tensors
         with _named("h3r::heatmap_loss_backward"):
-            if scales_in_place(grad, ctx.dtype):
+            if torch.is_grad_enabled():  # create_graph=True: the result is first-order only
+                grad = first_order("h3r::heatmap_loss_backward", run_heatmap_loss_backward, grad, grad_value,
+                                   ctx.reduction, ctx.backend, ctx.dtype)
+            elif scales_in_place(grad, ctx.dtype):
                 run_scale_grad_(grad, grad_value, ctx.reduction, ctx.backend)
             else:
                 grad = run_heatmap_loss_backward(grad, grad_value, ctx.reduction, ctx.backend, ctx.dtype)
@@ -90,7 +97,7 @@ def heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduct
     """The loss value; differentiable wrt ``logits`` when ``compute_grad``."""
     with _named("h3r::heatmap_loss"):
         if compute_grad:
-            return _HeatmapLoss.apply(logits, keypoints, visible, weight, sigma, rounding, seed, loss, reduction, backend)
+            return _HeatmapLoss.apply(logits, keypoints, visible, weight, sigma, rounding, seed, loss, reduction, backend)[0]
         value, _ = run_heatmap_loss(logits, keypoints, visible, sigma, rounding, seed, loss, reduction, False, backend, weight)
         return value
 
@@ -104,12 +111,16 @@ class _Decode(torch.autograd.Function):
         return coords, scores
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # as the registered op: its backward op has no derivative
     def backward(ctx, grad_coords, grad_scores):
         heatmaps, indices = ctx.saved_tensors
         grad_coords, grad_scores = decode_output_grads(heatmaps, grad_coords, grad_scores)
         with _named("h3r::decode_backward"):
-            grad = run_decode_backward(heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights, ctx.backend)
+            if torch.is_grad_enabled():  # create_graph=True: the result is first-order only (connected to the maps)
+                grad = first_order("h3r::decode_backward", run_decode_backward, heatmaps, indices, grad_coords,
+                                   grad_scores, ctx.method, ctx.weights, ctx.backend)
+            else:
+                grad = run_decode_backward(heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights,
+                                           ctx.backend)
         return grad, *(None,) * 5
 
 

@@ -7,7 +7,8 @@ tangent silently comes out as 0). So, while a derivative may be taken this way, 
 functions wrap the registered ops (``torch.ops.h3r.*``: the same bodies and bits) in the
 ``autograd.Function``\\s below, which have ``setup_context`` and ``jvp``; ``vmap`` of them is
 torch's per-sample loop over the ops (``generate_vmap_rule``). The derivatives are first-order,
-as everywhere: differentiating them again (``hessian``, ``grad`` of ``grad``) raises.
+as everywhere: differentiating them again (``hessian``, ``grad`` of ``grad``) raises; so does
+differentiating a tangent, even with respect to the tangent (``grad`` of ``jvp``).
 """
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ from . import ops
 from .dispatch import decode_output_grads
 from .spec import compute_dtype
 
-_DIFFERENTIATING = (TransformType.Grad, TransformType.Jvp)
-
-
-def differentiating() -> bool:
-    """Whether a ``grad``/``jvp`` transform or a forward-AD level is active, outside ``torch.compile``."""
+def differentiating(needs_grad: bool) -> bool:
+    """Whether a call must take this module's path: a forward-AD level or a ``jvp`` transform is
+    active, or a ``grad`` transform is and the call ``needs_grad`` (its input requires a gradient,
+    in grad mode). Never while ``torch.compile`` traces (it cannot trace this check): there the
+    registered ops are used, so ``torch.compile(torch.func.grad(f))`` is refused."""
     if torch.compiler.is_compiling():
         return False
+    if getattr(forward_ad, "_current_level", -1) >= 0:  # torch's own flag of an open dual_level()
+        return True
     stack = get_interpreter_stack()
-    forward_level = getattr(forward_ad, "_current_level", -1)  # torch's own flag of an open dual_level()
-    return forward_level >= 0 or bool(stack) and any(i.key() in _DIFFERENTIATING for i in stack)
+    return bool(stack) and any(i.key() == TransformType.Jvp or needs_grad and i.key() == TransformType.Grad
+                               for i in stack)
 
 
 class _FirstOrder(torch.autograd.Function):
@@ -47,10 +50,17 @@ class _FirstOrder(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *_):
-        raise RuntimeError(f"{ctx.name}: the derivatives of h3r_kernels' ops are first-order only; "
-                           f"they cannot be differentiated again (hessian, grad of grad)")
+        raise RuntimeError(f"{ctx.name}: the derivatives of h3r_kernels' ops are first-order only; they cannot be "
+                           f"differentiated again (hessian, grad of grad; torch.autograd.functional.jvp and hvp "
+                           f"differentiate a gradient too: use torch.func.jvp)")
 
     jvp = backward
+
+
+def first_order(name: str, op, *args):
+    """``op(*args)``, the computation of a derivative of the op ``name``: its result may be used
+    but not differentiated (that raises, naming ``name``)."""
+    return _FirstOrder.apply(name, op, *args)
 
 
 def _scaled_grad(logits, grad, grad_value, reduction: str, backend: str, dtype: torch.dtype):
@@ -85,14 +95,14 @@ class _HeatmapLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value, _):
         logits, grad = ctx.saved_tensors  # the logits: so that differentiating again reaches _FirstOrder
-        grad = _FirstOrder.apply("h3r::heatmap_loss_backward", _scaled_grad, logits, grad, grad_value,
-                                 ctx.reduction, ctx.backend, ctx.dtype)
+        grad = first_order("h3r::heatmap_loss_backward", _scaled_grad, logits, grad, grad_value, ctx.reduction,
+                           ctx.backend, ctx.dtype)
         return grad, *(None,) * 9
 
     @staticmethod
     def jvp(ctx, logits_tangent, *_):
         logits, grad = ctx.saved_tensors
-        value = _FirstOrder.apply("h3r::heatmap_loss (jvp)", _loss_tangent, logits, grad, logits_tangent, ctx.reduction)
+        value = first_order("h3r::heatmap_loss (jvp)", _loss_tangent, logits, grad, logits_tangent, ctx.reduction)
         return value, None
 
 
@@ -139,15 +149,15 @@ class _Decode(torch.autograd.Function):
     def backward(ctx, grad_coords, grad_scores, _):
         heatmaps, indices = ctx.saved_tensors
         grad_coords, grad_scores = decode_output_grads(heatmaps, grad_coords, grad_scores)
-        grad = _FirstOrder.apply("h3r::decode_backward", ops.decode_backward, heatmaps, indices, grad_coords,
-                                 grad_scores, ctx.method, ctx.weights, ctx.backend)
+        grad = first_order("h3r::decode_backward", ops.decode_backward, heatmaps, indices, grad_coords, grad_scores,
+                           ctx.method, ctx.weights, ctx.backend)
         return grad, *(None,) * 5
 
     @staticmethod
     def jvp(ctx, heatmaps_tangent, *_):
         heatmaps, indices = ctx.saved_tensors
-        coords, scores = _FirstOrder.apply("h3r::decode (jvp)", _decode_tangent, heatmaps, indices, heatmaps_tangent,
-                                           ctx.method, ctx.weights, ctx.backend)
+        coords, scores = first_order("h3r::decode (jvp)", _decode_tangent, heatmaps, indices, heatmaps_tangent,
+                                     ctx.method, ctx.weights, ctx.backend)
         return coords, scores, None
 
 

@@ -204,6 +204,12 @@ def test_second_derivatives_are_refused_not_wrong(backend, fast):
             (grad,) = torch.autograd.grad(value, logits, create_graph=True)
             with pytest.raises(RuntimeError):
                 torch.autograd.grad(grad.pow(2).sum(), logits)
+        # torch.autograd.functional differentiates the gradient with strict=False: it gave zeros on the fast path
+        for function in (lambda z: h3r_kernels.heatmap_loss(z, keypoints, seed=0, backend=backend),
+                         lambda z: h3r_kernels.decode(z, backend=backend)[0].sum()):
+            for second in (torch.autograd.functional.hessian, torch.autograd.functional.hvp, torch.autograd.functional.jvp):
+                with pytest.raises(RuntimeError, match="first-order only" if fast else "no autograd formula"):
+                    second(function, logits.detach(), *([torch.ones_like(logits)] if second != torch.autograd.functional.hessian else []))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -108,12 +108,14 @@ def test_plain_calls_and_vmap_alone_do_not_take_this_path(monkeypatch):
     calls = []
     monkeypatch.setattr(transforms, "heatmap_loss", lambda *args: calls.append(args))
     logits, keypoints, visible = _inputs("cpu", torch.float32)
-    assert not transforms.differentiating()
+    assert not transforms.differentiating(True)
     h3r_kernels.heatmap_loss(logits.requires_grad_(), keypoints, visible, seed=1).backward()
     torch.func.vmap(lambda z: h3r_kernels.heatmap_loss(z[None], keypoints[:1], seed=1))(logits.detach())
     assert calls == []
     seen = []
-    torch.func.grad(lambda z: seen.append(transforms.differentiating()) or z.sum())(torch.randn(3))
+    torch.func.grad(lambda z: seen.append((transforms.differentiating(True), transforms.differentiating(False)))
+                    or z.sum())(torch.randn(3))
     with forward_ad.dual_level():
-        seen.append(transforms.differentiating())
-    assert seen == [True, True]
+        seen.append((transforms.differentiating(True), transforms.differentiating(False)))
+    assert seen == [(True, False), (True, True)]  # under grad, a call that needs no gradient stays off this path
+

@@ -271,7 +271,9 @@ def test_runs_of_one_grid_merge_into_one_study(tmp_path, capsys):
         for row in json.loads((STUDIES / f"{name}.json").read_text())["quantization"]}
     markdown = (out / "study.md").read_text()
     assert "- merged from 3 runs by `h3r study --merge" not in markdown  # main() was not called as `h3r study`
-    assert "- merged from 3 runs:" in markdown and "(seeds [1], methods argmax, quarter, h3r, h3r-linear)" in markdown
+    assert "- merged from 3 runs:" in markdown
+    assert "(seeds [1], methods argmax, quarter, h3r, h3r-linear, strides [4, 8])" in markdown
+    assert "| dark | 0.7283 ± 0.0000 (1/2 seeds) | 0.5162 ± 0.0000 (1/2 seeds) |" in markdown  # dark: seed 0 only
     assert (out / "study.png").stat().st_size > 0
     # a merged study merges again, its parts flattened
     (tmp_path / "seed2.json").write_text(json.dumps(_with_seed(seed0, 2, -0.1)))
@@ -316,6 +318,31 @@ def test_runs_that_do_not_merge_are_named(tmp_path, capsys, arguments, message):
     assert main(["study", "--merge", *(str(STUDIES / name) for name in arguments), "--out", str(tmp_path / "m")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "m").exists()
+
+
+def test_merge_keeps_failures_nan_scores_and_data_roots(tmp_path, capsys):
+    record = json.loads((STUDIES / "pose-128-e24.json").read_text())
+    failed = _with_seed(record, 1, 0.0)
+    failed["settings"]["data_root"] = "/elsewhere/data"  # the same data on another machine
+    for row in failed["cells"]:
+        if row["codec"] == "gaussian" and row["stride"] == 8:
+            row.update(status="failed", metrics=None, error="RuntimeError: injected\nmore")
+    failed["failed_cells"] = sorted({row["run_dir"] for row in failed["cells"] if row["status"] == "failed"})
+    nan_seed = _with_seed(record, 2, 0.0)
+    nan_seed["cells"][0]["metrics"]["AP"] = None  # how study.json stores a NaN score
+    (tmp_path / "failed.json").write_text(json.dumps(failed))
+    (tmp_path / "nan.json").write_text(json.dumps(nan_seed))
+    runs = [str(STUDIES / "pose-128-e24.json"), str(tmp_path / "failed.json"), str(tmp_path / "nan.json")]
+    assert main(["study", "--merge", *runs, "--out", str(tmp_path / "m")]) == 1  # as a study with a failed cell
+    assert "1 cell(s) failed" in capsys.readouterr().err
+    merged = json.loads((tmp_path / "m" / "study.json").read_text())
+    assert merged["failed_cells"] == failed["failed_cells"]
+    assert [part["data_root"] for part in merged["settings"]["parts"]] == [None, "/elsewhere/data", None]
+    markdown = (tmp_path / "m" / "study.md").read_text()
+    assert f"- `{failed['failed_cells'][0]}`: RuntimeError: injected" in markdown
+    rows = {(row["method"], row["stride"]): row for row in merged["summary"]}
+    assert (rows["quarter", 8]["seeds"], rows["quarter", 8]["seeds_planned"]) == (2, 3)  # seed 1 failed
+    assert (rows["argmax", 4]["seeds"], rows["argmax", 4]["seeds_planned"]) == (2, 3)  # seed 2 scored NaN
 
 
 def test_merge_takes_only_out_and_never_overwrites_a_study(tmp_path, capsys):

@@ -91,9 +91,11 @@ def merge_runs(args: argparse.Namespace) -> int:
     record = merge_studies(args.merge, command=command)
     out.mkdir(parents=True, exist_ok=True)
     paths = write_outputs(record, out)
+    failed = record["failed_cells"]
     print(f"merged {len(args.merge)} runs ({len(record['cells'])} cells, seeds {record['settings']['seeds']}) "
-          f"into {', '.join(str(path) for path in paths)}", file=sys.stderr)
-    return 0
+          f"into {', '.join(str(path) for path in paths)}"
+          + (f"; {len(failed)} cell(s) failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_study(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from h3r.study.presets import METHODS
 from h3r.study.report import SCHEMA, summarise
 
 UNITED = ("methods", "seeds", "strides")  # the settings a merge takes the union of
-PROVENANCE = ("command", "commit", "machine", "started", "wall_seconds", "jobs", "devices")
+PROVENANCE = ("command", "commit", "machine", "started", "wall_seconds", "jobs", "devices", "data_root")
 
 
 def read_study(path: str | Path) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def _parts(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Where a run's cells come from: its own provenance, or a merged run's parts."""
     if settings.get("parts"):
         return list(settings["parts"])
-    return [{"file": str(path), "seeds": settings["seeds"], "methods": settings["methods"],
+    return [{"file": str(path), "seeds": settings["seeds"], "methods": settings["methods"], "strides": settings["strides"],
              **{key: settings.get(key) for key in PROVENANCE}}]
 
 
@@ -80,13 +80,16 @@ def merge_studies(paths: Sequence[str | Path], command: Optional[str] = None) ->
         "command": command, "commit": "+".join(commits), "machine": first["settings"]["machine"],
         "started": min(part["started"] for part in parts if part.get("started")),
         "wall_seconds": round(sum(part["wall_seconds"] or 0.0 for part in parts), 1),
-        "jobs": None, "devices": [], "parts": parts,
+        "jobs": None, "devices": [], "data_root": first["settings"].get("data_root"), "parts": parts,
     }
+    summary = summarise(cells)
+    for row in summary:  # planned: every seed of the merged grid, also for a method or stride one run lacks
+        row["seeds_planned"] = len(settings["seeds"])
     return {
         "schema": SCHEMA,
         "settings": settings,
         "quantization": quantization,
         "cells": cells,
-        "summary": summarise(cells),
+        "summary": summary,
         "failed_cells": sorted({run for _, record in records for run in record["failed_cells"]}),
     }

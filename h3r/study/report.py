@@ -27,7 +27,7 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (dataset, method, stride), rows in groups.items():
         scored = [row for row in rows if row["metrics"] and row["metric"] in row["metrics"]]
         values = [row["metrics"][row["metric"]] for row in scored]
-        finite = [value for value in values if math.isfinite(value)]
+        finite = [value for value in values if value is not None and math.isfinite(value)]  # None: NaN in JSON
         summary.append({
             "dataset": dataset, "method": method, "stride": stride, "heatmap_size": rows[0]["heatmap_size"],
             "metric": scored[0]["metric"] if scored else None, "seeds": len(finite), "seeds_planned": len(rows),
@@ -85,10 +85,8 @@ def markdown(record: dict[str, Any]) -> str:
         lines += _part_a_tables(record, dataset, settings)
     if record["failed_cells"]:
         lines += ["## Failed cells", ""]
-        for row in record["cells"]:
-            if row["status"] == "failed" and row["method"] == next(
-                    name for name in settings["methods"] if METHODS[name].codec == row["codec"]):
-                lines += [f"- `{row['run_dir']}`: " + (row["error"] or "").splitlines()[0]]
+        errors = {row["run_dir"]: row["error"] for row in record["cells"] if row["status"] == "failed"}
+        lines += [f"- `{run}`: " + ((errors.get(run) or "").splitlines() or [""])[0] for run in record["failed_cells"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -98,7 +96,8 @@ def _provenance(run: dict[str, Any], seeds: bool = False) -> list[str]:
     methods for a part of a merged study)."""
     machine = run["machine"]
     return [(f"- command: `{run['command']}`" if run.get("command") else "- command: (Python API)")
-            + (f" (seeds {run['seeds']}, methods {', '.join(run['methods'])})" if seeds else ""),
+            + (f" (seeds {run['seeds']}, methods {', '.join(run['methods'])}, strides {run.get('strides')})"
+               if seeds else ""),
             f"- commit: {run['commit']}; started {run['started']}; wall time {run['wall_seconds']:.0f} s",
             f"- machine: {machine['cpu']}, {machine['cpu_count']} cores; torch {machine['torch']}"
             + (f"; GPU {machine['cuda']}" if machine.get("cuda") else "")]
@@ -126,7 +125,8 @@ def _part_b_tables(record, dataset, settings) -> list[str]:
     lines += ["", f"### {dataset}: cost", "",
               "Training images/s (whole step, mean over epochs and seeds) and milliseconds of pooling + head + "
               "decoding for a batch of 32 on the study's device (the part of the network that changes with the "
-              "stride).", "",
+              "stride)." + (" Merged runs: the means mix runs that may have had other machines or loads."
+                            if settings.get("parts") else ""), "",
               f"| method | {' | '.join(f'stride {s}: img/s, head+decode ms' for s in strides)} |",
               "|---|" + "---:|" * len(strides)]
     for method in settings["methods"]:
