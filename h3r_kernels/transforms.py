@@ -20,6 +20,7 @@ from . import ops
 from .dispatch import decode_output_grads
 from .spec import compute_dtype
 
+
 def differentiating(needs_grad: bool) -> bool:
     """Whether a call must take this module's path: a forward-AD level or a ``jvp`` transform is
     active, or a ``grad`` transform is and the call ``needs_grad`` (its input requires a gradient,

@@ -92,8 +92,8 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def _provenance(run: dict[str, Any], seeds: bool = False) -> list[str]:
-    """How a run was made: command, commit, start and wall time, machine (with its seeds and
-    methods for a part of a merged study)."""
+    """How a run was made: command, commit, start and wall time, machine (with its seeds, methods
+    and strides for a part of a merged study)."""
     machine = run["machine"]
     return [(f"- command: `{run['command']}`" if run.get("command") else "- command: (Python API)")
             + (f" (seeds {run['seeds']}, methods {', '.join(run['methods'])}, strides {run.get('strides')})"
