@@ -30,9 +30,9 @@ from tqdm import tqdm
 from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, checkpoint_checksum,  # noqa: F401 (re-exported)
                              load_checkpoint)
 from h3r.codecs import build_codec
-from h3r.configs import TrainConfig, config_from_dict, unused_settings
+from h3r.configs import TrainConfig, absolute_path, config_from_dict, unused_settings
 from h3r.crops import CropDataset, eval_crop
-from h3r.data import check_reader_options, open_dataset, require_items
+from h3r.data import check_reader_options, open_dataset, require_items, require_mirror
 from h3r.data.base import LandmarkDataset
 from h3r.loading import WorkerCollate
 from h3r.models import build_model
@@ -69,9 +69,8 @@ def predict(model: torch.nn.Module, codec, dataset: LandmarkDataset, crop: CropC
 
     ``loader``: an :func:`eval_loader` of the same ``dataset`` and ``crop`` to use instead of a new
     one (then ``batch_size``, ``workers`` and ``indices`` are its own)."""
-    if flip_test and not dataset.mirror_known:
-        raise ValueError(f"flip_test: the left/right pairs of {dataset.name}'s {dataset.num_keypoints} landmarks are "
-                         f"unknown, so the mirrored prediction cannot be mapped back; evaluate with --no-flip-test")
+    if flip_test:
+        require_mirror(dataset, "flip_test", "the mirrored prediction cannot be mapped back; evaluate with --no-flip-test")
     if loader is None:
         loader = eval_loader(dataset, crop, device=device, batch_size=batch_size, workers=workers, indices=indices)
     swap = flip_permutation(dataset.num_keypoints, dataset.flip_pairs)
@@ -304,7 +303,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     checkpoint = load_checkpoint(checkpoint_path)
     config = config_from_dict({**checkpoint["config"], **decoder}, source=f"{checkpoint['path']} configuration")
     if data_root is not None:
-        data_root = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
+        data_root = absolute_path(data_root)
     same_data = (dataset is None or dataset == config.dataset) and (data_root is None or data_root == config.data_root)
     dataset_name = dataset or config.dataset
     root = data_root if data_root is not None else (config.data_root if dataset_name == config.dataset else None)

@@ -35,7 +35,7 @@ from h3r.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CheckpointWrite
                              load_checkpoint, reconcile_run_folder, save_atomic)
 from h3r.configs import RUNTIME_FIELDS, TrainConfig, config_from_dict, flat_settings
 from h3r.crops import CropDataset, eval_crop
-from h3r.data import check_reader_options, open_dataset, require_items, verify_readable
+from h3r.data import check_reader_options, open_dataset, require_items, require_mirror, verify_readable
 from h3r.evaluate import (check_output_folder, dataset_metrics, draw_predictions, eval_loader, mean_shape,
                           mean_shape_predictions, model_and_codec, predict, write_report)
 from h3r.loading import EpochBatches, WorkerCollate
@@ -152,9 +152,8 @@ def training_crops(config: TrainConfig, train_data) -> CropDataset:
     """The augmented crops of the training split. With ``gpu_augment`` the workers only decode and cut
     the region the warp reads (a dataset with an image cache sends no pixels: the device reads its own
     copy of the cache), and the device warps and jitters (:class:`DeviceAugment`): the same crops."""
-    if config.crop.flip_prob > 0 and not train_data.mirror_known:
-        raise ValueError(f"flip_prob: the left/right pairs of {train_data.name}'s {train_data.num_keypoints} landmarks "
-                         f"are unknown, so a flipped crop would mislabel them; set flip_prob = 0")
+    if config.crop.flip_prob > 0:
+        require_mirror(train_data, "flip_prob", "a flipped crop would mislabel them; set flip_prob = 0")
     if config.gpu_augment:
         return DeviceCropDataset(train_data, config.crop, seed=config.seed,
                                  cached_pixels=train_data.image_cache is not None)

@@ -114,13 +114,12 @@ class _Decode(torch.autograd.Function):
     def backward(ctx, grad_coords, grad_scores):
         heatmaps, indices = ctx.saved_tensors
         grad_coords, grad_scores = decode_output_grads(heatmaps, grad_coords, grad_scores)
+        arguments = (heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights, ctx.backend)
         with _named("h3r::decode_backward"):
             if torch.is_grad_enabled():  # create_graph=True: the result is first-order only (connected to the maps)
-                grad = first_order("h3r::decode_backward", run_decode_backward, heatmaps, indices, grad_coords,
-                                   grad_scores, ctx.method, ctx.weights, ctx.backend)
+                grad = first_order("h3r::decode_backward", run_decode_backward, *arguments)
             else:
-                grad = run_decode_backward(heatmaps, indices, grad_coords, grad_scores, ctx.method, ctx.weights,
-                                           ctx.backend)
+                grad = run_decode_backward(*arguments)
         return grad, *(None,) * 5
 
 

@@ -131,7 +131,7 @@ class TrainConfig:
                              f"cells ({side}x{side} = {side * side} at input {input_size} px, stride {self.stride}); "
                              f"got {self.topk}")
         if self.data_root is not None:  # stored absolute: the run resumes and evaluates from any folder
-            self.data_root = os.path.abspath(os.path.expanduser(os.fspath(self.data_root)))
+            self.data_root = absolute_path(self.data_root)
         non_negative = {"workers": self.workers, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
                         "grad_clip": self.grad_clip, "draw": self.draw, "min_lr_ratio": self.min_lr_ratio}
         for name, value in non_negative.items():
@@ -161,6 +161,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field, the crop settings as a ``crop`` table (:func:`config_from_dict` reads it back)."""
         return dataclasses.asdict(self)
+
+
+def absolute_path(path) -> str:
+    """``path`` (``~`` expanded) as an absolute path string: how a run stores and compares its data root."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 # Settings read by some codecs only, and the schedule's own.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from h3r.data.base import LandmarkDataset, Sample, landmark_box
-from h3r.data.checks import require_items, verify_readable
+from h3r.data.checks import require_items, require_mirror, verify_readable
 
 
 # What ``root`` must hold, shown when it is missing.
@@ -116,4 +116,4 @@ def _has_annotated_type(value: Any, annotation: Any) -> bool:
 
 
 __all__ = ["DATASET_NAMES", "READERS", "LandmarkDataset", "Sample", "check_reader_options", "landmark_box",
-           "open_dataset", "reader_class", "require_items", "verify_readable"]
+           "open_dataset", "reader_class", "require_items", "require_mirror", "verify_readable"]

@@ -166,6 +166,14 @@ def require_items(dataset, root: str | None = None) -> None:
                          f"the reader could use)")
 
 
+def require_mirror(dataset, option: str, consequence: str) -> None:
+    """Refuse ``option`` (a flip test, flip augmentation) on a dataset whose left/right landmark pairs
+    are unknown (``mirror_known`` False): ``consequence`` says what would go wrong and how to avoid it."""
+    if not dataset.mirror_known:
+        raise ValueError(f"{option}: the left/right pairs of {dataset.name}'s {dataset.num_keypoints} landmarks are "
+                         f"unknown, so {consequence}")
+
+
 def verify_readable(dataset, count: int | None = 1) -> None:
     """Decode the images of the first ``count`` items of ``dataset`` (all items for ``None``).
 

@@ -495,17 +495,18 @@ def _decode_backward_kernel(
     centre_x = tl.sum(tl.where(valid, weights * x, 0.0), axis=1, keep_dims=True)
     centre_y = tl.sum(tl.where(valid, weights * y, 0.0), axis=1, keep_dims=True)
     direction = (x - centre_x) * grad_x + (y - centre_y) * grad_y
+    peak = _peak_value(values, slots, PEAK_SLOT)
     if METHOD == METHOD_ARGMAX:
         slot_grad = tl.zeros([1, SLOTS], values.dtype)
     elif WEIGHTS == WEIGHTING_SOFTMAX:
         slot_grad = weights * direction
     else:
-        scale = _linear_scale(_peak_value(values, slots, PEAK_SLOT))
+        scale = _linear_scale(peak)
         total = tl.sum(_positive(values, valid) / scale, axis=1, keep_dims=True)
         slot_grad = tl.where(values > 0, direction / scale / tl.where(total > 0, total, 1.0), 0.0)
         slot_grad = tl.where(total > 0, slot_grad, 0.0)  # the peak fallback is piecewise constant
     # A non-finite maximum (NaN, +-inf) makes the coordinates piecewise constant: no gradient.
-    live = valid & _is_finite(_peak_value(values, slots, PEAK_SLOT))
+    live = valid & _is_finite(peak)
     slot_grad = tl.where(live, slot_grad, 0.0) + tl.where(slots == PEAK_SLOT, grad_score, 0.0)
     tl.store(grad_map_ptr + safe, slot_grad.to(grad_ptr.dtype.element_ty), mask=valid)
 
