@@ -470,6 +470,20 @@ def test_verify_readable_on_a_cofw_image(tmp_path):
         verify_readable(dataset)
 
 
+@pytest.mark.parametrize("mat_format", ["7.3", "5"])
+def test_cofw_file_rewritten_with_fewer_images_after_opening(tmp_path, mat_format):
+    path = write_cofw(str(tmp_path), "train", faces(3, 29), mat_format=mat_format)
+    dataset = open_dataset("cofw", str(tmp_path), "train")
+    verify_readable(dataset)
+    write_cofw(str(tmp_path), "train", faces(2, 29), mat_format=mat_format)
+    status = os.stat(path)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))  # a new mtime even on a coarse clock
+    verify_readable(dataset, count=2)
+    with pytest.raises(ValueError, match=r"cofw train: item 2: cannot read image .*COFW_train_color.mat, IsTr, 2: "
+                                         r".*IsTr\{3\} asked for, but 'IsTr' holds 2 images \(was the file rewritten"):
+        verify_readable(dataset, count=None)
+
+
 def test_verify_readable_on_a_pre_hdf5_cofw_file_damaged_after_opening(tmp_path):
     path = write_cofw(str(tmp_path), "train", faces(2, 29), mat_format="5")
     dataset = open_dataset("cofw", str(tmp_path), "train")

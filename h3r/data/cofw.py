@@ -15,7 +15,9 @@ The test file names them ``IsT``, ``phisT``, ``bboxesT``.
 
 MATLAB stores arrays column-major, so h5py sees every v7.3 matrix transposed: ``IsTr`` is
 ``(1, N)`` object references to ``(3, W, H)`` or grey ``(W, H)`` datasets, ``phisTr``
-``(87, N)``, ``bboxesTr`` ``(4, N)``. Images are read on demand, one per call. scipy gives a
+``(87, N)``, ``bboxesTr`` ``(4, N)``. Images are read on demand, one per call: the file is
+opened, one reference of the cell and that image's pixels are read (so the file may be
+rewritten in between; an image index beyond a rewritten cell is a ``ValueError``). scipy gives a
 v5/v7 file in MATLAB's orientation (``IsTr`` an ``(N, 1)`` or ``(1, N)`` object array of
 ``(H, W, 3)`` / ``(H, W)`` arrays). Such a file cannot be read in parts, so the first read in a
 process loads all of it and keeps it in a per-process cache of the last two files, keyed by
@@ -118,23 +120,46 @@ def _matrix(item, path: str, variable: str, rows: int, transposed: bool) -> np.n
     return matrix
 
 
-def _image_references(file: h5py.File, path: str, variable: str) -> np.ndarray:
-    """The v7.3 cell ``variable`` as a flat array of object references."""
+def _image_cell_dataset(file: h5py.File, path: str, variable: str) -> h5py.Dataset:
+    """The v7.3 cell ``variable``, checked from its metadata to be an N×1 cell (nothing read)."""
     cell = _variable(file, path, variable)
     if not isinstance(cell, h5py.Dataset) or cell.dtype != h5py.ref_dtype or cell.ndim != 2 or 1 not in cell.shape:
         raise ValueError(f"{path}: '{variable}' should be an N×1 cell of images (h5py (1, N) object references), "
                          f"got {getattr(cell, 'dtype', type(cell).__name__)} {getattr(cell, 'shape', '')}")
+    return cell
+
+
+def _require_entry(path: str, variable: str, index: int, count: int) -> None:
+    if index >= count:
+        raise ValueError(f"{path}: {variable}{{{index + 1}}} asked for, but '{variable}' holds {count} images "
+                         f"(was the file rewritten after the dataset was opened?)")
+
+
+def _image_references(file: h5py.File, path: str, variable: str) -> np.ndarray:
+    """The v7.3 cell ``variable`` as a flat array of object references."""
+    cell = _image_cell_dataset(file, path, variable)
     try:
         return np.asarray(cell).reshape(-1)
     except OSError as error:
         raise ValueError(f"{path}: cannot read '{variable}' (truncated or damaged file?): {error}") from None
 
 
-def _image_dataset(file: h5py.File, path: str, variable: str, references: np.ndarray, index: int) -> h5py.Dataset:
-    """The dataset cell ``index`` refers to, checked to be a uint8 image (no pixels read)."""
+def _image_reference(file: h5py.File, path: str, variable: str, index: int) -> h5py.Reference:
+    """The reference of cell entry ``index`` alone: one element read, not the whole cell."""
+    cell = _image_cell_dataset(file, path, variable)
+    _require_entry(path, variable, index, cell.size)
+    try:
+        return cell[0, index] if cell.shape[0] == 1 else cell[index, 0]
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read '{variable}' (truncated or damaged file?): {error}") from None
+
+
+def _image_dataset(file: h5py.File, path: str, variable: str, reference: h5py.Reference,
+                   index: int) -> h5py.Dataset:
+    """The dataset ``reference`` (cell entry ``index``) refers to, checked to be a uint8 image (no pixels read)."""
     where = f"{path}: {variable}{{{index + 1}}}"
     try:
-        target = file[references[index]]
+        target = file[reference]
     except (ValueError, OSError, KeyError) as error:
         raise ValueError(f"{where}: the cell's reference does not resolve (damaged file?): {error}") from None
     if not isinstance(target, h5py.Dataset) or not _is_image(target.shape[::-1], target.dtype):
@@ -154,6 +179,7 @@ def _image_cell(mat: dict[str, np.ndarray], path: str, variable: str) -> np.ndar
 
 def _image_array(cell: np.ndarray, path: str, variable: str, index: int) -> np.ndarray:
     """Entry ``index`` of a v5/v7 cell, checked to be a uint8 image."""
+    _require_entry(path, variable, index, cell.size)
     image = cell[index]
     if not isinstance(image, np.ndarray) or not _is_image(image.shape, image.dtype):
         raise ValueError(f"{path}: {variable}{{{index + 1}}} is not a uint8 image (MATLAB H×W×3 or H×W), "
@@ -169,9 +195,9 @@ def read_cofw_image(path: str, variable: str, index: int) -> np.ndarray:
         pixels = _image_array(_image_cell(_loaded_mat5(path), path, variable), path, variable, index)
         return as_rgb(np.array(pixels, order="C"), source=source)  # a copy: the cache keeps the original
     with _open_mat73(path) as file:
-        references = _image_references(file, path, variable)
+        reference = _image_reference(file, path, variable, index)
         try:
-            pixels = np.asarray(_image_dataset(file, path, variable, references, index))
+            pixels = np.asarray(_image_dataset(file, path, variable, reference, index))
         except OSError as error:
             raise ValueError(f"{path}: cannot read {variable}{{{index + 1}}} (truncated or damaged file?): "
                              f"{error}") from None
@@ -194,7 +220,7 @@ def _read_mat73(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         references = _image_references(file, path, images)
         _require_counts(path, split, references.size, phis, xywh)
         for index in range(references.size):
-            _image_dataset(file, path, images, references, index)
+            _image_dataset(file, path, images, references[index], index)
     return phis, xywh
 
 
