@@ -46,6 +46,8 @@ Codecs (each trains its own target and loss; --refine / --topk-weights pick the 
   h3r        randomized rounding: a binary target at one of the 4 neighbouring cells, drawn
              every step with bilinear probabilities; BCE; top-k decoding (k=9; --topk-weights
              softmax = the authors' decoder on raw logits, linear = probability-weighted mean)
+  h3r-gaussian  the same rounding, a Gaussian (--sigma) at the drawn cell instead of a single 1;
+             BCE; decoded from the window of +-(ceil(3 sigma) + 1) cells around the arg-max
   gaussian   vanilla (HRNet/SimpleBaseline): Gaussian at the nearest cell; MSE; arg-max with
              --refine none or quarter (default: a quarter cell towards the larger neighbour)
   dark       DARK: the unbiased Gaussian at the continuous keypoint; MSE; arg-max + DARK's
@@ -107,6 +109,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and codec")
     model.add_argument("--codec", choices=CODECS,
                        help="h3r: randomized-rounding binary target + BCE, top-k decoding; "
+                            "h3r-gaussian: the same with a Gaussian at the drawn cell, window decoding; "
                             "gaussian: Gaussian at the nearest cell + MSE, arg-max decoding; "
                             "dark: unbiased Gaussian + MSE, DARK refinement; "
                             "integral: soft-argmax + L1 (see below)")
@@ -121,9 +124,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="input pixels per heatmap cell (default 4): the heatmap is input-size/stride cells "
                             "wide, with the same backbone and input")
     model.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder (default 9)")
-    model.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r: decoder weights (default softmax)")
+    model.add_argument("--topk-weights", choices=TOPK_WEIGHTS,
+                       help="h3r, h3r-gaussian: decoder weights (default softmax)")
     model.add_argument("--sigma", type=float, metavar="CELLS",
-                       help="gaussian, dark: sigma in heatmap cells (default: see below)")
+                       help="h3r-gaussian, gaussian, dark: sigma in heatmap cells (default: see below)")
     model.add_argument("--refine", choices=REFINEMENTS,
                        help="gaussian, dark: sub-cell refinement after the arg-max (default quarter for gaussian, "
                             "dark for dark)")
@@ -206,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="images with drawn predictions (default 8)")
     decoder = eval_parser.add_argument_group("decoder (default: the run's)")
     decoder.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder")
-    decoder.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r: softmax (authors') or linear")
+    decoder.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r, h3r-gaussian: softmax (authors') or linear")
     decoder.add_argument("--refine", choices=REFINEMENTS, help="gaussian, dark: sub-cell refinement")
 
     study_parser = commands.add_parser("study", help="accuracy vs heatmap stride, H3R against the baselines",

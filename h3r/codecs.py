@@ -27,6 +27,13 @@ The codecs (``build_codec(name)``; :data:`CODEC_NAMES`):
   keypoint. Loss: binary cross-entropy on the logits. Decoding: the softmax-weighted mean
   of the ``k`` largest logits (k = 9, as in the released H3R code), or the
   probability-weighted mean (``weights="linear"``, the theory's lossless decoder).
+* ``"h3r-gaussian"``, :class:`H3RCodec` with ``sigma > 0`` — the paper's second kind of
+  heatmap (its authors name a binary and a Gaussian one; which loss and decoder go with the
+  Gaussian is not published): the same randomized rounding, then a Gaussian
+  ``exp(-d²/2σ²)`` of the Gaussian codecs' σ centred on the drawn cell; BCE; decoded from
+  the window of ``±(⌈3σ⌉ + 1)`` cells around the arg-max (:attr:`H3RCodec.window`), whose
+  probability-weighted mean is the keypoint on the expected target, up to the Gaussian's
+  tail beyond the window (part A of the study measures it).
 * ``"gaussian"``, :class:`GaussianCodec` — vanilla heatmap regression: an unnormalised
   Gaussian ``exp(-d²/2σ²)`` at the *nearest* cell, mean-squared error, arg-max decoding
   with an optional sub-cell refinement (none, the classic quarter offset, or DARK's step).
@@ -44,9 +51,9 @@ import torch
 import torch.nn.functional as F
 
 import h3r_kernels
-from h3r_kernels import spec
+from h3r_kernels import checks, spec
 
-CODEC_NAMES = ("h3r", "gaussian", "dark", "integral")
+CODEC_NAMES = ("h3r", "h3r-gaussian", "gaussian", "dark", "integral")
 GAUSSIAN_REFINEMENTS = ("none", "quarter", "dark")
 TOPK_WEIGHTS = spec.names(spec.Weighting)  # the decode op's weightings: softmax, linear
 MAX_TOPK = spec.MAX_K  # the most activations the top-k decoder averages
@@ -80,27 +87,45 @@ def heatmap_size(input_size: int, stride: int) -> tuple[int, int]:
 
 
 class H3RCodec:
-    """Randomized-rounding binary targets, BCE loss, top-k decoding (Yu & Tao, TPAMI 2021).
+    """Randomized-rounding targets, BCE loss, top-k decoding (Yu & Tao, TPAMI 2021).
 
     Args:
         stride: input pixels per heatmap cell.
-        k: number of largest activations averaged by the decoder.
-        weights: ``"softmax"`` of the top-k logits (the released H3R decoder) or
-            ``"linear"`` (weights proportional to the top-k probabilities: the theory's
+        k: number of largest activations averaged by the decoder (binary target).
+        weights: ``"softmax"`` of the selected logits (the released H3R decoder) or
+            ``"linear"`` (weights proportional to the selected probabilities: the theory's
             decoder, lossless on the expected target).
+        sigma: 0 (codec ``"h3r"``): the binary target, a single 1 at the drawn cell, read
+            from the top ``k`` activations. ``> 0`` (codec ``"h3r-gaussian"``): a Gaussian of
+            ``sigma`` cells, peak 1, centred on the drawn cell, read from the
+            :attr:`window` around the arg-max instead of the top ``k``.
     """
 
-    name = "h3r"
-
-    def __init__(self, stride: int = 4, k: int = 9, weights: str = "softmax"):
+    def __init__(self, stride: int = 4, k: int = 9, weights: str = "softmax", sigma: float = 0.0):
         if weights not in TOPK_WEIGHTS:
             raise ValueError(f"weights: expected one of {', '.join(TOPK_WEIGHTS)}, got {weights!r}")
         self.stride = stride
         self.k = k
         self.weights = weights
+        self.sigma = checks.as_sigma(sigma)
+        if self.sigma and self.window**2 > spec.MAX_WINDOW_CELLS:
+            largest = (math.isqrt(spec.MAX_WINDOW_CELLS) // 2 - 2) / 3
+            raise ValueError(f"sigma: at most {largest:.3g} cells for h3r-gaussian (its decoder's window of "
+                             f"2 * (ceil(3 sigma) + 1) + 1 cells per side holds at most {spec.MAX_WINDOW_CELLS} "
+                             f"cells), got {sigma!r}")
+
+    @property
+    def name(self) -> str:
+        return "h3r" if self.sigma == 0 else "h3r-gaussian"
+
+    @property
+    def window(self) -> int:
+        """Side of the square the Gaussian target's decoder reads around the arg-max:
+        ``2 (⌈3σ⌉ + 1) + 1`` cells, the drawn cell's ±3σ and the one cell of rounding."""
+        return 2 * (math.ceil(3 * self.sigma) + 1) + 1
 
     def __repr__(self) -> str:
-        return f"H3RCodec(stride={self.stride}, k={self.k}, weights={self.weights!r})"
+        return f"H3RCodec(stride={self.stride}, k={self.k}, weights={self.weights!r}, sigma={self.sigma})"
 
     def initial_logit(self, size: tuple[int, int]) -> float:
         """The logit a fresh head should output everywhere: the log-odds of the target's prior.
@@ -109,14 +134,21 @@ class H3RCodec:
         ``-log(H W - 1)`` (the "prior" initialisation of focal loss). Starting at logit 0
         instead, BCE training on these targets first spends its steps pushing the whole map
         down and, in our runs on 16x16 maps, then got stuck at errors worse than predicting
-        the mean shape.
+        the mean shape. A Gaussian target of ``sigma`` cells centred on a cell sums to
+        ``m = (Σ_i exp(-i²/2σ²))²`` instead of 1: the logit is ``log(m / (H W - m))``.
         """
         height, width = size
-        return -math.log(max(height * width - 1, 1))
+        if self.sigma == 0:
+            return -math.log(max(height * width - 1, 1))
+        reach = math.ceil(6 * self.sigma)
+        mass = sum(math.exp(-offset**2 / (2 * self.sigma**2)) for offset in range(-reach, reach + 1)) ** 2
+        mass = min(mass, height * width / 2)  # a Gaussian as wide as the map: at most even odds
+        return math.log(mass / (height * width - mass))
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
              seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
-        """Mean BCE of ``logits`` (B, K, H, W) against a freshly rounded binary target.
+        """Mean BCE of ``logits`` (B, K, H, W) against a freshly rounded target (binary, or
+        the Gaussian of ``sigma`` cells at the drawn cell).
 
         ``keypoints`` (B, K, 2) are input pixels; ``seed`` fixes the rounding draws (None:
         drawn from torch's default generator; a 0-d integer tensor on the logits' device is
@@ -125,7 +157,7 @@ class H3RCodec:
         """
         return h3r_kernels.heatmap_loss(
             logits, _to_heatmap_units(keypoints, logits, self.stride), _on(visible, logits),
-            sigma=0.0, rounding="random", seed=seed, loss="bce", reduction="mean",
+            sigma=self.sigma, rounding="random", seed=seed, loss="bce", reduction="mean",
         )
 
     def targets(self, keypoints: torch.Tensor, size: tuple[int, int], visible: Optional[torch.Tensor] = None,
@@ -133,9 +165,9 @@ class H3RCodec:
         """The target heatmaps (B, K, H, W) the loss compares against (for inspection and figures).
 
         ``expected=True`` gives the average over all roundings: the bilinear weights of the
-        4 neighbouring cells.
+        4 neighbouring cells (with ``sigma``: the same mixture of 4 Gaussians).
         """
-        return h3r_kernels.encode(keypoints / self.stride, size, visible, sigma=0.0, rounding="random",
+        return h3r_kernels.encode(keypoints / self.stride, size, visible, sigma=self.sigma, rounding="random",
                                   seed=seed, expected=expected)
 
     def ideal_output(self, keypoints: torch.Tensor, size: tuple[int, int],
@@ -152,14 +184,17 @@ class H3RCodec:
     def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(coords (B, K, 2) input pixels, scores (B, K) = the largest probability, sigmoid(logit))``.
 
-        ``weights="softmax"`` weighs the top-k raw logits (the released decoder);
-        ``"linear"`` weighs the top-k probabilities ``sigmoid(logit)`` in proportion.
+        ``weights="softmax"`` weighs the selected raw logits (the released decoder);
+        ``"linear"`` weighs the selected probabilities ``sigmoid(logit)`` in proportion. The
+        selection: the top ``k`` (binary target), or the :attr:`window` around the arg-max
+        (Gaussian target).
         """
+        selection = {"method": "topk", "k": self.k} if self.sigma == 0 else {"method": "local", "window": self.window}
         if self.weights == "softmax":  # reads bfloat16/float16 logits as they are, computes in float32
-            coords, max_logits = h3r_kernels.decode(logits, method="topk", k=self.k, weights="softmax")
+            coords, max_logits = h3r_kernels.decode(logits, weights="softmax", **selection)
             scores = torch.sigmoid(max_logits)
         else:
-            coords, scores = h3r_kernels.decode(logits.float().sigmoid(), method="topk", k=self.k, weights="linear")
+            coords, scores = h3r_kernels.decode(logits.float().sigmoid(), weights="linear", **selection)
         return coords * self.stride, scores
 
 
@@ -427,20 +462,23 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
     """The codec called ``name`` (one of :data:`CODEC_NAMES`).
 
     * ``"h3r"``: :class:`H3RCodec` (``k``, ``weights``);
+    * ``"h3r-gaussian"``: :class:`H3RCodec` with a Gaussian target of ``sigma`` (``weights``);
     * ``"gaussian"``: :class:`GaussianCodec` at the nearest cell, ``refine`` default ``"quarter"``;
     * ``"dark"``: :class:`GaussianCodec` with the unbiased target, ``refine`` default ``"dark"``;
     * ``"integral"``: :class:`IntegralCodec`.
 
-    For the Gaussian codecs ``sigma=None`` picks :func:`default_gaussian_sigma` for an
+    For the codecs with a Gaussian ``sigma=None`` picks :func:`default_gaussian_sigma` for an
     ``input_size`` crop (required then), the ``stride`` and the ``task`` (``"face"``/``"pose"``).
     """
     if name == "h3r":
         return H3RCodec(stride=stride, k=k, weights=weights)
+    if name in ("h3r-gaussian", "gaussian", "dark") and sigma is None:
+        if input_size is None:
+            raise ValueError("sigma: give sigma, or input_size to choose the default sigma")
+        sigma = default_gaussian_sigma(input_size, stride, task)
+    if name == "h3r-gaussian":
+        return H3RCodec(stride=stride, k=k, weights=weights, sigma=sigma)
     if name in ("gaussian", "dark"):
-        if sigma is None:
-            if input_size is None:
-                raise ValueError("sigma: give sigma, or input_size to choose the default sigma")
-            sigma = default_gaussian_sigma(input_size, stride, task)
         rounding, default_refine = ("nearest", "quarter") if name == "gaussian" else ("none", "dark")
         return GaussianCodec(stride=stride, sigma=sigma, refine=refine or default_refine, rounding=rounding)
     if name == "integral":

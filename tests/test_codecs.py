@@ -46,7 +46,7 @@ def test_dark_blur_kernel_follows_the_opencv_rule():
 
 
 def test_codec_names_and_their_parts():
-    assert CODEC_NAMES == ("h3r", "gaussian", "dark", "integral")
+    assert CODEC_NAMES == ("h3r", "h3r-gaussian", "gaussian", "dark", "integral")
     vanilla, dark = build_codec("gaussian", 8, input_size=64), build_codec("dark", 8, input_size=64)
     assert (vanilla.rounding, vanilla.refine, vanilla.name) == ("nearest", "quarter", "gaussian")
     assert (dark.rounding, dark.refine, dark.name) == ("none", "dark", "dark")
@@ -54,6 +54,16 @@ def test_codec_names_and_their_parts():
     assert isinstance(build_codec("integral", 8), IntegralCodec)
     with pytest.raises(ValueError, match="rounding: expected one of nearest, none"):
         GaussianCodec(rounding="random")
+    binary, smooth = build_codec("h3r", 8, input_size=64), build_codec("h3r-gaussian", 8, input_size=64)
+    assert (binary.name, binary.sigma, smooth.name, smooth.sigma) == ("h3r", 0.0, "h3r-gaussian", vanilla.sigma)
+    assert [H3RCodec(sigma=sigma).window for sigma in (0.25, 0.5, 1.0, 2.0)] == [5, 7, 9, 15]
+    assert build_codec("h3r-gaussian", 4, sigma=1.5, weights="linear").weights == "linear"
+    with pytest.raises(ValueError, match=r"sigma: at most 4.67 cells for h3r-gaussian \(its decoder's window"):
+        H3RCodec(sigma=4.7)
+    with pytest.raises(ValueError, match="sigma: expected a finite number >= 0"):
+        H3RCodec(sigma=-1.0)
+    with pytest.raises(ValueError, match="sigma: give sigma, or input_size"):
+        build_codec("h3r-gaussian", 4)
 
 
 def test_default_sigma_covers_the_same_input_area_at_every_stride():
@@ -95,3 +105,26 @@ def test_ideal_outputs_measure_each_codecs_own_error():
     mean_error = (coords - keypoints).norm(dim=-1).mean().item()
     closed_form = 4 * (math.sqrt(2) + math.log(1 + math.sqrt(2))) / 6
     assert abs(mean_error / closed_form - 1) < 0.03
+
+
+@pytest.mark.parametrize("sigma", [0.25, 0.5, 1.0, 2.0])
+def test_h3r_gaussian_codec(sigma):
+    """The Gaussian H3R target: the loss is BCE against the rendered target of the same draw, the
+    expected target decodes to the keypoint in the interior, the initial logit is the target's prior."""
+    codec = H3RCodec(stride=4, weights="linear", sigma=sigma)
+    side, margin = 32, codec.window // 2 + 1  # keypoints whose window and Gaussian lie on the map
+    generator = torch.Generator().manual_seed(1)
+    keypoints = (margin + torch.rand(2, 300, 2, generator=generator) * (side - 1 - 2 * margin)) * 4
+    logits = torch.randn(2, 300, side, side, generator=generator)
+    target = codec.targets(keypoints, (side, side), seed=5)
+    assert torch.equal(target.amax(dim=(2, 3)), torch.ones(2, 300))  # peak 1 on the drawn cell
+    torch.testing.assert_close(codec.loss(logits, keypoints, seed=5),
+                               torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
+    coords, _ = codec.decode(codec.ideal_output(keypoints, (side, side)))
+    assert (coords - keypoints).norm(dim=-1).max() < 0.05  # input pixels; 0.004 px at sigma = 2, below 2e-4 under 1
+    prior = torch.sigmoid(torch.tensor(codec.initial_logit((side, side)), dtype=torch.float64))
+    torch.testing.assert_close(prior, target.double().mean(), rtol=1e-4, atol=0)
+    softmax = H3RCodec(stride=4, sigma=sigma)  # the authors' weighting on the same window: p/(1-p), not p
+    coords, _ = softmax.decode(softmax.ideal_output(keypoints, (side, side)))
+    assert 0.05 < (coords - keypoints).norm(dim=-1).mean() < 0.4  # 0.36 px at sigma 0.25, 0.09 at 2
+

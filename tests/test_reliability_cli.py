@@ -236,6 +236,19 @@ def test_options_a_codec_does_not_read_are_noted(capsys, tmp_path, run_folder):
     assert code == 0 and "h3r eval: note: ignored refine (read by the gaussian and dark codecs, not h3r)" in err
 
 
+def test_h3r_gaussian_trains_and_evaluates_with_its_sigma(capsys, tmp_path):
+    code, _, err = run(capsys, "train", *TINY, "--codec", "h3r-gaussian", "--sigma", "0.75", "--topk", "5",
+                       "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "ignored topk (read by the h3r codec, not h3r-gaussian)" in err and "ignored sigma" not in err
+    assert (cli_config(tmp_path / "run")["codec"], cli_config(tmp_path / "run")["sigma"]) == ("h3r-gaussian", 0.75)
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--topk-weights", "linear",
+                       "--draw", "0", "--out", str(tmp_path / "e"))
+    assert code == 0 and "ignored" not in err, err
+    code, _, err = run(capsys, "train", *TINY, "--codec", "h3r-gaussian", "--sigma", "5", "--out", str(tmp_path / "r"))
+    assert code == 2 and "sigma: at most 4.67 cells for h3r-gaussian" in err
+
+
 def test_pretrained_accepts_a_run_folder(capsys, tmp_path, run_folder):
     code, _, err = run(capsys, "train", *TINY, "--pretrained", str(run_folder), "--out", str(tmp_path / "run"))
     assert code == 0, err

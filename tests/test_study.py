@@ -11,6 +11,7 @@ from h3r.cli import build_parser, main
 from h3r.evaluate import evaluate_checkpoint, load_checkpoint
 from h3r.study import PRESETS, run_study
 from h3r.study.grid import cells, train_argv
+from h3r.study.presets import METHODS
 from h3r.study.quantization import VANILLA_MEAN_ERROR, quantization_rows
 
 TINY = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--draw", "0", "--no-progress",
@@ -49,6 +50,20 @@ def test_part_a_matches_the_closed_forms():
             assert abs(sampled["rms_axis_px"][axis] / sampled["theory_rms_axis_px"][axis] - 1) < 0.03
         assert uniform["integral", stride]["applicable"] is False
     assert VANILLA_MEAN_ERROR == pytest.approx(0.3826, abs=1e-4)
+
+
+def test_part_a_uses_the_cells_settings_and_h3r_gaussian_is_asked_for_by_name():
+    """Part A reads each codec as its cells train it: '-- --sigma 1.0' changes the Gaussians of part A too."""
+    smoke = PRESETS["smoke"].with_overrides(strides=(8,), methods=("dark", "h3r-gaussian"))
+    default, wide = quantization_rows(smoke), quantization_rows(smoke, extra=("--sigma", "1.0"))
+    sigmas = {(row["method"], row["points"]): row["sigma_cells"] for row in default if "sigma_cells" in row}
+    assert sigmas == {(method, points): 0.5 for method in ("dark", "h3r-gaussian")
+                      for points in ("ground truth", "uniform")}  # the default for 32-px faces at stride 8
+    assert {row["sigma_cells"] for row in wide if "sigma_cells" in row} == {1.0}
+    assert {row["mean_error_px"] for row in wide if row["method"] == "h3r-gaussian"}.isdisjoint(
+        {row["mean_error_px"] for row in default if row["method"] == "h3r-gaussian"})  # (DARK's step has no cell)
+    assert "h3r-gaussian" not in PRESETS["quick"].methods and "h3r-gaussian" not in PRESETS["smoke"].methods
+    assert PRESETS["full"].methods == tuple(METHODS)
 
 
 SCHEMA_CELL_KEYS = {"dataset", "method", "codec", "stride", "heatmap_size", "seed", "status", "metrics", "metric",

@@ -40,7 +40,7 @@ def _run(step_class, codec_name, grad_clip, steps=5, **extra):
     return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("codec_name", ["h3r", "gaussian", "integral"])
+@pytest.mark.parametrize("codec_name", ["h3r", "h3r-gaussian", "gaussian", "integral"])
 @pytest.mark.parametrize("grad_clip", [0.0, 0.05])
 def test_static_inputs_and_device_seed_give_the_eager_step(codec_name, grad_clip):
     eager_losses, eager_weights = _run(TrainStep, codec_name, grad_clip)

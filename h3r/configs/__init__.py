@@ -70,10 +70,12 @@ class TrainConfig:
     head: str = "binary"
     pretrained: Optional[str] = None  # weights loaded into the model before training
     stride: int = 4  # input pixels per heatmap cell: 4, 8, 16 or 32
-    codec: str = "h3r"  # h3r, gaussian (vanilla), dark (unbiased Gaussian + DARK), integral (soft-argmax + L1)
+    # h3r, h3r-gaussian (a Gaussian at the drawn cell), gaussian (vanilla), dark (unbiased Gaussian + DARK),
+    # integral (soft-argmax + L1): h3r.codecs
+    codec: str = "h3r"
     topk: int = 9  # h3r: activations averaged by the decoder
-    topk_weights: str = "softmax"  # h3r: "softmax" of the top-k logits (released decoder) or "linear" in probabilities
-    sigma: Optional[float] = None  # gaussian, dark: sigma in heatmap cells (None: codecs.default_gaussian_sigma)
+    topk_weights: str = "softmax"  # h3r, h3r-gaussian: "softmax" of logits (released decoder), "linear": probabilities
+    sigma: Optional[float] = None  # h3r-gaussian, gaussian, dark: heatmap cells (None: codecs.default_gaussian_sigma)
     refine: Optional[str] = None  # gaussian, dark: refinement after the arg-max (None: quarter / dark)
 
     # Crop and augmentation: input_size, box_scale, rotation, scale_jitter, translate, flip_prob, colour_jitter,
@@ -169,8 +171,8 @@ def absolute_path(path) -> str:
 
 
 # Settings read by some codecs only, and the schedule's own.
-CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r",), "sigma": ("gaussian", "dark"),
-                  "refine": ("gaussian", "dark")}
+CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r", "h3r-gaussian"),
+                  "sigma": ("h3r-gaussian", "gaussian", "dark"), "refine": ("gaussian", "dark")}
 
 
 def unused_settings(config: TrainConfig, names) -> list[str]:

@@ -26,6 +26,7 @@ the closed forms must hold (``Preset.uniform_points`` of them).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from h3r.codecs import build_codec, dark_blur_radius
 from h3r.configs import load_config
 from h3r.data import open_dataset
-from h3r.study.presets import METHODS, Preset
+from h3r.study.presets import METHODS, Method, Preset
 from h3r.transforms import apply_affine, crop_affine
 
 VANILLA_MEAN_ERROR = (math.sqrt(2) + math.log(1 + math.sqrt(2))) / 6  # × stride: E‖e‖ for uniform offsets
@@ -51,8 +52,25 @@ def ground_truth_in_input_pixels(dataset, input_size: int, box_scale: float) -> 
     return np.concatenate(points) if points else np.zeros((0, 2))
 
 
-def quantization_rows(preset: Preset, data_root: Optional[str] = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Part A rows for every dataset, method and stride of ``preset`` (plus the sampled H3R target)."""
+def method_codec(method: Method, dataset: str, stride: int, preset: Preset, data_root: Optional[str] = None,
+                 extra: tuple[str, ...] = ()):
+    """``method``'s codec as its cells train and score it: the settings of the cell's ``h3r train``
+    (the dataset's defaults, the preset, the arguments after '--' such as ``--sigma``), with the
+    method's decoder settings on top, as ``h3r eval`` applies them."""
+    from h3r.cli import train_config_of
+    from h3r.configs import config_from_dict
+    from h3r.evaluate import codec_of
+    from h3r.study.grid import Cell, train_argv
+
+    cell = Cell(dataset, method.codec, stride, preset.seeds[0])
+    config = train_config_of(train_argv(cell, preset, Path("."), data_root=data_root, extra=extra))
+    return codec_of(config_from_dict({**config.to_dict(), **method.decoder}, source=f"method {method.name}"))
+
+
+def quantization_rows(preset: Preset, data_root: Optional[str] = None, seed: int = 0,
+                      extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Part A rows for every dataset, method and stride of ``preset`` (plus the sampled H3R target);
+    ``extra``: the arguments after '--' the cells train with."""
     rows = []
     for dataset_name in preset.datasets:
         config = load_config(dataset_name, data_root=data_root, input_size=preset.input_size)
@@ -63,12 +81,13 @@ def quantization_rows(preset: Preset, data_root: Optional[str] = None, seed: int
             side = preset.input_size // stride
             uniform = np.random.default_rng([seed, stride]).uniform(0, stride * (side - 1), (preset.uniform_points, 2))
             for label, where in (("ground truth", points), ("uniform", uniform)):
-                rows += stride_rows(dataset_name, label, where, preset, stride, config.task, seed)
+                rows += stride_rows(dataset_name, label, where, preset, stride, seed,
+                                    data_root=data_root, extra=extra)
     return rows
 
 
-def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, stride: int, task: str,
-                seed: int) -> list[dict[str, Any]]:
+def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, stride: int, seed: int, *,
+                data_root: Optional[str] = None, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The rows of one stride for ``points`` (M, 2) in input pixels."""
     side = preset.input_size // stride
     cells = torch.from_numpy(points).float() / stride
@@ -84,16 +103,14 @@ def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, st
             rows.append({**common, "method": name, "applicable": False,
                          "note": "no heatmap target: the coordinate itself is regressed, nothing is quantized"})
             continue
-        codec = build_codec(method.codec, stride, input_size=preset.input_size, task=task,
-                            k=method.decoder.get("topk", 9), weights=method.decoder.get("topk_weights", "softmax"),
-                            refine=method.decoder.get("refine"))
+        codec = method_codec(method, dataset, stride, preset, data_root=data_root, extra=extra)
         decoded = _decode_chunked(codec, keypoints, (side, side))
         row = {**common, "method": name, "applicable": True, **_errors(decoded - keypoints[0])}
         if name == "argmax":
             row["theory_mean_error_px"] = VANILLA_MEAN_ERROR * stride
         if name == "h3r-linear":
             row["theory_mean_error_px"] = 0.0
-        if hasattr(codec, "sigma"):
+        if getattr(codec, "sigma", 0) > 0:
             row["sigma_cells"] = codec.sigma
         if name == "dark":  # the interior: where the Taylor step has its neighbours, 1 < x < W - 2
             interior = ((cells[on_map] > 1.5) & (cells[on_map] < side - 2.5)).all(dim=1)

@@ -207,7 +207,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
 
     say("part A, quantization only: encode the ground truth, decode it back ...")
     part_a_start = time.perf_counter()
-    quantization = quantization_rows(preset, data_root=data_root)
+    quantization = quantization_rows(preset, data_root=data_root, extra=tuple(extra))
     say(f"part A done in {time.perf_counter() - part_a_start:.1f} s")
 
     grid = cells(preset)
