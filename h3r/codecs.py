@@ -27,9 +27,10 @@ The codecs (``build_codec(name)``; :data:`CODEC_NAMES`):
   keypoint. Loss: binary cross-entropy on the logits. Decoding: the softmax-weighted mean
   of the ``k`` largest logits (k = 9, as in the released H3R code), or the
   probability-weighted mean (``weights="linear"``, the theory's lossless decoder).
-* ``"h3r-gaussian"``, :class:`H3RCodec` with ``sigma > 0`` — the paper's second kind of
-  heatmap (its authors name a binary and a Gaussian one; which loss and decoder go with the
-  Gaussian is not published): the same randomized rounding, then a Gaussian
+* ``"h3r-gaussian"``, :class:`H3RCodec` with ``sigma > 0`` — H3R with a Gaussian heatmap
+  (the paper names "binary heatmap" and "gaussian heatmap" as two ways to build the target,
+  as quoted in the authors' issue #7; the loss and decoder of the Gaussian one are not
+  published, these are ours): the same randomized rounding, then a Gaussian
   ``exp(-d²/2σ²)`` of the Gaussian codecs' σ centred on the drawn cell; BCE; decoded from
   the window of ``±(⌈3σ⌉ + 1)`` cells around the arg-max (:attr:`H3RCodec.window`), whose
   probability-weighted mean is the keypoint on the expected target, up to the Gaussian's
@@ -87,7 +88,7 @@ def heatmap_size(input_size: int, stride: int) -> tuple[int, int]:
 
 
 class H3RCodec:
-    """Randomized-rounding targets, BCE loss, top-k decoding (Yu & Tao, TPAMI 2021).
+    """Randomized-rounding targets, BCE loss, top-k (or window) decoding (Yu & Tao, TPAMI 2021).
 
     Args:
         stride: input pixels per heatmap cell.
