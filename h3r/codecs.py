@@ -111,7 +111,7 @@ class H3RCodec:
         self.sigma = checks.as_sigma(sigma)
         if self.sigma and self.window**2 > spec.MAX_WINDOW_CELLS:
             largest = (math.isqrt(spec.MAX_WINDOW_CELLS) // 2 - 2) / 3
-            raise ValueError(f"sigma: at most {largest:.3g} cells for h3r-gaussian (its decoder's window of "
+            raise ValueError(f"sigma: at most {largest:.4g} cells for h3r-gaussian (its decoder's window of "
                              f"2 * (ceil(3 sigma) + 1) + 1 cells per side holds at most {spec.MAX_WINDOW_CELLS} "
                              f"cells), got {sigma!r}")
 
@@ -126,7 +126,8 @@ class H3RCodec:
         return 2 * (math.ceil(3 * self.sigma) + 1) + 1
 
     def __repr__(self) -> str:
-        return f"H3RCodec(stride={self.stride}, k={self.k}, weights={self.weights!r}, sigma={self.sigma})"
+        selection = f"k={self.k}" if self.sigma == 0 else f"sigma={self.sigma}, window={self.window}"
+        return f"H3RCodec(stride={self.stride}, {selection}, weights={self.weights!r})"
 
     def initial_logit(self, size: tuple[int, int]) -> float:
         """The logit a fresh head should output everywhere: the log-odds of the target's prior.
@@ -135,16 +136,20 @@ class H3RCodec:
         ``-log(H W - 1)`` (the "prior" initialisation of focal loss). Starting at logit 0
         instead, BCE training on these targets first spends its steps pushing the whole map
         down and, in our runs on 16x16 maps, then got stuck at errors worse than predicting
-        the mean shape. A Gaussian target of ``sigma`` cells centred on a cell sums to
-        ``m = (Σ_i exp(-i²/2σ²))²`` instead of 1: the logit is ``log(m / (H W - m))``.
+        the mean shape. With a Gaussian target of ``sigma`` cells the prior is the target's
+        mean over the map for a drawn cell anywhere on it, cut by the map's edges:
+        ``p = a(H) a(W) / (H W)`` with ``a(n) = (1/n) Σ_{c<n} Σ_{j<n} exp(-(j-c)²/2σ²)``.
         """
         height, width = size
         if self.sigma == 0:
             return -math.log(max(height * width - 1, 1))
-        reach = math.ceil(6 * self.sigma)
-        mass = sum(math.exp(-offset**2 / (2 * self.sigma**2)) for offset in range(-reach, reach + 1)) ** 2
-        mass = min(mass, height * width / 2)  # a Gaussian as wide as the map: at most even odds
-        return math.log(mass / (height * width - mass))
+
+        def mean_row_sum(cells: int) -> float:  # a(n): the mass on an n-cell axis, averaged over the centre
+            return sum(math.exp(-(j - c) ** 2 / (2 * self.sigma**2)) for c in range(cells)
+                       for j in range(cells)) / cells
+
+        prior = mean_row_sum(height) * mean_row_sum(width) / (height * width)
+        return math.log(prior / (1 - prior))
 
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
              seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
@@ -478,6 +483,9 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
             raise ValueError("sigma: give sigma, or input_size to choose the default sigma")
         sigma = default_gaussian_sigma(input_size, stride, task)
     if name == "h3r-gaussian":
+        if not sigma > 0:
+            raise ValueError(f"sigma: expected a positive number of heatmap cells for h3r-gaussian (0 is the binary "
+                             f"target: codec h3r), got {sigma!r}")
         return H3RCodec(stride=stride, k=k, weights=weights, sigma=sigma)
     if name in ("gaussian", "dark"):
         rounding, default_refine = ("nearest", "quarter") if name == "gaussian" else ("none", "dark")

@@ -58,8 +58,11 @@ def test_codec_names_and_their_parts():
     assert (binary.name, binary.sigma, smooth.name, smooth.sigma) == ("h3r", 0.0, "h3r-gaussian", vanilla.sigma)
     assert [H3RCodec(sigma=sigma).window for sigma in (0.25, 0.5, 1.0, 2.0)] == [5, 7, 9, 15]
     assert build_codec("h3r-gaussian", 4, sigma=1.5, weights="linear").weights == "linear"
-    with pytest.raises(ValueError, match=r"sigma: at most 4.67 cells for h3r-gaussian \(its decoder's window"):
-        H3RCodec(sigma=4.7)
+    with pytest.raises(ValueError, match=r"sigma: at most 4.667 cells for h3r-gaussian \(its decoder's window"):
+        H3RCodec(sigma=4.668)
+    with pytest.raises(ValueError, match=r"sigma: expected a positive number of heatmap cells for h3r-gaussian"):
+        build_codec("h3r-gaussian", 4, sigma=0.0)
+    assert repr(H3RCodec(sigma=1.0)) == "H3RCodec(stride=4, sigma=1.0, window=9, weights='softmax')"
     with pytest.raises(ValueError, match="sigma: expected a finite number >= 0"):
         H3RCodec(sigma=-1.0)
     with pytest.raises(ValueError, match="sigma: give sigma, or input_size"):
@@ -109,8 +112,8 @@ def test_ideal_outputs_measure_each_codecs_own_error():
 
 @pytest.mark.parametrize("sigma", [0.25, 0.5, 1.0, 2.0])
 def test_h3r_gaussian_codec(sigma):
-    """The Gaussian H3R target: the loss is BCE against the rendered target of the same draw, the
-    expected target decodes to the keypoint in the interior, the initial logit is the target's prior."""
+    """The Gaussian H3R target: the loss is BCE against the rendered target of the same draw, and the
+    expected target decodes to the keypoint in the interior."""
     codec = H3RCodec(stride=4, weights="linear", sigma=sigma)
     side, margin = 32, codec.window // 2 + 1  # keypoints whose window and Gaussian lie on the map
     generator = torch.Generator().manual_seed(1)
@@ -122,9 +125,16 @@ def test_h3r_gaussian_codec(sigma):
                                torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
     coords, _ = codec.decode(codec.ideal_output(keypoints, (side, side)))
     assert (coords - keypoints).norm(dim=-1).max() < 0.05  # input pixels; 0.004 px at sigma = 2, below 2e-4 under 1
-    prior = torch.sigmoid(torch.tensor(codec.initial_logit((side, side)), dtype=torch.float64))
-    torch.testing.assert_close(prior, target.double().mean(), rtol=1e-4, atol=0)
     softmax = H3RCodec(stride=4, sigma=sigma)  # the authors' weighting on the same window: p/(1-p), not p
     coords, _ = softmax.decode(softmax.ideal_output(keypoints, (side, side)))
     assert 0.05 < (coords - keypoints).norm(dim=-1).mean() < 0.4  # 0.36 px at sigma 0.25, 0.09 at 2
+
+
+@pytest.mark.parametrize("side, sigma", [(2, 1.0), (4, 1.0), (8, 0.25), (8, 4.0), (16, 0.5), (32, 1.0), (2, 4.6)])
+def test_h3r_gaussian_initial_logit_is_the_targets_prior(side, sigma):
+    """The mean of the target over the map, the drawn cell anywhere on it (edges cut the Gaussian)."""
+    codec = H3RCodec(stride=1, sigma=sigma)
+    cells = grid_of_keypoints(side, per_cell=1)  # every cell centre: rounding keeps them where they are
+    prior = torch.sigmoid(torch.tensor(codec.initial_logit((side, side)), dtype=torch.float64))
+    torch.testing.assert_close(prior, codec.targets(cells, (side, side), seed=0).double().mean(), rtol=1e-5, atol=0)
 

@@ -246,7 +246,7 @@ def test_h3r_gaussian_trains_and_evaluates_with_its_sigma(capsys, tmp_path):
                        "--draw", "0", "--out", str(tmp_path / "e"))
     assert code == 0 and "ignored" not in err, err
     code, _, err = run(capsys, "train", *TINY, "--codec", "h3r-gaussian", "--sigma", "5", "--out", str(tmp_path / "r"))
-    assert code == 2 and "sigma: at most 4.67 cells for h3r-gaussian" in err
+    assert code == 2 and "sigma: at most 4.667 cells for h3r-gaussian" in err
 
 
 def test_pretrained_accepts_a_run_folder(capsys, tmp_path, run_folder):

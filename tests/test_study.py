@@ -62,6 +62,9 @@ def test_part_a_uses_the_cells_settings_and_h3r_gaussian_is_asked_for_by_name():
     assert {row["sigma_cells"] for row in wide if "sigma_cells" in row} == {1.0}
     assert {row["mean_error_px"] for row in wide if row["method"] == "h3r-gaussian"}.isdisjoint(
         {row["mean_error_px"] for row in default if row["method"] == "h3r-gaussian"})  # (DARK's step has no cell)
+    quick = PRESETS["quick"].with_overrides(methods=("h3r-gaussian",), strides=(4,), uniform_points=2000)
+    for row in quantization_rows(quick):  # 16x16 maps, sigma 1: lossless where the border cuts nothing
+        assert row["interior_keypoints"] > 100 and row["interior_mean_error_px"] < 0.005 < row["mean_error_px"]
     assert "h3r-gaussian" not in PRESETS["quick"].methods and "h3r-gaussian" not in PRESETS["smoke"].methods
     assert PRESETS["full"].methods == tuple(METHODS)
 
@@ -157,6 +160,10 @@ def test_print_commands_gives_one_valid_train_command_per_cell(capsys):
     (("--preset", "smoke", "--input-size", "16", "--strides", "8", "--methods", "h3r"),
      "would fail: synthetic-face configuration: topk: the h3r decoder averages at most 32 activations and at most "
      "the heatmap's cells (2x2 = 4 at input 16 px, stride 8); got 9"),
+    (("--preset", "smoke", "--methods", "h3r-gaussian", "--", "--sigma", "5"),
+     "cell synthetic-face/h3r-gaussian-stride4-seed0: h3r train --dataset synthetic-face --codec h3r-gaussian"),
+    (("--preset", "smoke", "--methods", "h3r-gaussian", "--", "--sigma", "5"),
+     "would fail: sigma: at most 4.667 cells for h3r-gaussian"),
     (("--", "--lr", "abc"), "would fail: argument --lr: invalid float value: 'abc'"),
     (("--", "--step-ms", "5"), "would fail: --step-ms is an option of --data-only"),
     (("--", "--stride", "8"), "arguments after '--' change what the study sets per cell: stride (4 -> 8; set it "

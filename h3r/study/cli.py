@@ -20,7 +20,7 @@ presets:
 """ + "\n".join(f"  {name:<6} {preset.description}" for name, preset in PRESETS.items()) + """
 
 methods:
-""" + "\n".join(f"  {name:<11} {method.label}" for name, method in METHODS.items()) + """
+""" + "\n".join(f"  {name:<12} {method.label}" for name, method in METHODS.items()) + """
 
 Arguments after '--' are given to every 'h3r train', e.g.  h3r study -- --lr 1e-3
 

@@ -68,11 +68,14 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
     cell (an argument after '--' that sets what the study sets per cell: the report would mislabel it)."""
     from h3r.cli import train_config_of
     from h3r.configs import flat_settings
+    from h3r.evaluate import codec_of
 
     for cell in cells(preset):
         argv = train_argv(cell, preset, out, data_root=data_root, extra=extra)
         try:
-            settings = flat_settings(train_config_of(argv))
+            config = train_config_of(argv)
+            codec_of(config)  # the codec's own limits (e.g. h3r-gaussian's sigma for its decoder's window)
+            settings = flat_settings(config)
         except ValueError as error:
             raise ValueError(f"cell {cell.key}: {command_line(argv)} would fail: {error}") from None
         wanted = {"dataset": cell.dataset, "codec": cell.codec, "stride": cell.stride, "seed": cell.seed,

@@ -34,8 +34,8 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("h3r-linear", "h3r", {"topk": 9, "topk_weights": "linear"},
            "H3R, the theory's decoder: top-9 probabilities, weighted in proportion"),
     Method("h3r-gaussian", "h3r-gaussian", {"topk_weights": "linear"},
-           "H3R with a Gaussian target: randomized rounding, the Gaussian baselines' sigma at the drawn cell, BCE, "
-           "probabilities of the window around the peak weighted in proportion (not in the quick preset)"),
+           "H3R, Gaussian target: a Gaussian (the baselines' sigma) at the drawn cell, BCE, the window's "
+           "probabilities weighted in proportion (asked for by name: not in the smoke and quick presets)"),
     Method("integral", "integral", {},
            "integral regression: soft-argmax over the map, L1 on the coordinates (no heatmap target)"),
 )}

@@ -112,12 +112,20 @@ def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, st
             row["theory_mean_error_px"] = 0.0
         if getattr(codec, "sigma", 0) > 0:
             row["sigma_cells"] = codec.sigma
-        if name == "dark":  # the interior: where the Taylor step has its neighbours, 1 < x < W - 2
+        # The interior, where the border does not cut what the decoder reads: for DARK where the Taylor
+        # step has its neighbours (1 < x < W - 2); for h3r-gaussian where the window around either
+        # cell the keypoint may round to lies on the map (r <= x <= W - 1 - r, r = window // 2).
+        interior = None
+        if name == "dark":
             interior = ((cells[on_map] > 1.5) & (cells[on_map] < side - 2.5)).all(dim=1)
+            row["blur_radius_cells"] = dark_blur_radius(codec.sigma)
+        elif method.codec == "h3r-gaussian":
+            reach = codec.window // 2
+            interior = ((cells[on_map] >= reach) & (cells[on_map] <= side - 1 - reach)).all(dim=1)
+        if interior is not None:
             row["interior_keypoints"] = int(interior.sum())
             row["interior_mean_error_px"] = (float((decoded - keypoints[0])[interior].norm(dim=1).mean())
                                              if interior.any() else None)
-            row["blur_radius_cells"] = dark_blur_radius(codec.sigma)
         rows.append(row)
     if "h3r" in preset.methods or "h3r-linear" in preset.methods:
         codec = build_codec("h3r", stride)
