@@ -126,6 +126,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder (default 9)")
     model.add_argument("--topk-weights", choices=TOPK_WEIGHTS,
                        help="h3r, h3r-gaussian: decoder weights (default softmax)")
+    model.add_argument("--window", type=int, metavar="N",
+                       help="h3r, h3r-gaussian: decode from the NxN cells around the arg-max instead of the top k "
+                            "(odd; default: top k for h3r, 2(ceil(3 sigma)+1)+1 for h3r-gaussian)")
     model.add_argument("--sigma", type=float, metavar="CELLS",
                        help="h3r-gaussian, gaussian, dark: sigma in heatmap cells (default: see below)")
     model.add_argument("--refine", choices=REFINEMENTS,
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     decoder = eval_parser.add_argument_group("decoder (default: the run's)")
     decoder.add_argument("--topk", type=int, metavar="K", help="h3r: activations averaged by the decoder")
     decoder.add_argument("--topk-weights", choices=TOPK_WEIGHTS, help="h3r, h3r-gaussian: softmax (authors') or linear")
+    decoder.add_argument("--window", type=int, metavar="N",
+                         help="h3r, h3r-gaussian: the NxN cells around the arg-max instead of the top k (odd)")
     decoder.add_argument("--refine", choices=REFINEMENTS, help="gaussian, dark: sub-cell refinement")
 
     study_parser = commands.add_parser("study", help="accuracy vs heatmap stride, H3R against the baselines",
@@ -313,7 +318,8 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
                                  options=dict(args.option or []), flip_test=args.flip_test, device=args.device,
                                  batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw,
-                                 decoder={"topk": args.topk, "topk_weights": args.topk_weights, "refine": args.refine})
+                                 decoder={"topk": args.topk, "topk_weights": args.topk_weights, "window": args.window,
+                                          "refine": args.refine})
     settings = result["settings"]
     for setting in settings.get("ignored_decoder_settings", []):
         print(f"h3r eval: note: ignored {setting}", file=sys.stderr)

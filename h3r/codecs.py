@@ -26,7 +26,9 @@ The codecs (``build_codec(name)``; :data:`CODEC_NAMES`):
   bilinear probabilities (randomized rounding), so the *expected* target is exactly the
   keypoint. Loss: binary cross-entropy on the logits. Decoding: the softmax-weighted mean
   of the ``k`` largest logits (k = 9, as in the released H3R code), or the
-  probability-weighted mean (``weights="linear"``, the theory's lossless decoder).
+  probability-weighted mean (``weights="linear"``, the theory's lossless decoder); either over
+  the ``window × window`` cells around the arg-max instead (``window=3``: as lossless on the
+  expected target, and blind to a second mode elsewhere on the map).
 * ``"h3r-gaussian"``, :class:`H3RCodec` with ``sigma > 0`` — H3R with a Gaussian heatmap
   (the paper names "binary heatmap" and "gaussian heatmap" as two ways to build the target,
   as quoted in the authors' issue #7; the loss and decoder of the Gaussian one are not
@@ -58,6 +60,7 @@ CODEC_NAMES = ("h3r", "h3r-gaussian", "gaussian", "dark", "integral")
 GAUSSIAN_REFINEMENTS = ("none", "quarter", "dark")
 TOPK_WEIGHTS = spec.names(spec.Weighting)  # the decode op's weightings: softmax, linear
 MAX_TOPK = spec.MAX_K  # the most activations the top-k decoder averages
+MAX_WINDOW_CELLS = spec.MAX_WINDOW_CELLS  # the most cells (window * window) the window decoder reads
 # σ (heatmap cells) of the reference toolkits at stride 4 on a 64-cell map: HRNet-Facial's
 # 1.5 for faces (256-px crops), HRNet/SimpleBaseline/mmpose's 2 for human pose (64x48 maps).
 REFERENCE_SIGMA = {"face": 1.5, "pose": 2.0}
@@ -96,37 +99,41 @@ class H3RCodec:
         weights: ``"softmax"`` of the selected logits (the released H3R decoder) or
             ``"linear"`` (weights proportional to the selected probabilities: the theory's
             decoder, lossless on the expected target).
-        sigma: 0 (codec ``"h3r"``): the binary target, a single 1 at the drawn cell, read
-            from the top ``k`` activations. ``> 0`` (codec ``"h3r-gaussian"``): a Gaussian of
-            ``sigma`` cells, peak 1, centred on the drawn cell, read from the
-            :attr:`window` around the arg-max instead of the top ``k``.
+        sigma: 0 (codec ``"h3r"``): the binary target, a single 1 at the drawn cell. ``> 0``
+            (codec ``"h3r-gaussian"``): a Gaussian of ``sigma`` cells, peak 1, centred on the
+            drawn cell.
+        window: read the ``window × window`` cells around the arg-max instead of the top
+            ``k`` (odd). None: the top ``k`` for the binary target; for the Gaussian one
+            ``2 (⌈3σ⌉ + 1) + 1``, the drawn cell's ±3σ and the one cell of rounding. On the
+            expected binary target a 3×3 window is lossless with ``"linear"``, as the top 9 are.
     """
 
-    def __init__(self, stride: int = 4, k: int = 9, weights: str = "softmax", sigma: float = 0.0):
+    def __init__(self, stride: int = 4, k: int = 9, weights: str = "softmax", sigma: float = 0.0,
+                 window: Optional[int] = None):
         if weights not in TOPK_WEIGHTS:
             raise ValueError(f"weights: expected one of {', '.join(TOPK_WEIGHTS)}, got {weights!r}")
         self.stride = stride
         self.k = k
         self.weights = weights
         self.sigma = checks.as_sigma(sigma)
-        if self.sigma and self.window**2 > spec.MAX_WINDOW_CELLS:
-            largest = (math.isqrt(spec.MAX_WINDOW_CELLS) // 2 - 2) / 3
-            raise ValueError(f"sigma: at most {largest:.4g} cells for h3r-gaussian (its decoder's window of "
-                             f"2 * (ceil(3 sigma) + 1) + 1 cells per side holds at most {spec.MAX_WINDOW_CELLS} "
-                             f"cells), got {sigma!r}")
+        if window is None and self.sigma > 0:
+            window = 2 * (math.ceil(3 * self.sigma) + 1) + 1
+            if window**2 > spec.MAX_WINDOW_CELLS:
+                largest = (math.isqrt(spec.MAX_WINDOW_CELLS) // 2 - 2) / 3
+                raise ValueError(f"sigma: at most {largest:.4g} cells for h3r-gaussian (its decoder's window of "
+                                 f"2 * (ceil(3 sigma) + 1) + 1 cells per side holds at most {spec.MAX_WINDOW_CELLS} "
+                                 f"cells; or give a window), got {sigma!r}")
+        if window is not None:
+            window = checks.check_decode_options("local", 1, weights, window)[1]
+        self.window = window
 
     @property
     def name(self) -> str:
         return "h3r" if self.sigma == 0 else "h3r-gaussian"
 
-    @property
-    def window(self) -> int:
-        """Side of the square the Gaussian target's decoder reads around the arg-max:
-        ``2 (⌈3σ⌉ + 1) + 1`` cells, the drawn cell's ±3σ and the one cell of rounding."""
-        return 2 * (math.ceil(3 * self.sigma) + 1) + 1
-
     def __repr__(self) -> str:
-        selection = f"k={self.k}" if self.sigma == 0 else f"sigma={self.sigma}, window={self.window}"
+        selection = (f"sigma={self.sigma}, " if self.sigma else "") + (
+            f"k={self.k}" if self.window is None else f"window={self.window}")
         return f"H3RCodec(stride={self.stride}, {selection}, weights={self.weights!r})"
 
     def initial_logit(self, size: tuple[int, int]) -> float:
@@ -192,10 +199,10 @@ class H3RCodec:
 
         ``weights="softmax"`` weighs the selected raw logits (the released decoder);
         ``"linear"`` weighs the selected probabilities ``sigmoid(logit)`` in proportion. The
-        selection: the top ``k`` (binary target), or the :attr:`window` around the arg-max
-        (Gaussian target).
+        selection: the top ``k``, or the ``window`` around the arg-max.
         """
-        selection = {"method": "topk", "k": self.k} if self.sigma == 0 else {"method": "local", "window": self.window}
+        selection = ({"method": "topk", "k": self.k} if self.window is None
+                     else {"method": "local", "window": self.window})
         if self.weights == "softmax":  # reads bfloat16/float16 logits as they are, computes in float32
             coords, max_logits = h3r_kernels.decode(logits, weights="softmax", **selection)
             scores = torch.sigmoid(max_logits)
@@ -464,11 +471,12 @@ def _taylor_step(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None, task: str = "face", k: int = 9,
-                weights: str = "softmax", sigma: Optional[float] = None, refine: Optional[str] = None):
+                weights: str = "softmax", sigma: Optional[float] = None, refine: Optional[str] = None,
+                window: Optional[int] = None):
     """The codec called ``name`` (one of :data:`CODEC_NAMES`).
 
-    * ``"h3r"``: :class:`H3RCodec` (``k``, ``weights``);
-    * ``"h3r-gaussian"``: :class:`H3RCodec` with a Gaussian target of ``sigma`` (``weights``);
+    * ``"h3r"``: :class:`H3RCodec` (``k`` or ``window``, ``weights``);
+    * ``"h3r-gaussian"``: :class:`H3RCodec` with a Gaussian target of ``sigma`` (``window``, ``weights``);
     * ``"gaussian"``: :class:`GaussianCodec` at the nearest cell, ``refine`` default ``"quarter"``;
     * ``"dark"``: :class:`GaussianCodec` with the unbiased target, ``refine`` default ``"dark"``;
     * ``"integral"``: :class:`IntegralCodec`.
@@ -477,7 +485,7 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
     ``input_size`` crop (required then), the ``stride`` and the ``task`` (``"face"``/``"pose"``).
     """
     if name == "h3r":
-        return H3RCodec(stride=stride, k=k, weights=weights)
+        return H3RCodec(stride=stride, k=k, weights=weights, window=window)
     if name in ("h3r-gaussian", "gaussian", "dark") and sigma is None:
         if input_size is None:
             raise ValueError("sigma: give sigma, or input_size to choose the default sigma")
@@ -486,7 +494,7 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
         if not sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells for h3r-gaussian (0 is the binary "
                              f"target: codec h3r), got {sigma!r}")
-        return H3RCodec(stride=stride, k=k, weights=weights, sigma=sigma)
+        return H3RCodec(stride=stride, k=k, weights=weights, sigma=sigma, window=window)
     if name in ("gaussian", "dark"):
         rounding, default_refine = ("nearest", "quarter") if name == "gaussian" else ("none", "dark")
         return GaussianCodec(stride=stride, sigma=sigma, refine=refine or default_refine, rounding=rounding)

@@ -63,6 +63,10 @@ def test_codec_names_and_their_parts():
     with pytest.raises(ValueError, match=r"sigma: expected a positive number of heatmap cells for h3r-gaussian"):
         build_codec("h3r-gaussian", 4, sigma=0.0)
     assert repr(H3RCodec(sigma=1.0)) == "H3RCodec(stride=4, sigma=1.0, window=9, weights='softmax')"
+    assert repr(H3RCodec(window=3)) == "H3RCodec(stride=4, window=3, weights='softmax')"
+    assert build_codec("h3r-gaussian", 4, sigma=1.0, window=5).window == 5 and build_codec("h3r", 4).window is None
+    with pytest.raises(ValueError, match="window: expected an odd integer >= 1, got 4"):
+        H3RCodec(window=4)
     with pytest.raises(ValueError, match="sigma: expected a finite number >= 0"):
         H3RCodec(sigma=-1.0)
     with pytest.raises(ValueError, match="sigma: give sigma, or input_size"):
@@ -100,9 +104,9 @@ def test_soft_argmax_and_the_integral_codec():
 def test_ideal_outputs_measure_each_codecs_own_error():
     """Decoding the Bayes-optimal output: lossless for H3R with probability weights, 0.383 s for vanilla."""
     keypoints = torch.rand(1, 4000, 2, generator=torch.Generator().manual_seed(0)) * 15 * 4  # 16-cell map, stride 4
-    linear = H3RCodec(stride=4, weights="linear")
-    coords, _ = linear.decode(linear.ideal_output(keypoints, (16, 16)))
-    assert (coords - keypoints).abs().max() < 1e-3
+    for linear in (H3RCodec(stride=4, weights="linear"), H3RCodec(stride=4, weights="linear", window=3)):
+        coords, _ = linear.decode(linear.ideal_output(keypoints, (16, 16)))
+        assert (coords - keypoints).abs().max() < 1e-3  # top 9 or the 3x3 window: the 4 cells of the rounding
     vanilla = build_codec("gaussian", 4, input_size=64, refine="none")
     coords, _ = vanilla.decode(vanilla.ideal_output(keypoints, (16, 16)))
     mean_error = (coords - keypoints).norm(dim=-1).mean().item()

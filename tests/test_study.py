@@ -44,6 +44,7 @@ def test_part_a_matches_the_closed_forms():
         assert vanilla["theory_mean_error_px"] == pytest.approx(VANILLA_MEAN_ERROR * stride)
         assert abs(vanilla["mean_error_px"] / vanilla["theory_mean_error_px"] - 1) < 0.03
         assert uniform["h3r-linear", stride]["max_error_px"] < 1e-3 * stride  # lossless
+        assert uniform["h3r-local", stride]["max_error_px"] < 1e-3 * stride  # lossless too
         sampled = uniform["h3r-sampled-target", stride]
         for axis in range(2):  # unbiased within 4 standard errors, spread as the theory says within 3 %
             assert abs(sampled["mean_vector_px"][axis]) < 4 * sampled["mean_vector_standard_error_px"][axis]
@@ -164,6 +165,7 @@ def test_print_commands_gives_one_valid_train_command_per_cell(capsys):
      "cell synthetic-face/h3r-gaussian-stride4-seed0: h3r train --dataset synthetic-face --codec h3r-gaussian"),
     (("--preset", "smoke", "--methods", "h3r-gaussian", "--", "--sigma", "5"),
      "would fail: sigma: at most 4.667 cells for h3r-gaussian"),
+    (("--", "--window", "3"), "arguments after '--' set window, which the study's methods set"),
     (("--", "--lr", "abc"), "would fail: argument --lr: invalid float value: 'abc'"),
     (("--", "--step-ms", "5"), "would fail: --step-ms is an option of --data-only"),
     (("--", "--stride", "8"), "arguments after '--' change what the study sets per cell: stride (4 -> 8; set it "

@@ -23,6 +23,7 @@ from h3r._compat import tomllib
 from h3r.codecs import CODEC_NAMES as CODECS
 from h3r.codecs import GAUSSIAN_REFINEMENTS as REFINEMENTS
 from h3r.codecs import MAX_TOPK
+from h3r.codecs import MAX_WINDOW_CELLS
 from h3r.codecs import TOPK_WEIGHTS
 from h3r.models import BACKBONES as BACKBONE_BUILDERS
 from h3r.models import HEAD_KINDS as HEADS
@@ -75,6 +76,8 @@ class TrainConfig:
     codec: str = "h3r"
     topk: int = 9  # h3r: activations averaged by the decoder
     topk_weights: str = "softmax"  # h3r, h3r-gaussian: "softmax" of logits (released decoder), "linear": probabilities
+    window: Optional[int] = None  # h3r, h3r-gaussian: decode the window x window cells around the arg-max (odd)
+    # instead of the top k (None: top k for h3r; 2 (ceil(3 sigma) + 1) + 1 for h3r-gaussian)
     sigma: Optional[float] = None  # h3r-gaussian, gaussian, dark: heatmap cells (None: codecs.default_gaussian_sigma)
     refine: Optional[str] = None  # gaussian, dark: refinement after the arg-max (None: quarter / dark)
 
@@ -142,6 +145,12 @@ class TrainConfig:
         if self.cuda_graphs and self.amp == "fp16":
             raise ValueError("cuda_graphs: not with amp='fp16' (its gradient scaler checks for inf on the host, which "
                              "a CUDA graph cannot replay); use amp='bf16' or 'none'")
+        if self.window is not None and not (isinstance(self.window, int) and not isinstance(self.window, bool)
+                                            and self.window >= 1 and self.window % 2 == 1
+                                            and self.window**2 <= MAX_WINDOW_CELLS):
+            largest = math.isqrt(MAX_WINDOW_CELLS) - 1 + math.isqrt(MAX_WINDOW_CELLS) % 2  # the largest odd side
+            raise ValueError(f"window: expected an odd number of cells from 1 to {largest} per side, or None; "
+                             f"got {self.window!r}")
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
         for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN
@@ -171,7 +180,7 @@ def absolute_path(path) -> str:
 
 
 # Settings read by some codecs only, and the schedule's own.
-CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r", "h3r-gaussian"),
+CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r", "h3r-gaussian"), "window": ("h3r", "h3r-gaussian"),
                   "sigma": ("h3r-gaussian", "gaussian", "dark"), "refine": ("gaussian", "dark")}
 
 

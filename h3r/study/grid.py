@@ -81,6 +81,9 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
         wanted = {"dataset": cell.dataset, "codec": cell.codec, "stride": cell.stride, "seed": cell.seed,
                   "backbone": preset.backbone, "input_size": preset.input_size, "epochs": preset.epochs,
                   "batch_size": preset.batch_size, "out": str(cell.run_dir(out))}
+        if settings["window"] is not None:
+            raise ValueError("arguments after '--' set window, which the study's methods set (h3r-local, "
+                             "h3r-gaussian): choose them with the study's --methods")
         changed = [name for name, value in wanted.items() if settings[name] != value]
         if changed:
             shown = ", ".join(f"{name} ({wanted[name]!r} -> {settings[name]!r}; set it with the study's "

@@ -2,8 +2,8 @@
 
 A *method* is a codec (what the network is trained on) plus a decoder setting (how its
 output is read). Methods that share a codec share the trained network: ``argmax`` and
-``quarter`` read the same vanilla Gaussian model, ``h3r`` and ``h3r-linear`` the same H3R
-model, so a study trains one network per codec, stride and seed. ``h3r-gaussian`` trains
+``quarter`` read the same vanilla Gaussian model, ``h3r``, ``h3r-linear`` and ``h3r-local`` the
+same H3R model, so a study trains one network per codec, stride and seed. ``h3r-gaussian`` trains
 its own (H3R's rounding with a Gaussian target, :class:`h3r.codecs.H3RCodec`).
 """
 from __future__ import annotations
@@ -33,6 +33,8 @@ METHODS: dict[str, Method] = {method.name: method for method in (
            "H3R, the authors' decoder: randomized rounding, BCE, softmax of the top-9 raw logits"),
     Method("h3r-linear", "h3r", {"topk": 9, "topk_weights": "linear"},
            "H3R, the theory's decoder: top-9 probabilities, weighted in proportion"),
+    Method("h3r-local", "h3r", {"window": 3, "topk_weights": "linear"},
+           "H3R, the theory's weights on the 3x3 window around the arg-max instead of the top 9 (as lossless)"),
     Method("h3r-gaussian", "h3r-gaussian", {"topk_weights": "linear"},
            "H3R, Gaussian target: a Gaussian (the baselines' sigma) at the drawn cell, BCE, the window's "
            "probabilities weighted in proportion (asked for by name: not in the smoke and quick presets)"),
@@ -43,7 +45,7 @@ METHODS: dict[str, Method] = {method.name: method for method in (
 
 # The methods of a preset that names none: all but h3r-gaussian, which is asked for by name
 # (--methods) or by the full preset, so that the quick preset stays the grid it was measured on.
-DEFAULT_METHODS = ("argmax", "quarter", "dark", "h3r", "h3r-linear", "integral")
+DEFAULT_METHODS = ("argmax", "quarter", "dark", "h3r", "h3r-linear", "h3r-local", "integral")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, st
         row = {**common, "method": name, "applicable": True, **_errors(decoded - keypoints[0])}
         if name == "argmax":
             row["theory_mean_error_px"] = VANILLA_MEAN_ERROR * stride
-        if name == "h3r-linear":
+        if name in ("h3r-linear", "h3r-local"):
             row["theory_mean_error_px"] = 0.0
         if getattr(codec, "sigma", 0) > 0:
             row["sigma_cells"] = codec.sigma
@@ -127,7 +127,7 @@ def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, st
             row["interior_mean_error_px"] = (float((decoded - keypoints[0])[interior].norm(dim=1).mean())
                                              if interior.any() else None)
         rows.append(row)
-    if "h3r" in preset.methods or "h3r-linear" in preset.methods:
+    if any(METHODS[name].codec == "h3r" for name in preset.methods):
         codec = build_codec("h3r", stride)
         target = codec.targets(keypoints, (side, side), seed=seed)
         sampled = _argmax_cells(target) * stride
