@@ -60,7 +60,6 @@ CODEC_NAMES = ("h3r", "h3r-gaussian", "gaussian", "dark", "integral")
 GAUSSIAN_REFINEMENTS = ("none", "quarter", "dark")
 TOPK_WEIGHTS = spec.names(spec.Weighting)  # the decode op's weightings: softmax, linear
 MAX_TOPK = spec.MAX_K  # the most activations the top-k decoder averages
-MAX_WINDOW_CELLS = spec.MAX_WINDOW_CELLS  # the most cells (window * window) the window decoder reads
 # σ (heatmap cells) of the reference toolkits at stride 4 on a 64-cell map: HRNet-Facial's
 # 1.5 for faces (256-px crops), HRNet/SimpleBaseline/mmpose's 2 for human pose (64x48 maps).
 REFERENCE_SIGMA = {"face": 1.5, "pose": 2.0}

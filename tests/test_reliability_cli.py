@@ -252,7 +252,7 @@ def test_h3r_gaussian_trains_and_evaluates_with_its_sigma(capsys, tmp_path):
     assert code == 0 and decoder == "H3RCodec(stride=4, sigma=0.75, window=5, weights='softmax')", err
     code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--window", "4", "--draw", "0",
                        "--out", str(tmp_path / "e4"))
-    assert code == 2 and "window: expected an odd number of cells from 1 to 31 per side, or None; got 4" in err
+    assert code == 2 and "window: expected an odd integer >= 1, got 4" in err
     code, _, err = run(capsys, "train", *TINY, "--codec", "h3r-gaussian", "--sigma", "5", "--out", str(tmp_path / "r"))
     assert code == 2 and "sigma: at most 4.667 cells for h3r-gaussian" in err
 

@@ -23,12 +23,12 @@ from h3r._compat import tomllib
 from h3r.codecs import CODEC_NAMES as CODECS
 from h3r.codecs import GAUSSIAN_REFINEMENTS as REFINEMENTS
 from h3r.codecs import MAX_TOPK
-from h3r.codecs import MAX_WINDOW_CELLS
 from h3r.codecs import TOPK_WEIGHTS
 from h3r.models import BACKBONES as BACKBONE_BUILDERS
 from h3r.models import HEAD_KINDS as HEADS
 from h3r.models import STRIDES as SUPPORTED_STRIDES
 from h3r.transforms import CropConfig
+from h3r_kernels.checks import check_decode_options
 
 # The vocabularies of the settings: the codec's and the model's own names (above), and these.
 CONFIG_DIR = Path(__file__).parent
@@ -145,12 +145,8 @@ class TrainConfig:
         if self.cuda_graphs and self.amp == "fp16":
             raise ValueError("cuda_graphs: not with amp='fp16' (its gradient scaler checks for inf on the host, which "
                              "a CUDA graph cannot replay); use amp='bf16' or 'none'")
-        if self.window is not None and not (isinstance(self.window, int) and not isinstance(self.window, bool)
-                                            and self.window >= 1 and self.window % 2 == 1
-                                            and self.window**2 <= MAX_WINDOW_CELLS):
-            largest = math.isqrt(MAX_WINDOW_CELLS) - 1 + math.isqrt(MAX_WINDOW_CELLS) % 2  # the largest odd side
-            raise ValueError(f"window: expected an odd number of cells from 1 to {largest} per side, or None; "
-                             f"got {self.window!r}")
+        if self.window is not None:  # the decode op's own rule: odd, >= 1, window * window <= MAX_WINDOW_CELLS
+            check_decode_options("local", 1, "linear", self.window)
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
         for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN

@@ -82,14 +82,11 @@ def merge_studies(paths: Sequence[str | Path], command: Optional[str] = None) ->
         "wall_seconds": round(sum(part["wall_seconds"] or 0.0 for part in parts), 1),
         "jobs": None, "devices": [], "data_root": first["settings"].get("data_root"), "parts": parts,
     }
-    summary = summarise(cells)
-    for row in summary:  # planned: every seed of the merged grid, also for a method or stride one run lacks
-        row["seeds_planned"] = len(settings["seeds"])
     return {
         "schema": SCHEMA,
         "settings": settings,
         "quantization": quantization,
         "cells": cells,
-        "summary": summary,
+        "summary": summarise(cells, seeds_planned=len(settings["seeds"])),
         "failed_cells": sorted({run for _, record in records for run in record["failed_cells"]}),
     }

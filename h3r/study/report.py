@@ -18,8 +18,11 @@ GRID_FIELDS = ("datasets", "methods", "strides", "seeds", "backbone", "input_siz
                "synthetic_sizes")
 
 
-def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± standard deviation over seeds of each ``(dataset, method, stride)`` (finished seeds only)."""
+def summarise(cells: list[dict[str, Any]], seeds_planned: Optional[int] = None) -> list[dict[str, Any]]:
+    """Mean ± standard deviation over seeds of each ``(dataset, method, stride)`` (finished seeds only).
+
+    ``seeds_planned``: the seeds of the grid (a merged study's, also for a method or stride one
+    run lacks); None: the cells found for each group."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in cells:
         groups[(row["dataset"], row["method"], row["stride"])].append(row)
@@ -30,7 +33,8 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         finite = [value for value in values if value is not None and math.isfinite(value)]  # None: NaN in JSON
         summary.append({
             "dataset": dataset, "method": method, "stride": stride, "heatmap_size": rows[0]["heatmap_size"],
-            "metric": scored[0]["metric"] if scored else None, "seeds": len(finite), "seeds_planned": len(rows),
+            "metric": scored[0]["metric"] if scored else None, "seeds": len(finite),
+            "seeds_planned": len(rows) if seeds_planned is None else seeds_planned,
             "mean": float(np.mean(finite)) if finite else None,
             "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None),
             "images_per_s": _mean([row["images_per_s"] for row in scored]),
