@@ -246,16 +246,17 @@ MATLAB_73_HEADER = ("MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Oct
                     "HDF5 schema 1.00 .").encode("ascii").ljust(116, b" ") + b" " * 8 + b"\x00\x02IM"
 
 
-def write_matlab_cofw(path, images, phis, boxes):
-    """What MATLAB's ``save -v7.3`` writes for IsTr (N×1 cell), phisTr (N×87), bboxesTr (N×4)."""
+def write_matlab_cofw(path, images, phis, boxes, row_cell=False):
+    """What MATLAB's ``save -v7.3`` writes for IsTr (N×1 cell; ``row_cell``: a 1×N one), phisTr
+    (N×87), bboxesTr (N×4)."""
     with h5py.File(path, "w", userblock_size=512) as file:
         refs = file.create_group("#refs#")
-        cell = file.create_dataset("IsTr", (1, len(images)), dtype=h5py.ref_dtype)
+        cell = file.create_dataset("IsTr", (len(images), 1) if row_cell else (1, len(images)), dtype=h5py.ref_dtype)
         cell.attrs["MATLAB_class"] = np.bytes_("cell")
         for index, image in enumerate(images):
             stored = refs.create_dataset("abcdefgh"[index], data=image.T)  # MATLAB H×W×3 → HDF5 (3, W, H)
             stored.attrs["MATLAB_class"] = np.bytes_("uint8")
-            cell[0, index] = stored.ref
+            cell[(index, 0) if row_cell else (0, index)] = stored.ref
         for name, matrix in (("phisTr", phis), ("bboxesTr", boxes)):
             dataset = file.create_dataset(name, data=np.asarray(matrix, dtype=np.float64).T)
             dataset.attrs["MATLAB_class"] = np.bytes_("double")
@@ -284,13 +285,14 @@ def assert_cofw_faces(dataset, phis: np.ndarray, images: list, second_box: list)
     verify_readable(dataset, count=2)
 
 
-def test_cofw_matlab_v73_layout(tmp_path):
+@pytest.mark.parametrize("row_cell", [False, True])
+def test_cofw_matlab_v73_layout(tmp_path, row_cell):
     rng = np.random.default_rng(1)
     colour = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
     grey = rng.integers(0, 256, (24, 32), dtype=np.uint8)  # some "color" images are grey
     phis = np.stack([cofw_phis(0), cofw_phis(1)])
     boxes = np.array([[8.0, 6.0, 24.0, 16.0], [9.5, 7.0, 20.0, 15.0]])  # x, y, w, h (1-based)
-    write_matlab_cofw(str(tmp_path / "COFW_train_color.mat"), [colour, grey], phis, boxes)
+    write_matlab_cofw(str(tmp_path / "COFW_train_color.mat"), [colour, grey], phis, boxes, row_cell=row_cell)
     assert_cofw_faces(open_dataset("cofw", str(tmp_path), "train"), phis, [colour, grey], [8.5, 6.0, 28.5, 21.0])
 
 
