@@ -53,9 +53,13 @@ Codecs (each trains its own target and loss; --refine / --topk-weights pick the 
   dark       DARK: the unbiased Gaussian at the continuous keypoint; MSE; arg-max + DARK's
              Taylor step on the blurred log-heatmap (--refine dark, the default)
   integral   integral regression (soft-argmax over the map) with an L1 loss on coordinates
+  udp        UDP's combined target (mmpose UDPHeatmap 'combined'): a disk of --radius cells and
+             x/y offset maps per keypoint (3 head channels); MSE; arg-max of the blurred disk
+             map + the blurred offsets there
 Gaussian sigma (--sigma, heatmap cells): by default the task's reference value at stride 4
 (faces 1.5, pose 2 cells on a 64-cell map; in proportion to the crop, at least 1), scaled by
-4/stride at coarser strides so that the target covers the same input area.
+4/stride at coarser strides so that the target covers the same input area. The udp disk's
+radius (--radius, heatmap cells) follows mmpose's 0.0546875 x the map's side, at least 1 cell.
 
 The run folder receives config.json, metrics.jsonl (one JSON line per epoch), last.pt /
 best.pt, curve.png and eval-<dataset>-<split>/ (results.md, results.json, images/).
@@ -131,6 +135,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             "(odd; default: top k for h3r, 2(ceil(3 sigma)+1)+1 for h3r-gaussian)")
     model.add_argument("--sigma", type=float, metavar="CELLS",
                        help="h3r-gaussian, gaussian, dark: sigma in heatmap cells (default: see below)")
+    model.add_argument("--radius", type=float, metavar="CELLS",
+                       help="udp: the disk's radius in heatmap cells (default: see below)")
     model.add_argument("--refine", choices=REFINEMENTS,
                        help="gaussian, dark: sub-cell refinement after the arg-max (default quarter for gaussian, "
                             "dark for dark)")

@@ -44,6 +44,11 @@ The codecs (``build_codec(name)``; :data:`CODEC_NAMES`):
   unbiased Gaussian centred on the continuous keypoint, and DARK's Taylor refinement.
 * ``"integral"``, :class:`IntegralCodec` — integral regression (soft-argmax) with an L1
   loss on the coordinates: no heatmap target, so no quantization.
+* ``"udp"``, :class:`OffsetCodec` — UDP's combined target (Huang et al., CVPR 2020; mmpose's
+  ``UDPHeatmap(heatmap_type="combined")``): per keypoint a binary disk around it and two maps
+  of the offset from each cell to the keypoint; MSE; decoded as the arg-max of the blurred disk
+  map plus the (blurred) offsets read there. Three maps per keypoint
+  (:attr:`OffsetCodec.maps_per_keypoint`): the model's head outputs ``3 K`` channels.
 """
 from __future__ import annotations
 
@@ -56,7 +61,7 @@ import torch.nn.functional as F
 import h3r_kernels
 from h3r_kernels import checks, spec
 
-CODEC_NAMES = ("h3r", "h3r-gaussian", "gaussian", "dark", "integral")
+CODEC_NAMES = ("h3r", "h3r-gaussian", "gaussian", "dark", "integral", "udp")
 GAUSSIAN_REFINEMENTS = ("none", "quarter", "dark")
 TOPK_WEIGHTS = spec.names(spec.Weighting)  # the decode op's weightings: softmax, linear
 MAX_TOPK = spec.MAX_K  # the most activations the top-k decoder averages
@@ -106,6 +111,8 @@ class H3RCodec:
             ``2 (⌈3σ⌉ + 1) + 1``, the drawn cell's ±3σ and the one cell of rounding. On the
             expected binary target a 3×3 window is lossless with ``"linear"``, as the top 9 are.
     """
+
+    maps_per_keypoint = 1  # the head's output channels per keypoint
 
     def __init__(self, stride: int = 4, k: int = 9, weights: str = "softmax", sigma: float = 0.0,
                  window: Optional[int] = None):
@@ -232,6 +239,7 @@ class GaussianCodec:
     """
 
     ROUNDINGS = ("nearest", "none")
+    maps_per_keypoint = 1
 
     def __init__(self, stride: int = 4, sigma: float = 1.0, refine: str = "quarter", rounding: str = "nearest"):
         if refine not in GAUSSIAN_REFINEMENTS:
@@ -303,6 +311,7 @@ class IntegralCodec:
     """
 
     name = "integral"
+    maps_per_keypoint = 1
 
     def __init__(self, stride: int = 4):
         self.stride = stride
@@ -337,6 +346,176 @@ class IntegralCodec:
         """
         coords = soft_argmax(logits.float()) * self.stride
         return coords, torch.ones(coords.shape[:2], dtype=coords.dtype, device=coords.device)
+
+
+# UDP's combined target as mmpose builds it (UDPHeatmap, generate_offset_heatmap): the disk's radius is
+# this fraction of the map's longer side (3.5 cells on a 64-cell map), and the decoder blurs the disk maps
+# with an OpenCV kernel of 2 * 11 + 1 taps and the offset maps with one of 11, whatever the map's size.
+UDP_RADIUS_FACTOR = 0.0546875
+UDP_BLUR_HALF_WIDTHS = (11, 5)  # disk maps, offset maps: cells on a map of UDP_REFERENCE_SIDE cells
+UDP_REFERENCE_SIDE = 64  # the maps of 256-px crops that mmpose's UDP settings were chosen for
+
+
+def opencv_gaussian_kernel(size: int) -> torch.Tensor:
+    """The 1-D kernel (float64) OpenCV's ``GaussianBlur(map, (size, size), 0)`` uses: its
+    fixed binomial tables for 1 to 9 taps, else a Gaussian of ``σ = 0.3 ((size - 1) / 2 - 1) + 0.8``,
+    normalised (``cv2.getGaussianKernel(size, 0)``)."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size: expected an odd number of taps >= 1, got {size!r}")
+    tables = {1: [1.0], 3: [1, 2, 1], 5: [1, 4, 6, 4, 1], 7: [1, 3.5, 7, 9, 7, 3.5, 1], 9: [4, 13, 30, 51, 60, 51, 30, 13, 4]}
+    if size in tables:
+        kernel = torch.tensor(tables[size], dtype=torch.float64)
+    else:
+        sigma = 0.3 * ((size - 1) / 2 - 1) + 0.8
+        taps = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def opencv_blur(maps: torch.Tensor, half_width: int) -> torch.Tensor:
+    """Each map of ``maps`` (..., H, W) blurred as ``cv2.GaussianBlur(map, (2 h + 1, 2 h + 1), 0)``:
+    :func:`opencv_gaussian_kernel`, OpenCV's default border (reflect about the edge cell,
+    ``BORDER_REFLECT_101``). The half-width ``h`` is cut to ``min(H, W) - 1``, the most a
+    reflection reaches."""
+    height, width = maps.shape[-2:]
+    half_width = min(half_width, height - 1, width - 1)
+    if half_width < 1:
+        return maps
+    kernel = opencv_gaussian_kernel(2 * half_width + 1).to(device=maps.device, dtype=maps.dtype)
+    flat = maps.reshape(-1, 1, height, width)
+    padded = F.pad(flat, (half_width,) * 4, mode="reflect")
+    blurred = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return blurred.view(maps.shape)
+
+
+class OffsetCodec:
+    """UDP's combined classification and offset target (Huang et al., "The Devil is in the
+    Details", CVPR 2020; mmpose ``UDPHeatmap(heatmap_type="combined")`` and
+    ``CombinedTargetMSELoss``), in h3r's units.
+
+    Per keypoint three maps, in this order in the head's ``3 K`` channels (``3 k``, ``3 k + 1``,
+    ``3 k + 2``, as mmpose lays them out):
+
+    * the disk: 1 on the cells within ``radius`` cells of the keypoint (``d² <= r²``), else 0;
+    * the offsets ``(x_keypoint - x_cell) / r`` and ``(y_keypoint - y_cell) / r`` on the
+      disk's cells, 0 elsewhere.
+
+    Loss (mmpose's): the mean over batch, keypoints and cells of
+    ``0.5 v (disk_pred - disk)² + 0.5 disk (dx_pred - dx)² + 0.5 disk (dy_pred - dy)²``,
+    ``v`` the keypoint's visibility (an invisible or non-finite keypoint has an empty disk).
+    Decoding (mmpose's): blur the disk maps and the offset maps with OpenCV's kernels
+    (:func:`opencv_blur`), take the arg-max cell of the blurred disk map, add ``r`` times the
+    blurred offsets read there; the score is the blurred disk map's maximum.
+
+    Sizes. mmpose's radius is ``0.0546875 max(W, H)`` cells and its blur kernels 23 and 11 taps:
+    on its 64-cell maps the disk and the blurs cover a fixed share of the crop. On the study's
+    smaller maps both keep that share (the kernels' half-widths 11 and 5 scaled by
+    ``max(W, H) / 64``, at least 1), and the radius is at least 1 cell: below ``√2 / 2`` cells a
+    disk can hold no cell and its keypoint gets no target (the published rule gives 0.875, 0.44
+    and 0.22 cells on 16x16, 8x8 and 4x4 maps); at 1 cell the keypoint's nearest cells are
+    always inside.
+
+    Units as every codec: keypoints in input pixels, cell ``i`` on input pixel ``stride i``
+    (mmpose's UDP places the last cell on the last pixel, ``(input - 1) / (map - 1)`` pixels
+    apart; h3r's crops and flips follow the ``stride i`` convention instead, both unbiased).
+
+    Args:
+        stride: input pixels per heatmap cell.
+        radius: the disk's radius in heatmap cells; None: as above, from the map's size.
+    """
+
+    name = "udp"
+    maps_per_keypoint = 3
+
+    def __init__(self, stride: int = 4, radius: Optional[float] = None):
+        if radius is not None and not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
+            raise ValueError(f"radius: expected a positive number of heatmap cells (or None), got {radius!r}")
+        self.stride = stride
+        self.radius = None if radius is None else float(radius)
+
+    def __repr__(self) -> str:
+        return f"OffsetCodec(stride={self.stride}, radius={self.radius})"
+
+    def radius_on(self, size: tuple[int, int]) -> float:
+        """The disk's radius (heatmap cells) on an ``(H, W)`` map."""
+        return self.radius if self.radius is not None else max(1.0, UDP_RADIUS_FACTOR * max(size))
+
+    @staticmethod
+    def blur_half_widths(size: tuple[int, int]) -> tuple[int, int]:
+        """Half-widths (cells) of the decoder's blur of the disk maps and of the offset maps on an
+        ``(H, W)`` map: mmpose's 11 and 5 on 64 cells, in proportion, at least 1."""
+        return tuple(max(1, round(half * max(size) / UDP_REFERENCE_SIDE)) for half in UDP_BLUR_HALF_WIDTHS)
+
+    def initial_logit(self, size: tuple[int, int]) -> float:
+        """0: a fresh head predicts no disk and no offset, the targets' background."""
+        return 0.0
+
+    def targets(self, keypoints: torch.Tensor, size: tuple[int, int],
+                visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, 3 K, H, W)``: each keypoint's disk, x offsets and y offsets (see the class)."""
+        disk, dx, dy, _ = self._fields(keypoints, size, visible)
+        return torch.stack([disk, disk * dx, disk * dy], dim=2).flatten(1, 2)
+
+    def _fields(self, keypoints: torch.Tensor, size: tuple[int, int], visible: Optional[torch.Tensor]):
+        """``(disk, dx, dy, present)``: ``(B, K, H, W)`` the disk of each visible, finite keypoint and
+        the offsets ``(keypoint - cell) / r`` on every cell; ``(B, K)`` which keypoints are both."""
+        height, width = size
+        radius = self.radius_on(size)
+        cells = keypoints.to(torch.float32) / self.stride
+        present = torch.isfinite(cells).all(dim=-1)
+        if visible is not None:
+            present = present & visible.to(device=cells.device, dtype=torch.bool)
+        cells = torch.nan_to_num(cells, nan=0.0, posinf=0.0, neginf=0.0)
+        columns = torch.arange(width, device=cells.device, dtype=cells.dtype)
+        rows = torch.arange(height, device=cells.device, dtype=cells.dtype)
+        dx = ((cells[..., 0, None, None] - columns.view(1, 1, 1, width)) / radius).expand(-1, -1, height, -1)
+        dy = ((cells[..., 1, None, None] - rows.view(1, 1, height, 1)) / radius).expand(-1, -1, -1, width)
+        disk = ((dx**2 + dy**2 <= 1) & present[..., None, None]).to(cells.dtype)
+        return disk, dx, dy, present
+
+    def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
+             seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
+        """mmpose's ``CombinedTargetMSELoss`` of ``logits`` (B, 3K, H, W) against :meth:`targets`.
+
+        ``keypoints`` (B, K, 2) are input pixels; ``seed`` is accepted so every codec shares
+        one signature (the target is deterministic)."""
+        batch, channels, height, width = _check_offset_maps(logits, keypoints.shape[1])
+        predicted = logits.float().view(batch, channels // 3, 3, height, width)
+        disk, dx, dy, present = self._fields(keypoints.to(logits.device), (height, width), _on(visible, logits))
+        squared = ((predicted[:, :, 0] - disk) ** 2 * present[..., None, None]
+                   + disk * ((predicted[:, :, 1] - dx) ** 2 + (predicted[:, :, 2] - dy) ** 2))
+        return 0.5 * squared.mean()
+
+    def ideal_output(self, keypoints: torch.Tensor, size: tuple[int, int],
+                     visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What a perfectly trained network outputs: the disk, and the offsets to the keypoint on
+        every cell. The loss leaves the offsets off the disk free; this takes them as the disk's
+        field continued, which the decoder's blur keeps away from the border. (The target's
+        zeros there instead are what the blur mixes in: mmpose's decoder on its own target misses
+        by 0.6 to 0.9 cells on average, ``tests/test_codecs.py``.)"""
+        disk, dx, dy, _ = self._fields(keypoints, size, visible)
+        return torch.stack([disk, dx, dy], dim=2).flatten(1, 2)
+
+    def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(coords (B, K, 2) input pixels, scores (B, K) = the blurred disk map's maximum)``."""
+        batch, channels, height, width = _check_offset_maps(logits)
+        maps = logits.float().view(batch, channels // 3, 3, height, width)
+        disk_half_width, offset_half_width = self.blur_half_widths((height, width))
+        disk = opencv_blur(maps[:, :, 0], disk_half_width)
+        offsets = opencv_blur(maps[:, :, 1:], offset_half_width)  # (B, K, 2, H, W)
+        peaks, scores = h3r_kernels.decode(disk, method="argmax")
+        x, y = peaks[..., 0].long(), peaks[..., 1].long()
+        shift = torch.stack([_gather(offsets[:, :, 0], x, y), _gather(offsets[:, :, 1], x, y)], dim=-1)
+        return (peaks + self.radius_on((height, width)) * shift) * self.stride, scores
+
+
+def _check_offset_maps(logits: torch.Tensor, num_keypoints: Optional[int] = None) -> torch.Size:
+    """``logits.shape``, checked to be ``(B, 3 K, H, W)`` (with ``K = num_keypoints`` when given)."""
+    if logits.dim() != 4 or logits.shape[1] % 3 or (num_keypoints is not None and logits.shape[1] != 3 * num_keypoints):
+        expected = "3 K" if num_keypoints is None else f"3 x {num_keypoints} keypoints = {3 * num_keypoints}"
+        raise ValueError(f"logits: the udp codec reads (B, {expected}, H, W) maps (disk, x and y offsets per "
+                         f"keypoint), got shape {tuple(logits.shape)}")
+    return logits.shape
 
 
 def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -471,14 +650,15 @@ def _taylor_step(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None, task: str = "face", k: int = 9,
                 weights: str = "softmax", sigma: Optional[float] = None, refine: Optional[str] = None,
-                window: Optional[int] = None):
+                window: Optional[int] = None, radius: Optional[float] = None):
     """The codec called ``name`` (one of :data:`CODEC_NAMES`).
 
     * ``"h3r"``: :class:`H3RCodec` (``k`` or ``window``, ``weights``);
     * ``"h3r-gaussian"``: :class:`H3RCodec` with a Gaussian target of ``sigma`` (``window``, ``weights``);
     * ``"gaussian"``: :class:`GaussianCodec` at the nearest cell, ``refine`` default ``"quarter"``;
     * ``"dark"``: :class:`GaussianCodec` with the unbiased target, ``refine`` default ``"dark"``;
-    * ``"integral"``: :class:`IntegralCodec`.
+    * ``"integral"``: :class:`IntegralCodec`;
+    * ``"udp"``: :class:`OffsetCodec` with a disk of ``radius`` cells (None: from the map's size).
 
     For the codecs with a Gaussian ``sigma=None`` picks :func:`default_gaussian_sigma` for an
     ``input_size`` crop (required then), the ``stride`` and the ``task`` (``"face"``/``"pose"``).
@@ -499,4 +679,6 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
         return GaussianCodec(stride=stride, sigma=sigma, refine=refine or default_refine, rounding=rounding)
     if name == "integral":
         return IntegralCodec(stride=stride)
+    if name == "udp":
+        return OffsetCodec(stride=stride, radius=radius)
     raise ValueError(f"codec: expected one of {', '.join(CODEC_NAMES)}, got {name!r}")

@@ -175,16 +175,18 @@ def check_eval_settings(batch_size: Optional[int], workers: Optional[int], draw:
 
 
 def model_and_codec(config: TrainConfig, num_keypoints: int):
-    """The (untrained) model and the codec that ``config`` describes."""
-    model = build_model(config.backbone, num_keypoints, head=config.head, stride=config.stride)
-    return model, codec_of(config)
+    """The (untrained) model and the codec that ``config`` describes (the head outputs the codec's
+    maps per keypoint: 3 for udp)."""
+    codec = codec_of(config)
+    model = build_model(config.backbone, num_keypoints * codec.maps_per_keypoint, head=config.head, stride=config.stride)
+    return model, codec
 
 
 def codec_of(config: TrainConfig):
     """The codec that ``config`` describes (:func:`h3r.codecs.build_codec`)."""
     return build_codec(config.codec, config.stride, input_size=config.crop.input_size, task=config.task,
                        k=config.topk, weights=config.topk_weights, sigma=config.sigma, refine=config.refine,
-                       window=config.window)
+                       window=config.window, radius=config.radius)
 
 
 # The decoder settings ``h3r eval`` may change: they act after the network, so one trained

@@ -1,11 +1,12 @@
-"""The study's codecs: DARK (both halves, border guards), integral regression, sigma defaults, ideal outputs."""
+"""The study's codecs: DARK (both halves, border guards), integral regression, UDP's offsets, sigma defaults,
+ideal outputs."""
 import math
 
 import pytest
 import torch
 
-from h3r.codecs import (CODEC_NAMES, GaussianCodec, H3RCodec, IntegralCodec, build_codec, dark_blur_radius,
-                        default_gaussian_sigma, soft_argmax)
+from h3r.codecs import (CODEC_NAMES, GaussianCodec, H3RCodec, IntegralCodec, OffsetCodec, build_codec,
+                        dark_blur_radius, default_gaussian_sigma, opencv_blur, opencv_gaussian_kernel, soft_argmax)
 
 
 def grid_of_keypoints(side: int, per_cell: int = 8) -> torch.Tensor:
@@ -46,7 +47,7 @@ def test_dark_blur_kernel_follows_the_opencv_rule():
 
 
 def test_codec_names_and_their_parts():
-    assert CODEC_NAMES == ("h3r", "h3r-gaussian", "gaussian", "dark", "integral")
+    assert CODEC_NAMES == ("h3r", "h3r-gaussian", "gaussian", "dark", "integral", "udp")
     vanilla, dark = build_codec("gaussian", 8, input_size=64), build_codec("dark", 8, input_size=64)
     assert (vanilla.rounding, vanilla.refine, vanilla.name) == ("nearest", "quarter", "gaussian")
     assert (dark.rounding, dark.refine, dark.name) == ("none", "dark", "dark")
@@ -142,3 +143,99 @@ def test_h3r_gaussian_initial_logit_is_the_targets_prior(side, sigma):
     prior = torch.sigmoid(torch.tensor(codec.initial_logit((side, side)), dtype=torch.float64))
     torch.testing.assert_close(prior, codec.targets(cells, (side, side), seed=0).double().mean(), rtol=1e-5, atol=0)
 
+
+
+# cv2.getGaussianKernel(size, 0), rounded to 6 places (OpenCV 4.10.0 and 5.1.0 agree): binomial tables up to 9 taps.
+OPENCV_KERNELS = {
+    3: [0.25, 0.5, 0.25],
+    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+    9: [0.015625, 0.050781, 0.117188, 0.199219, 0.234375, 0.199219, 0.117188, 0.050781, 0.015625],
+    11: [0.008812, 0.027144, 0.065114, 0.121649, 0.176998, 0.200565, 0.176998, 0.121649, 0.065114, 0.027144,
+         0.008812],
+}
+# mmpose's UDPHeatmap(heatmap_type="combined") decoding its own target (generate_offset_heatmap, then
+# cv2.GaussianBlur of the disk maps with 2 * b + 1 taps and the offset maps with b, arg-max, + offsets * r),
+# run with numpy and OpenCV 4.10.0 and 5.1.0 (same values): (map side, r, b, keypoint, decoded, score).
+MMPOSE_UDP_DECODED = [
+    (64, 3.5, 11, (20.3, 31.7), (20.146437406539917, 31.853562608361244), 0.3354327082633972),
+    (64, 3.5, 11, (5.55, 60.1), (5.236878275871277, 61.93235719203949), 0.5213335156440735),
+    (64, 3.5, 11, (40.0, 40.0), (40.00000001344998, 40.0), 0.3369784951210022),
+    (64, 3.5, 11, (0.9, 2.2), (-0.5184328556060791, 0.6357886791229248), 0.6179403066635132),
+    (16, 1.0, 3, (7.3, 8.6), (6.981250107288361, 8.150000214576721), 0.25),
+    (16, 1.0, 3, (1.4, 13.4), (0.09999999403953552, 14.849999904632568), 0.4306640625),
+    (16, 1.0, 3, (14.3, 0.1), (14.975000143051147, -0.17499999701976776), 0.3935546875),
+    (16, 1.0, 3, (3.25, 9.75), (3.0, 10.0), 0.2021484375),
+]
+
+
+@pytest.mark.parametrize("size", sorted(OPENCV_KERNELS))
+def test_opencv_gaussian_kernel_is_cv2s(size):
+    torch.testing.assert_close(opencv_gaussian_kernel(size), torch.tensor(OPENCV_KERNELS[size], dtype=torch.float64),
+                               atol=6e-7, rtol=0)  # the table is rounded to 6 places
+    with pytest.raises(ValueError, match="size: expected an odd number of taps"):
+        opencv_gaussian_kernel(4)
+
+
+def test_opencv_blur_reflects_about_the_edge_cell():
+    """BORDER_REFLECT_101: the cell beyond the edge is the edge's neighbour; a linear ramp stays one inside."""
+    ramp = torch.arange(6.0).repeat(6, 1)
+    blurred = opencv_blur(ramp, 1)
+    torch.testing.assert_close(blurred[:, 1:-1], ramp[:, 1:-1])
+    torch.testing.assert_close(blurred[:, 0], torch.full((6,), 0.5))  # 0.25 * 1 + 0.5 * 0 + 0.25 * 1
+    assert opencv_blur(ramp, 9).shape == ramp.shape  # half-width cut to the map's side - 1
+
+
+@pytest.mark.parametrize("side, radius, half_width, keypoint, decoded, score", MMPOSE_UDP_DECODED)
+def test_udp_decodes_its_target_as_mmpose(side, radius, half_width, keypoint, decoded, score):
+    codec = OffsetCodec(stride=1)
+    assert codec.radius_on((side, side)) == radius and codec.blur_half_widths((side, side)) == (half_width, half_width // 2)
+    coords, scores = codec.decode(codec.targets(torch.tensor([[keypoint]]), (side, side)))
+    torch.testing.assert_close(coords[0, 0], torch.tensor(decoded), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores[0, 0], torch.tensor(score), atol=1e-6, rtol=0)
+
+
+def test_udp_target_radius_and_loss():
+    codec = build_codec("udp", stride=2)
+    assert [codec.radius_on((side, side)) for side in (64, 32, 16, 8, 4)] == [3.5, 1.75, 1.0, 1.0, 1.0]
+    assert build_codec("udp", 4, radius=2.5).radius_on((8, 8)) == 2.5
+    target = OffsetCodec(stride=1).targets(torch.tensor([[[5.3, 7.6]]]), (16, 16)).view(3, 16, 16)
+    assert target[0].nonzero().tolist() == [[7, 5], [7, 6], [8, 5], [8, 6]]  # (y, x): the 4 cells within 1 cell
+    torch.testing.assert_close(target[1:, 8, 5], torch.tensor([0.3, -0.4]))  # (keypoint - cell) / r
+    assert target[1:][:, target[0] == 0].abs().sum() == 0
+
+    generator = torch.Generator().manual_seed(3)
+    keypoints = torch.rand(2, 3, 2, generator=generator) * 30
+    keypoints[1, 2] = float("nan")
+    visible = torch.tensor([[True, False, True], [True, True, True]])
+    logits = torch.randn(2, 9, 16, 16, generator=generator, requires_grad=True)
+    loss = codec.loss(logits, keypoints, visible)
+    # mmpose's CombinedTargetMSELoss(use_target_weight=True), written out: per keypoint 0.5 MSE of the
+    # weighted disk maps and of the disk-masked offsets, summed, over K
+    target = codec.targets(keypoints, (16, 16), visible).view(2, 3, 3, 16, 16)
+    weight = (visible & torch.isfinite(keypoints).all(-1)).float()[..., None, None]
+    expected = sum(0.5 * torch.nn.functional.mse_loss(logits.view(2, 3, 3, 16, 16)[:, k, 0] * weight[:, k],
+                                                      target[:, k, 0] * weight[:, k])
+                   + sum(0.5 * torch.nn.functional.mse_loss(target[:, k, 0] * logits.view(2, 3, 3, 16, 16)[:, k, axis],
+                                                            target[:, k, 0] * target[:, k, axis]) for axis in (1, 2))
+                   for k in range(3)) / 3
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert logits.grad[0, 3:6].abs().sum() == 0 and logits.grad[1, 6:9].abs().sum() == 0  # invisible, NaN
+    ideal = codec.ideal_output(keypoints, (16, 16), visible)
+    assert codec.loss(ideal, keypoints, visible).item() == 0.0
+    with pytest.raises(ValueError, match=r"logits: the udp codec reads \(B, 3 x 3 keypoints = 9, H, W\)"):
+        codec.loss(logits[:, :8], keypoints)
+    with pytest.raises(ValueError, match="radius: expected a positive number"):
+        OffsetCodec(radius=0.0)
+
+
+def test_udp_ideal_output_is_lossless_where_the_blur_does_not_reflect():
+    """The offsets continued off the disk (free under the loss) survive the decoder's symmetric blur."""
+    codec = OffsetCodec(stride=4)
+    for side in (64, 16, 8):
+        keypoints = torch.rand(1, 3000, 2, generator=torch.Generator().manual_seed(side)) * (side - 1) * 4
+        coords, _ = codec.decode(codec.ideal_output(keypoints, (side, side)))
+        reach = codec.blur_half_widths((side, side))[0] + 1
+        interior = ((keypoints[0] / 4 >= reach) & (keypoints[0] / 4 <= side - 1 - reach)).all(-1)
+        assert interior.sum() > 500
+        assert (coords[0, interior] - keypoints[0, interior]).norm(dim=-1).max() < 1e-3

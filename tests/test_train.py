@@ -143,9 +143,10 @@ def test_configuration_files_load_and_validate():
     ({"stride": 6}, "stride: expected one of 4, 8, 16, 32"),
     ({"input_size": 30}, "input_size: expected a multiple of the stride 4"),
     ({"input_size": 16, "stride": 16}, "at least 2x2 cells"),
-    ({"codec": "dsnt"}, "codec: expected one of h3r, h3r-gaussian, gaussian, dark, integral, got .dsnt."),
+    ({"codec": "dsnt"}, "codec: expected one of h3r, h3r-gaussian, gaussian, dark, integral, udp, got .dsnt."),
     ({"epochs": 0}, "epochs: expected a positive number"),
     ({"sigma": -1.0}, "sigma: expected a positive number"),
+    ({"radius": 0.0}, "radius: expected a positive number"),
     ({"learning_rate": 0.1}, "unknown setting.*learning_rate"),
 ])
 def test_bad_settings_are_named(changes, message):

@@ -28,8 +28,8 @@ def _batches(count, batch=4, keypoints=5, size=32):
 
 def _run(step_class, codec_name, grad_clip, steps=5, **extra):
     torch.manual_seed(0)
-    model = build_model("small", 5)
     codec = build_codec(codec_name, 4, input_size=32)
+    model = build_model("small", 5 * codec.maps_per_keypoint)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     if step_class is TrainStep:
         step = TrainStep(model, codec, optimizer, torch.amp.GradScaler("cpu", enabled=False), grad_clip, "none", DEVICE)
@@ -40,7 +40,7 @@ def _run(step_class, codec_name, grad_clip, steps=5, **extra):
     return torch.stack(losses), [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("codec_name", ["h3r", "h3r-gaussian", "gaussian", "integral"])
+@pytest.mark.parametrize("codec_name", ["h3r", "h3r-gaussian", "gaussian", "integral", "udp"])
 @pytest.mark.parametrize("grad_clip", [0.0, 0.05])
 def test_static_inputs_and_device_seed_give_the_eager_step(codec_name, grad_clip):
     eager_losses, eager_weights = _run(TrainStep, codec_name, grad_clip)

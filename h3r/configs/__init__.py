@@ -72,7 +72,7 @@ class TrainConfig:
     pretrained: Optional[str] = None  # weights loaded into the model before training
     stride: int = 4  # input pixels per heatmap cell: 4, 8, 16 or 32
     # h3r, h3r-gaussian (a Gaussian at the drawn cell), gaussian (vanilla), dark (unbiased Gaussian + DARK),
-    # integral (soft-argmax + L1): h3r.codecs
+    # integral (soft-argmax + L1), udp (UDP's disk + offset maps): h3r.codecs
     codec: str = "h3r"
     topk: int = 9  # h3r: activations averaged by the decoder
     topk_weights: str = "softmax"  # h3r, h3r-gaussian: "softmax" of logits (released decoder), "linear": probabilities
@@ -80,6 +80,7 @@ class TrainConfig:
     # instead of the top k (None: top k for h3r; 2 (ceil(3 sigma) + 1) + 1 for h3r-gaussian)
     sigma: Optional[float] = None  # h3r-gaussian, gaussian, dark: heatmap cells (None: codecs.default_gaussian_sigma)
     refine: Optional[str] = None  # gaussian, dark: refinement after the arg-max (None: quarter / dark)
+    radius: Optional[float] = None  # udp: the disk's radius in heatmap cells (None: codecs.OffsetCodec.radius_on)
 
     # Crop and augmentation: input_size, box_scale, rotation, scale_jitter, translate, flip_prob, colour_jitter,
     # mean and std (see h3r.transforms.CropConfig; its values are checked there).
@@ -149,6 +150,8 @@ class TrainConfig:
             check_decode_options("local", 1, "linear", self.window)
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
+        if self.radius is not None and not self.radius > 0:
+            raise ValueError(f"radius: expected a positive number of heatmap cells (or None), got {self.radius!r}")
         for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN
             value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -177,7 +180,7 @@ def absolute_path(path) -> str:
 
 # Settings read by some codecs only, and the schedule's own.
 CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r", "h3r-gaussian"), "window": ("h3r", "h3r-gaussian"),
-                  "sigma": ("h3r-gaussian", "gaussian", "dark"), "refine": ("gaussian", "dark")}
+                  "sigma": ("h3r-gaussian", "gaussian", "dark"), "refine": ("gaussian", "dark"), "radius": ("udp",)}
 
 
 def unused_settings(config: TrainConfig, names) -> list[str]:

@@ -40,12 +40,15 @@ METHODS: dict[str, Method] = {method.name: method for method in (
            "probabilities weighted in proportion (asked for by name: not in the smoke and quick presets)"),
     Method("integral", "integral", {},
            "integral regression: soft-argmax over the map, L1 on the coordinates (no heatmap target)"),
+    Method("udp", "udp", {},
+           "UDP's combined target: a disk and x/y offset maps per keypoint, MSE; arg-max of the blurred disk map "
+           "+ the blurred offsets there (mmpose UDPHeatmap 'combined')"),
 )}
 
 
 # The methods of a preset that names none: all but h3r-gaussian, which is asked for by name
 # (--methods) or by the full preset, so that the quick preset stays the grid it was measured on.
-DEFAULT_METHODS = ("argmax", "quarter", "dark", "h3r", "h3r-linear", "h3r-local", "integral")
+DEFAULT_METHODS = ("argmax", "quarter", "dark", "h3r", "h3r-linear", "h3r-local", "integral", "udp")
 
 
 @dataclass(frozen=True)
