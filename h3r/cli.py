@@ -30,7 +30,7 @@ Heatmap regression via randomized rounding (H3R): train, evaluate and benchmark 
   h3r train                      a small model on generated faces (a few minutes on a CPU)
   h3r train --dataset wflw --data-root ~/data/WFLW --codec h3r
   h3r eval --checkpoint runs/<run>/last.pt
-  h3r study                      accuracy vs heatmap stride: H3R against the baselines (~12 min on a 2-core CPU)
+  h3r study                      accuracy vs heatmap stride: H3R against the baselines (~11 min on a 2-core CPU)
   h3r bench                      kernel throughput report (python -m h3r.benchmark)
 
 'h3r <command> --help' lists each command's options.

@@ -14,6 +14,7 @@ from h3r.study.report import SCHEMA, summarise
 
 UNITED = ("methods", "seeds", "strides")  # the settings a merge takes the union of
 PROVENANCE = ("command", "commit", "machine", "started", "wall_seconds", "jobs", "devices", "data_root")
+UNCOMPARED = (*UNITED, *PROVENANCE, "parts", "description")  # the preset's prose changes across commits
 
 
 def read_study(path: str | Path) -> dict[str, Any]:
@@ -49,9 +50,9 @@ def merge_studies(paths: Sequence[str | Path], command: Optional[str] = None) ->
         raise ValueError(f"--merge: expected at least two study.json files, got {len(paths)}")
     records = [(Path(path), read_study(path)) for path in paths]
     first_path, first = records[0]
-    compared = set(first["settings"]) - set(UNITED) - set(PROVENANCE) - {"parts"}
+    compared = set(first["settings"]) - set(UNCOMPARED)
     for path, record in records[1:]:
-        for key in sorted(compared | (set(record["settings"]) - set(UNITED) - set(PROVENANCE) - {"parts"})):
+        for key in sorted(compared | (set(record["settings"]) - set(UNCOMPARED))):
             mine, theirs = record["settings"].get(key), first["settings"].get(key)
             if mine != theirs:
                 raise ValueError(f"{path}: settings.{key} is {mine!r}, {first_path} has {theirs!r}; only runs of "

@@ -127,7 +127,7 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset("smoke", "about a minute, for tests: 2 strides, 1 seed, tiny synthetic sets",
            datasets=("synthetic-face",), strides=(4, 8), seeds=(0,), backbone="small", input_size=32, epochs=1,
            batch_size=16, synthetic_sizes=(32, 16), workers=0, uniform_points=2000),
-    Preset("quick", "the default, about 12 minutes on an idle 2-core CPU (721 s at bdb18bb): synthetic faces, 64-px input, "
+    Preset("quick", "the default, about 11 minutes on an idle 2-core CPU (641 s at 3b7eb13): synthetic faces, 64-px input, "
                     "strides 4, 8, 16 (16x16, 8x8, 4x4 heatmaps), 2 seeds, 6 epochs of 1000 faces, 2 cells at a time",
            datasets=("synthetic-face",), strides=(4, 8, 16), seeds=(0, 1), backbone="small", input_size=64, epochs=6,
            batch_size=32, synthetic_sizes=(1000, 300), workers=1, jobs=2),
