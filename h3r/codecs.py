@@ -375,18 +375,29 @@ def opencv_gaussian_kernel(size: int) -> torch.Tensor:
 def opencv_blur(maps: torch.Tensor, half_width: int) -> torch.Tensor:
     """Each map of ``maps`` (..., H, W) blurred as ``cv2.GaussianBlur(map, (2 h + 1, 2 h + 1), 0)``:
     :func:`opencv_gaussian_kernel`, OpenCV's default border (reflect about the edge cell,
-    ``BORDER_REFLECT_101``). The half-width ``h`` is cut to ``min(H, W) - 1``, the most a
-    reflection reaches."""
-    height, width = maps.shape[-2:]
-    half_width = min(half_width, height - 1, width - 1)
+    ``BORDER_REFLECT_101``, again and again where the kernel is wider than the map). ``h = 0``:
+    the maps as they are."""
     if half_width < 1:
         return maps
+    height, width = maps.shape[-2:]
     kernel = opencv_gaussian_kernel(2 * half_width + 1).to(device=maps.device, dtype=maps.dtype)
     flat = maps.reshape(1, -1, height, width)  # the maps as channels of one depthwise convolution
     count = flat.shape[1]  # (on a CPU 25x faster than as a batch of one-channel images)
-    padded = F.pad(flat, (half_width,) * 4, mode="reflect")
+    padded = flat.index_select(2, _reflect_101(height, half_width, maps.device)).index_select(
+        3, _reflect_101(width, half_width, maps.device))
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(count, 1, 1, -1), groups=count)
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(count, 1, -1, 1), groups=count).view(maps.shape)
+
+
+def _reflect_101(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Indices of an axis of ``size`` cells padded by ``pad`` on each side as OpenCV's
+    ``BORDER_REFLECT_101`` (``... 2 1 | 0 1 2 ... n-1 | n-2 ...``, periodic beyond)."""
+    positions = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = positions.remainder(period)
+    return torch.where(folded < size, folded, period - folded)
 
 
 class OffsetCodec:
@@ -406,12 +417,14 @@ class OffsetCodec:
     ``v`` the keypoint's visibility (an invisible or non-finite keypoint has an empty disk).
     Decoding (mmpose's): blur the disk maps and the offset maps with OpenCV's kernels
     (:func:`opencv_blur`), take the arg-max cell of the blurred disk map, add ``r`` times the
-    blurred offsets read there; the score is the blurred disk map's maximum.
+    blurred offsets read there; the score is the blurred disk map's maximum. (Where that maximum
+    is not positive mmpose returns ``-1`` and reads a wrapped index; here the arg-max stands.)
 
     Sizes. mmpose's radius is ``0.0546875 max(W, H)`` cells and its blur kernels 23 and 11 taps:
     on its 64-cell maps the disk and the blurs cover a fixed share of the crop. On the study's
     smaller maps both keep that share (the kernels' half-widths 11 and 5 scaled by
-    ``max(W, H) / 64``, at least 1), and the radius is at least 1 cell: below ``√2 / 2`` cells a
+    ``max(W, H) / 64`` and rounded: 3 and 1 on 16 cells, 1 and 1 on 8, 1 and 0 on 4, none on 2),
+    and the radius is at least 1 cell: below ``√2 / 2`` cells a
     disk can hold no cell and its keypoint gets no target (the published rule gives 0.875, 0.44
     and 0.22 cells on 16x16, 8x8 and 4x4 maps); at 1 cell the keypoint's nearest cells are
     always inside.
@@ -444,8 +457,8 @@ class OffsetCodec:
     @staticmethod
     def blur_half_widths(size: tuple[int, int]) -> tuple[int, int]:
         """Half-widths (cells) of the decoder's blur of the disk maps and of the offset maps on an
-        ``(H, W)`` map: mmpose's 11 and 5 on 64 cells, in proportion, at least 1."""
-        return tuple(max(1, round(half * max(size) / UDP_REFERENCE_SIDE)) for half in UDP_BLUR_HALF_WIDTHS)
+        ``(H, W)`` map: mmpose's 11 and 5 on 64 cells, in proportion, rounded (0: no blur)."""
+        return tuple(round(half * max(size) / UDP_REFERENCE_SIDE) for half in UDP_BLUR_HALF_WIDTHS)
 
     def initial_logit(self, size: tuple[int, int]) -> float:
         """0: a fresh head predicts no disk and no offset, the targets' background."""
@@ -483,8 +496,8 @@ class OffsetCodec:
         batch, channels, height, width = _check_offset_maps(logits, keypoints.shape[1])
         predicted = logits.float().view(batch, channels // 3, 3, height, width)
         disk, dx, dy, present = self._fields(keypoints.to(logits.device), (height, width), _on(visible, logits))
-        squared = ((predicted[:, :, 0] - disk) ** 2 * present[..., None, None]
-                   + disk * ((predicted[:, :, 1] - dx) ** 2 + (predicted[:, :, 2] - dy) ** 2))
+        offsets = torch.where(disk > 0, (predicted[:, :, 1] - dx) ** 2 + (predicted[:, :, 2] - dy) ** 2, 0.0)
+        squared = (predicted[:, :, 0] - disk) ** 2 * present[..., None, None] + offsets  # off the disk: 0, not 0 * inf
         return 0.5 * squared.mean()
 
     def ideal_output(self, keypoints: torch.Tensor, size: tuple[int, int],
@@ -493,7 +506,7 @@ class OffsetCodec:
         every cell. The loss leaves the offsets off the disk free; this takes them as the disk's
         field continued, which the decoder's blur keeps away from the border. (The target's
         zeros there instead are what the blur mixes in: mmpose's decoder on its own target misses
-        by 0.6 to 0.9 cells on average, ``tests/test_codecs.py``.)"""
+        by 0.2 to 0.4 cells on average in the interior, ``tests/test_codecs.py``.)"""
         disk, dx, dy, _ = self._fields(keypoints, size, visible)
         return torch.stack([disk, dx, dy], dim=2).flatten(1, 2)
 
@@ -512,7 +525,8 @@ class OffsetCodec:
 
 def _check_offset_maps(logits: torch.Tensor, num_keypoints: Optional[int] = None) -> torch.Size:
     """``logits.shape``, checked to be ``(B, 3 K, H, W)`` (with ``K = num_keypoints`` when given)."""
-    if logits.dim() != 4 or logits.shape[1] % 3 or (num_keypoints is not None and logits.shape[1] != 3 * num_keypoints):
+    channels = logits.shape[1] if logits.dim() == 4 else 0
+    if not channels or channels % 3 or (num_keypoints is not None and channels != 3 * num_keypoints):
         expected = "3 K" if num_keypoints is None else f"3 x {num_keypoints} keypoints = {3 * num_keypoints}"
         raise ValueError(f"logits: the udp codec reads (B, {expected}, H, W) maps (disk, x and y offsets per "
                          f"keypoint), got shape {tuple(logits.shape)}")

@@ -552,7 +552,8 @@ def test_pretrained_folder_loads_into_h3r_models(tmp_path, reference_detectors):
     with pytest.raises(ValueError, match="model.pth.*their backbone is not the model's.*missing keys"):
         load_checkpoint_weights(build_model("small", 5, head="two-class"), folder)
     for head in ("two-class", "binary"):
-        with pytest.raises(ValueError, match="they predict 5 landmarks .two logits each., the model 6;.*shape mismatches"):
+        with pytest.raises(ValueError, match="they predict 5 landmarks .two logits each., the model's head 6 maps .one per landmark; three with "
+                                             "codec udp.;.*shape mismatches"):
             load_checkpoint_weights(build_model("mobilenetv2", 6, head=head), folder)
 
 

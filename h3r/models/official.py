@@ -355,7 +355,8 @@ def _mismatch_hint(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
         hints.append("their backbone is not the model's (BACKBONE.ARCH or --backbone)")
     weight = state.get("head.logits.weight")
     if keypoints and weight is not None and weight.shape[0] != 2 * keypoints:
-        hints.append(f"they predict {weight.shape[0] // 2} landmarks (two logits each), the model {keypoints}")
+        hints.append(f"they predict {weight.shape[0] // 2} landmarks (two logits each), the model's head {keypoints} "
+                     f"maps (one per landmark; three with codec udp)")
     return f": {'; '.join(hints)}" if hints else ""
 
 
