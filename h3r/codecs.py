@@ -383,8 +383,11 @@ def opencv_blur(maps: torch.Tensor, half_width: int) -> torch.Tensor:
     kernel = opencv_gaussian_kernel(2 * half_width + 1).to(device=maps.device, dtype=maps.dtype)
     flat = maps.reshape(1, -1, height, width)  # the maps as channels of one depthwise convolution
     count = flat.shape[1]  # (on a CPU 25x faster than as a batch of one-channel images)
-    padded = flat.index_select(2, _reflect_101(height, half_width, maps.device)).index_select(
-        3, _reflect_101(width, half_width, maps.device))
+    if half_width < min(height, width):  # one reflection: torch's own padding, the faster
+        padded = F.pad(flat, (half_width,) * 4, mode="reflect")
+    else:
+        padded = flat.index_select(2, _reflect_101(height, half_width, maps.device)).index_select(
+            3, _reflect_101(width, half_width, maps.device))
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(count, 1, 1, -1), groups=count)
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(count, 1, -1, 1), groups=count).view(maps.shape)
 
