@@ -55,7 +55,7 @@ Codecs (each trains its own target and loss; --refine / --topk-weights pick the 
   integral   integral regression (soft-argmax over the map) with an L1 loss on coordinates
   udp        UDP's combined target (mmpose UDPHeatmap 'combined'): a disk of --radius cells and
              x/y offset maps per keypoint (3 head channels); MSE; arg-max of the blurred disk
-             map + the blurred offsets there
+             map + the blurred offsets there (--no-offset-blur: the offsets as they are)
 Gaussian sigma (--sigma, heatmap cells): by default the task's reference value at stride 4
 (faces 1.5, pose 2 cells on a 64-cell map; in proportion to the crop, at least 1), scaled by
 4/stride at coarser strides so that the target covers the same input area. The udp disk's
@@ -137,6 +137,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="h3r-gaussian, gaussian, dark: sigma in heatmap cells (default: see below)")
     model.add_argument("--radius", type=float, metavar="CELLS",
                        help="udp: the disk's radius in heatmap cells (default: see below)")
+    model.add_argument("--offset-blur", action=argparse.BooleanOptionalAction, default=None,
+                       help="udp: blur the offset maps before reading them, as mmpose does (default: yes)")
     model.add_argument("--refine", choices=REFINEMENTS,
                        help="gaussian, dark: sub-cell refinement after the arg-max (default quarter for gaussian, "
                             "dark for dark)")
@@ -223,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     decoder.add_argument("--window", type=int, metavar="N",
                          help="h3r, h3r-gaussian: the NxN cells around the arg-max instead of the top k (odd)")
     decoder.add_argument("--refine", choices=REFINEMENTS, help="gaussian, dark: sub-cell refinement")
+    decoder.add_argument("--offset-blur", action=argparse.BooleanOptionalAction, default=None,
+                         help="udp: blur the offset maps before reading them (mmpose's decoder)")
 
     study_parser = commands.add_parser("study", help="accuracy vs heatmap stride, H3R against the baselines",
                                        description=STUDY_DESCRIPTION,
@@ -325,7 +329,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                  options=dict(args.option or []), flip_test=args.flip_test, device=args.device,
                                  batch_size=args.batch_size, workers=args.workers, out=args.out, draw=args.draw,
                                  decoder={"topk": args.topk, "topk_weights": args.topk_weights, "window": args.window,
-                                          "refine": args.refine})
+                                          "refine": args.refine, "offset_blur": args.offset_blur})
     settings = result["settings"]
     for setting in settings.get("ignored_decoder_settings", []):
         print(f"h3r eval: note: ignored {setting}", file=sys.stderr)

@@ -439,19 +439,25 @@ class OffsetCodec:
     Args:
         stride: input pixels per heatmap cell.
         radius: the disk's radius in heatmap cells; None: as above, from the map's size.
+        offset_blur: blur the offset maps before reading them (mmpose's decoder); False reads
+            the network's offsets at the arg-max as they are (ours: the blur mixes the cells
+            around it, and reflects at the border).
     """
 
     name = "udp"
     maps_per_keypoint = 3
 
-    def __init__(self, stride: int = 4, radius: Optional[float] = None):
+    def __init__(self, stride: int = 4, radius: Optional[float] = None, offset_blur: bool = True):
         if radius is not None and not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
             raise ValueError(f"radius: expected a positive number of heatmap cells (or None), got {radius!r}")
+        if not isinstance(offset_blur, bool):
+            raise TypeError(f"offset_blur: expected True or False, got {offset_blur!r}")
         self.stride = stride
         self.radius = None if radius is None else float(radius)
+        self.offset_blur = offset_blur
 
     def __repr__(self) -> str:
-        return f"OffsetCodec(stride={self.stride}, radius={self.radius})"
+        return f"OffsetCodec(stride={self.stride}, radius={self.radius}, offset_blur={self.offset_blur})"
 
     def radius_on(self, size: tuple[int, int]) -> float:
         """The disk's radius (heatmap cells) on an ``(H, W)`` map."""
@@ -519,7 +525,7 @@ class OffsetCodec:
         maps = logits.float().view(batch, channels // 3, 3, height, width)
         disk_half_width, offset_half_width = self.blur_half_widths((height, width))
         disk = opencv_blur(maps[:, :, 0], disk_half_width)
-        offsets = opencv_blur(maps[:, :, 1:], offset_half_width)  # (B, K, 2, H, W)
+        offsets = opencv_blur(maps[:, :, 1:], offset_half_width if self.offset_blur else 0)  # (B, K, 2, H, W)
         peaks, scores = h3r_kernels.decode(disk, method="argmax")
         x, y = peaks[..., 0].long(), peaks[..., 1].long()
         shift = torch.stack([_gather(offsets[:, :, 0], x, y), _gather(offsets[:, :, 1], x, y)], dim=-1)
@@ -668,7 +674,7 @@ def _taylor_step(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None, task: str = "face", k: int = 9,
                 weights: str = "softmax", sigma: Optional[float] = None, refine: Optional[str] = None,
-                window: Optional[int] = None, radius: Optional[float] = None):
+                window: Optional[int] = None, radius: Optional[float] = None, offset_blur: bool = True):
     """The codec called ``name`` (one of :data:`CODEC_NAMES`).
 
     * ``"h3r"``: :class:`H3RCodec` (``k`` or ``window``, ``weights``);
@@ -676,7 +682,8 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
     * ``"gaussian"``: :class:`GaussianCodec` at the nearest cell, ``refine`` default ``"quarter"``;
     * ``"dark"``: :class:`GaussianCodec` with the unbiased target, ``refine`` default ``"dark"``;
     * ``"integral"``: :class:`IntegralCodec`;
-    * ``"udp"``: :class:`OffsetCodec` with a disk of ``radius`` cells (None: from the map's size).
+    * ``"udp"``: :class:`OffsetCodec` with a disk of ``radius`` cells (None: from the map's size),
+      ``offset_blur``.
 
     For the codecs with a Gaussian ``sigma=None`` picks :func:`default_gaussian_sigma` for an
     ``input_size`` crop (required then), the ``stride`` and the ``task`` (``"face"``/``"pose"``).
@@ -698,5 +705,5 @@ def build_codec(name: str, stride: int = 4, *, input_size: Optional[int] = None,
     if name == "integral":
         return IntegralCodec(stride=stride)
     if name == "udp":
-        return OffsetCodec(stride=stride, radius=radius)
+        return OffsetCodec(stride=stride, radius=radius, offset_blur=offset_blur)
     raise ValueError(f"codec: expected one of {', '.join(CODEC_NAMES)}, got {name!r}")

@@ -186,13 +186,13 @@ def codec_of(config: TrainConfig):
     """The codec that ``config`` describes (:func:`h3r.codecs.build_codec`)."""
     return build_codec(config.codec, config.stride, input_size=config.crop.input_size, task=config.task,
                        k=config.topk, weights=config.topk_weights, sigma=config.sigma, refine=config.refine,
-                       window=config.window, radius=config.radius)
+                       window=config.window, radius=config.radius, offset_blur=config.offset_blur)
 
 
 # The decoder settings ``h3r eval`` may change: they act after the network, so one trained
 # model can be scored with several decoders (the study does: arg-max and quarter offset of
 # one Gaussian model, top-k softmax and linear of one H3R model).
-DECODER_FIELDS = ("topk", "topk_weights", "window", "refine")
+DECODER_FIELDS = ("topk", "topk_weights", "window", "refine", "offset_blur")
 
 
 def format_value(value: Optional[float]) -> str:
@@ -284,7 +284,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, *, dataset: Optional[str] =
     ``train_options``), its flip-test setting, and
     ``<run folder>/eval-<dataset>-<split>`` as ``out``. ``options`` are keyword arguments of
     the dataset reader, merged over those. ``decoder`` overrides the run's decoding settings
-    (:data:`DECODER_FIELDS`: ``topk``, ``topk_weights``, ``window``, ``refine``).
+    (:data:`DECODER_FIELDS`: ``topk``, ``topk_weights``, ``window``, ``refine``, ``offset_blur``).
     Returns ``{"metrics", "baseline", "settings", "paths"}``.
 
     ``checkpoint_path`` may also be one of the authors' released folders (``config.yaml`` +

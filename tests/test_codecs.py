@@ -265,6 +265,15 @@ def test_udp_ideal_output_is_lossless_where_the_blur_does_not_reflect():
         assert (coords[0, interior] - keypoints[0, interior]).norm(dim=-1).max() < 1e-3
         on_target, _ = codec.decode(codec.targets(keypoints, (side, side)))
         assert 0.15 < (on_target[0, interior] - keypoints[0, interior]).norm(dim=-1).mean() / 4 < 0.45  # cells
+    unblurred = OffsetCodec(stride=4, offset_blur=False)  # udp-noblur: the target's own offsets, read as they are
+    for side in (64, 16, 8):
+        keypoints = torch.rand(1, 3000, 2, generator=torch.Generator().manual_seed(side)) * (side - 1) * 4
+        coords, _ = unblurred.decode(unblurred.targets(keypoints, (side, side)))
+        reach = codec.blur_half_widths((side, side))[0] + 1
+        interior = ((keypoints[0] / 4 >= reach) & (keypoints[0] / 4 <= side - 1 - reach)).all(-1)
+        assert (coords[0, interior] - keypoints[0, interior]).norm(dim=-1).max() < 1e-3
+    with pytest.raises(TypeError, match="offset_blur: expected True or False"):
+        OffsetCodec(offset_blur="no")
     for side in (4, 2):  # no offset blur: exact everywhere
         keypoints = torch.rand(1, 500, 2, generator=torch.Generator().manual_seed(side)) * (side - 1) * 4
         coords, _ = codec.decode(codec.ideal_output(keypoints, (side, side)))

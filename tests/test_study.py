@@ -36,6 +36,24 @@ def test_stride_end_to_end(tmp_path, capsys, stride):
     assert json.loads((tmp_path / "eval-dark" / "results.json").read_text())["settings"]["stride"] == stride
 
 
+def test_udp_end_to_end_with_its_offsets_read_unblurred(tmp_path):
+    """A udp model (3 maps per keypoint) trains, resumes its config, and is read again without the offset blur."""
+    run = tmp_path / "run"
+    assert main(["train", "--codec", "udp", "--stride", "8", "--input-size", "64", "--radius", "1.5", "--out", str(run),
+                 *TINY]) == 0
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["config"]["radius"] == 1.5 and checkpoint["config"]["offset_blur"] is True
+    assert checkpoint["model"]["head.logits.weight"].shape[0] == 3 * checkpoint["num_keypoints"]
+    blurred = evaluate_checkpoint(run, out=str(tmp_path / "a"), draw=0, workers=0, progress=False)
+    sharp = evaluate_checkpoint(run, out=str(tmp_path / "b"), draw=0, workers=0, progress=False,
+                                decoder={"offset_blur": False})
+    assert "offset_blur=True" in blurred["settings"]["decoder"] and "offset_blur=False" in sharp["settings"]["decoder"]
+    assert blurred["metrics"]["nme"] != sharp["metrics"]["nme"]
+    assert main(["eval", "--checkpoint", str(run), "--no-offset-blur", "--draw", "0", "--workers", "0",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["metrics"]["nme"] == sharp["metrics"]["nme"]
+
+
 def test_part_a_matches_the_closed_forms():
     rows = quantization_rows(PRESETS["smoke"].with_overrides(strides=(4, 8)))
     uniform = {(row["method"], row["stride"]): row for row in rows if row["points"] == "uniform"}

@@ -81,6 +81,7 @@ class TrainConfig:
     sigma: Optional[float] = None  # h3r-gaussian, gaussian, dark: heatmap cells (None: codecs.default_gaussian_sigma)
     refine: Optional[str] = None  # gaussian, dark: refinement after the arg-max (None: quarter / dark)
     radius: Optional[float] = None  # udp: the disk's radius in heatmap cells (None: codecs.OffsetCodec.radius_on)
+    offset_blur: bool = True  # udp: blur the offset maps before reading them (mmpose's decoder)
 
     # Crop and augmentation: input_size, box_scale, rotation, scale_jitter, translate, flip_prob, colour_jitter,
     # mean and std (see h3r.transforms.CropConfig; its values are checked there).
@@ -180,7 +181,8 @@ def absolute_path(path) -> str:
 
 # Settings read by some codecs only, and the schedule's own.
 CODEC_SETTINGS = {"topk": ("h3r",), "topk_weights": ("h3r", "h3r-gaussian"), "window": ("h3r", "h3r-gaussian"),
-                  "sigma": ("h3r-gaussian", "gaussian", "dark"), "refine": ("gaussian", "dark"), "radius": ("udp",)}
+                  "sigma": ("h3r-gaussian", "gaussian", "dark"), "refine": ("gaussian", "dark"), "radius": ("udp",),
+                  "offset_blur": ("udp",)}
 
 
 def unused_settings(config: TrainConfig, names) -> list[str]:

@@ -3,8 +3,8 @@
 A *method* is a codec (what the network is trained on) plus a decoder setting (how its
 output is read). Methods that share a codec share the trained network: ``argmax`` and
 ``quarter`` read the same vanilla Gaussian model, ``h3r``, ``h3r-linear`` and ``h3r-local`` the
-same H3R model, so a study trains one network per codec, stride and seed. ``h3r-gaussian`` trains
-its own (H3R's rounding with a Gaussian target, :class:`h3r.codecs.H3RCodec`).
+same H3R model, ``udp`` and ``udp-noblur`` the same UDP model, so a study trains one network per
+codec, stride and seed. ``h3r-gaussian`` trains its own (H3R's rounding with a Gaussian target, :class:`h3r.codecs.H3RCodec`).
 """
 from __future__ import annotations
 
@@ -43,12 +43,14 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("udp", "udp", {},
            "UDP's combined target: a disk and x/y offset maps per keypoint, MSE; arg-max of the blurred disk map "
            "+ the blurred offsets there (mmpose UDPHeatmap 'combined')"),
+    Method("udp-noblur", "udp", {"offset_blur": False},
+           "UDP's network, its offsets read at the arg-max without mmpose's blur (ours)"),
 )}
 
 
 # The methods of a preset that names none: all but h3r-gaussian, which is asked for by name
 # (--methods) or by the full preset, so that the quick preset stays the grid it was measured on.
-DEFAULT_METHODS = ("argmax", "quarter", "dark", "h3r", "h3r-linear", "h3r-local", "integral", "udp")
+DEFAULT_METHODS = ("argmax", "quarter", "dark", "h3r", "h3r-linear", "h3r-local", "integral", "udp", "udp-noblur")
 
 
 @dataclass(frozen=True)
