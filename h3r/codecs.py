@@ -427,10 +427,9 @@ class OffsetCodec:
     on its 64-cell maps the disk and the blurs cover a fixed share of the crop. On the study's
     smaller maps both keep that share (the kernels' half-widths 11 and 5 scaled by
     ``max(W, H) / 64`` and rounded: 3 and 1 on 16 cells, 1 and 1 on 8, 1 and 0 on 4, none on 2),
-    and the radius is at least 1 cell: below ``√2 / 2`` cells a
-    disk can hold no cell and its keypoint gets no target (the published rule gives 0.875, 0.44
-    and 0.22 cells on 16x16, 8x8 and 4x4 maps); at 1 cell the keypoint's nearest cells are
-    always inside.
+    and the radius is at least 1 cell: below ``√2 / 2`` cells a disk can hold no cell and its
+    keypoint gets no target (the published rule gives 0.875, 0.44 and 0.22 cells on 16x16, 8x8
+    and 4x4 maps); at 1 cell the keypoint's nearest cells are always inside.
 
     Units as every codec: keypoints in input pixels, cell ``i`` on input pixel ``stride i``
     (mmpose's UDP places the last cell on the last pixel, ``(input - 1) / (map - 1)`` pixels
