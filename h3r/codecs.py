@@ -486,7 +486,7 @@ class OffsetCodec:
         cells = keypoints.to(torch.float32) / self.stride
         present = torch.isfinite(cells).all(dim=-1)
         if visible is not None:
-            present = present & visible.to(device=cells.device, dtype=torch.bool)
+            present = present & _on(visible, cells)
         cells = torch.nan_to_num(cells, nan=0.0, posinf=0.0, neginf=0.0)
         columns = torch.arange(width, device=cells.device, dtype=cells.dtype)
         rows = torch.arange(height, device=cells.device, dtype=cells.dtype)

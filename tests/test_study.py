@@ -184,6 +184,8 @@ def test_print_commands_gives_one_valid_train_command_per_cell(capsys):
     (("--preset", "smoke", "--methods", "h3r-gaussian", "--", "--sigma", "5"),
      "would fail: sigma: at most 4.667 cells for h3r-gaussian"),
     (("--", "--window", "3"), "arguments after '--' set window, which the study's methods set"),
+    (("--", "--no-offset-blur", "--topk", "5"), "arguments after '--' set topk, offset_blur, which the study's "
+                                                 "methods set"),
     (("--", "--lr", "abc"), "would fail: argument --lr: invalid float value: 'abc'"),
     (("--", "--step-ms", "5"), "would fail: --step-ms is an option of --data-only"),
     (("--", "--stride", "8"), "arguments after '--' change what the study sets per cell: stride (4 -> 8; set it "

@@ -68,7 +68,7 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
     cell (an argument after '--' that sets what the study sets per cell: the report would mislabel it)."""
     from h3r.cli import train_config_of
     from h3r.configs import flat_settings
-    from h3r.evaluate import codec_of
+    from h3r.evaluate import DECODER_FIELDS, codec_of
 
     for cell in cells(preset):
         argv = train_argv(cell, preset, out, data_root=data_root, extra=extra)
@@ -81,9 +81,12 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
         wanted = {"dataset": cell.dataset, "codec": cell.codec, "stride": cell.stride, "seed": cell.seed,
                   "backbone": preset.backbone, "input_size": preset.input_size, "epochs": preset.epochs,
                   "batch_size": preset.batch_size, "out": str(cell.run_dir(out))}
-        if settings["window"] is not None:
-            raise ValueError("arguments after '--' set window, which the study's methods set (h3r-local, "
-                             "h3r-gaussian): choose them with the study's --methods")
+        if extra:  # a decoder setting would be read by some methods and overridden by others: mislabelled rows
+            plain = flat_settings(train_config_of(train_argv(cell, preset, out, data_root=data_root)))
+            decoders = [name for name in DECODER_FIELDS if settings[name] != plain[name]]
+            if decoders:
+                raise ValueError(f"arguments after '--' set {', '.join(decoders)}, which the study's methods set "
+                                 f"(their decoders): choose them with the study's --methods")
         changed = [name for name, value in wanted.items() if settings[name] != value]
         if changed:
             shown = ", ".join(f"{name} ({wanted[name]!r} -> {settings[name]!r}; set it with the study's "

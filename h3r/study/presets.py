@@ -4,7 +4,8 @@ A *method* is a codec (what the network is trained on) plus a decoder setting (h
 output is read). Methods that share a codec share the trained network: ``argmax`` and
 ``quarter`` read the same vanilla Gaussian model, ``h3r``, ``h3r-linear`` and ``h3r-local`` the
 same H3R model, ``udp`` and ``udp-noblur`` the same UDP model, so a study trains one network per
-codec, stride and seed. ``h3r-gaussian`` trains its own (H3R's rounding with a Gaussian target, :class:`h3r.codecs.H3RCodec`).
+codec, stride and seed. ``h3r-gaussian`` trains its own (H3R's rounding with a Gaussian target,
+:class:`h3r.codecs.H3RCodec`).
 """
 from __future__ import annotations
 

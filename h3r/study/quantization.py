@@ -116,17 +116,17 @@ def stride_rows(dataset: str, label: str, points: np.ndarray, preset: Preset, st
         # step has its neighbours (1 < x < W - 2); for h3r-gaussian where the window around either
         # cell the keypoint may round to lies on the map (r <= x <= W - 1 - r, r = window // 2); for
         # udp where the disk map's blur around the keypoint's cells does not reflect at the border.
-        interior = None
+        interior, reach = None, None
         if name == "dark":
             interior = ((cells[on_map] > 1.5) & (cells[on_map] < side - 2.5)).all(dim=1)
             row["blur_radius_cells"] = dark_blur_radius(codec.sigma)
         elif method.codec == "h3r-gaussian":
             reach = codec.window // 2
-            interior = ((cells[on_map] >= reach) & (cells[on_map] <= side - 1 - reach)).all(dim=1)
         elif method.codec == "udp":
             reach = codec.blur_half_widths((side, side))[0] + 1
-            interior = ((cells[on_map] >= reach) & (cells[on_map] <= side - 1 - reach)).all(dim=1)
             row["radius_cells"] = codec.radius_on((side, side))
+        if reach is not None:
+            interior = ((cells[on_map] >= reach) & (cells[on_map] <= side - 1 - reach)).all(dim=1)
         if interior is not None:
             row["interior_keypoints"] = int(interior.sum())
             row["interior_mean_error_px"] = (float((decoded - keypoints[0])[interior].norm(dim=1).mean())
