@@ -136,7 +136,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--sigma", type=float, metavar="CELLS",
                        help="h3r-gaussian, gaussian, dark: sigma in heatmap cells (default: see below)")
     model.add_argument("--radius", type=float, metavar="CELLS",
-                       help="udp: the disk's radius in heatmap cells (default: see below)")
+                       help="udp: the disk's radius in heatmap cells, from √2/2 to the map's diagonal (default: see below)")
     model.add_argument("--offset-blur", action=argparse.BooleanOptionalAction, default=None,
                        help="udp: blur the offset maps before reading them, as mmpose does (default: yes)")
     model.add_argument("--refine", choices=REFINEMENTS,

@@ -326,12 +326,14 @@ class IntegralCodec:
     def loss(self, logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor] = None,
              seed: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
         """Mean normalised L1 of the soft-argmax of ``logits`` against ``keypoints`` (input pixels)."""
+        keypoints, visible = _keypoints_on(logits, keypoints, visible)
         height, width = logits.shape[-2:]
-        predicted = soft_argmax(logits.float())
-        target = _to_heatmap_units(keypoints, logits, self.stride)
+        target = keypoints / self.stride
         mask = torch.isfinite(target).all(dim=-1)
         if visible is not None:
-            mask = mask & _on(visible, logits)
+            mask = mask & visible
+        # A masked keypoint's map is read as zeros: its NaN or inf logits change neither the loss nor a gradient.
+        predicted = soft_argmax(torch.where(mask[..., None, None], logits.float(), 0.0))
         distance = (predicted - torch.nan_to_num(target)).abs()
         error = distance[..., 0] / width + distance[..., 1] / height  # no host-made tensor: capturable
         return (error * mask).sum() / (2 * mask.sum()).clamp_min(1)
@@ -354,6 +356,7 @@ class IntegralCodec:
 UDP_RADIUS_FACTOR = 0.0546875
 UDP_BLUR_HALF_WIDTHS = (11, 5)  # disk maps, offset maps: cells on a map of UDP_REFERENCE_SIDE cells
 UDP_REFERENCE_SIDE = 64  # the maps of 256-px crops that mmpose's UDP settings were chosen for
+MIN_UDP_RADIUS = math.sqrt(0.5)  # a smaller disk misses every cell when its keypoint is between four
 
 
 def opencv_gaussian_kernel(size: int) -> torch.Tensor:
@@ -383,6 +386,8 @@ def opencv_blur(maps: torch.Tensor, half_width: int) -> torch.Tensor:
     kernel = opencv_gaussian_kernel(2 * half_width + 1).to(device=maps.device, dtype=maps.dtype)
     flat = maps.reshape(1, -1, height, width)  # the maps as channels of one depthwise convolution
     count = flat.shape[1]  # (on a CPU 25x faster than as a batch of one-channel images)
+    if count == 0:
+        return maps
     if half_width < min(height, width):  # one reflection: torch's own padding, the faster
         padded = F.pad(flat, (half_width,) * 4, mode="reflect")
     else:
@@ -447,8 +452,8 @@ class OffsetCodec:
     maps_per_keypoint = 3
 
     def __init__(self, stride: int = 4, radius: Optional[float] = None, offset_blur: bool = True):
-        if radius is not None and not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
-            raise ValueError(f"radius: expected a positive number of heatmap cells (or None), got {radius!r}")
+        if radius is not None:
+            check_radius(radius)
         if not isinstance(offset_blur, bool):
             raise TypeError(f"offset_blur: expected True or False, got {offset_blur!r}")
         self.stride = stride
@@ -460,7 +465,9 @@ class OffsetCodec:
 
     def radius_on(self, size: tuple[int, int]) -> float:
         """The disk's radius (heatmap cells) on an ``(H, W)`` map."""
-        return self.radius if self.radius is not None else max(1.0, UDP_RADIUS_FACTOR * max(size))
+        if self.radius is None:
+            return max(1.0, UDP_RADIUS_FACTOR * max(size))
+        return check_radius(self.radius, size)
 
     @staticmethod
     def blur_half_widths(size: tuple[int, int]) -> tuple[int, int]:
@@ -483,7 +490,7 @@ class OffsetCodec:
         the offsets ``(keypoint - cell) / r`` on every cell; ``(B, K)`` which keypoints are both."""
         height, width = size
         radius = self.radius_on(size)
-        cells = keypoints.to(torch.float32) / self.stride
+        cells = keypoints.detach().to(torch.float32) / self.stride
         present = torch.isfinite(cells).all(dim=-1)
         if visible is not None:
             present = present & _on(visible, cells)
@@ -501,12 +508,18 @@ class OffsetCodec:
 
         ``keypoints`` (B, K, 2) are input pixels; ``seed`` is accepted so every codec shares
         one signature (the target is deterministic)."""
+        checks.check_keypoints(keypoints, None)
         batch, channels, height, width = _check_offset_maps(logits, keypoints.shape[1])
+        keypoints, visible = _keypoints_on(logits, keypoints, visible, maps_per_keypoint=3)
         predicted = logits.float().view(batch, channels // 3, 3, height, width)
-        disk, dx, dy, present = self._fields(keypoints.to(logits.device), (height, width), _on(visible, logits))
-        offsets = torch.where(disk > 0, (predicted[:, :, 1] - dx) ** 2 + (predicted[:, :, 2] - dy) ** 2, 0.0)
-        squared = (predicted[:, :, 0] - disk) ** 2 * present[..., None, None] + offsets  # off the disk: 0, not 0 * inf
-        return 0.5 * squared.mean()
+        disk, dx, dy, present = self._fields(keypoints, (height, width), visible)
+        # Only the cells the loss reads are read: a masked keypoint's maps and the offsets off a disk (NaN or
+        # inf logits there, a far keypoint's huge offsets) change neither the loss nor a gradient.
+        on_disk = disk > 0
+        squared = ((torch.where(present[..., None, None], predicted[:, :, 0], 0.0) - disk) ** 2
+                   + (torch.where(on_disk, predicted[:, :, 1], 0.0) - torch.where(on_disk, dx, 0.0)) ** 2
+                   + (torch.where(on_disk, predicted[:, :, 2], 0.0) - torch.where(on_disk, dy, 0.0)) ** 2)
+        return 0.5 * squared.sum() / max(squared.numel(), 1)  # the mean; 0 for an empty batch
 
     def ideal_output(self, keypoints: torch.Tensor, size: tuple[int, int],
                      visible: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -526,9 +539,30 @@ class OffsetCodec:
         disk = opencv_blur(maps[:, :, 0], disk_half_width)
         offsets = opencv_blur(maps[:, :, 1:], offset_half_width if self.offset_blur else 0)  # (B, K, 2, H, W)
         peaks, scores = h3r_kernels.decode(disk, method="argmax")
+        # A map whose maximum is not finite: the blur spreads a +inf over the kernel's cells, so its peak is
+        # the raw map's (the decode op's rule: an inf is a limit; a NaN decodes to NaN).
+        raw_peaks, raw_scores = h3r_kernels.decode(maps[:, :, 0], method="argmax")
+        unbounded = ~torch.isfinite(raw_scores)
+        peaks = torch.where(unbounded[..., None], raw_peaks, peaks)
+        scores = torch.where(unbounded, raw_scores, scores)
         x, y = peaks[..., 0].long(), peaks[..., 1].long()
         shift = torch.stack([_gather(offsets[:, :, 0], x, y), _gather(offsets[:, :, 1], x, y)], dim=-1)
         return (peaks + self.radius_on((height, width)) * shift) * self.stride, scores
+
+
+def check_radius(radius, size: Optional[tuple[int, int]] = None) -> float:
+    """``radius`` (heatmap cells) of UDP's disk as a float, refused where no disk could work: not a number,
+    below ``√2 / 2`` (a disk can then hold no cell, and its keypoint gets no target), or, on an ``(H, W)``
+    map, above ``hypot(H, W)`` (every disk then holds every cell: no peak, and offsets shrunk by ``1 / r``)."""
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+        raise TypeError(f"radius: expected a number of heatmap cells, got {type(radius).__name__} {radius!r}")
+    if not (math.isfinite(radius) and radius >= MIN_UDP_RADIUS):
+        raise ValueError(f"radius: expected at least √2/2 = {MIN_UDP_RADIUS:.4f} heatmap cells (a smaller disk can hold "
+                         f"no cell), got {radius!r}")
+    if size is not None and radius > math.hypot(*size):
+        raise ValueError(f"radius: {radius!r} cells is wider than the {size[0]}x{size[1]} heatmap (at most its diagonal, "
+                         f"{math.hypot(*size):.4g} cells): every disk would hold every cell")
+    return float(radius)
 
 
 def _check_offset_maps(logits: torch.Tensor, num_keypoints: Optional[int] = None) -> torch.Size:
@@ -566,7 +600,34 @@ def _to_heatmap_units(keypoints: torch.Tensor, logits: torch.Tensor, stride: int
 
 
 def _on(visible: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
-    return None if visible is None else visible.to(device=like.device, dtype=torch.bool)
+    """``visible`` as a bool mask on ``like``'s device, read as the ops read it: non-zero is visible, NaN is not."""
+    if visible is None:
+        return None
+    if not isinstance(visible, torch.Tensor):
+        raise TypeError(f"visible: expected a torch.Tensor or None, got {type(visible).__name__}")
+    visible = visible.to(like.device)
+    if visible.dtype == torch.bool:
+        return visible
+    return (visible != 0) & ~visible.isnan() if visible.is_floating_point() else visible != 0
+
+
+def _keypoints_on(logits: torch.Tensor, keypoints: torch.Tensor, visible: Optional[torch.Tensor],
+                  maps_per_keypoint: int = 1) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(keypoints, visible)`` for a loss written in PyTorch (the ops check their own): float32 input
+    pixels, constants (no gradient reaches them), and the bool mask (:func:`_on`), on the logits' device;
+    their shapes checked against the ``(B, maps_per_keypoint K, H, W)`` logits as the ops check them."""
+    checks.check_maps("logits", logits)
+    checks.check_keypoints(keypoints, None)
+    batch, keypoint_count = logits.shape[0], logits.shape[1] // maps_per_keypoint
+    if tuple(keypoints.shape[:2]) != (batch, keypoint_count):
+        raise ValueError(f"keypoints: expected (B, K) = {(batch, keypoint_count)} to match logits of shape "
+                         f"{tuple(logits.shape)}, got shape {tuple(keypoints.shape)}")
+    keypoints = keypoints.detach().to(device=logits.device, dtype=torch.float32)
+    visible = _on(visible, logits)
+    if visible is not None and tuple(visible.shape) != (batch, keypoint_count):
+        raise ValueError(f"visible: expected shape (B, K) = {(batch, keypoint_count)} to match keypoints, "
+                         f"got {tuple(visible.shape)}")
+    return keypoints, visible
 
 
 def _gather(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

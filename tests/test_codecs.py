@@ -246,8 +246,82 @@ def test_udp_target_radius_and_loss():
         codec.decode(logits[:, :0])
     far = torch.tensor([[[1e30, 5.0]]])  # finite, far off the map: no disk, and no 0 * inf in the offsets' term
     assert torch.isfinite(codec.loss(torch.zeros(1, 3, 8, 8), far))
-    with pytest.raises(ValueError, match="radius: expected a positive number"):
+    with pytest.raises(ValueError, match="radius: expected at least √2/2"):
         OffsetCodec(radius=0.0)
+
+
+def test_radius_is_refused_where_no_disk_could_work():
+    with pytest.raises(TypeError, match="radius: expected a number of heatmap cells, got bool"):
+        OffsetCodec(radius=True)
+    with pytest.raises(ValueError, match="radius: expected at least √2/2 = 0.7071 heatmap cells"):
+        OffsetCodec(radius=0.7)
+    assert OffsetCodec(radius=math.sqrt(0.5)).radius_on((2, 2)) == math.sqrt(0.5)
+    codec = OffsetCodec(radius=30.0)  # fits 32x32 maps (diagonal 45.3), not 16x16 ones (22.6)
+    assert codec.radius_on((32, 32)) == 30.0
+    with pytest.raises(ValueError, match=r"radius: 30.0 cells is wider than the 16x16 heatmap .*22.63 cells"):
+        codec.loss(torch.zeros(1, 3, 16, 16), torch.full((1, 1, 2), 20.0))
+    with pytest.raises(ValueError, match="wider than the 16x16 heatmap"):
+        codec.decode(torch.zeros(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("name", ["udp", "integral"])
+def test_pytorch_losses_follow_the_ops_rules(name):
+    """The losses written in PyTorch (udp, integral) keep the kernels' promises (docs/RELIABILITY.md):
+    a masked keypoint's NaN/inf logits change nothing, NaN in a float mask is invisible, keypoints are
+    constants, shapes are checked and named, an empty batch has loss 0."""
+    codec = build_codec(name, stride=2)
+    maps = codec.maps_per_keypoint
+    generator = torch.Generator().manual_seed(5)
+    keypoints = torch.rand(2, 3, 2, generator=generator) * 14
+    visible = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, float("nan")]])  # NaN: invisible, as for the ops
+    logits = torch.randn(2, 3 * maps, 8, 8, generator=generator)
+
+    def loss_and_grad(values, mask, points=keypoints):
+        values = values.clone().requires_grad_()
+        loss = codec.loss(values, points, mask)
+        loss.backward()
+        return loss.detach(), values.grad
+
+    clean_loss, clean_grad = loss_and_grad(logits, visible)
+    bool_loss, bool_grad = loss_and_grad(logits, visible.nan_to_num(0.0) != 0)
+    assert torch.equal(clean_loss, bool_loss) and torch.equal(clean_grad, bool_grad)
+    poisoned = logits.clone()
+    poisoned[0, maps:2 * maps] = float("nan")  # keypoint 1 of image 0: invisible
+    poisoned[1, 2 * maps:, :4] = float("inf")  # keypoint 2 of image 1: NaN in the mask
+    poisoned_loss, poisoned_grad = loss_and_grad(poisoned, visible)
+    assert torch.equal(poisoned_loss, clean_loss) and torch.equal(poisoned_grad, clean_grad)
+    assert poisoned_grad[0, maps:2 * maps].abs().sum() == 0 and poisoned_grad[1, 2 * maps:].abs().sum() == 0
+
+    constant = keypoints.clone().requires_grad_()
+    codec.loss(logits.clone().requires_grad_(), constant, visible).backward()
+    assert constant.grad is None
+    with pytest.raises(ValueError, match=r"visible: expected shape \(B, K\) = \(2, 3\)"):
+        codec.loss(logits, keypoints, visible[0, :2])  # (2,): broadcast as a per-keypoint mask before
+    with pytest.raises(ValueError, match=r"keypoints: expected a \(B, K, 2\) tensor"):
+        codec.loss(logits, torch.cat([keypoints, keypoints[..., :1]], dim=-1))
+    assert codec.loss(logits[:0], keypoints[:0]).item() == 0.0
+    coords, scores = codec.decode(logits[:0])
+    assert coords.shape == (0, 3, 2) and scores.shape == (0, 3)
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_every_codec_reads_nan_in_a_float_mask_as_invisible(name):
+    codec = build_codec(name, stride=1, sigma=1.0)
+    logits = torch.randn(1, 2 * codec.maps_per_keypoint, 8, 8, generator=torch.Generator().manual_seed(2))
+    keypoints = torch.tensor([[[2.3, 4.6], [5.5, 1.2]]])
+    float_mask, bool_mask = torch.tensor([[1.0, float("nan")]]), torch.tensor([[True, False]])
+    assert torch.equal(codec.loss(logits, keypoints, float_mask, seed=3), codec.loss(logits, keypoints, bool_mask, seed=3))
+
+
+def test_udp_decodes_an_infinite_peak_at_its_cell():
+    """The blur spreads a +inf over its kernel; the decode op's rule (an inf is a limit) reads the raw peak."""
+    codec = OffsetCodec(stride=1)
+    maps = torch.zeros(1, 6, 16, 16)
+    maps[0, 0, 5, 5] = float("inf")
+    maps[0, 3, 9, 2] = float("nan")
+    coords, scores = codec.decode(maps)
+    assert coords[0, 0].tolist() == [5.0, 5.0] and scores[0, 0].item() == float("inf")
+    assert coords[0, 1].isnan().all() and scores[0, 1].isnan()
 
 
 def test_udp_ideal_output_is_lossless_where_the_blur_does_not_reflect():

@@ -90,6 +90,7 @@ def test_part_a_uses_the_cells_settings_and_h3r_gaussian_is_asked_for_by_name():
 
 SCHEMA_CELL_KEYS = {"dataset", "method", "codec", "stride", "heatmap_size", "seed", "status", "metrics", "metric",
                     "images_per_s", "head_decode_ms", "train_seconds", "run_dir", "command", "error"}
+SCORE_KEYS = {"higher_is_better", "epochs", "scored_at"}  # added to the rows later: older records lack them
 
 
 def check_schema(record):
@@ -97,7 +98,7 @@ def check_schema(record):
     assert {"preset", "datasets", "methods", "strides", "seeds", "commit", "machine", "wall_seconds"} <= set(
         record["settings"])
     for row in record["cells"]:
-        assert set(row) == SCHEMA_CELL_KEYS
+        assert SCHEMA_CELL_KEYS <= set(row) <= SCHEMA_CELL_KEYS | SCORE_KEYS
         assert isinstance(row["stride"], int)
         assert row["heatmap_size"] == record["settings"]["input_size"] // row["stride"]
         if row["status"] != "failed":
@@ -120,6 +121,8 @@ def test_study_writes_its_outputs_resumes_and_reports_failures(tmp_path, monkeyp
     check_schema(on_disk)
     assert {row["method"] for row in on_disk["cells"]} == set(preset.methods)
     assert {row["status"] for row in on_disk["cells"]} == {"trained"} and not on_disk["failed_cells"]
+    assert all(row["epochs"] == preset.epochs and row["higher_is_better"] is False and row["scored_at"]
+               for row in on_disk["cells"])  # NME; the commit that scored each row
     assert len(on_disk["summary"]) == len(preset.methods)
     markdown = (out / "study.md").read_text()
     assert "quantization only" in markdown and "h3r-linear" in markdown and "stride 8 (4×4)" in markdown
@@ -245,6 +248,74 @@ def test_grid_checks_come_before_any_training(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _fake_finished_cell(preset, out, cell, extra=()):
+    """A cell's run folder as training leaves it: config.json beside a last.pt (here unreadable)."""
+    from h3r.cli import train_config_of
+
+    run_dir = cell.run_dir(out)
+    run_dir.mkdir(parents=True)
+    config = train_config_of(train_argv(cell, preset, out, extra=extra))
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    return run_dir
+
+
+def test_a_cell_trained_with_other_settings_is_refused(tmp_path):
+    """A re-run with other settings used to skip (or resume) the cells trained earlier and label their
+    networks with the new settings."""
+    from h3r.study.grid import check_cells
+
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(8,))
+    cell = cells(preset)[0]
+    _fake_finished_cell(preset, tmp_path, cell, extra=("--lr", "0.01"))
+    check_cells(preset, tmp_path, extra=("--lr", "0.01"))
+    check_cells(preset, tmp_path, extra=("--lr", "0.01", "--workers", "0"))  # where it runs may change
+    with pytest.raises(ValueError, match=r"cell synthetic-face/h3r-stride8-seed0: its run folder .* holds a network "
+                                         r"trained with other settings: lr 0.01 \(asked now: 0.003\); give another --out"):
+        check_cells(preset, tmp_path)
+    with pytest.raises(ValueError, match=r"epochs 1 \(asked now: 3\), eval_every 1 \(asked now: 3\)"):
+        check_cells(preset.with_overrides(epochs=3), tmp_path, extra=("--lr", "0.01"))
+    (cell.run_dir(tmp_path) / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"config.json: cannot read the settings .*; remove .* to train the cell again"):
+        check_cells(preset, tmp_path)
+    with pytest.raises(ValueError, match=r"arguments after '--' change the data \(test_options\)"):
+        check_cells(preset, tmp_path / "other", extra=("--test-option", "size=100"))
+
+
+def test_cells_that_cannot_start_fail_alone(tmp_path):
+    """A cell whose folder cannot be written, or whose checkpoint is damaged, is a failed cell: the others run
+    (the first ended the study with a traceback; the second retrained and failed on 'already holds a run')."""
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r", "argmax", "integral"), strides=(8,), input_size=32)
+    blocked, damaged, healthy = cells(preset)
+    blocked.run_dir(tmp_path).parent.mkdir(parents=True)
+    blocked.run_dir(tmp_path).write_text("a file where the cell's folder belongs")
+    _fake_finished_cell(preset, tmp_path, damaged)
+    record = run_study(preset, tmp_path, say=lambda message: None)
+    status = {row["codec"]: (row["status"], row["error"]) for row in record["cells"]}
+    assert status[blocked.codec][0] == "failed" and "cannot write the cell's log" in status[blocked.codec][1]
+    assert status[damaged.codec][0] == "failed" and "last.pt cannot be read" in status[damaged.codec][1]
+    assert status[healthy.codec] == ("trained", None)
+
+
+def test_a_resumed_cell_keeps_this_runs_runtime_options():
+    from h3r.study.runner import runtime_arguments
+
+    argv = ["train", "--dataset", "wflw", "--seed", "0", "--workers", "1", "--draw", "0", "--no-progress", "--out",
+            "o", "--data-root", "/new/wflw", "--device", "cuda:1", "--gpu-augment", "--lr", "0.1"]
+    assert runtime_arguments(argv) == ["--workers", "1", "--draw", "0", "--no-progress", "--data-root", "/new/wflw",
+                                       "--device", "cuda:1", "--gpu-augment"]
+
+
+def test_a_study_refuses_a_missing_device_and_a_merged_folder(tmp_path):
+    preset = PRESETS["smoke"].with_overrides(methods=("h3r",), strides=(8,))
+    with pytest.raises(ValueError, match="device: 'bogus' is not a device name"):
+        run_study(preset, tmp_path, devices=["bogus"], say=lambda message: None)
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "study.json").write_text(json.dumps({"schema": "h3r-study/1", "settings": {"parts": [{}, {}]}}))
+    with pytest.raises(ValueError, match=r"study.json is a merged study \(h3r study --merge\); give another --out"):
+        run_study(preset, tmp_path, say=lambda message: None)
+
+
 def test_a_cell_that_exits_is_reported_and_ctrl_c_stops_the_study(tmp_path, monkeypatch):
     import h3r.cli
 
@@ -318,7 +389,7 @@ def test_runs_of_one_grid_merge_into_one_study(tmp_path, capsys):
     assert "- merged from 3 runs by `h3r study --merge" not in markdown  # main() was not called as `h3r study`
     assert "- merged from 3 runs:" in markdown
     assert "(seeds [1], methods argmax, quarter, h3r, h3r-linear, strides [4, 8])" in markdown
-    assert "| dark | 0.7283 ± 0.0000 (1/2 seeds) | 0.5162 ± 0.0000 (1/2 seeds) |" in markdown  # dark: seed 0 only
+    assert "| dark | 0.7283 (1/2 seeds) | 0.5162 (1/2 seeds) |" in markdown  # dark: seed 0 only
     assert (out / "study.png").stat().st_size > 0
     # a merged study merges again, its parts flattened
     (tmp_path / "seed2.json").write_text(json.dumps(_with_seed(seed0, 2, -0.1)))
@@ -348,7 +419,7 @@ def test_strides_run_apart_merge(tmp_path):
     (tmp_path / "lone.json").write_text(json.dumps(lone))
     assert main(["study", "--merge", str(tmp_path / "m"), str(tmp_path / "lone.json"), "--out", str(tmp_path / "m2")]) == 0
     table = (tmp_path / "m2" / "study.md").read_text()
-    assert "| argmax | 0.6257 ± 0.0000 | 0.3925 ± 0.0000 | – |" in table
+    assert "| argmax | 0.6257 | 0.3925 | – |" in table
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -146,7 +146,10 @@ def test_configuration_files_load_and_validate():
     ({"codec": "dsnt"}, "codec: expected one of h3r, h3r-gaussian, gaussian, dark, integral, udp, got .dsnt."),
     ({"epochs": 0}, "epochs: expected a positive number"),
     ({"sigma": -1.0}, "sigma: expected a positive number"),
-    ({"radius": 0.0}, "radius: expected a positive number"),
+    ({"radius": 0.0}, "radius: expected at least √2/2"),
+    ({"radius": 0.5}, "radius: expected at least √2/2"),
+    ({"codec": "udp", "radius": 1e39}, r"radius: 1e\+39 cells is wider than the 16x16 heatmap"),
+    ({"radius": True}, "radius: expected a number of heatmap cells, got bool"),
     ({"learning_rate": 0.1}, "unknown setting.*learning_rate"),
 ])
 def test_bad_settings_are_named(changes, message):

@@ -24,6 +24,7 @@ from h3r.codecs import CODEC_NAMES as CODECS
 from h3r.codecs import GAUSSIAN_REFINEMENTS as REFINEMENTS
 from h3r.codecs import MAX_TOPK
 from h3r.codecs import TOPK_WEIGHTS
+from h3r.codecs import check_radius
 from h3r.models import BACKBONES as BACKBONE_BUILDERS
 from h3r.models import HEAD_KINDS as HEADS
 from h3r.models import STRIDES as SUPPORTED_STRIDES
@@ -151,8 +152,8 @@ class TrainConfig:
             check_decode_options("local", 1, "linear", self.window)
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
-        if self.radius is not None and not self.radius > 0:
-            raise ValueError(f"radius: expected a positive number of heatmap cells (or None), got {self.radius!r}")
+        if self.radius is not None:  # UDP's disk: a number of cells that fits the heatmap
+            self.radius = check_radius(self.radius, (side, side))
         for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN
             value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):

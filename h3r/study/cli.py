@@ -8,6 +8,8 @@ from pathlib import Path
 
 from h3r.study.presets import METHODS, PRESETS
 
+DEFAULT_PRESET = "quick"
+
 STUDY_DESCRIPTION = """\
 The low-resolution study: accuracy against heatmap stride at a fixed input size, H3R against
 faithful baselines. Part A (seconds): every codec encodes the test split's ground truth and
@@ -41,7 +43,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="quick", help="the grid (default quick)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), help=f"the grid (default {DEFAULT_PRESET})")
     parser.add_argument("--out", metavar="DIR", help="output folder (default runs/study-<preset>)")
     parser.add_argument("--dataset", help="run the study on this dataset instead of the preset's")
     parser.add_argument("--data-root", metavar="DIR", help="folder of a real dataset")
@@ -75,8 +77,8 @@ def merge_runs(args: argparse.Namespace) -> int:
     from h3r.study.merge import merge_studies
     from h3r.study.report import write_outputs
 
-    grid_options = [f"--{name.replace('_', '-')}" for name in ("dataset", "data_root", "strides", "seeds", "methods",
-                    "backbone", "input_size", "epochs", "batch_size", "workers", "jobs", "devices")
+    grid_options = [f"--{name.replace('_', '-')}" for name in ("preset", "dataset", "data_root", "strides", "seeds",
+                    "methods", "backbone", "input_size", "epochs", "batch_size", "workers", "jobs", "devices")
                     if getattr(args, name) is not None]
     grid_options += [f"--{name.replace('_', '-')}" for name in ("print_commands", "collect", "rescore")
                      if getattr(args, name)] + (["-- ..."] if args.train_args else [])
@@ -102,10 +104,12 @@ def run_study(args: argparse.Namespace) -> int:
     from h3r.study.grid import cells, check_cells, command_line, train_argv
     from h3r.study.runner import run_study as run
 
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs: expected a positive number of cells trained at once, got {args.jobs}")
     if args.merge:
         return merge_runs(args)
 
-    preset = PRESETS[args.preset]
+    preset = PRESETS[args.preset or DEFAULT_PRESET]
     overrides = {"strides": args.strides, "seeds": args.seeds, "methods": args.methods, "backbone": args.backbone,
                  "input_size": args.input_size, "epochs": args.epochs, "batch_size": args.batch_size,
                  "workers": args.workers}

@@ -1,6 +1,7 @@
 """The cells of Part B: one ``h3r train`` per ``(dataset, codec, stride, seed)``, and where each lives."""
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +61,18 @@ def train_argv(cell: Cell, preset: Preset, out: Path, *, data_root: Optional[str
 CELL_SETTINGS = {"dataset": "--dataset", "codec": "--methods", "stride": "--strides", "seed": "--seeds",
                  "backbone": "--backbone", "input_size": "--input-size", "epochs": "--epochs",
                  "batch_size": "--batch-size", "out": "--out"}
+# The data every cell trains and tests on, as part A reads it (the dataset's splits and the preset's reader options).
+DATA_SETTINGS = ("data_root", "train_split", "test_split", "train_options", "test_options")
 
 
 def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, extra: tuple[str, ...] = ()) -> None:
     """Refuse, before anything trains, a grid whose ``h3r train`` commands would fail to start (a bad
     argument after '--', a heatmap too small for the decoder) or would train something other than their
-    cell (an argument after '--' that sets what the study sets per cell: the report would mislabel it)."""
+    cell (an argument after '--' that sets what the study sets per cell, or the data; a run folder in
+    ``out`` holding a network trained with other settings, which would be skipped or resumed as it is):
+    the report would mislabel it."""
     from h3r.cli import train_config_of
-    from h3r.configs import flat_settings
+    from h3r.configs import RUNTIME_FIELDS, flat_settings
     from h3r.evaluate import DECODER_FIELDS, codec_of
 
     for cell in cells(preset):
@@ -87,11 +92,39 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
             if decoders:
                 raise ValueError(f"arguments after '--' set {', '.join(decoders)}, which the study's methods set "
                                  f"(their decoders): choose them with the study's --methods")
+            data = [name for name in DATA_SETTINGS if settings[name] != plain[name]]
+            if data:  # the cells would read other data than part A and the report say
+                raise ValueError(f"arguments after '--' change the data ({', '.join(data)}), which the study sets for "
+                                 f"every cell and part A: give the data folder with the study's --data-root")
         changed = [name for name, value in wanted.items() if settings[name] != value]
         if changed:
             shown = ", ".join(f"{name} ({wanted[name]!r} -> {settings[name]!r}; set it with the study's "
                               f"{CELL_SETTINGS[name]})" for name in changed)
             raise ValueError(f"arguments after '--' change what the study sets per cell: {shown}")
+        stored = stored_settings(cell.run_dir(out))  # a cell trained (or begun) earlier is skipped or resumed
+        if stored is not None:  # as it was trained: its settings must be the ones this grid asks for
+            ignored = {*RUNTIME_FIELDS, "out"}  # where it runs and reads its data, and where the folder is now
+            differ = [name for name in settings if name not in ignored and stored.get(name) != settings[name]]
+            if differ:
+                shown = ", ".join(f"{name} {stored.get(name)!r} (asked now: {settings[name]!r})" for name in differ)
+                raise ValueError(f"cell {cell.key}: its run folder {cell.run_dir(out)} holds a network trained with "
+                                 f"other settings: {shown}; give another --out, or remove that folder to train the "
+                                 f"cell again")
+
+
+def stored_settings(run_dir: Path) -> Optional[dict]:
+    """The settings (flat names) a cell's network in ``run_dir`` was trained with, from the ``config.json``
+    beside its checkpoint; None when the folder holds no checkpoint (the cell trains from the start)."""
+    from h3r.configs import config_from_dict, flat_settings
+
+    if not (run_dir / "last.pt").exists():
+        return None
+    path = run_dir / "config.json"
+    try:
+        return flat_settings(config_from_dict(json.loads(path.read_text()), source=str(path)))
+    except (OSError, ValueError) as error:  # json's errors are ValueErrors
+        raise ValueError(f"{path}: cannot read the settings its run's checkpoint was trained with ({error}); "
+                         f"remove {run_dir} to train the cell again") from None
 
 
 def command_line(argv: list[str]) -> str:

@@ -12,6 +12,8 @@ import numpy as np
 from h3r.study.presets import METHODS, PRESETS
 
 SCHEMA = "h3r-study/1"  # study.json's format
+SAMPLED_TARGET = "h3r-sampled-target"  # part A's extra row: one sampled H3R target, read by arg-max
+UNRECORDED = "an earlier commit (not recorded)"  # where a row without "scored_at" was scored
 
 # The settings that make a study's grid: where a run's differ from its preset's, its report says so.
 GRID_FIELDS = ("datasets", "methods", "strides", "seeds", "backbone", "input_size", "epochs", "batch_size",
@@ -19,7 +21,8 @@ GRID_FIELDS = ("datasets", "methods", "strides", "seeds", "backbone", "input_siz
 
 
 def summarise(cells: list[dict[str, Any]], seeds_planned: Optional[int] = None) -> list[dict[str, Any]]:
-    """Mean ± standard deviation over seeds of each ``(dataset, method, stride)`` (finished seeds only).
+    """Mean ± standard deviation over seeds of each ``(dataset, method, stride)`` (finished seeds only; the
+    sample standard deviation, None for a single seed).
 
     ``seeds_planned``: the seeds of the grid (a merged study's, also for a method or stride one
     run lacks); None: the cells found for each group."""
@@ -36,7 +39,7 @@ def summarise(cells: list[dict[str, Any]], seeds_planned: Optional[int] = None) 
             "metric": scored[0]["metric"] if scored else None, "seeds": len(finite),
             "seeds_planned": len(rows) if seeds_planned is None else seeds_planned,
             "mean": float(np.mean(finite)) if finite else None,
-            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else (0.0 if finite else None),
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
             "images_per_s": _mean([row["images_per_s"] for row in scored]),
             "head_decode_ms": _mean([row["head_decode_ms"] for row in scored]),
         })
@@ -90,9 +93,17 @@ def markdown(record: dict[str, Any]) -> str:
     if record["failed_cells"]:
         lines += ["## Failed cells", ""]
         errors = {row["run_dir"]: row["error"] for row in record["cells"] if row["status"] == "failed"}
-        lines += [f"- `{run}`: " + ((errors.get(run) or "").splitlines() or [""])[0] for run in record["failed_cells"]]
+        lines += [f"- `{run}`: {_error_summary(errors.get(run))}" for run in record["failed_cells"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _error_summary(error: Optional[str]) -> str:
+    """A failed cell's error on one line: its first line (what failed) and its last non-empty line (the cause)."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    if len(lines) > 1:
+        return f"{lines[0]} … {lines[-1]}"
+    return lines[0] if lines else "(no error recorded)"
 
 
 def _provenance(run: dict[str, Any], seeds: bool = False) -> list[str]:
@@ -122,11 +133,12 @@ def _part_b_tables(record, dataset, settings) -> list[str]:
             if row is None or row["mean"] is None:
                 cells.append("–")
             else:
-                cells.append(f"{row['mean']:.4f} ± {row['std']:.4f}"
+                cells.append(f"{row['mean']:.4f}" + (f" ± {row['std']:.4f}" if row["std"] is not None else "")
                              + (f" ({row['seeds']}/{row['seeds_planned']} seeds)" if row["seeds"] < row["seeds_planned"]
                                 else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", f"### {dataset}: cost", "",
+    lines += ["", *_scoring_commits(record, dataset)]
+    lines += [f"### {dataset}: cost", "",
               "Training images/s (whole step, mean over epochs and seeds) and milliseconds of pooling + head + "
               "decoding for a batch of 32 on the study's device (the part of the network that changes with the "
               "stride)." + (" Merged runs: the means mix runs that may have had other machines or loads."
@@ -142,6 +154,24 @@ def _part_b_tables(record, dataset, settings) -> list[str]:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
     return lines
+
+
+def _scoring_commits(record, dataset) -> list[str]:
+    """A note on the methods of ``dataset`` whose scores come from more than one commit of the code (a row's
+    ``scored_at``; rows without it were scored before it was recorded), else nothing."""
+    counts: dict[str, dict[str, int]] = defaultdict(dict)  # method -> commit -> scored cells, in order of the rows
+    for row in record["cells"]:
+        if row["dataset"] == dataset and row["metrics"]:
+            commit = f"`{row['scored_at']}`" if row.get("scored_at") else UNRECORDED
+            counts[row["method"]][commit] = counts[row["method"]].get(commit, 0) + 1
+    mixed = {method: commits for method, commits in counts.items() if len(commits) > 1}
+    if not mixed:
+        return []
+    return ["Scored by more than one version of the code (a method's decoder may differ between them; "
+            "'h3r study ... --collect --rescore' at one commit scores them alike):", "",
+            *(f"- {method}: " + ", ".join(f"{count} cell{'s' if count > 1 else ''} at {commit}"
+                                         for commit, count in commits.items())
+              for method, commits in mixed.items()), ""]
 
 
 def _part_a_tables(record, dataset, settings) -> list[str]:
@@ -160,7 +190,7 @@ def _part_a_tables(record, dataset, settings) -> list[str]:
         lines += [f"## {dataset}: quantization only (part A), {points} keypoints, mean (max) 2-D error in input "
                   f"pixels", "", f"Keypoints: {counts}.", "",
                   "| method | " + " | ".join(f"stride {s}" for s in strides) + " |", "|---|" + "---:|" * len(strides)]
-        for method in [*settings["methods"], "h3r-sampled-target"]:
+        for method in [*settings["methods"], SAMPLED_TARGET]:
             cells = []
             for stride in strides:
                 row = chosen.get((method, stride))
@@ -177,7 +207,7 @@ def _part_a_tables(record, dataset, settings) -> list[str]:
                     cells.append(cell)
             if any(cell != "–" for cell in cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        sampled = [chosen[("h3r-sampled-target", s)] for s in strides if ("h3r-sampled-target", s) in chosen]
+        sampled = [chosen[(SAMPLED_TARGET, s)] for s in strides if (SAMPLED_TARGET, s) in chosen]
         if sampled:
             lines += ["", "The sampled H3R target (one randomized rounding, read by arg-max): mean error vector "
                           "(± its standard error) and per-axis RMS against the theory "
@@ -193,8 +223,18 @@ def _part_a_tables(record, dataset, settings) -> list[str]:
     return lines
 
 
+def method_colours() -> dict[str, Any]:
+    """A distinct colour for each method and part A's sampled target, the same in every panel: tab10's ten, then
+    tab20's lighter shades of them."""
+    import matplotlib
+
+    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]]
+    return dict(zip([*METHODS, SAMPLED_TARGET], palette))
+
+
 def plot(record: dict[str, Any], path: Path) -> Path:
-    """Per dataset: the trained metric against heatmap side (error bars: std over seeds), and part A's error."""
+    """Per dataset: the trained metric against heatmap side (error bars: std over seeds, none for a single
+    seed), and part A's error."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,8 +242,7 @@ def plot(record: dict[str, Any], path: Path) -> Path:
 
     settings = record["settings"]
     datasets = settings["datasets"]
-    palette = plt.get_cmap("tab10")
-    colour = {name: palette(index) for index, name in enumerate([*METHODS, "h3r-sampled-target"])}
+    colour = method_colours()
     figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 4 * len(datasets)), squeeze=False)
     sides = sorted({settings["input_size"] // s for s in settings["strides"]})
     for row_axes, dataset in zip(axes, datasets):
@@ -214,8 +253,12 @@ def plot(record: dict[str, Any], path: Path) -> Path:
             points = sorted((row["heatmap_size"], row["mean"], row["std"]) for row in summary
                             if row["method"] == method)
             if points:
-                x, y, error = zip(*points)
-                trained.errorbar(x, y, yerr=error, marker="o", capsize=3, label=method, color=colour[method])
+                x, y, _ = zip(*points)
+                trained.plot(x, y, marker="o", label=method, color=colour[method])
+                spread = [point for point in points if point[2] is not None]  # no error bar for a single seed
+                if spread:
+                    x, y, error = zip(*spread)
+                    trained.errorbar(x, y, yerr=error, fmt="none", capsize=3, color=colour[method])
         trained.set(xscale="log", xlabel="heatmap side (cells)", ylabel=f"test {metric}",
                     title=f"{dataset}: trained, {settings['backbone']}, {settings['input_size']} px input")
         trained.set_xticks(sides, [str(side) for side in sides], minor=False)
@@ -224,13 +267,13 @@ def plot(record: dict[str, Any], path: Path) -> Path:
             trained.legend(fontsize=8)
         part_a = [row for row in record["quantization"]
                   if row["dataset"] == dataset and row["points"] == "ground truth" and row["applicable"]]
-        for method in [*settings["methods"], "h3r-sampled-target"]:
+        for method in [*settings["methods"], SAMPLED_TARGET]:
             points = sorted((row["heatmap_size"], row["mean_error_px"]) for row in part_a
                             if row["method"] == method and row["mean_error_px"] is not None)
             if points:
                 x, y = zip(*points)
                 quantization.plot(x, y, marker="o", label=method, color=colour[method],
-                                  linestyle=":" if method == "h3r-sampled-target" else "-")
+                                  linestyle=":" if method == SAMPLED_TARGET else "-")
         theory = sorted((row["heatmap_size"], row["theory_mean_error_px"]) for row in part_a
                         if row["method"] == "argmax" and row.get("theory_mean_error_px") is not None)
         if theory:
@@ -248,11 +291,15 @@ def plot(record: dict[str, Any], path: Path) -> Path:
 
 
 def write_outputs(record: dict[str, Any], out: Path) -> list[Path]:
+    """Writes ``study.png``, ``study.md`` and, last, ``study.json`` into ``out`` (a report that fails leaves no
+    study.json behind, which would refuse a second try of ``--merge``); returns their paths."""
     out = Path(out)
     json_path, markdown_path, png_path = out / "study.json", out / "study.md", out / "study.png"
-    json_path.write_text(json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
-    markdown_path.write_text(markdown(record) + "\n")
+    text = json.dumps(_finite(record), indent=2, allow_nan=False) + "\n"
+    report = markdown(record) + "\n"
     plot(record, png_path)
+    markdown_path.write_text(report)
+    json_path.write_text(text)
     return [json_path, markdown_path, png_path]
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from h3r.runtime import cpu_name, git_commit
+from h3r.runtime import cpu_name, git_commit, resolve_device
 from h3r.study.grid import Cell, cells, check_cells, command_line, train_argv
 from h3r.study.presets import Preset
 from h3r.study.report import SCHEMA
@@ -43,7 +43,8 @@ def progress(message: str) -> None:
 
 
 def finished_epochs(run_dir: Path) -> Optional[int]:
-    """The epoch stored in ``run_dir/last.pt``, or None when there is none (or it cannot be read)."""
+    """The epoch stored in ``run_dir/last.pt``, or None when there is none; a ``ValueError`` naming the
+    file when it cannot be read (a damaged checkpoint is not taken for a cell that never started)."""
     from h3r.evaluate import load_checkpoint
 
     path = run_dir / "last.pt"
@@ -51,8 +52,8 @@ def finished_epochs(run_dir: Path) -> Optional[int]:
         return None
     try:
         return int(load_checkpoint(path)["epoch"])
-    except (ValueError, RuntimeError, OSError, KeyError, EOFError):
-        return None
+    except (ValueError, RuntimeError, OSError, KeyError, EOFError, TypeError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); remove {run_dir} to train the cell again") from None
 
 
 def _log_tail(path: Path) -> str:
@@ -62,19 +63,39 @@ def _log_tail(path: Path) -> str:
         return ""
 
 
+def runtime_arguments(argv: list[str]) -> list[str]:
+    """Of a cell's ``h3r train`` arguments, those ``--resume`` takes (:data:`h3r.configs.RUNTIME_FIELDS`):
+    where it runs and reads its data may change between a cell's start and its continuation."""
+    from h3r.cli import resume_flags
+
+    flags = {"--no-progress", "--gpu-augment", "--no-gpu-augment"}  # the options among them without a value
+    with_value = set(resume_flags().split(", ")) - flags
+    kept = []
+    for index, token in enumerate(argv):
+        if token in flags:
+            kept.append(token)
+        elif token in with_value and index + 1 < len(argv):
+            kept += [token, argv[index + 1]]
+    return kept
+
+
 def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool, threads: int,
                done: Optional[int]) -> dict[str, Any]:
     """Train (or continue) one cell with ``h3r train`` ``argv``; returns ``{"status", "train_seconds", "error"}``.
 
     ``done``: the epoch ``run_dir/last.pt`` holds (:func:`finished_epochs`), None when there is none.
     """
-    if done is not None:  # stopped part-way: continue with the stored settings
-        runtime = [argv[i:i + 2] for i in range(len(argv)) if argv[i] in ("--device", "--workers")]
-        argv = ["train", "--resume", str(run_dir / "last.pt"), "--no-progress", *sum(runtime, [])]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if done is not None:  # stopped part-way: continue with the stored settings and this run's runtime options
+        argv = ["train", "--resume", str(run_dir / "last.pt"), *runtime_arguments(argv)]
     log_path = run_dir / "train.log"
     start = time.perf_counter()
-    with open(log_path, "a") as log:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a")
+    except OSError as error:  # this cell fails; the study goes on
+        return {"status": "failed", "train_seconds": 0.0,
+                "error": f"cannot write the cell's log {log_path}: {error.strerror or error}"}
+    with log:
         log.write(f"$ {command_line(argv)}\n")
         log.flush()
         if in_process:
@@ -95,7 +116,10 @@ def train_cell(argv: list[str], run_dir: Path, epochs: int, *, in_process: bool,
     if code in (INTERRUPTED, -signal.SIGINT):  # Ctrl-C (h3r train's exit status, or the signal): the study stops too
         raise KeyboardInterrupt
     seconds = time.perf_counter() - start
-    done = finished_epochs(run_dir)
+    try:
+        done = finished_epochs(run_dir)
+    except ValueError as error:
+        return {"status": "failed", "train_seconds": seconds, "error": str(error)}
     if code != 0 or done is None or done < epochs:
         return {"status": "failed", "train_seconds": seconds,
                 "error": f"h3r train exited with {code}; end of {log_path}:\n{_log_tail(log_path)}"}
@@ -153,7 +177,7 @@ def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: 
         result = evaluate_checkpoint(run_dir / "last.pt", out=str(run_dir / f"eval-{method.name}"), draw=0,
                                      workers=0, progress=False, device=device, decoder=method.decoder)
         run = run or _run_scores(load_checkpoint(run_dir / "last.pt"))
-        scores[method.name] = {"metrics": result["metrics"], **run}
+        scores[method.name] = {"metrics": result["metrics"], **run, "scored_at": git_commit(short=True, mark_dirty=True)}
         cache.write_text(json.dumps(scores[method.name], indent=2) + "\n")
     return scores
 
@@ -198,6 +222,9 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     if jobs < 1:
         raise ValueError(f"jobs: expected a positive number of parallel cells, got {jobs}")
     out = Path(out)
+    refuse_merged_study(out)
+    for device in devices:  # a cell on a missing device would fail only after part A and the cells before it
+        resolve_device(device)
     check_cells(preset, out, data_root=data_root, extra=tuple(extra))
     out.mkdir(parents=True, exist_ok=True)
     started, wall_start = datetime.now(timezone.utc), time.perf_counter()
@@ -223,8 +250,13 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
         device = devices[index % len(devices)]
         run_dir = cell.run_dir(out)
         argv = train_argv(cell, preset, out, data_root=data_root, device=device, extra=tuple(extra))
-        done = finished_epochs(run_dir)
-        if done is not None and done >= preset.epochs:
+        try:
+            done, damaged = finished_epochs(run_dir), None
+        except ValueError as error:
+            done, damaged = None, str(error)
+        if damaged:
+            outcome = {"status": "failed", "train_seconds": None, "error": damaged}
+        elif done is not None and done >= preset.epochs:
             outcome = {"status": "skipped (finished earlier)", "train_seconds": None, "error": None}
         elif skip_training:
             outcome = {"status": "not trained", "train_seconds": None, "error": None}
@@ -247,6 +279,8 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
             rows.append({"dataset": cell.dataset, "method": method.name, "codec": cell.codec, "stride": cell.stride,
                          "heatmap_size": preset.input_size // cell.stride, "seed": cell.seed,
                          "status": outcome["status"], "metrics": score.get("metrics"), "metric": score.get("metric"),
+                         "higher_is_better": score.get("higher_is_better"), "epochs": score.get("epochs"),
+                         "scored_at": score.get("scored_at"),
                          "images_per_s": score.get("images_per_s"), "head_decode_ms": score.get("head_decode_ms"),
                          "train_seconds": outcome["train_seconds"], "run_dir": str(run_dir),
                          "command": command_line(argv), "error": outcome["error"]})
@@ -293,6 +327,18 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     say(f"wrote {', '.join(str(path) for path in paths)} in {record['settings']['wall_seconds']:.0f} s"
         + (f"; {len(failed)} cell(s) failed: {', '.join(failed)}" if failed else ""))
     return record
+
+
+def refuse_merged_study(out: Path) -> None:
+    """A run does not write over a merged study (``h3r study --merge``): its ``study.json`` holds cells of
+    other folders, which the run's own record would replace."""
+    path = out / "study.json"
+    try:
+        merged = bool(json.loads(path.read_text()).get("settings", {}).get("parts"))
+    except (OSError, ValueError, AttributeError):  # none, or not a study's: the run writes its own
+        return
+    if merged:
+        raise ValueError(f"out: {path} is a merged study (h3r study --merge); give another --out")
 
 
 def _machine() -> dict[str, Any]:
