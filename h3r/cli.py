@@ -264,7 +264,7 @@ def train_settings(args: argparse.Namespace, parser: argparse.ArgumentParser):
         checkpoint = load_checkpoint(args.resume)
         forbidden = sorted(set(given) - set(RUNTIME_FIELDS))
         if forbidden:
-            options = ", ".join("--" + name.replace("_", "-") for name in forbidden)
+            options = ", ".join("--" + "no-" * (given[name] is False) + name.replace("_", "-") for name in forbidden)
             parser.error(f"--resume continues the run with its stored settings; remove {options} "
                          f"(only {resume_flags()} may change)")
         runtime = {name: given[name] for name in RUNTIME_FIELDS if name in given}

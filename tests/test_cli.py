@@ -89,6 +89,8 @@ def test_train_resume_and_eval_from_the_command_line(capsys, tmp_path):
 
     code, _, err = run(capsys, "train", "--resume", str(out / "last.pt"), "--lr", "0.1")
     assert code == 2 and "--resume continues the run with its stored settings; remove --lr" in err
+    code, _, err = run(capsys, "train", "--resume", str(out / "last.pt"), "--no-flip-test", "--cuda-graphs")
+    assert code == 2 and "remove --cuda-graphs, --no-flip-test (only" in err  # as typed
 
     code, printed, _ = run(capsys, "train", "--resume", str(out / "last.pt"), "--workers", "0")
     assert code == 0 and "resuming" in printed and "final model (epoch 2)" in printed

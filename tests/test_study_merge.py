@@ -251,3 +251,16 @@ def test_jobs_must_be_positive_in_every_mode(tmp_path, capsys, mode, jobs):
     assert capsys.readouterr().err.strip() == (
         f"h3r study: error: --jobs: expected a positive number of cells trained at once, got {jobs}")
     assert not (tmp_path / "s").exists()
+
+
+def test_arguments_that_train_alike_merge_in_any_order(tmp_path):
+    """``-- --lr 3e-3 --sigma 2`` and ``-- --sigma 2.0 --lr 0.003`` are one grid (they were refused as two)."""
+    first, second = _study(), _with_seed(_study(), 1)
+    first["settings"]["train_args"] = ["--lr", "3e-3", "--sigma", "2"]
+    second["settings"]["train_args"] = ["--sigma", "2.0", "--lr", "0.003"]
+    paths = [_write(tmp_path, "seed0.json", first), _write(tmp_path, "seed1.json", second)]
+    assert merge_studies(paths)["settings"]["seeds"] == [0, 1]
+    second["settings"]["train_args"] = ["--sigma", "2.0", "--lr", "0.1"]
+    paths[1] = _write(tmp_path, "seed1.json", second)
+    with pytest.raises(ValueError, match=r"settings.train_args is \['--sigma', '2.0', '--lr', '0.1'\]"):
+        merge_studies(paths)

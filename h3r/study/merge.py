@@ -139,6 +139,18 @@ def _parts(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
              **{key: settings.get(key) for key in PROVENANCE}}]
 
 
+def _same_training(mine: Any, theirs: Any) -> bool:
+    """Whether two runs' arguments after '--' train alike (``--lr 3e-3 --sigma 2`` and ``--sigma 2 --lr 0.003``):
+    the settings ``h3r train`` reads from each."""
+    from h3r.cli import train_config_of
+    from h3r.configs import flat_settings
+
+    try:
+        return flat_settings(train_config_of(["train", *mine])) == flat_settings(train_config_of(["train", *theirs]))
+    except (ValueError, TypeError):  # not arguments h3r train takes: compared as written
+        return False
+
+
 def _differs(mine: Any, theirs: Any, scale: float) -> bool:
     """Whether two values of a part A field differ: numbers by more than :data:`PART_A_TOLERANCE` of the larger of
     them and ``scale``, a number against NaN (None in JSON), lists in any item; text (notes) is not compared."""
@@ -203,7 +215,7 @@ def merge_studies(paths: Sequence[str | Path], command: Optional[str] = None) ->
     for path, record in records[1:]:
         for key in sorted(compared | (set(record["settings"]) - set(UNCOMPARED))):
             mine, theirs = record["settings"].get(key), first["settings"].get(key)
-            if mine != theirs:
+            if mine != theirs and not (key == "train_args" and _same_training(mine, theirs)):
                 raise ValueError(f"{path}: settings.{key} is {mine!r}, {first_path} has {theirs!r}; only runs of "
                                  f"the same grid that differ in their seeds, methods or strides can be merged")
     cells, owner = [], {}
