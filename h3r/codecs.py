@@ -516,10 +516,10 @@ class OffsetCodec:
         # Only the cells the loss reads are read: a masked keypoint's maps and the offsets off a disk (NaN or
         # inf logits there, a far keypoint's huge offsets) change neither the loss nor a gradient.
         on_disk = disk > 0
-        squared = ((torch.where(present[..., None, None], predicted[:, :, 0], 0.0) - disk) ** 2
-                   + (torch.where(on_disk, predicted[:, :, 1], 0.0) - torch.where(on_disk, dx, 0.0)) ** 2
+        offsets = ((torch.where(on_disk, predicted[:, :, 1], 0.0) - torch.where(on_disk, dx, 0.0)) ** 2
                    + (torch.where(on_disk, predicted[:, :, 2], 0.0) - torch.where(on_disk, dy, 0.0)) ** 2)
-        return 0.5 * squared.sum() / max(squared.numel(), 1)  # the mean; 0 for an empty batch
+        squared = (torch.where(present[..., None, None], predicted[:, :, 0], 0.0) - disk) ** 2 + offsets
+        return 0.5 * (squared.mean() if squared.numel() else squared.sum())  # an empty batch: 0
 
     def ideal_output(self, keypoints: torch.Tensor, size: tuple[int, int],
                      visible: Optional[torch.Tensor] = None) -> torch.Tensor:
