@@ -276,9 +276,9 @@ def train_settings(args: argparse.Namespace, parser: argparse.ArgumentParser):
     return config, checkpoint
 
 
-def train_config_of(argv: Sequence[str]):
-    """The configuration ``h3r ARGV`` (a ``train`` command) would train, or a ``ValueError`` with the
-    message it would exit with; nothing is read but the dataset defaults (and the checkpoint of ``--resume``)."""
+def parse_train_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """``(arguments, train parser)`` of ``h3r ARGV`` (a ``train`` command), or a ``ValueError`` with the
+    message it would exit with."""
     def refuse(message: str):
         raise ValueError(message)
 
@@ -288,7 +288,13 @@ def train_config_of(argv: Sequence[str]):
     args = parser.parse_args(list(argv))
     if args.command != "train":
         raise ValueError(f"expected an 'h3r train' command line, got {shlex.join(argv)}")
-    return train_settings(args, train_parser)[0]
+    return args, train_parser
+
+
+def train_config_of(argv: Sequence[str]):
+    """The configuration ``h3r ARGV`` (a ``train`` command) would train, or a ``ValueError`` with the
+    message it would exit with; nothing is read but the dataset defaults (and the checkpoint of ``--resume``)."""
+    return train_settings(*parse_train_arguments(argv))[0]
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

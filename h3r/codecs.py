@@ -539,12 +539,12 @@ class OffsetCodec:
         disk = opencv_blur(maps[:, :, 0], disk_half_width)
         offsets = opencv_blur(maps[:, :, 1:], offset_half_width if self.offset_blur else 0)  # (B, K, 2, H, W)
         peaks, scores = h3r_kernels.decode(disk, method="argmax")
-        # A map whose maximum is not finite: the blur spreads a +inf over the kernel's cells, so its peak is
-        # the raw map's (the decode op's rule: an inf is a limit; a NaN decodes to NaN).
-        raw_peaks, raw_scores = h3r_kernels.decode(maps[:, :, 0], method="argmax")
-        unbounded = ~torch.isfinite(raw_scores)
-        peaks = torch.where(unbounded[..., None], raw_peaks, peaks)
-        scores = torch.where(unbounded, raw_scores, scores)
+        if not torch.isfinite(scores).all():  # the blur spread a +inf over the kernel's cells (or a NaN): the
+            # raw map's peak (the decode op's rule: an inf is a limit; a NaN decodes to NaN)
+            raw_peaks, raw_scores = h3r_kernels.decode(maps[:, :, 0], method="argmax")
+            unbounded = ~torch.isfinite(raw_scores)
+            peaks = torch.where(unbounded[..., None], raw_peaks, peaks)
+            scores = torch.where(unbounded, raw_scores, scores)
         x, y = peaks[..., 0].long(), peaks[..., 1].long()
         shift = torch.stack([_gather(offsets[:, :, 0], x, y), _gather(offsets[:, :, 1], x, y)], dim=-1)
         return (peaks + self.radius_on((height, width)) * shift) * self.stride, scores
@@ -557,8 +557,8 @@ def check_radius(radius, size: Optional[tuple[int, int]] = None) -> float:
     if isinstance(radius, bool) or not isinstance(radius, (int, float)):
         raise TypeError(f"radius: expected a number of heatmap cells, got {type(radius).__name__} {radius!r}")
     if not (math.isfinite(radius) and radius >= MIN_UDP_RADIUS):
-        raise ValueError(f"radius: expected at least √2/2 = {MIN_UDP_RADIUS:.4f} heatmap cells (a smaller disk can hold "
-                         f"no cell), got {radius!r}")
+        raise ValueError(f"radius: expected at least √2/2 ≈ {MIN_UDP_RADIUS:.8f} heatmap cells (a smaller disk can "
+                         f"hold no cell), got {radius!r}")
     if size is not None and radius > math.hypot(*size):
         raise ValueError(f"radius: {radius!r} cells is wider than the {size[0]}x{size[1]} heatmap (at most its diagonal, "
                          f"{math.hypot(*size):.4g} cells): every disk would hold every cell")

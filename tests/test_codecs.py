@@ -250,11 +250,26 @@ def test_udp_target_radius_and_loss():
         OffsetCodec(radius=0.0)
 
 
+@pytest.mark.parametrize("name, expected", [("udp", (0.3736017644405365, 0.5968934297561646)),
+                                            ("integral", (0.2812269330024719, 0.16724763810634613))])
+def test_pytorch_losses_keep_their_values(name, expected):
+    """The udp and integral losses and gradients on fixed inputs, as every commit since e0f6c2d computes them
+    (the study's networks were trained with them): a change of summation order shows in the last bits."""
+    generator = torch.Generator().manual_seed(14)
+    codec = build_codec(name, stride=4)
+    keypoints = torch.rand(4, 17, 2, generator=generator) * 70 - 4
+    visible = torch.rand(4, 17, generator=generator) > 0.2
+    logits = torch.randn(4, 17 * codec.maps_per_keypoint, 16, 16, generator=generator, requires_grad=True)
+    loss = codec.loss(logits, keypoints, visible)
+    loss.backward()
+    assert (loss.item(), logits.grad.abs().sum().item()) == expected
+
+
 def test_radius_is_refused_where_no_disk_could_work():
     with pytest.raises(TypeError, match="radius: expected a number of heatmap cells, got bool"):
         OffsetCodec(radius=True)
-    with pytest.raises(ValueError, match="radius: expected at least √2/2 = 0.7071 heatmap cells"):
-        OffsetCodec(radius=0.7)
+    with pytest.raises(ValueError, match=r"radius: expected at least √2/2 ≈ 0.70710678 heatmap cells .*got 0.7071$"):
+        OffsetCodec(radius=0.7071)
     assert OffsetCodec(radius=math.sqrt(0.5)).radius_on((2, 2)) == math.sqrt(0.5)
     codec = OffsetCodec(radius=30.0)  # fits 32x32 maps (diagonal 45.3), not 16x16 ones (22.6)
     assert codec.radius_on((32, 32)) == 30.0

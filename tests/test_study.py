@@ -1,6 +1,7 @@
 """The stride option end to end, and ``h3r study``: part A's closed forms, resume/skip, failures, JSON schema."""
 import json
 import math
+import os
 import re
 import shlex
 from pathlib import Path
@@ -278,8 +279,13 @@ def test_a_cell_trained_with_other_settings_is_refused(tmp_path):
     (cell.run_dir(tmp_path) / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"config.json: cannot read the settings .*; remove .* to train the cell again"):
         check_cells(preset, tmp_path)
-    with pytest.raises(ValueError, match=r"arguments after '--' change the data \(test_options\)"):
+    with pytest.raises(ValueError, match=r"arguments after '--' change the data \(test_options\), .* the study reads "
+                                         r"the dataset's splits with the preset's reader options"):
         check_cells(preset, tmp_path / "other", extra=("--test-option", "size=100"))
+    with pytest.raises(ValueError, match=r"change the data \(data_root\), .* give the data folder with the study's "
+                                         r"--data-root"):
+        check_cells(preset, tmp_path / "other", extra=("--data-root", str(tmp_path)))
+    check_cells(preset, tmp_path / "other", extra=("--train-option", "cache_images=false"))  # how items are kept
 
 
 def test_cells_that_cannot_start_fail_alone(tmp_path):
@@ -301,9 +307,10 @@ def test_a_resumed_cell_keeps_this_runs_runtime_options():
     from h3r.study.runner import runtime_arguments
 
     argv = ["train", "--dataset", "wflw", "--seed", "0", "--workers", "1", "--draw", "0", "--no-progress", "--out",
-            "o", "--data-root", "/new/wflw", "--device", "cuda:1", "--gpu-augment", "--lr", "0.1"]
-    assert runtime_arguments(argv) == ["--workers", "1", "--draw", "0", "--no-progress", "--data-root", "/new/wflw",
-                                       "--device", "cuda:1", "--gpu-augment"]
+            "o", "--data-root", "/new/wflw", "--device", "cuda:1", "--gpu-augment", "--lr", "0.1", "--workers=3"]
+    assert runtime_arguments(argv) == ["--device", "cuda:1", "--workers", "3", "--no-progress", "--draw", "0",
+                                       "--gpu-augment", "--data-root", os.path.abspath("/new/wflw")]
+    assert runtime_arguments(["train", "--dev", "cpu"]) == ["--device", "cpu"]  # abbreviated, as argparse takes it
 
 
 def test_a_study_refuses_a_missing_device_and_a_merged_folder(tmp_path):

@@ -260,6 +260,10 @@ def test_arguments_that_train_alike_merge_in_any_order(tmp_path):
     second["settings"]["train_args"] = ["--sigma", "2.0", "--lr", "0.003"]
     paths = [_write(tmp_path, "seed0.json", first), _write(tmp_path, "seed1.json", second)]
     assert merge_studies(paths)["settings"]["seeds"] == [0, 1]
+    first["settings"]["train_args"] = ["--radius", "30", "--lr", "0.01"]  # valid on the grid's maps, not on 16x16
+    second["settings"]["train_args"] = ["--lr", "0.01", "--radius", "30.0"]
+    paths = [_write(tmp_path, "seed0.json", first), _write(tmp_path, "seed1.json", second)]
+    assert merge_studies(paths)["settings"]["seeds"] == [0, 1]
     second["settings"]["train_args"] = ["--sigma", "2.0", "--lr", "0.1"]
     paths[1] = _write(tmp_path, "seed1.json", second)
     with pytest.raises(ValueError, match=r"settings.train_args is \['--sigma', '2.0', '--lr', '0.1'\]"):

@@ -150,11 +150,18 @@ def test_configuration_files_load_and_validate():
     ({"radius": 0.5}, "radius: expected at least √2/2"),
     ({"codec": "udp", "radius": 1e39}, r"radius: 1e\+39 cells is wider than the 16x16 heatmap"),
     ({"radius": True}, "radius: expected a number of heatmap cells, got bool"),
+    ({"codec": "udp", "radius": 30.0}, "radius: 30.0 cells is wider than the 16x16 heatmap"),
     ({"learning_rate": 0.1}, "unknown setting.*learning_rate"),
 ])
 def test_bad_settings_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
         config_from_dict({**flat_settings(TrainConfig()), **changes}, source="test")
+
+
+def test_a_radius_too_wide_for_the_map_is_only_refused_for_udp():
+    assert config_from_dict({**flat_settings(TrainConfig()), "radius": 30.0}, source="test").radius == 30.0  # h3r
+    udp = {**flat_settings(TrainConfig()), "codec": "udp", "radius": 30.0}
+    assert config_from_dict({**udp, "input_size": 128}, source="test").radius == 30.0  # 32x32: diagonal 45.3
 
 
 def test_amp_needs_cuda(tmp_path):

@@ -152,8 +152,8 @@ class TrainConfig:
             check_decode_options("local", 1, "linear", self.window)
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma: expected a positive number of heatmap cells (or None), got {self.sigma!r}")
-        if self.radius is not None:  # UDP's disk: a number of cells that fits the heatmap
-            self.radius = check_radius(self.radius, (side, side))
+        if self.radius is not None:  # UDP's disk: a number of cells that fits the heatmap (other codecs ignore it)
+            self.radius = check_radius(self.radius, (side, side) if self.codec == "udp" else None)
         for item in dataclasses.fields(self):  # inf passes every comparison above and trains to NaN
             value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):

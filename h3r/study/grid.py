@@ -63,6 +63,13 @@ CELL_SETTINGS = {"dataset": "--dataset", "codec": "--methods", "stride": "--stri
                  "batch_size": "--batch-size", "out": "--out"}
 # The data every cell trains and tests on, as part A reads it (the dataset's splits and the preset's reader options).
 DATA_SETTINGS = ("data_root", "train_split", "test_split", "train_options", "test_options")
+KEEPING_OPTIONS = ("cache_images",)  # reader options that change how the items are kept, not what they are
+
+
+def _data_of(value):
+    """A data setting as it decides the items: reader options without :data:`KEEPING_OPTIONS`."""
+    return {key: option for key, option in value.items() if key not in KEEPING_OPTIONS} if isinstance(value, dict) \
+        else value
 
 
 def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, extra: tuple[str, ...] = ()) -> None:
@@ -92,10 +99,12 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
             if decoders:
                 raise ValueError(f"arguments after '--' set {', '.join(decoders)}, which the study's methods set "
                                  f"(their decoders): choose them with the study's --methods")
-            data = [name for name in DATA_SETTINGS if settings[name] != plain[name]]
+            data = [name for name in DATA_SETTINGS if _data_of(settings[name]) != _data_of(plain[name])]
             if data:  # the cells would read other data than part A and the report say
+                advice = ("give the data folder with the study's --data-root" if data == ["data_root"] else
+                          "the study reads the dataset's splits with the preset's reader options")
                 raise ValueError(f"arguments after '--' change the data ({', '.join(data)}), which the study sets for "
-                                 f"every cell and part A: give the data folder with the study's --data-root")
+                                 f"every cell and part A: {advice}")
         changed = [name for name, value in wanted.items() if settings[name] != value]
         if changed:
             shown = ", ".join(f"{name} ({wanted[name]!r} -> {settings[name]!r}; set it with the study's "
@@ -104,7 +113,8 @@ def check_cells(preset: Preset, out: Path, *, data_root: Optional[str] = None, e
         stored = stored_settings(cell.run_dir(out))  # a cell trained (or begun) earlier is skipped or resumed
         if stored is not None:  # as it was trained: its settings must be the ones this grid asks for
             ignored = {*RUNTIME_FIELDS, "out"}  # where it runs and reads its data, and where the folder is now
-            differ = [name for name in settings if name not in ignored and stored.get(name) != settings[name]]
+            differ = [name for name in settings
+                      if name not in ignored and _data_of(stored.get(name)) != _data_of(settings[name])]
             if differ:
                 shown = ", ".join(f"{name} {stored.get(name)!r} (asked now: {settings[name]!r})" for name in differ)
                 raise ValueError(f"cell {cell.key}: its run folder {cell.run_dir(out)} holds a network trained with "

@@ -141,12 +141,15 @@ def _parts(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _same_training(mine: Any, theirs: Any) -> bool:
     """Whether two runs' arguments after '--' train alike (``--lr 3e-3 --sigma 2`` and ``--sigma 2 --lr 0.003``):
-    the settings ``h3r train`` reads from each."""
-    from h3r.cli import train_config_of
-    from h3r.configs import flat_settings
+    the values ``h3r train`` parses from each (each run's cells have checked them against its grid)."""
+    from h3r.cli import parse_train_arguments
+
+    def values(arguments) -> dict[str, Any]:
+        parsed = vars(parse_train_arguments(["train", *arguments])[0])
+        return {name: value for name, value in parsed.items() if name != "command_parsers"}  # the parsers themselves
 
     try:
-        return flat_settings(train_config_of(["train", *mine])) == flat_settings(train_config_of(["train", *theirs]))
+        return values(mine) == values(theirs)
     except (ValueError, TypeError):  # not arguments h3r train takes: compared as written
         return False
 

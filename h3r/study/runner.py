@@ -64,18 +64,19 @@ def _log_tail(path: Path) -> str:
 
 
 def runtime_arguments(argv: list[str]) -> list[str]:
-    """Of a cell's ``h3r train`` arguments, those ``--resume`` takes (:data:`h3r.configs.RUNTIME_FIELDS`):
-    where it runs and reads its data may change between a cell's start and its continuation."""
-    from h3r.cli import resume_flags
+    """Of a cell's ``h3r train`` arguments, those ``--resume`` takes (:data:`h3r.configs.RUNTIME_FIELDS`),
+    as options: where it runs and reads its data may change between a cell's start and its continuation."""
+    from h3r.cli import parse_train_arguments
+    from h3r.configs import RUNTIME_FIELDS
 
-    flags = {"--no-progress", "--gpu-augment", "--no-gpu-augment"}  # the options among them without a value
-    with_value = set(resume_flags().split(", ")) - flags
+    args, _ = parse_train_arguments(argv)
     kept = []
-    for index, token in enumerate(argv):
-        if token in flags:
-            kept.append(token)
-        elif token in with_value and index + 1 < len(argv):
-            kept += [token, argv[index + 1]]
+    for name in RUNTIME_FIELDS:
+        value, option = getattr(args, name), name.replace("_", "-")
+        if isinstance(value, bool):  # --no-progress, --gpu-augment / --no-gpu-augment
+            kept.append(f"--{option}" if value else f"--no-{option}")
+        elif value is not None:
+            kept += [f"--{option}", str(value)]
     return kept
 
 
