@@ -539,12 +539,13 @@ class OffsetCodec:
         disk = opencv_blur(maps[:, :, 0], disk_half_width)
         offsets = opencv_blur(maps[:, :, 1:], offset_half_width if self.offset_blur else 0)  # (B, K, 2, H, W)
         peaks, scores = h3r_kernels.decode(disk, method="argmax")
-        if not torch.isfinite(scores).all():  # the blur spread a +inf over the kernel's cells (or a NaN): the
-            # raw map's peak (the decode op's rule: an inf is a limit; a NaN decodes to NaN)
-            raw_peaks, raw_scores = h3r_kernels.decode(maps[:, :, 0], method="argmax")
-            unbounded = ~torch.isfinite(raw_scores)
-            peaks = torch.where(unbounded[..., None], raw_peaks, peaks)
-            scores = torch.where(unbounded, raw_scores, scores)
+        # Where a raw maximum is not finite, the blur has spread a +inf over the kernel's cells (or a NaN): the
+        # raw map's peak, by the decode op's rule (an inf is a limit; a NaN decodes to NaN). Read for every map,
+        # not after a check on the host: one pass over the disk maps (2-5% of this decode on a 2-core CPU).
+        raw_peaks, raw_scores = h3r_kernels.decode(maps[:, :, 0], method="argmax")
+        unbounded = ~torch.isfinite(raw_scores)
+        peaks = torch.where(unbounded[..., None], raw_peaks, peaks)
+        scores = torch.where(unbounded, raw_scores, scores)
         x, y = peaks[..., 0].long(), peaks[..., 1].long()
         shift = torch.stack([_gather(offsets[:, :, 0], x, y), _gather(offsets[:, :, 1], x, y)], dim=-1)
         return (peaks + self.radius_on((height, width)) * shift) * self.stride, scores

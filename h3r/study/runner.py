@@ -164,8 +164,10 @@ def _run_scores(checkpoint: dict[str, Any]) -> dict[str, Any]:
             "epochs": checkpoint["epoch"]}
 
 
-def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool) -> dict[str, Any]:
-    """Each method of the cell on the final model: ``{method: {"metrics", ...}}``, cached in ``study-<method>.json``."""
+def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: bool,
+               scored_at: str) -> dict[str, Any]:
+    """Each method of the cell on the final model: ``{method: {"metrics", ...}}``, cached in ``study-<method>.json``;
+    ``scored_at``: the commit of the code that scores (recorded with each new score)."""
     from h3r.evaluate import evaluate_checkpoint, load_checkpoint
 
     scores = {}
@@ -178,7 +180,7 @@ def score_cell(cell: Cell, preset: Preset, run_dir: Path, device: str, rescore: 
         result = evaluate_checkpoint(run_dir / "last.pt", out=str(run_dir / f"eval-{method.name}"), draw=0,
                                      workers=0, progress=False, device=device, decoder=method.decoder)
         run = run or _run_scores(load_checkpoint(run_dir / "last.pt"))
-        scores[method.name] = {"metrics": result["metrics"], **run, "scored_at": git_commit(short=True, mark_dirty=True)}
+        scores[method.name] = {"metrics": result["metrics"], **run, "scored_at": scored_at}
         cache.write_text(json.dumps(scores[method.name], indent=2) + "\n")
     return scores
 
@@ -229,6 +231,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
     check_cells(preset, out, data_root=data_root, extra=tuple(extra))
     out.mkdir(parents=True, exist_ok=True)
     started, wall_start = datetime.now(timezone.utc), time.perf_counter()
+    scored_at = git_commit(short=True, mark_dirty=True)  # the code this process imported, which scores every cell
     say(f"h3r study '{preset.name}': {len(preset.datasets)} dataset(s) x {len(preset.methods)} methods "
         f"({len(preset.codecs)} codecs to train) x strides {list(preset.strides)} x seeds {list(preset.seeds)}; "
         f"{preset.backbone}, {preset.input_size} px input, {preset.epochs} epochs -> {out}")
@@ -271,7 +274,7 @@ def run_study(preset: Preset, out: str | Path, *, data_root: Optional[str] = Non
         scores: dict[str, Any] = {}
         if outcome["status"] in ("trained", "skipped (finished earlier)"):
             try:
-                scores = score_cell(cell, preset, run_dir, device or "auto", rescore)
+                scores = score_cell(cell, preset, run_dir, device or "auto", rescore, scored_at)
             except Exception as error:  # noqa: BLE001 - reported, not fatal
                 outcome = {**outcome, "status": "failed", "error": f"scoring: {type(error).__name__}: {error}"}
         rows = []
